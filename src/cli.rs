@@ -1,0 +1,50 @@
+//! The command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Overrides;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "netbox-relay",
+    version,
+    about = "Relays NetBox changes to NATS JetStream as registry deltas"
+)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, global = true, env = "NETBOX_RELAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log level (error, warn, info, debug, trace); overrides log.level.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Receive NetBox webhooks and publish their deltas.
+    Serve {
+        /// Listen address; overrides server.listen.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Print the JSON Schema of the registry delta.
+    Schema,
+}
+
+impl Cli {
+    pub fn overrides(&self) -> Overrides {
+        let listen = match self.command {
+            Command::Serve { listen } => listen,
+            Command::Schema => None,
+        };
+        Overrides {
+            listen,
+            log_level: self.log_level.clone(),
+        }
+    }
+}

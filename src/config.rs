@@ -1,0 +1,402 @@
+//! The whole configuration: defaults < TOML file < `NETBOX_RELAY_` environment < CLI flags,
+//! validated at load so that a bad value stops the start with a message naming its key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::netbox::{object_type, ObjectType};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub webhook: WebhookConfig,
+    pub netbox: NetboxConfig,
+    pub nats: NatsConfig,
+    pub registry: RegistryConfig,
+    pub reconcile: ReconcileConfig,
+    pub state: StateConfig,
+    pub spool: SpoolConfig,
+    pub api: ApiConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// How long in-flight webhooks may take to finish after SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    pub secrets: Secrets,
+    pub secret_file: Option<PathBuf>,
+    pub require_signature: bool,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetboxConfig {
+    pub url: Option<String>,
+    pub token: Option<SecretString>,
+    pub token_file: Option<PathBuf>,
+    pub page_size: u32,
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub insecure_skip_verify: bool,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    pub url: String,
+    pub creds_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<SecretString>,
+    pub token: Option<SecretString>,
+    pub tls_ca_file: Option<PathBuf>,
+    pub stream: String,
+    pub subject_prefix: String,
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    pub replicas: usize,
+    /// How long to wait for JetStream's ack of one delta.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    pub partition: String,
+    pub object_types: Vec<String>,
+    pub expand_subnets: bool,
+    pub max_expanded_hosts: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub on_start: bool,
+    pub max_delete_fraction: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub max_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub admin_token: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when standard output is not a terminal, human otherwise.
+    #[default]
+    Auto,
+    Json,
+    Human,
+}
+
+/// One secret or a list of them: `NETBOX_RELAY_WEBHOOK__SECRETS=s3cret` works as well as a list.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(from = "OneOrMany")]
+pub struct Secrets(pub Vec<SecretString>);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(SecretString),
+    Many(Vec<SecretString>),
+}
+
+impl From<OneOrMany> for Secrets {
+    fn from(value: OneOrMany) -> Self {
+        match value {
+            OneOrMany::One(s) => Secrets(vec![s]),
+            OneOrMany::Many(v) => Secrets(v),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Values given on the command line, the top layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    /// Loads the layers and validates the result.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(invalid(
+                    "--config",
+                    format!("{} is not a readable file", file.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        // NETBOX_RELAY_CONFIG names the file; it is not a key.
+        figment = figment.merge(
+            Env::prefixed("NETBOX_RELAY_")
+                .split("__")
+                .ignore(&["config"]),
+        );
+        if let Some(listen) = overrides.listen {
+            figment = figment.merge(Serialized::default("server.listen", listen));
+        }
+        if let Some(level) = &overrides.log_level {
+            figment = figment.merge(Serialized::default("log.level", level));
+        }
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value and reads the secret files.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.webhook.secret_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid("webhook.secret_file", format!("{}: {e}", path.display())))?;
+            let lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            self.webhook
+                .secrets
+                .0
+                .extend(lines.map(|l| SecretString::from(l.to_string())));
+        }
+        if self
+            .webhook
+            .secrets
+            .0
+            .iter()
+            .any(|s| s.expose_secret().is_empty())
+        {
+            return Err(invalid("webhook.secrets", "a secret is empty"));
+        }
+        if self.webhook.require_signature && self.webhook.secrets.0.is_empty() {
+            let message =
+                "at least one secret is required unless webhook.require_signature = false";
+            return Err(invalid("webhook.secrets", message));
+        }
+        if self.webhook.max_body_bytes == 0 {
+            return Err(invalid("webhook.max_body_bytes", "must be greater than 0"));
+        }
+        subject_token("registry.partition", &self.registry.partition)?;
+        for token in self.nats.subject_prefix.split('.') {
+            subject_token("nats.subject_prefix", token)?;
+        }
+        subject_token("nats.stream", &self.nats.stream)?;
+        if !(1..=5).contains(&self.nats.replicas) {
+            return Err(invalid("nats.replicas", "must be between 1 and 5"));
+        }
+        if self.nats.ack_timeout.is_zero() {
+            return Err(invalid("nats.ack_timeout", "must be greater than 0"));
+        }
+        self.object_types()?;
+        if !(0.0..=1.0).contains(&self.reconcile.max_delete_fraction) {
+            return Err(invalid(
+                "reconcile.max_delete_fraction",
+                "must be between 0 and 1",
+            ));
+        }
+        if self.netbox.page_size == 0 || self.netbox.concurrency == 0 {
+            return Err(invalid(
+                "netbox.page_size",
+                "page_size and concurrency must be at least 1",
+            ));
+        }
+        if !matches!(
+            self.log.level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace"
+        ) {
+            return Err(invalid(
+                "log.level",
+                "must be error, warn, info, debug or trace",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The enabled object types (`registry.object_types`).
+    pub fn object_types(&self) -> Result<Vec<ObjectType>, ConfigError> {
+        self.registry
+            .object_types
+            .iter()
+            .map(|name| {
+                ObjectType::from_name(name).ok_or_else(|| {
+                    let known: Vec<&str> = object_type::ALL.iter().map(|t| t.name).collect();
+                    invalid(
+                        "registry.object_types",
+                        format!(
+                            "unknown object type {name:?}; supported: {}",
+                            known.join(", ")
+                        ),
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// A NATS subject token or stream name: no dots, wildcards or white space.
+fn subject_token(key: &'static str, token: &str) -> Result<(), ConfigError> {
+    let bad = |c: char| c == '.' || c == '*' || c == '>' || c.is_whitespace() || c.is_control();
+    if token.is_empty() || token.chars().any(bad) {
+        return Err(invalid(
+            key,
+            format!("{token:?} is not a valid NATS name (no dots, *, > or spaces)"),
+        ));
+    }
+    Ok(())
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            secrets: Secrets::default(),
+            secret_file: None,
+            require_signature: true,
+            max_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for NetboxConfig {
+    fn default() -> Self {
+        NetboxConfig {
+            url: None,
+            token: None,
+            token_file: None,
+            page_size: 1000,
+            concurrency: 4,
+            timeout: Duration::from_secs(30),
+            insecure_skip_verify: false,
+            ca_file: None,
+        }
+    }
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".to_string(),
+            creds_file: None,
+            user: None,
+            password: None,
+            token: None,
+            tls_ca_file: None,
+            stream: "NETBOX_REGISTRY".to_string(),
+            subject_prefix: "netbox.registry".to_string(),
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+            ack_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            partition: "default".to_string(),
+            object_types: object_type::ALL
+                .iter()
+                .map(|t| t.name.to_string())
+                .collect(),
+            expand_subnets: false,
+            max_expanded_hosts: 4096,
+        }
+    }
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            interval: Duration::from_secs(3600),
+            on_start: true,
+            max_delete_fraction: 0.5,
+        }
+    }
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            path: PathBuf::from("./data/netbox-relay.redb"),
+        }
+    }
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig { max_bytes: 1 << 30 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Auto,
+            level: "info".to_string(),
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The registry delta: what netbox-relay publishes, and the contract downstream consumers read.
+//! `schemas/registry-delta.v1.json` is generated from these types (`netbox-relay schema`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The value of every delta's `schema` field.
+pub const SCHEMA_ID: &str = "netbox-relay/registry-delta/v1";
+
+/// One upsert or delete of one registry entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "RegistryDelta")]
+pub struct RegistryDelta {
+    /// Always "netbox-relay/registry-delta/v1".
+    pub schema: String,
+    /// Deterministic: the same change always gets the same id (hash of key, op, revision, entry).
+    /// Published as `Nats-Msg-Id`, so JetStream drops repeats.
+    pub delta_id: String,
+    pub op: Op,
+    pub kind: Kind,
+    /// Stable registry key: `netbox/<partition>/<object_type>/<id>`.
+    pub key: String,
+    pub partition: String,
+    /// Always "netbox".
+    pub source: String,
+    pub origin: Origin,
+    /// NetBox object type, `app_label.model`, e.g. `dcim.device`.
+    pub object_type: String,
+    /// NetBox id of the object.
+    pub object_id: u64,
+    /// The object's `last_updated`; for a delete, the event timestamp.
+    pub revision: DateTime<Utc>,
+    /// NetBox event name (`created`, `updated`, `deleted`), or null for reconcile.
+    pub event: Option<String>,
+    /// Id of the NetBox request that made the change, when NetBox sent one.
+    pub request_id: Option<String>,
+    /// NetBox user who made the change, when NetBox sent one.
+    pub user: Option<String>,
+    /// For an update with snapshots: the top-level fields whose values differ, sorted.
+    pub changed_fields: Option<Vec<String>>,
+    /// When the relay produced this delta.
+    pub observed_at: DateTime<Utc>,
+    /// Null for a delete.
+    pub entry: Option<Entry>,
+}
+
+/// The registry entry of one NetBox object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Entry {
+    /// Object name; for an IP address its address, for a prefix its CIDR.
+    pub name: String,
+    /// NetBox status value ("active", "planned", ...), where the object has one.
+    pub status: Option<String>,
+    /// IP addresses without mask: primary IPv4/IPv6 and OOB of a device or VM, the address of an IP.
+    pub addresses: Vec<String>,
+    /// Flat labels: source=netbox, site, tenant, role, platform, status, cluster, vrf, vlan, region,
+    /// tag.<slug>=true; only the ones that apply.
+    pub labels: BTreeMap<String, String>,
+    /// Kind-specific normalized fields (scalars or lists of scalars).
+    pub attributes: BTreeMap<String, serde_json::Value>,
+    /// Discovery sweep target of IP addresses and prefixes.
+    pub sweep: Option<Sweep>,
+    /// The object's API path, relative (e.g. /api/dcim/devices/42/).
+    pub netbox_url: String,
+}
+
+/// What a discovery sweep should probe for an IP address or prefix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Sweep {
+    pub cidr: String,
+    /// Host addresses, listed only when they are few enough (see `registry.max_expanded_hosts`).
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Upsert,
+    Delete,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    Webhook,
+    Reconcile,
+}
+
+/// The kinds of registry entry, one per supported NetBox object type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Device,
+    VirtualMachine,
+    IpAddress,
+    Prefix,
+    Interface,
+    VmInterface,
+    Vlan,
+    Vrf,
+    Cluster,
+    Site,
+    Tenant,
+    Service,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Upsert => "upsert",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Device => "device",
+            Kind::VirtualMachine => "virtual_machine",
+            Kind::IpAddress => "ip_address",
+            Kind::Prefix => "prefix",
+            Kind::Interface => "interface",
+            Kind::VmInterface => "vm_interface",
+            Kind::Vlan => "vlan",
+            Kind::Vrf => "vrf",
+            Kind::Cluster => "cluster",
+            Kind::Site => "site",
+            Kind::Tenant => "tenant",
+            Kind::Service => "service",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The hash behind `delta_id`. Labels and attributes are sorted maps, so the serialization, and
+/// with it the id, depends only on the content.
+pub fn delta_id(
+    key: &str,
+    op: Op,
+    revision: &DateTime<Utc>,
+    entry: Option<&Entry>,
+) -> Result<String, serde_json::Error> {
+    let canonical = serde_json::to_vec(&(key, op, revision, entry))?;
+    let digest = Sha256::digest(&canonical);
+    Ok(hex::encode(&digest[..16]))
+}
+
+/// The JSON Schema of [`RegistryDelta`], pretty-printed, as checked in under `schemas/`.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(RegistryDelta);
+    let mut text = serde_json::to_string_pretty(&schema).expect("a schema serializes");
+    text.push('\n');
+    text
+}

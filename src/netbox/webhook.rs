@@ -1,0 +1,221 @@
+//! The body of a NetBox event-rule webhook, in every generation NetBox has sent:
+//! `model` + `username` + `request_id` (up to 4.3), `object_type` (4.4+), `request` (4.6+), and
+//! bodies with none of these where only `data.url` tells the object type.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use super::object_type::{api_endpoint, ObjectType};
+
+/// A change NetBox reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeEvent {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl ChangeEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeEvent::Created => "created",
+            ChangeEvent::Updated => "updated",
+            ChangeEvent::Deleted => "deleted",
+        }
+    }
+}
+
+/// A webhook about a change of a supported object type.
+#[derive(Debug, Clone)]
+pub struct WebhookEvent {
+    pub event: ChangeEvent,
+    /// When NetBox queued the change (`timestamp`), if it said.
+    pub timestamp: Option<DateTime<Utc>>,
+    pub object_type: ObjectType,
+    pub object_id: u64,
+    /// The object as the REST API serializes it (as it was, for a delete).
+    pub data: Map<String, Value>,
+    pub request_id: Option<String>,
+    pub user: Option<String>,
+    pub prechange: Option<Map<String, Value>>,
+    pub postchange: Option<Map<String, Value>>,
+}
+
+/// What a well-formed webhook body asks of us.
+#[derive(Debug)]
+pub enum Parsed {
+    Change(Box<WebhookEvent>),
+    /// Nothing to translate; the reason is for the 200 answer.
+    Ignored(String),
+}
+
+/// Why a body is not a usable webhook. Messages name the key and never echo the body.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("body is not valid JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("body is not a JSON object")]
+    NotObject,
+    #[error("`{0}` is missing")]
+    Missing(&'static str),
+    #[error("`{key}` must be {expected}")]
+    WrongType {
+        key: &'static str,
+        expected: &'static str,
+    },
+    #[error("cannot tell the object type: no `object_type`, `model` or API `data.url`")]
+    NoObjectType,
+    #[error("`{0}` is not an RFC 3339 timestamp")]
+    BadTimestamp(&'static str),
+}
+
+/// Parses a webhook body that has already passed the signature check.
+pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
+    let Value::Object(mut top) = serde_json::from_slice::<Value>(body)? else {
+        return Err(PayloadError::NotObject);
+    };
+    let event = match required_str(&top, "event")? {
+        "created" => ChangeEvent::Created,
+        "updated" => ChangeEvent::Updated,
+        "deleted" => ChangeEvent::Deleted,
+        "job_started" | "job_ended" => return Ok(Parsed::Ignored("job event".into())),
+        other => {
+            return Ok(Parsed::Ignored(format!(
+                "event {} is not a change",
+                short(other)
+            )))
+        }
+    };
+    let data = match top.remove("data") {
+        Some(Value::Object(data)) => data,
+        Some(_) => return Err(wrong("data", "an object")),
+        None => return Err(PayloadError::Missing("data")),
+    };
+    let object_type = match object_type(&top, &data)? {
+        Ok(t) => t,
+        Err(unsupported) => {
+            let reason = format!("object type {} is not supported", short(&unsupported));
+            return Ok(Parsed::Ignored(reason));
+        }
+    };
+    let object_id = match data.get("id") {
+        Some(id) => id
+            .as_u64()
+            .ok_or(wrong("data.id", "a non-negative integer"))?,
+        None => return Err(PayloadError::Missing("data.id")),
+    };
+    let (prechange, postchange) = snapshots(&mut top)?;
+    Ok(Parsed::Change(Box::new(WebhookEvent {
+        event,
+        timestamp: optional_timestamp(&top, "timestamp")?,
+        object_type,
+        object_id,
+        request_id: optional_str(&top, "request_id")?.or(request_field(&top, "id")?),
+        user: optional_str(&top, "username")?.or(request_field(&top, "user")?),
+        data,
+        prechange,
+        postchange,
+    })))
+}
+
+/// `Ok(Ok(type))` when supported, `Ok(Err(name))` when well named but not supported.
+fn object_type(
+    top: &Map<String, Value>,
+    data: &Map<String, Value>,
+) -> Result<Result<ObjectType, String>, PayloadError> {
+    let url = match data.get("url") {
+        Some(Value::String(url)) => Some(url.as_str()),
+        Some(Value::Null) | None => None,
+        Some(_) => return Err(wrong("data.url", "a string")),
+    };
+    if let Some(name) = optional_str(top, "object_type")? {
+        return Ok(ObjectType::from_name(&name).ok_or(name));
+    }
+    if let Some(model) = optional_str(top, "model")? {
+        let app = url.and_then(api_endpoint).map(|(app, _)| app);
+        return Ok(ObjectType::from_model(&model, app).ok_or(model));
+    }
+    let url = url.ok_or(PayloadError::NoObjectType)?;
+    let (app, endpoint) = api_endpoint(url).ok_or(PayloadError::NoObjectType)?;
+    Ok(ObjectType::from_url(url).ok_or_else(|| format!("{app}/{endpoint}")))
+}
+
+type Snapshot = Option<Map<String, Value>>;
+
+fn snapshots(top: &mut Map<String, Value>) -> Result<(Snapshot, Snapshot), PayloadError> {
+    let mut snapshots = match top.remove("snapshots") {
+        Some(Value::Object(s)) => s,
+        Some(Value::Null) | None => return Ok((None, None)),
+        Some(_) => return Err(wrong("snapshots", "an object")),
+    };
+    let mut take = |key: &'static str| match snapshots.remove(key) {
+        Some(Value::Object(s)) => Ok(Some(s)),
+        Some(Value::Null) | None => Ok(None),
+        Some(_) => Err(wrong(key, "an object or null")),
+    };
+    Ok((take("prechange")?, take("postchange")?))
+}
+
+fn required_str<'a>(
+    top: &'a Map<String, Value>,
+    key: &'static str,
+) -> Result<&'a str, PayloadError> {
+    match top.get(key) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(wrong(key, "a string")),
+        None => Err(PayloadError::Missing(key)),
+    }
+}
+
+fn optional_str(
+    top: &Map<String, Value>,
+    key: &'static str,
+) -> Result<Option<String>, PayloadError> {
+    match top.get(key) {
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Null) | None => Ok(None),
+        Some(_) => Err(wrong(key, "a string")),
+    }
+}
+
+/// A field of the 4.6+ `request` object; NetBox may leave the object out.
+fn request_field(
+    top: &Map<String, Value>,
+    key: &'static str,
+) -> Result<Option<String>, PayloadError> {
+    match top.get("request") {
+        Some(Value::Object(request)) => {
+            Ok(request.get(key).and_then(Value::as_str).map(String::from))
+        }
+        Some(Value::Null) | None => Ok(None),
+        Some(_) => Err(wrong("request", "an object")),
+    }
+}
+
+fn optional_timestamp(
+    top: &Map<String, Value>,
+    key: &'static str,
+) -> Result<Option<DateTime<Utc>>, PayloadError> {
+    optional_str(top, key)?
+        .map(|s| parse_timestamp(&s).ok_or(PayloadError::BadTimestamp(key)))
+        .transpose()
+}
+
+/// NetBox writes `2026-11-22T10:46:07.281940Z` in objects and `...+00:00` in event timestamps.
+pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn wrong(key: &'static str, expected: &'static str) -> PayloadError {
+    PayloadError::WrongType { key, expected }
+}
+
+/// Names from the network go into answers; keep them short.
+fn short(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

@@ -1,0 +1,204 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream::context::{ContextBuilder, PublishErrorKind};
+use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
+use async_nats::jetstream::{self, publish::PublishAck};
+use async_nats::{Client, ConnectOptions, Event, HeaderMap};
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::NatsConfig;
+use crate::delta::RegistryDelta;
+
+/// The stream the relay creates when it is absent.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub name: String,
+    pub subject_prefix: String,
+    pub duplicate_window: Duration,
+    pub replicas: usize,
+}
+
+/// Why a delta did not reach JetStream. Messages carry no credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("not connected to NATS")]
+    NotConnected,
+    #[error("NATS connection: {0}")]
+    Connect(String),
+    #[error("JetStream stream {stream}: {message}")]
+    Stream { stream: String, message: String },
+    #[error("JetStream did not acknowledge the delta: {0}")]
+    NoAck(String),
+    #[error("cannot serialize the delta: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+pub struct Publisher {
+    client: Client,
+    js: jetstream::Context,
+    settings: StreamSettings,
+    stream_ready: AtomicBool,
+}
+
+impl Publisher {
+    /// Connects in the background (the relay starts even while NATS is away).
+    pub async fn connect(cfg: &NatsConfig) -> Result<Publisher, PublishError> {
+        let client = connect_options(cfg)
+            .await?
+            .connect(&cfg.url)
+            .await
+            .map_err(|e| PublishError::Connect(e.to_string()))?;
+        let js = ContextBuilder::new()
+            .timeout(cfg.ack_timeout)
+            .ack_timeout(cfg.ack_timeout)
+            .build(client.clone());
+        Ok(Publisher {
+            client,
+            js,
+            settings: StreamSettings {
+                name: cfg.stream.clone(),
+                subject_prefix: cfg.subject_prefix.clone(),
+                duplicate_window: cfg.duplicate_window,
+                replicas: cfg.replicas,
+            },
+            stream_ready: AtomicBool::new(false),
+        })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    pub fn stream_ready(&self) -> bool {
+        self.stream_ready.load(Ordering::Relaxed)
+    }
+
+    pub fn settings(&self) -> &StreamSettings {
+        &self.settings
+    }
+
+    /// `<prefix>.<partition>.<kind>.<op>`.
+    pub fn subject(&self, delta: &RegistryDelta) -> String {
+        let (prefix, partition) = (&self.settings.subject_prefix, &delta.partition);
+        format!("{prefix}.{partition}.{}.{}", delta.kind, delta.op.as_str())
+    }
+
+    /// Publishes one delta and waits for JetStream's ack.
+    pub async fn publish(&self, delta: &RegistryDelta) -> Result<PublishAck, PublishError> {
+        if !self.is_connected() {
+            return Err(PublishError::NotConnected);
+        }
+        let payload = serde_json::to_vec(delta)?;
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", delta.delta_id.as_str());
+        headers.insert("Content-Type", "application/json");
+        let ack = async {
+            self.js
+                .publish_with_headers(self.subject(delta), headers, payload.into())
+                .await?
+                .await
+        };
+        ack.await.map_err(|e| {
+            if e.kind() == PublishErrorKind::StreamNotFound {
+                self.stream_ready.store(false, Ordering::Relaxed);
+            }
+            PublishError::NoAck(e.to_string())
+        })
+    }
+
+    /// Creates the stream if it is absent. An existing stream is left as it is.
+    pub async fn ensure_stream(&self) -> Result<(), PublishError> {
+        let s = &self.settings;
+        let subjects = format!("{}.>", s.subject_prefix);
+        let config = StreamConfig {
+            name: s.name.clone(),
+            subjects: vec![subjects.clone()],
+            duplicate_window: s.duplicate_window,
+            num_replicas: s.replicas,
+            storage: StorageType::File,
+            ..Default::default()
+        };
+        let stream_error = |message: String| PublishError::Stream {
+            stream: s.name.clone(),
+            message,
+        };
+        let mut stream = self
+            .js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| stream_error(e.to_string()))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| stream_error(e.to_string()))?;
+        if !info
+            .config
+            .subjects
+            .iter()
+            .any(|subject| subject == &subjects)
+        {
+            tracing::warn!(stream = %s.name, expected = %subjects, found = ?info.config.subjects,
+                "the existing stream does not capture the relay's subjects as configured");
+        }
+        self.stream_ready.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Keeps the stream present: creates it once NATS is reachable, and again if it disappears.
+    pub async fn keep_stream(&self, shutdown: CancellationToken) {
+        loop {
+            if self.is_connected() && !self.stream_ready() {
+                match self.ensure_stream().await {
+                    Ok(()) => {
+                        tracing::info!(stream = %self.settings.name, "JetStream stream ready")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "JetStream stream not ready; retrying"),
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Flushes what is pending and closes the connection.
+    pub async fn drain(&self) {
+        if let Err(e) = self.client.drain().await {
+            tracing::warn!(error = %e, "draining the NATS connection failed");
+        }
+    }
+}
+
+async fn connect_options(cfg: &NatsConfig) -> Result<ConnectOptions, PublishError> {
+    let mut options = match &cfg.creds_file {
+        Some(path) => ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|e| {
+                PublishError::Connect(format!("nats.creds_file {}: {e}", path.display()))
+            })?,
+        None => ConnectOptions::new(),
+    };
+    if let (Some(user), Some(password)) = (&cfg.user, &cfg.password) {
+        options = options.user_and_password(user.clone(), password.expose_secret().to_string());
+    }
+    if let Some(token) = &cfg.token {
+        options = options.token(token.expose_secret().to_string());
+    }
+    if let Some(ca) = &cfg.tls_ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    Ok(options
+        .name("netbox-relay")
+        .retry_on_initial_connect()
+        .event_callback(|event| async move {
+            match event {
+                Event::Connected => tracing::info!("connected to NATS"),
+                Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                other => tracing::debug!(event = %other, "NATS client event"),
+            }
+        }))
+}

@@ -1,0 +1,184 @@
+//! NetBox object or event -> registry delta. Pure functions: no I/O, no async, no clock (the
+//! caller passes `now`). Webhooks and reconciliation share [`Translator::entry`], so the same
+//! object always yields the same entry.
+
+mod fields;
+mod inventory;
+mod ipam;
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::delta::{self, Entry, Kind, Op, Origin, RegistryDelta, SCHEMA_ID};
+use crate::netbox::webhook::{parse_timestamp, ChangeEvent, WebhookEvent};
+use crate::netbox::ObjectType;
+pub use fields::Object;
+
+/// Prefix host expansion (`registry.expand_subnets`, `registry.max_expanded_hosts`).
+#[derive(Debug, Clone, Copy)]
+pub struct SweepOptions {
+    pub expand_subnets: bool,
+    pub max_expanded_hosts: usize,
+}
+
+/// What to do with one webhook.
+#[derive(Debug)]
+pub enum Outcome {
+    Publish(Box<RegistryDelta>),
+    /// Nothing to publish; the reason goes into the 200 answer.
+    Ignore(String),
+}
+
+/// Why an object cannot be translated. Field names are those of the object (`data.*`).
+#[derive(Debug, thiserror::Error)]
+pub enum TranslateError {
+    #[error("`data.{0}` is missing")]
+    MissingField(&'static str),
+    #[error("`data.{field}` must be {expected}")]
+    InvalidField {
+        field: &'static str,
+        expected: &'static str,
+    },
+    #[error("the revision is unknown: neither `data.last_updated` nor `timestamp` is usable")]
+    NoRevision,
+    #[error("`timestamp` is required for a delete")]
+    NoDeleteTimestamp,
+    #[error("cannot compute the delta id: {0}")]
+    DeltaId(#[from] serde_json::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct Translator {
+    partition: String,
+    sweep: SweepOptions,
+    enabled: BTreeSet<&'static str>,
+}
+
+impl Translator {
+    /// `enabled` are the object types to translate (`registry.object_types`).
+    pub fn new(partition: &str, sweep: SweepOptions, enabled: &[ObjectType]) -> Self {
+        Translator {
+            partition: partition.to_string(),
+            sweep,
+            enabled: enabled.iter().map(|t| t.name).collect(),
+        }
+    }
+
+    pub fn is_enabled(&self, object_type: ObjectType) -> bool {
+        self.enabled.contains(object_type.name)
+    }
+
+    /// `netbox/<partition>/<object_type>/<id>`.
+    pub fn key(&self, object_type: ObjectType, id: u64) -> String {
+        format!("netbox/{}/{}/{id}", self.partition, object_type.name)
+    }
+
+    /// The registry entry of one object, as a webhook's `data` or the REST API serializes it.
+    pub fn entry(&self, object_type: ObjectType, obj: &Object) -> Result<Entry, TranslateError> {
+        let mut b = fields::EntryBuilder::new(obj);
+        let mut name = fields::name(obj);
+        let mut sweep = None;
+        match object_type.kind {
+            Kind::Device => {
+                inventory::host(obj, &mut b)?;
+                inventory::device(obj, &mut b);
+            }
+            Kind::VirtualMachine => {
+                inventory::host(obj, &mut b)?;
+                inventory::virtual_machine(obj, &mut b);
+            }
+            Kind::Interface => inventory::interface(obj, &mut b, "device"),
+            Kind::VmInterface => inventory::interface(obj, &mut b, "virtual_machine"),
+            Kind::Cluster => inventory::cluster(obj, &mut b),
+            Kind::Site => inventory::site(obj, &mut b),
+            Kind::Tenant => inventory::tenant(obj, &mut b),
+            Kind::IpAddress => {
+                sweep = Some(ipam::ip_address(obj, &mut b, &self.sweep)?);
+                name = fields::text(obj, "address").unwrap_or_default().to_string();
+            }
+            Kind::Prefix => {
+                sweep = Some(ipam::prefix(obj, &mut b, &self.sweep)?);
+                name = fields::text(obj, "prefix").unwrap_or_default().to_string();
+            }
+            Kind::Vlan => ipam::vlan(obj, &mut b),
+            Kind::Vrf => ipam::vrf(obj, &mut b),
+            Kind::Service => ipam::service(obj, &mut b)?,
+        }
+        let id = obj.get("id").and_then(Value::as_u64).unwrap_or_default();
+        let url = match fields::text(obj, "url") {
+            Some(url) => fields::relative_url(url).to_string(),
+            None => format!("/api/{}/{id}/", object_type.api_path),
+        };
+        let mut entry = b.build(obj, name, url);
+        entry.sweep = sweep;
+        Ok(entry)
+    }
+
+    /// The delta of one webhook, or why there is none.
+    pub fn webhook(
+        &self,
+        ev: &WebhookEvent,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, TranslateError> {
+        if !self.is_enabled(ev.object_type) {
+            let reason = format!("object type {} is not enabled", ev.object_type.name);
+            return Ok(Outcome::Ignore(reason));
+        }
+        let (op, revision, entry) = match ev.event {
+            ChangeEvent::Deleted => {
+                let revision = ev.timestamp.ok_or(TranslateError::NoDeleteTimestamp)?;
+                (Op::Delete, revision, None)
+            }
+            ChangeEvent::Created | ChangeEvent::Updated => {
+                let revision = revision(&ev.data)
+                    .or(ev.timestamp)
+                    .ok_or(TranslateError::NoRevision)?;
+                (
+                    Op::Upsert,
+                    revision,
+                    Some(self.entry(ev.object_type, &ev.data)?),
+                )
+            }
+        };
+        let key = self.key(ev.object_type, ev.object_id);
+        let changed_fields = match (ev.event, &ev.prechange, &ev.postchange) {
+            (ChangeEvent::Updated, Some(pre), Some(post)) => Some(changed_fields(pre, post)),
+            _ => None,
+        };
+        Ok(Outcome::Publish(Box::new(RegistryDelta {
+            schema: SCHEMA_ID.to_string(),
+            delta_id: delta::delta_id(&key, op, &revision, entry.as_ref())?,
+            op,
+            kind: ev.object_type.kind,
+            key,
+            partition: self.partition.clone(),
+            source: "netbox".to_string(),
+            origin: Origin::Webhook,
+            object_type: ev.object_type.name.to_string(),
+            object_id: ev.object_id,
+            revision,
+            event: Some(ev.event.as_str().to_string()),
+            request_id: ev.request_id.clone(),
+            user: ev.user.clone(),
+            changed_fields,
+            observed_at: now,
+            entry,
+        })))
+    }
+}
+
+/// The object's revision: its `last_updated`.
+pub fn revision(obj: &Object) -> Option<DateTime<Utc>> {
+    fields::text(obj, "last_updated").and_then(parse_timestamp)
+}
+
+/// The top-level fields whose values differ between two snapshots, sorted.
+fn changed_fields(pre: &Object, post: &Object) -> Vec<String> {
+    let keys: BTreeSet<&String> = pre.keys().chain(post.keys()).collect();
+    keys.into_iter()
+        .filter(|k| pre.get(*k) != post.get(*k))
+        .cloned()
+        .collect()
+}

@@ -1,0 +1,74 @@
+//! Every way a webhook can fail, and the one place that maps each to its answer.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::signature::SignatureError;
+use crate::netbox::webhook::PayloadError;
+use crate::publish::PublishError;
+use crate::translate::TranslateError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    #[error("body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("cannot read the body: {0}")]
+    Body(String),
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    #[error(transparent)]
+    Translate(#[from] TranslateError),
+    #[error("the delta could not be made durable: {0}")]
+    Unavailable(#[from] PublishError),
+}
+
+impl WebhookError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            WebhookError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            WebhookError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            WebhookError::Body(_) | WebhookError::Payload(_) | WebhookError::Translate(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            WebhookError::Signature(_) => StatusCode::UNAUTHORIZED,
+            WebhookError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            WebhookError::UnsupportedMediaType => "unsupported_media_type",
+            WebhookError::TooLarge { .. } => "too_large",
+            WebhookError::Body(_) | WebhookError::Payload(_) | WebhookError::Translate(_) => {
+                "bad_payload"
+            }
+            WebhookError::Signature(_) => "bad_signature",
+            WebhookError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl IntoResponse for WebhookError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        // 5xx bodies stay opaque; the cause is logged here, once.
+        let message = if status.is_server_error() {
+            tracing::error!(error = %self, "webhook not accepted");
+            "the delta could not be published or spooled; NetBox should retry later".to_string()
+        } else {
+            tracing::info!(status = status.as_u16(), error = %self, "webhook rejected");
+            self.to_string()
+        };
+        (
+            status,
+            Json(json!({"error": self.code(), "message": message})),
+        )
+            .into_response()
+    }
+}
