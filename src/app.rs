@@ -1,7 +1,9 @@
 //! Wires the stages together and runs them until shutdown.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -43,7 +45,8 @@ impl Relay {
             );
         }
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(listener, state, publisher, shutdown.clone()));
+        let grace = config.server.shutdown_timeout;
+        let task = tokio::spawn(run(listener, state, publisher, shutdown.clone(), grace));
         tracing::info!(%addr, stream = %config.nats.stream, "netbox-relay listening");
         Ok(Relay {
             addr,
@@ -78,19 +81,34 @@ async fn run(
     state: Arc<AppState>,
     publisher: Arc<Publisher>,
     shutdown: CancellationToken,
+    grace: Duration,
 ) -> anyhow::Result<()> {
     let stream_keeper = {
         let (publisher, shutdown) = (publisher.clone(), shutdown.clone());
         tokio::spawn(async move { publisher.keep_stream(shutdown).await })
     };
-    let served = axum::serve(listener, webhook::router(state))
+    let server = axum::serve(listener, webhook::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+        .into_future();
+    let mut server = tokio::spawn(server);
+    let served = tokio::select! {
+        served = &mut server => served,
+        _ = shutdown.cancelled() => match tokio::time::timeout(grace, &mut server).await {
+            Ok(served) => served,
+            Err(_) => {
+                tracing::warn!(?grace, "in-flight webhooks did not finish in time; closing them");
+                server.abort();
+                Ok(Ok(()))
+            }
+        },
+    };
     shutdown.cancel();
     stream_keeper.await.ok();
     publisher.drain().await;
     tracing::info!("netbox-relay stopped");
-    served.context("the HTTP server failed")
+    served
+        .context("the HTTP server panicked")?
+        .context("the HTTP server failed")
 }
 
 fn translator(config: &Config) -> anyhow::Result<Translator> {

@@ -17,6 +17,7 @@ pub const SCHEMA_ID: &str = "netbox-relay/registry-delta/v1";
 #[schemars(title = "RegistryDelta")]
 pub struct RegistryDelta {
     /// Always "netbox-relay/registry-delta/v1".
+    #[schemars(extend("const" = "netbox-relay/registry-delta/v1"))]
     pub schema: String,
     /// Deterministic: the same change always gets the same id (hash of key, op, revision, entry).
     /// Published as `Nats-Msg-Id`, so JetStream drops repeats.
@@ -27,6 +28,7 @@ pub struct RegistryDelta {
     pub key: String,
     pub partition: String,
     /// Always "netbox".
+    #[schemars(extend("const" = "netbox"))]
     pub source: String,
     pub origin: Origin,
     /// NetBox object type, `app_label.model`, e.g. `dcim.device`.

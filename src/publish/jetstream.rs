@@ -158,9 +158,14 @@ impl Publisher {
                     Err(e) => tracing::warn!(error = %e, "JetStream stream not ready; retrying"),
                 }
             }
+            // Poll quickly while NATS is connecting so that readiness follows it closely.
+            let pause = match self.is_connected() {
+                true => Duration::from_secs(1),
+                false => Duration::from_millis(100),
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }

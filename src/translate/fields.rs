@@ -30,11 +30,10 @@ pub fn nested_text<'a>(obj: &'a Object, key: &str, field: &str) -> Option<&'a st
 /// name; a plain string as it is.
 pub fn label_value(value: Option<&Value>) -> Option<String> {
     match value? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Object(o) => ["slug", "value", "name"]
             .iter()
             .find_map(|k| o.get(*k).and_then(scalar_text)),
-        _ => None,
+        scalar => scalar_text(scalar),
     }
 }
 
@@ -159,6 +158,7 @@ mod tests {
         assert_eq!(label_value(Some(&site)).as_deref(), Some("fra1"));
         assert_eq!(label_value(Some(&status)).as_deref(), Some("active"));
         assert_eq!(label_value(Some(&cluster)).as_deref(), Some("fra1-pve01"));
+        assert_eq!(label_value(Some(&json!(100))).as_deref(), Some("100"));
         assert_eq!(label_value(Some(&Value::Null)), None);
     }
 

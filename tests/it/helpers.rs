@@ -1,0 +1,298 @@
+//! Shared test helpers: a real `nats-server` with JetStream, the relay on a random port, the
+//! recorded NetBox webhooks, and a reader for what reached the stream.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netbox_relay::app::Relay;
+use netbox_relay::config::{Config, Secrets};
+use netbox_relay::webhook::signature::sign;
+use secrecy::SecretString;
+use serde_json::Value;
+
+pub const STREAM: &str = "NETBOX_REGISTRY";
+
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/netbox-webhooks")
+}
+
+/// The secret the recorded webhooks were signed with.
+pub fn secret() -> String {
+    std::fs::read_to_string(fixtures_dir().join("secret.txt"))
+        .expect("tests/fixtures/netbox-webhooks/secret.txt")
+        .trim()
+        .to_string()
+}
+
+/// A recorded webhook: the raw body as NetBox sent it, and NetBox's signature header.
+pub struct Fixture {
+    pub body: Vec<u8>,
+    pub signature: String,
+}
+
+pub fn fixture(file: &str) -> Fixture {
+    let path = fixtures_dir().join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let recorded: Value = serde_json::from_str(&text).expect("fixture is JSON");
+    Fixture {
+        body: recorded["body"].as_str().expect("body").as_bytes().to_vec(),
+        signature: recorded["headers"]["X-Hook-Signature"]
+            .as_str()
+            .expect("signature")
+            .to_string(),
+    }
+}
+
+/// The fixture's body as a JSON object, to derive other payload generations from.
+pub fn fixture_json(file: &str) -> serde_json::Map<String, Value> {
+    serde_json::from_slice(&fixture(file).body).expect("fixture body is a JSON object")
+}
+
+pub fn signed(body: &[u8]) -> String {
+    sign(&secret(), body)
+}
+
+/// Every recorded webhook file, in recording order.
+pub fn all_fixture_files() -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(fixtures_dir())
+        .expect("fixtures dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.as_bytes()[0].is_ascii_digit() && name.ends_with(".json"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// A `nats-server -js` on a free loopback port with a temporary store; killed on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let store = tempfile::tempdir().expect("temp dir");
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            store,
+        };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again on the same port and store (after [`NatsServer::stop`]).
+    pub fn restart(&mut self) {
+        let child = Command::new(nats_server_binary())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server (run .ci/run, or set NATS_SERVER to its path)");
+        self.child = Some(child);
+        wait_for_port(SocketAddr::from(([127, 0, 0, 1], self.port)));
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `$NATS_SERVER`, else the one `.ci/run` installs into `.venv`, else `nats-server` on PATH.
+fn nats_server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/nats-server");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("nats-server")
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+fn wait_for_port(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nats-server did not listen on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The configuration a test relay starts from.
+pub fn test_config(nats: &NatsServer) -> Config {
+    let mut config = Config::default();
+    config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.nats.url = nats.url();
+    config.webhook.secrets = Secrets(vec![SecretString::from(secret())]);
+    config.validate().expect("test config is valid");
+    config
+}
+
+/// The relay running in this process, with an HTTP client aimed at it.
+pub struct TestRelay {
+    pub relay: Relay,
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+impl TestRelay {
+    /// Starts the relay and waits until it is ready (NATS connected, stream present).
+    pub async fn start(config: Config) -> TestRelay {
+        let relay = TestRelay::start_unready(config).await;
+        relay.wait_ready().await;
+        relay
+    }
+
+    pub async fn start_unready(config: Config) -> TestRelay {
+        let relay = Relay::start(config).await.expect("relay starts");
+        let base = format!("http://{}", relay.addr());
+        TestRelay {
+            relay,
+            http: reqwest::Client::new(),
+            base,
+        }
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.get("/readyz").await.0;
+            if status == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "relay not ready: {status}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POSTs a webhook with the given headers; answers status and JSON body.
+    pub async fn post_raw(&self, body: Vec<u8>, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/webhooks/netbox", self.base))
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("POST");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POSTs a body signed with the fixture secret, as NetBox would.
+    pub async fn post_signed(&self, body: &[u8]) -> (u16, Value) {
+        let signature = signed(body);
+        let headers = [
+            ("content-type", "application/json"),
+            ("x-hook-signature", signature.as_str()),
+        ];
+        self.post_raw(body.to_vec(), &headers).await
+    }
+
+    /// POSTs a recorded webhook exactly as NetBox sent it.
+    pub async fn post_fixture(&self, file: &str) -> (u16, Value) {
+        let f = fixture(file);
+        let headers = [
+            ("content-type", "application/json"),
+            ("x-hook-signature", f.signature.as_str()),
+        ];
+        self.post_raw(f.body, &headers).await
+    }
+}
+
+/// One message read back from the stream.
+#[derive(Debug)]
+pub struct Stored {
+    pub subject: String,
+    pub msg_id: String,
+    pub content_type: String,
+    pub delta: Value,
+}
+
+/// Every message on the stream, in stream order.
+pub async fn stream_messages(nats_url: &str) -> Vec<Stored> {
+    let client = async_nats::connect(nats_url)
+        .await
+        .expect("connect to NATS");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(STREAM).await.expect("stream exists");
+    let last = stream
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .last_sequence;
+    let mut stored = Vec::new();
+    for sequence in 1..=last {
+        let Ok(message) = stream.get_raw_message(sequence).await else {
+            continue;
+        };
+        let header = |name: &str| {
+            message
+                .headers
+                .get(name)
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default()
+        };
+        stored.push(Stored {
+            subject: message.subject.to_string(),
+            msg_id: header("Nats-Msg-Id"),
+            content_type: header("Content-Type"),
+            delta: serde_json::from_slice(&message.payload).expect("stored delta is JSON"),
+        });
+    }
+    stored
+}
+
+/// How many messages the stream holds.
+pub async fn stream_count(nats_url: &str) -> u64 {
+    let client = async_nats::connect(nats_url)
+        .await
+        .expect("connect to NATS");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(STREAM).await.expect("stream exists");
+    stream.info().await.expect("stream info").state.messages
+}

@@ -1,0 +1,10 @@
+//! The integration tests: one binary, shared helpers, recorded NetBox fixtures.
+
+mod bad_input;
+mod config;
+mod expected;
+mod helpers;
+mod schema;
+mod shutdown;
+mod translate;
+mod webhooks;

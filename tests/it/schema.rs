@@ -1,0 +1,37 @@
+//! The checked-in JSON Schema is generated from the Rust types; this fails when they drift.
+
+use std::path::Path;
+
+#[test]
+fn the_checked_in_schema_matches_the_types() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/registry-delta.v1.json");
+    let checked_in = std::fs::read_to_string(&path).expect("schemas/registry-delta.v1.json");
+    assert!(
+        checked_in == netbox_relay::delta::json_schema(),
+        "schemas/registry-delta.v1.json is stale: run `cargo run -- schema > schemas/registry-delta.v1.json`"
+    );
+}
+
+#[test]
+fn the_schema_names_every_kind_and_the_schema_id() {
+    let schema: serde_json::Value =
+        serde_json::from_str(&netbox_relay::delta::json_schema()).unwrap();
+    let kinds = &schema["$defs"]["Kind"]["enum"];
+    for kind in [
+        "device",
+        "virtual_machine",
+        "ip_address",
+        "vm_interface",
+        "service",
+    ] {
+        assert!(
+            kinds.as_array().unwrap().iter().any(|k| k == kind),
+            "{kind} in {kinds}"
+        );
+    }
+    assert_eq!(
+        schema["properties"]["schema"]["const"],
+        "netbox-relay/registry-delta/v1"
+    );
+    assert_eq!(schema["properties"]["source"]["const"], "netbox");
+}

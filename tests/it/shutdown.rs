@@ -1,0 +1,62 @@
+//! Graceful shutdown: a webhook in flight when shutdown begins still gets its answer, and a client
+//! that never finishes cannot hold the relay past `server.shutdown_timeout`.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{fixture, stream_count, test_config, NatsServer, TestRelay};
+
+/// Sends the request head and the first half of the body; the caller sends the rest.
+async fn start_request(relay: &TestRelay, body: &[u8], signature: &str) -> TcpStream {
+    let mut conn = TcpStream::connect(relay.relay.addr()).await.unwrap();
+    let head = format!(
+        "POST /webhooks/netbox HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\n\
+         x-hook-signature: {signature}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body[..body.len() / 2]).await.unwrap();
+    conn
+}
+
+#[tokio::test]
+async fn a_webhook_in_flight_at_shutdown_is_answered_and_published() {
+    let nats = NatsServer::start();
+    let relay = TestRelay::start(test_config(&nats)).await;
+    let f = fixture("020_device_created.json");
+    let mut conn = start_request(&relay, &f.body, &f.signature).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let stopping = tokio::spawn(relay.relay.stop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    conn.write_all(&f.body[f.body.len() / 2..]).await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    stopping.await.unwrap().unwrap();
+    assert_eq!(
+        stream_count(&nats.url()).await,
+        1,
+        "the in-flight delta was published"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_client_cannot_hold_shutdown_past_the_grace_period() {
+    let nats = NatsServer::start();
+    let mut config = test_config(&nats);
+    config.server.shutdown_timeout = Duration::from_millis(300);
+    let relay = TestRelay::start(config).await;
+    let f = fixture("020_device_created.json");
+    let _stalled = start_request(&relay, &f.body, &f.signature).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    relay.relay.stop().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped after {:?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,123 @@
+//! End to end: recorded webhooks over real HTTP to the relay, deltas read back from a real
+//! JetStream stream.
+
+use std::collections::HashMap;
+
+use crate::expected::{DELTAS, IGNORED};
+use crate::helpers::{
+    all_fixture_files, stream_count, stream_messages, test_config, NatsServer, TestRelay,
+};
+
+#[tokio::test]
+async fn every_recorded_webhook_reaches_jetstream_as_its_delta() {
+    let nats = NatsServer::start();
+    let relay = TestRelay::start(test_config(&nats)).await;
+    let expected: HashMap<&str, _> = DELTAS.iter().map(|e| (e.file, e)).collect();
+    for file in all_fixture_files() {
+        let (status, body) = relay.post_fixture(&file).await;
+        if IGNORED.contains(&file.as_str()) {
+            assert_eq!(status, 200, "{file}: {body}");
+            assert_eq!(body["status"], "ignored", "{file}");
+            assert!(
+                body["reason"].as_str().unwrap().contains("not supported"),
+                "{file}: {body}"
+            );
+        } else {
+            assert_eq!(status, 202, "{file}: {body}");
+            assert_eq!(
+                body,
+                serde_json::json!({"status": "accepted", "deltas": 1}),
+                "{file}"
+            );
+        }
+    }
+
+    let stored = stream_messages(&nats.url()).await;
+    assert_eq!(
+        stored.len(),
+        DELTAS.len(),
+        "one stored message per translated webhook"
+    );
+    for (message, want) in stored.iter().zip(DELTAS) {
+        let d = &message.delta;
+        let ctx = want.file;
+        assert_eq!(
+            message.subject,
+            format!("netbox.registry.default.{}.{}", want.kind, want.op),
+            "{ctx}"
+        );
+        assert_eq!(message.msg_id, d["delta_id"].as_str().unwrap(), "{ctx}");
+        assert_eq!(message.content_type, "application/json", "{ctx}");
+        assert_eq!(d["kind"], want.kind, "{ctx}");
+        assert_eq!(d["op"], want.op, "{ctx}");
+        assert_eq!(
+            d["key"],
+            format!("netbox/default/{}/{}", want.object_type, want.id),
+            "{ctx}"
+        );
+        assert_eq!(d["origin"], "webhook", "{ctx}");
+        assert!(expected.contains_key(ctx));
+        if want.op == "delete" {
+            assert!(d["entry"].is_null(), "{ctx}");
+        } else {
+            assert_eq!(d["entry"]["name"], want.name, "{ctx}");
+            assert_eq!(
+                d["entry"]["addresses"],
+                serde_json::json!(want.addresses),
+                "{ctx}"
+            );
+            assert_eq!(d["entry"]["labels"]["source"], "netbox", "{ctx}");
+        }
+    }
+    relay.relay.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_same_webhook_twice_is_stored_once() {
+    let nats = NatsServer::start();
+    let relay = TestRelay::start(test_config(&nats)).await;
+    for _ in 0..2 {
+        let (status, _) = relay.post_fixture("034_device_updated.json").await;
+        assert_eq!(status, 202);
+    }
+    assert_eq!(stream_count(&nats.url()).await, 1);
+    let (status, _) = relay.post_fixture("035_device_updated.json").await;
+    assert_eq!(status, 202);
+    assert_eq!(stream_count(&nats.url()).await, 2);
+}
+
+#[tokio::test]
+async fn webhooks_get_503_while_nats_is_unreachable_and_202_once_it_is_back() {
+    let mut nats = NatsServer::start();
+    let relay = TestRelay::start(test_config(&nats)).await;
+    nats.stop();
+    let (status, body) = relay.post_fixture("020_device_created.json").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "unavailable");
+    let (ready, body) = relay.get("/readyz").await;
+    assert_eq!(ready, 503, "{body}");
+
+    nats.restart();
+    relay.wait_ready().await;
+    let (status, body) = relay.post_fixture("020_device_created.json").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(stream_count(&nats.url()).await, 1);
+}
+
+#[tokio::test]
+async fn health_answers_while_readiness_waits_for_nats() {
+    let mut nats = NatsServer::start();
+    nats.stop();
+    let relay = TestRelay::start_unready(test_config(&nats)).await;
+    assert_eq!(
+        relay.get("/healthz").await,
+        (200, serde_json::json!({"status": "ok"}))
+    );
+    let (status, body) = relay.get("/readyz").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["status"], "not_ready");
+    nats.restart();
+    relay.wait_ready().await;
+    let (status, _) = relay.post_fixture("020_device_created.json").await;
+    assert_eq!(status, 202, "the stream was created once NATS came up");
+}
