@@ -11,43 +11,79 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::publish::Publisher;
+use crate::publish::{self, Delivery, Publisher, Spool};
+use crate::state::{Committer, Store};
+use crate::telemetry;
 use crate::translate::{SweepOptions, Translator};
 use crate::webhook::{self, signature::Verifier, AppState};
 
-/// A started relay: its HTTP server, and the task that keeps the JetStream stream present.
+/// A started relay: its HTTP server, the spool drainer and the stream keeper.
 pub struct Relay {
     addr: SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
+/// What runs in the background and must be stopped in order.
+struct Parts {
+    state: Arc<AppState>,
+    store: Arc<Store>,
+    committer: Committer,
+    spool: Arc<Spool>,
+    grace: Duration,
+}
+
 impl Relay {
-    /// Binds `server.listen` and starts serving; NATS may still be connecting.
+    /// Opens the state store, binds `server.listen` and starts serving; NATS may still be
+    /// connecting (webhooks go to the spool meanwhile).
     pub async fn start(config: Config) -> anyhow::Result<Relay> {
+        let store = Arc::new(Store::open(&config.state.path)?);
+        let stats = store.spool_stats()?;
+        if stats.depth > 0 {
+            tracing::info!(
+                depth = stats.depth,
+                "the spool holds deltas from before; draining them"
+            );
+        }
+        let committer = Committer::start(store.clone(), stats.next_seq);
+        let spool = Arc::new(Spool::new(stats.depth, stats.bytes, config.spool.max_bytes));
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let addr = listener.local_addr()?;
         let publisher = Arc::new(Publisher::connect(&config.nats).await?);
+        let delivery = Delivery::new(
+            publisher.clone(),
+            store.clone(),
+            committer.clone(),
+            spool.clone(),
+        );
         let state = Arc::new(AppState {
             verifier: Verifier::new(
                 config.webhook.secrets.0.clone(),
                 config.webhook.require_signature,
             ),
             translator: translator(&config)?,
-            publisher: publisher.clone(),
+            publisher,
+            delivery,
             max_body_bytes: config.webhook.max_body_bytes,
+            metrics: telemetry::metrics(),
         });
         if !config.webhook.require_signature {
             tracing::warn!(
                 "webhook.require_signature = false: anyone who reaches the relay can publish"
             );
         }
+        let parts = Parts {
+            state,
+            store,
+            committer,
+            spool,
+            grace: config.server.shutdown_timeout,
+        };
         let shutdown = CancellationToken::new();
-        let grace = config.server.shutdown_timeout;
-        let task = tokio::spawn(run(listener, state, publisher, shutdown.clone(), grace));
-        tracing::info!(%addr, stream = %config.nats.stream, "netbox-relay listening");
+        let task = tokio::spawn(run(listener, parts, shutdown.clone()));
+        tracing::info!(%addr, stream = %config.nats.stream, state = %config.state.path.display(), "netbox-relay listening");
         Ok(Relay {
             addr,
             shutdown,
@@ -69,7 +105,7 @@ impl Relay {
         self.task.await.context("the relay task panicked")?
     }
 
-    /// Shuts down: in-flight webhooks finish, then NATS is drained.
+    /// Shuts down: in-flight webhooks finish, the state is flushed, then NATS is drained.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.wait().await
@@ -78,15 +114,38 @@ impl Relay {
 
 async fn run(
     listener: TcpListener,
-    state: Arc<AppState>,
-    publisher: Arc<Publisher>,
+    parts: Parts,
     shutdown: CancellationToken,
-    grace: Duration,
 ) -> anyhow::Result<()> {
+    let publisher = parts.state.publisher.clone();
     let stream_keeper = {
         let (publisher, shutdown) = (publisher.clone(), shutdown.clone());
         tokio::spawn(async move { publisher.keep_stream(shutdown).await })
     };
+    let drainer = tokio::spawn(publish::drain(
+        parts.spool,
+        parts.store,
+        parts.committer.clone(),
+        publisher.clone(),
+        shutdown.clone(),
+    ));
+    let served = serve(listener, parts.state, parts.grace, &shutdown).await;
+    shutdown.cancel();
+    stream_keeper.await.ok();
+    drainer.await.ok();
+    parts.committer.close().await;
+    publisher.drain().await;
+    tracing::info!("netbox-relay stopped");
+    served
+}
+
+/// Serves until shutdown; in-flight webhooks get `grace` to finish.
+async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    grace: Duration,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let server = axum::serve(listener, webhook::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();
@@ -102,10 +161,6 @@ async fn run(
             }
         },
     };
-    shutdown.cancel();
-    stream_keeper.await.ok();
-    publisher.drain().await;
-    tracing::info!("netbox-relay stopped");
     served
         .context("the HTTP server panicked")?
         .context("the HTTP server failed")

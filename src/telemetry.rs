@@ -21,3 +21,17 @@ pub fn init(log: &LogConfig) {
         builder.init();
     }
 }
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|e| tracing::warn!(error = %e, "no /metrics: a metrics recorder is already installed"))
+                .ok()
+        })
+        .clone()
+}

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::signature::SignatureError;
 use crate::netbox::webhook::PayloadError;
-use crate::publish::PublishError;
+use crate::publish::DeliveryError;
 use crate::translate::TranslateError;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +25,7 @@ pub enum WebhookError {
     #[error(transparent)]
     Translate(#[from] TranslateError),
     #[error("the delta could not be made durable: {0}")]
-    Unavailable(#[from] PublishError),
+    Unavailable(#[from] DeliveryError),
 }
 
 impl WebhookError {
@@ -60,7 +60,7 @@ impl IntoResponse for WebhookError {
         // 5xx bodies stay opaque; the cause is logged here, once.
         let message = if status.is_server_error() {
             tracing::error!(error = %self, "webhook not accepted");
-            "the delta could not be published or spooled; NetBox should retry later".to_string()
+            "the delta could not be published or spooled; reconciliation will repair it".to_string()
         } else {
             tracing::info!(status = status.as_u16(), error = %self, "webhook rejected");
             self.to_string()

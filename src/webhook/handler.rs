@@ -14,6 +14,7 @@ use serde_json::json;
 use super::error::WebhookError;
 use super::AppState;
 use crate::netbox::webhook::{self, Parsed};
+use crate::publish::Delivered;
 use crate::translate::Outcome;
 
 pub async fn receive(
@@ -40,18 +41,23 @@ pub async fn receive(
         Outcome::Publish(delta) => delta,
         Outcome::Ignore(reason) => return Ok(ignored(reason)),
     };
-    let ack = app.publisher.publish(&delta).await?;
+    let delivered = app.delivery.deliver(&delta).await?;
     tracing::info!(
         object_type = event.object_type.name,
         id = event.object_id,
         event = event.event.as_str(),
         request_id = event.request_id.as_deref(),
         delta_id = %delta.delta_id,
-        duplicate = ack.duplicate,
-        "webhook accepted"
+        result = ?delivered,
+        "webhook handled"
     );
-    let answer = json!({"status": "accepted", "deltas": 1});
-    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+    match delivered {
+        Delivered::Published | Delivered::Spooled => {
+            let answer = json!({"status": "accepted", "deltas": 1});
+            Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+        }
+        Delivered::Dropped(verdict) => Ok(ignored(verdict.reason().to_string())),
+    }
 }
 
 fn ignored(reason: String) -> Response {

@@ -15,7 +15,7 @@ use tower_http::trace::TraceLayer;
 
 pub use error::WebhookError;
 
-use crate::publish::Publisher;
+use crate::publish::{Delivery, Publisher};
 use crate::translate::Translator;
 use signature::Verifier;
 
@@ -24,7 +24,9 @@ pub struct AppState {
     pub verifier: Verifier,
     pub translator: Translator,
     pub publisher: Arc<Publisher>,
+    pub delivery: Delivery,
     pub max_body_bytes: usize,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -36,23 +38,34 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
-/// Ready when NATS is connected and the stream is present.
+/// Ready when NATS is connected and the stream is present. While NATS is away webhooks are still
+/// accepted into the spool, but the relay is degraded: 503 with the reason.
 async fn readyz(State(app): State<Arc<AppState>>) -> (StatusCode, Json<serde_json::Value>) {
-    let mut reasons = Vec::new();
-    if !app.publisher.is_connected() {
-        reasons.push("NATS is not connected");
+    let spooled = app.delivery.spool().depth();
+    let reason = if !app.publisher.is_connected() {
+        Some("NATS is not connected; webhooks go to the spool")
     } else if !app.publisher.stream_ready() {
-        reasons.push("the JetStream stream is not ready");
-    }
-    match reasons.is_empty() {
-        true => (StatusCode::OK, Json(json!({"status": "ready"}))),
-        false => (
+        Some("the JetStream stream is not ready; webhooks go to the spool")
+    } else {
+        None
+    };
+    match reason {
+        None => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "spooled": spooled})),
+        ),
+        Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reasons": reasons})),
+            Json(json!({"status": "degraded", "reasons": [reason], "spooled": spooled})),
         ),
     }
+}
+
+async fn render_metrics(State(app): State<Arc<AppState>>) -> String {
+    app.metrics.as_ref().map(|m| m.render()).unwrap_or_default()
 }

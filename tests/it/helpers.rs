@@ -88,6 +88,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// A folder that lives as long as this server, for the relay's state file.
+    pub fn scratch(&self) -> PathBuf {
+        self.store.path().join("relay")
+    }
+
     /// Starts the server again on the same port and store (after [`NatsServer::stop`]).
     pub fn restart(&mut self) {
         let child = Command::new(nats_server_binary())
@@ -134,12 +139,12 @@ fn nats_server_binary() -> PathBuf {
     PathBuf::from("nats-server")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr").port()
 }
 
-fn wait_for_port(addr: SocketAddr) {
+pub fn wait_for_port(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
         assert!(
@@ -156,6 +161,7 @@ pub fn test_config(nats: &NatsServer) -> Config {
     config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.nats.url = nats.url();
     config.webhook.secrets = Secrets(vec![SecretString::from(secret())]);
+    config.state.path = nats.scratch().join("netbox-relay.redb");
     config.validate().expect("test config is valid");
     config
 }
@@ -295,4 +301,20 @@ pub async fn stream_count(nats_url: &str) -> u64 {
     let js = async_nats::jetstream::new(client);
     let mut stream = js.get_stream(STREAM).await.expect("stream exists");
     stream.info().await.expect("stream info").state.messages
+}
+
+/// Polls until the stream holds `count` messages (or fails after `limit`).
+pub async fn wait_for_count(nats_url: &str, count: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let now = stream_count(nats_url).await;
+        if now == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stream holds {now} messages, expected {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use crate::expected::{DELTAS, IGNORED};
 use crate::helpers::{
-    all_fixture_files, stream_count, stream_messages, test_config, NatsServer, TestRelay,
+    all_fixture_files, stream_count, stream_messages, test_config, wait_for_count, NatsServer,
+    TestRelay,
 };
 
 #[tokio::test]
@@ -73,13 +74,17 @@ async fn every_recorded_webhook_reaches_jetstream_as_its_delta() {
 }
 
 #[tokio::test]
-async fn the_same_webhook_twice_is_stored_once() {
+async fn the_same_webhook_twice_is_published_once() {
     let nats = NatsServer::start();
     let relay = TestRelay::start(test_config(&nats)).await;
-    for _ in 0..2 {
-        let (status, _) = relay.post_fixture("034_device_updated.json").await;
-        assert_eq!(status, 202);
-    }
+    let (status, _) = relay.post_fixture("034_device_updated.json").await;
+    assert_eq!(status, 202);
+    let (status, body) = relay.post_fixture("034_device_updated.json").await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (200, &serde_json::json!("duplicate")),
+        "{body}"
+    );
     assert_eq!(stream_count(&nats.url()).await, 1);
     let (status, _) = relay.post_fixture("035_device_updated.json").await;
     assert_eq!(status, 202);
@@ -87,21 +92,27 @@ async fn the_same_webhook_twice_is_stored_once() {
 }
 
 #[tokio::test]
-async fn webhooks_get_503_while_nats_is_unreachable_and_202_once_it_is_back() {
+async fn webhooks_are_spooled_while_nats_is_unreachable_and_arrive_once_it_is_back() {
     let mut nats = NatsServer::start();
     let relay = TestRelay::start(test_config(&nats)).await;
     nats.stop();
     let (status, body) = relay.post_fixture("020_device_created.json").await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["error"], "unavailable");
+    assert_eq!(status, 202, "{body}");
     let (ready, body) = relay.get("/readyz").await;
     assert_eq!(ready, 503, "{body}");
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["spooled"], 1);
+    assert!(
+        body["reasons"][0].as_str().unwrap().contains("NATS"),
+        "{body}"
+    );
 
     nats.restart();
     relay.wait_ready().await;
-    let (status, body) = relay.post_fixture("020_device_created.json").await;
+    wait_for_count(&nats.url(), 1, std::time::Duration::from_secs(20)).await;
+    let (status, body) = relay.post_fixture("021_device_created.json").await;
     assert_eq!(status, 202, "{body}");
-    assert_eq!(stream_count(&nats.url()).await, 1);
+    assert_eq!(stream_count(&nats.url()).await, 2);
 }
 
 #[tokio::test]
@@ -115,7 +126,7 @@ async fn health_answers_while_readiness_waits_for_nats() {
     );
     let (status, body) = relay.get("/readyz").await;
     assert_eq!(status, 503);
-    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["status"], "degraded");
     nats.restart();
     relay.wait_ready().await;
     let (status, _) = relay.post_fixture("020_device_created.json").await;

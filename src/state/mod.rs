@@ -1,0 +1,11 @@
+//! The embedded store of what has been accepted, per registry key (for stale-drop and reconcile
+//! diffs), and the spool of deltas waiting for NATS. One redb file at `state.path`; deleting it
+//! is safe (the next reconcile rebuilds the records), except for a spool that still holds deltas.
+
+mod committer;
+mod record;
+mod store;
+
+pub use committer::{Committer, Write};
+pub use record::{judge, Record, Verdict};
+pub use store::{SpooledDelta, Store, StoreError};

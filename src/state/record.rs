@@ -1,0 +1,62 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::delta::{Entry, Op, RegistryDelta};
+
+/// What the relay last accepted for one registry key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub revision: DateTime<Utc>,
+    pub delta_id: String,
+    /// A tombstone: the last accepted delta was a delete.
+    pub deleted: bool,
+    pub entry: Option<Entry>,
+}
+
+impl Record {
+    pub fn of(delta: &RegistryDelta) -> Record {
+        Record {
+            revision: delta.revision,
+            delta_id: delta.delta_id.clone(),
+            deleted: delta.op == Op::Delete,
+            entry: delta.entry.clone(),
+        }
+    }
+}
+
+/// Whether a delta should be published, given what was accepted before for its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    /// Older than what was accepted, or an update of an object already deleted.
+    Stale,
+    /// The same change again (same `delta_id`).
+    Duplicate,
+}
+
+impl Verdict {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Verdict::Accept => "accepted",
+            Verdict::Stale => "stale",
+            Verdict::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// The same revision with a different entry is a real change: NetBox sends exactly that to every
+/// tagged object when a tag is deleted, without touching `last_updated`.
+pub fn judge(stored: Option<&Record>, delta: &RegistryDelta) -> Verdict {
+    let Some(stored) = stored else {
+        return Verdict::Accept;
+    };
+    if stored.delta_id == delta.delta_id {
+        Verdict::Duplicate
+    } else if delta.revision < stored.revision
+        || (stored.deleted && delta.event.as_deref() == Some("updated"))
+    {
+        Verdict::Stale
+    } else {
+        Verdict::Accept
+    }
+}

@@ -1,0 +1,157 @@
+use std::path::{Path, PathBuf};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::committer::Write;
+use super::record::Record;
+
+/// Registry key -> [`Record`] (JSON).
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+/// Spool sequence -> the delta as published (JSON), drained in sequence order.
+const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {path}: {message}")]
+    Db { path: PathBuf, message: String },
+    #[error("state store: unreadable record for {key}: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("state store is closed")]
+    Closed,
+}
+
+/// One delta waiting in the spool.
+#[derive(Debug, Clone)]
+pub struct SpooledDelta {
+    pub seq: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// What the spool holds, read at open.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpoolStats {
+    pub depth: u64,
+    pub bytes: u64,
+    pub next_seq: u64,
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens the store, creating the file (and its directory) on first start.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let fail = |e: &dyn std::fmt::Display| StoreError::Db {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
+        }
+        let db = Database::create(path).map_err(|e| fail(&e))?;
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+        };
+        store.write(&[], &mut 0, true)?;
+        Ok(store)
+    }
+
+    fn fail(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Db {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    pub fn record(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
+        let Some(value) = table.get(key).map_err(|e| self.fail(e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(value.value())
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                key: key.to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    /// The oldest `limit` spooled deltas, in order.
+    pub fn spool_head(&self, limit: usize) -> Result<Vec<SpooledDelta>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let table = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
+        let rows = table.iter().map_err(|e| self.fail(e))?.take(limit);
+        rows.map(|row| {
+            let (seq, bytes) = row.map_err(|e| self.fail(e))?;
+            Ok(SpooledDelta {
+                seq: seq.value(),
+                bytes: bytes.value().to_vec(),
+            })
+        })
+        .collect()
+    }
+
+    pub fn spool_stats(&self) -> Result<SpoolStats, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let table = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
+        let mut stats = SpoolStats::default();
+        for row in table.iter().map_err(|e| self.fail(e))? {
+            let (seq, bytes) = row.map_err(|e| self.fail(e))?;
+            stats.depth += 1;
+            stats.bytes += bytes.value().len() as u64;
+            stats.next_seq = seq.value() + 1;
+        }
+        Ok(stats)
+    }
+
+    /// Applies `writes` in one transaction; `durable` waits for fsync. Spooled deltas take
+    /// sequence numbers from `next_seq`, which moves only when the commit succeeds.
+    pub(super) fn write(
+        &self,
+        writes: &[Write],
+        next_seq: &mut u64,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        tx.set_durability(durability).map_err(|e| self.fail(e))?;
+        let mut seq = *next_seq;
+        {
+            let mut records = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
+            let mut spool = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
+            for write in writes {
+                match write {
+                    Write::Record { key, record } | Write::Spool { key, record, .. } => {
+                        let json = serde_json::to_vec(record).map_err(|e| self.fail(e))?;
+                        records
+                            .insert(key.as_str(), json.as_slice())
+                            .map_err(|e| self.fail(e))?;
+                    }
+                    Write::Unspool { seqs } => {
+                        for s in seqs {
+                            spool.remove(*s).map_err(|e| self.fail(e))?;
+                        }
+                    }
+                    Write::Flush | Write::Close => {}
+                }
+                if let Write::Spool { delta, .. } = write {
+                    spool
+                        .insert(seq, delta.as_slice())
+                        .map_err(|e| self.fail(e))?;
+                    seq += 1;
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.fail(e))?;
+        *next_seq = seq;
+        Ok(())
+    }
+}
