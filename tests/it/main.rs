@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod config;
+mod durability;
 mod expected;
 mod helpers;
 mod schema;
