@@ -198,7 +198,13 @@ async fn deltas_acknowledged_before_a_sigkill_arrive_after_restart_once_each() {
         "the kill happened mid-burst"
     );
 
-    let _restarted = RelayProcess::start(&nats, port);
+    let restarted = RelayProcess::start(&nats, port);
+    let depth = spool_gauge(&client, &restarted.base).await;
+    assert!(
+        depth >= acked.len() as f64,
+        "/metrics spool depth {depth} < {} acknowledged",
+        acked.len()
+    );
     nats.restart();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -222,6 +228,38 @@ async fn deltas_acknowledged_before_a_sigkill_arrive_after_restart_once_each() {
             "{missing} acknowledged deltas never arrived"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `netbox_relay_spool_depth` from `/metrics`, once the drainer has reported a non-empty spool.
+async fn spool_gauge(client: &reqwest::Client, base: &str) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let depth = text
+            .lines()
+            .find_map(|l| l.strip_prefix("netbox_relay_spool_depth "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        let oldest = text
+            .lines()
+            .any(|l| l.starts_with("netbox_relay_spool_oldest_seconds "));
+        if let (Some(depth), true) = (depth, oldest) {
+            if depth > 0.0 {
+                return depth;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spool gauges in /metrics:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
