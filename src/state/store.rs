@@ -35,6 +35,10 @@ pub struct SpoolStats {
     pub next_seq: u64,
 }
 
+/// redb's page cache. Lookups touch one record per webhook and the spool is read from its head,
+/// so a small cache serves; redb's default (1 GiB) only grows the process.
+const CACHE_BYTES: usize = 32 << 20;
+
 pub struct Store {
     db: Database,
     path: PathBuf,
@@ -50,7 +54,10 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
         }
-        let db = Database::create(path).map_err(|e| fail(&e))?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| fail(&e))?;
         let store = Store {
             db,
             path: path.to_path_buf(),
