@@ -51,8 +51,10 @@ pub struct Committer {
 
 /// Most writes one transaction takes.
 const MAX_BATCH: usize = 2048;
-/// How long the store may hold non-durable records before they are flushed.
+/// How long the store may hold non-durable records before they are flushed: after this much
+/// idle time, and at the latest after `MAX_UNFLUSHED` under sustained load.
 const IDLE_FLUSH: Duration = Duration::from_millis(200);
+const MAX_UNFLUSHED: Duration = Duration::from_secs(1);
 
 impl Committer {
     pub fn start(store: Arc<Store>, next_seq: u64) -> Committer {
@@ -93,6 +95,7 @@ impl Committer {
 
 fn run(store: &Store, rx: &mpsc::Receiver<Request>, mut next_seq: u64) {
     let mut dirty = false;
+    let mut last_durable = std::time::Instant::now();
     loop {
         let first = match rx.recv_timeout(if dirty { IDLE_FLUSH } else { Duration::MAX }) {
             Ok(request) => request,
@@ -114,7 +117,8 @@ fn run(store: &Store, rx: &mpsc::Receiver<Request>, mut next_seq: u64) {
                 Err(_) => break,
             }
         }
-        let durable = batch.iter().any(|r| r.write.needs_fsync());
+        let overdue = dirty && last_durable.elapsed() >= MAX_UNFLUSHED;
+        let durable = overdue || batch.iter().any(|r| r.write.needs_fsync());
         let closing = batch.iter().any(|r| matches!(r.write, Write::Close));
         let (writes, replies): (Vec<Write>, Vec<_>) =
             batch.into_iter().map(|r| (r.write, r.done)).unzip();
@@ -123,7 +127,10 @@ fn run(store: &Store, rx: &mpsc::Receiver<Request>, mut next_seq: u64) {
             tracing::error!(error = %e, writes = writes.len(), "state commit failed");
         }
         match (durable, result.is_ok()) {
-            (true, true) => dirty = false,
+            (true, true) => {
+                dirty = false;
+                last_durable = std::time::Instant::now();
+            }
             (false, true) => dirty = true,
             _ => {}
         }
