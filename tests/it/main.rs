@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod config;
+mod consistency;
 mod durability;
 mod expected;
 mod helpers;
