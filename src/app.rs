@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::publish::{self, Delivery, Publisher, Spool};
+use crate::reconcile::{Output, Reconciler, RunOptions, RunReport};
 use crate::state::{Committer, Store};
 use crate::telemetry;
 use crate::translate::{SweepOptions, Translator};
@@ -27,6 +28,8 @@ pub struct Relay {
 /// What runs in the background and must be stopped in order.
 struct Parts {
     state: Arc<AppState>,
+    /// Reconcile interval and whether to run at start, when NetBox is configured.
+    schedule: Option<(Duration, bool)>,
     store: Arc<Store>,
     committer: Committer,
     spool: Arc<Spool>,
@@ -52,12 +55,14 @@ impl Relay {
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let addr = listener.local_addr()?;
         let publisher = Arc::new(Publisher::connect(&config.nats).await?);
-        let delivery = Delivery::new(
+        let delivery = Arc::new(Delivery::new(
             publisher.clone(),
             store.clone(),
             committer.clone(),
             spool.clone(),
-        );
+        ));
+        let output = Output::Publish(delivery.clone());
+        let reconciler = Reconciler::new(&config, translator(&config)?, store.clone(), output)?;
         let state = Arc::new(AppState {
             verifier: Verifier::new(
                 config.webhook.secrets.0.clone(),
@@ -66,6 +71,8 @@ impl Relay {
             translator: translator(&config)?,
             publisher,
             delivery,
+            reconciler: Arc::new(reconciler),
+            admin_token: config.api.admin_token.clone(),
             max_body_bytes: config.webhook.max_body_bytes,
             metrics: telemetry::metrics(),
         });
@@ -74,8 +81,16 @@ impl Relay {
                 "webhook.require_signature = false: anyone who reaches the relay can publish"
             );
         }
+        let schedule = match &config.netbox.url {
+            Some(_) => Some((config.reconcile.interval, config.reconcile.on_start)),
+            None => {
+                tracing::info!("reconciliation off: netbox.url is not set");
+                None
+            }
+        };
         let parts = Parts {
             state,
+            schedule,
             store,
             committer,
             spool,
@@ -129,6 +144,10 @@ async fn run(
         publisher.clone(),
         shutdown.clone(),
     ));
+    if let Some((interval, on_start)) = parts.schedule {
+        let reconciler = parts.state.reconciler.clone();
+        tokio::spawn(reconciler.schedule(interval, on_start, shutdown.clone()));
+    }
     let served = serve(listener, parts.state, parts.grace, &shutdown).await;
     shutdown.cancel();
     stream_keeper.await.ok();
@@ -166,7 +185,7 @@ async fn serve(
         .context("the HTTP server failed")
 }
 
-fn translator(config: &Config) -> anyhow::Result<Translator> {
+pub fn translator(config: &Config) -> anyhow::Result<Translator> {
     let sweep = SweepOptions {
         expand_subnets: config.registry.expand_subnets,
         max_expanded_hosts: config.registry.max_expanded_hosts,
@@ -176,4 +195,72 @@ fn translator(config: &Config) -> anyhow::Result<Translator> {
         sweep,
         &config.object_types()?,
     ))
+}
+
+/// `netbox-relay reconcile`: one run, then exit. Publishes through the same delivery path as
+/// `serve` (the spool included); a dry run only prints the deltas it would publish.
+pub async fn reconcile_once(
+    config: Config,
+    dry_run: bool,
+    options: RunOptions,
+) -> anyhow::Result<RunReport> {
+    let store = Arc::new(Store::open(&config.state.path).context(
+        "cannot open the state file (a running `netbox-relay serve` holds it: use POST /reconcile)",
+    )?);
+    let translator = translator(&config)?;
+    let in_progress = |running| anyhow::anyhow!("run {running} is in progress");
+    if dry_run {
+        let reconciler = Reconciler::new(&config, translator, store, Output::Print)?;
+        return reconciler.run(options).await.map_err(in_progress);
+    }
+    let stats = store.spool_stats()?;
+    let committer = Committer::start(store.clone(), stats.next_seq);
+    let spool = Arc::new(Spool::new(stats.depth, stats.bytes, config.spool.max_bytes));
+    let publisher = Arc::new(Publisher::connect(&config.nats).await?);
+    wait_for_stream(&publisher).await;
+    let delivery = Delivery::new(
+        publisher.clone(),
+        store.clone(),
+        committer.clone(),
+        spool.clone(),
+    );
+    let output = Output::Publish(Arc::new(delivery));
+    let reconciler = Reconciler::new(&config, translator, store.clone(), output)?;
+    let report = reconciler.run(options).await.map_err(in_progress);
+    // Drain what this run spooled while NATS is there; otherwise the next `serve` drains it.
+    let shutdown = CancellationToken::new();
+    let drainer = tokio::spawn(publish::drain(
+        spool.clone(),
+        store,
+        committer.clone(),
+        publisher.clone(),
+        shutdown.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while spool.depth() > 0 && publisher.is_connected() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    drainer.await.ok();
+    if spool.depth() > 0 {
+        let depth = spool.depth();
+        tracing::warn!(
+            depth,
+            "deltas stay in the spool until `netbox-relay serve` drains them"
+        );
+    }
+    committer.close().await;
+    publisher.drain().await;
+    report
+}
+
+/// Gives a fresh connection a moment to reach NATS and find or create the stream.
+async fn wait_for_stream(publisher: &Publisher) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if publisher.is_connected() && publisher.ensure_stream().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

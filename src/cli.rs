@@ -32,6 +32,18 @@ pub enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Pull the full inventory from the NetBox API once, publish what differs, print a summary.
+    Reconcile {
+        /// Print the deltas it would publish (JSON lines on stdout); publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this object type (e.g. dcim.device); repeatable. Default: all enabled ones.
+        #[arg(long = "object-type", value_name = "TYPE")]
+        object_types: Vec<String>,
+        /// Apply deletes even when they exceed reconcile.max_delete_fraction.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the JSON Schema of the registry delta.
     Schema,
 }
@@ -40,7 +52,7 @@ impl Cli {
     pub fn overrides(&self) -> Overrides {
         let listen = match self.command {
             Command::Serve { listen } => listen,
-            Command::Schema => None,
+            Command::Schema | Command::Reconcile { .. } => None,
         };
         Overrides {
             listen,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod delta;
 pub mod netbox;
 pub mod publish;
+pub mod reconcile;
 pub mod state;
 pub mod telemetry;
 pub mod translate;

@@ -1,9 +1,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use netbox_relay::app::Relay;
+use netbox_relay::app::{self, Relay};
 use netbox_relay::cli::{Cli, Command};
 use netbox_relay::config::Config;
+use netbox_relay::netbox::ObjectType;
+use netbox_relay::reconcile::{RunOptions, RunStatus};
 use netbox_relay::{delta, telemetry};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -22,12 +24,64 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(&config.log);
+    if let Command::Reconcile {
+        dry_run,
+        object_types,
+        force,
+    } = cli.command
+    {
+        return reconcile(config, dry_run, &object_types, force).await;
+    }
     match serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "netbox-relay failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Exit codes: 0 succeeded, 2 partial (deletes withheld or objects not translated), 1 failed.
+async fn reconcile(config: Config, dry_run: bool, names: &[String], force: bool) -> ExitCode {
+    let mut only = Vec::new();
+    for name in names {
+        match ObjectType::from_name(name) {
+            Some(t) => only.push(t),
+            None => {
+                eprintln!("netbox-relay: --object-type {name}: not a supported object type");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let trigger = if dry_run { "cli-dry-run" } else { "cli" }.to_string();
+    let options = RunOptions {
+        trigger,
+        force,
+        only,
+    };
+    let report = match app::reconcile_once(config, dry_run, options).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("netbox-relay: reconcile failed: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!("reconcile run {}: {:?}", report.run_id, report.status);
+    eprintln!(
+        "{:<32} {:>8} {:>8} {:>8} {:>9} {:>6}  note",
+        "object type", "fetched", "upserted", "deleted", "unchanged", "errors"
+    );
+    for (name, t) in &report.object_types {
+        let note = t.message.as_deref().unwrap_or_default();
+        eprintln!(
+            "{name:<32} {:>8} {:>8} {:>8} {:>9} {:>6}  {note}",
+            t.fetched, t.upserted, t.deleted, t.unchanged, t.errors
+        );
+    }
+    match report.status {
+        RunStatus::Succeeded => ExitCode::SUCCESS,
+        RunStatus::Partial => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
     }
 }
 

@@ -1,4 +1,5 @@
-//! Logging: JSON or human format, chosen by `log.format` (`auto`: JSON when not on a terminal).
+//! Logging: JSON or human format, chosen by `log.format` (`auto`: JSON when not on a terminal),
+//! and the Prometheus recorder behind `/metrics`.
 
 use std::io::IsTerminal;
 
@@ -12,9 +13,12 @@ pub fn init(log: &LogConfig) {
     let json = match log.format {
         LogFormat::Json => true,
         LogFormat::Human => false,
-        LogFormat::Auto => !std::io::stdout().is_terminal(),
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Logs go to stderr: standard output is for what a command prints (deltas, summaries).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().flatten_event(true).init();
     } else {

@@ -1,5 +1,6 @@
 //! What netbox-relay knows about NetBox: its object types and the webhook wire format.
 
+pub mod client;
 pub mod object_type;
 pub mod webhook;
 

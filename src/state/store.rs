@@ -87,6 +87,27 @@ impl Store {
             })
     }
 
+    /// Every record whose key starts with `prefix`, e.g. all devices of a partition.
+    pub fn records_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Record)>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
+        let mut records = Vec::new();
+        for row in table.range(prefix..).map_err(|e| self.fail(e))? {
+            let (key, value) = row.map_err(|e| self.fail(e))?;
+            let key = key.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let record =
+                serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
+                    key: key.to_string(),
+                    message: e.to_string(),
+                })?;
+            records.push((key.to_string(), record));
+        }
+        Ok(records)
+    }
+
     /// The oldest `limit` spooled deltas, in order.
     pub fn spool_head(&self, limit: usize) -> Result<Vec<SpooledDelta>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.fail(e))?;

@@ -142,30 +142,80 @@ impl Translator {
                 )
             }
         };
-        let key = self.key(ev.object_type, ev.object_id);
-        let changed_fields = match (ev.event, &ev.prechange, &ev.postchange) {
+        let mut delta = self.assemble(ev.object_type, ev.object_id, op, revision, entry, now)?;
+        delta.origin = Origin::Webhook;
+        delta.event = Some(ev.event.as_str().to_string());
+        delta.request_id = ev.request_id.clone();
+        delta.user = ev.user.clone();
+        delta.changed_fields = match (ev.event, &ev.prechange, &ev.postchange) {
             (ChangeEvent::Updated, Some(pre), Some(post)) => Some(changed_fields(pre, post)),
             _ => None,
         };
-        Ok(Outcome::Publish(Box::new(RegistryDelta {
+        Ok(Outcome::Publish(Box::new(delta)))
+    }
+
+    /// The upsert for an object as the REST API returned it during a reconcile.
+    pub fn reconcile_upsert(
+        &self,
+        object_type: ObjectType,
+        obj: &Object,
+        now: DateTime<Utc>,
+    ) -> Result<RegistryDelta, TranslateError> {
+        let id = obj
+            .get("id")
+            .and_then(Value::as_u64)
+            .ok_or(TranslateError::MissingField("id"))?;
+        let revision = revision(obj).ok_or(TranslateError::NoRevision)?;
+        let entry = self.entry(object_type, obj)?;
+        self.assemble(object_type, id, Op::Upsert, revision, Some(entry), now)
+    }
+
+    /// The delete for an object a complete pull no longer returned; its revision is the run start.
+    pub fn reconcile_delete(
+        &self,
+        object_type: ObjectType,
+        id: u64,
+        run_start: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<RegistryDelta, TranslateError> {
+        self.assemble(object_type, id, Op::Delete, run_start, None, now)
+    }
+
+    /// A delta with reconcile provenance; webhooks overwrite theirs.
+    fn assemble(
+        &self,
+        object_type: ObjectType,
+        id: u64,
+        op: Op,
+        revision: DateTime<Utc>,
+        entry: Option<Entry>,
+        now: DateTime<Utc>,
+    ) -> Result<RegistryDelta, TranslateError> {
+        let key = self.key(object_type, id);
+        Ok(RegistryDelta {
             schema: SCHEMA_ID.to_string(),
             delta_id: delta::delta_id(&key, op, &revision, entry.as_ref())?,
             op,
-            kind: ev.object_type.kind,
+            kind: object_type.kind,
             key,
             partition: self.partition.clone(),
             source: "netbox".to_string(),
-            origin: Origin::Webhook,
-            object_type: ev.object_type.name.to_string(),
-            object_id: ev.object_id,
+            origin: Origin::Reconcile,
+            object_type: object_type.name.to_string(),
+            object_id: id,
             revision,
-            event: Some(ev.event.as_str().to_string()),
-            request_id: ev.request_id.clone(),
-            user: ev.user.clone(),
-            changed_fields,
+            event: None,
+            request_id: None,
+            user: None,
+            changed_fields: None,
             observed_at: now,
             entry,
-        })))
+        })
+    }
+
+    /// The key prefix of every entry of `object_type`.
+    pub fn key_prefix(&self, object_type: ObjectType) -> String {
+        format!("netbox/{}/{}/", self.partition, object_type.name)
     }
 }
 

@@ -1,5 +1,7 @@
-//! The HTTP face: the webhook receiver and the health endpoints. It never builds a delta itself.
+//! The HTTP face: the webhook receiver, the reconcile endpoints, health and metrics. It never
+//! builds a delta itself.
 
+mod admin;
 mod error;
 mod handler;
 pub mod signature;
@@ -16,6 +18,7 @@ use tower_http::trace::TraceLayer;
 pub use error::WebhookError;
 
 use crate::publish::{Delivery, Publisher};
+use crate::reconcile::Reconciler;
 use crate::translate::Translator;
 use signature::Verifier;
 
@@ -24,7 +27,9 @@ pub struct AppState {
     pub verifier: Verifier,
     pub translator: Translator,
     pub publisher: Arc<Publisher>,
-    pub delivery: Delivery,
+    pub delivery: Arc<Delivery>,
+    pub reconciler: Arc<Reconciler>,
+    pub admin_token: Option<secrecy::SecretString>,
     pub max_body_bytes: usize,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -39,6 +44,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
+        .route("/reconcile", post(admin::start_run))
+        .route("/reconcile/runs/latest", get(admin::latest_run))
+        .route("/reconcile/runs/{id}", get(admin::run_by_id))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

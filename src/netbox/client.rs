@@ -1,0 +1,221 @@
+//! The NetBox REST API, as reconciliation reads it: token auth (v1 `Token <key>`, v2
+//! `Bearer nbt_...`, chosen by the token's form), keyset pages, retries that honour `Retry-After`.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RETRY_AFTER};
+use reqwest::StatusCode;
+use secrecy::ExposeSecret;
+use serde_json::{Map, Value};
+
+use super::ObjectType;
+use crate::config::NetboxConfig;
+
+/// Why a NetBox request failed. Never carries the token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("netbox.url or netbox.token is not configured")]
+    NotConfigured,
+    #[error("{key}: {message}")]
+    Config { key: &'static str, message: String },
+    #[error("NetBox refused {what}: {detail} (the token needs the permission {permission})")]
+    Forbidden {
+        what: String,
+        detail: String,
+        permission: String,
+    },
+    #[error("NetBox answered {status} for {what}: {message}")]
+    Status {
+        what: String,
+        status: u16,
+        message: String,
+    },
+    #[error("NetBox did not answer {what}: {message}")]
+    Transport { what: String, message: String },
+    #[error("NetBox sent an unreadable answer for {what}: {message}")]
+    Decode { what: String, message: String },
+}
+
+/// One page of a list endpoint.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub results: Vec<Map<String, Value>>,
+}
+
+pub struct NetboxClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// Attempts per request: the first and up to four retries.
+const ATTEMPTS: u32 = 5;
+
+impl NetboxClient {
+    pub fn new(cfg: &NetboxConfig) -> Result<NetboxClient, ApiError> {
+        let (Some(url), Some(token)) = (&cfg.url, cfg.token.as_ref()) else {
+            return Err(ApiError::NotConfigured);
+        };
+        let token = token.expose_secret().trim();
+        let scheme = if token.starts_with("nbt_") {
+            "Bearer"
+        } else {
+            "Token"
+        };
+        let mut auth =
+            HeaderValue::from_str(&format!("{scheme} {token}")).map_err(|_| ApiError::Config {
+                key: "netbox.token",
+                message: "the token holds characters a header cannot carry".into(),
+            })?;
+        auth.set_sensitive(true);
+        let mut headers = HeaderMap::from_iter([(AUTHORIZATION, auth)]);
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        let mut builder = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(cfg.timeout)
+            .user_agent(concat!("netbox-relay/", env!("CARGO_PKG_VERSION")))
+            .danger_accept_invalid_certs(cfg.insecure_skip_verify);
+        if let Some(path) = &cfg.ca_file {
+            let pem = std::fs::read(path).map_err(|e| ApiError::Config {
+                key: "netbox.ca_file",
+                message: format!("{}: {e}", path.display()),
+            })?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| ApiError::Config {
+                key: "netbox.ca_file",
+                message: e.to_string(),
+            })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(|e| ApiError::Config {
+            key: "netbox",
+            message: e.to_string(),
+        })?;
+        Ok(NetboxClient {
+            http,
+            base: url.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// NetBox's version as (major, minor), from `/api/status/`.
+    pub async fn version(&self) -> Result<(u32, u32), ApiError> {
+        let status = self.get("/api/status/", "the status endpoint", "").await?;
+        let version = status
+            .get("netbox-version")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>().ok());
+        match (parts.next().flatten(), parts.next().flatten()) {
+            (Some(major), Some(minor)) => Ok((major, minor)),
+            _ => Err(ApiError::Decode {
+                what: "the status endpoint".into(),
+                message: format!("no netbox-version in {version:?}"),
+            }),
+        }
+    }
+
+    /// One page of `object_type`'s list endpoint; `query` starts after the `?`.
+    pub async fn page(&self, object_type: ObjectType, query: &str) -> Result<Page, ApiError> {
+        let path = format!("/api/{}/?{query}", object_type.api_path);
+        let permission = format!("{}.view_{}", object_type.app_label(), object_type.model());
+        let mut body = self.get(&path, object_type.name, &permission).await?;
+        let results = match body.remove("results") {
+            Some(Value::Array(results)) => results,
+            _ => {
+                return Err(ApiError::Decode {
+                    what: object_type.name.into(),
+                    message: "no results list".into(),
+                })
+            }
+        };
+        let results = results.into_iter().filter_map(|r| match r {
+            Value::Object(o) => Some(o),
+            _ => None,
+        });
+        Ok(Page {
+            results: results.collect(),
+        })
+    }
+
+    /// GET with retries on 429, 5xx and transport errors, honouring `Retry-After`.
+    async fn get(
+        &self,
+        path: &str,
+        what: &str,
+        permission: &str,
+    ) -> Result<Map<String, Value>, ApiError> {
+        let url = format!("{}{path}", self.base);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (error, wait) = match self.http.get(&url).send().await {
+                Ok(response) if response.status().is_success() => {
+                    return response.json().await.map_err(|e| ApiError::Decode {
+                        what: what.into(),
+                        message: e.without_url().to_string(),
+                    })
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let wait = retry_after(&response);
+                    let message = detail(response.text().await.unwrap_or_default());
+                    if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
+                        return Err(ApiError::Forbidden {
+                            what: what.into(),
+                            detail: message,
+                            permission: permission.into(),
+                        });
+                    }
+                    let retryable =
+                        status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+                    let error = ApiError::Status {
+                        what: what.into(),
+                        status: status.as_u16(),
+                        message,
+                    };
+                    if !retryable {
+                        return Err(error);
+                    }
+                    (error, wait)
+                }
+                Err(e) => {
+                    let message = e.without_url().to_string();
+                    (
+                        ApiError::Transport {
+                            what: what.into(),
+                            message,
+                        },
+                        None,
+                    )
+                }
+            };
+            if attempt >= ATTEMPTS {
+                return Err(error);
+            }
+            let backoff = Duration::from_millis(500 << (attempt - 1));
+            let wait = wait.unwrap_or(backoff).min(Duration::from_secs(60));
+            tracing::warn!(%error, attempt, retry_in = ?wait, "NetBox request failed; retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// NetBox's reason: `{"detail": "..."}`, a list of messages, or the text, kept short.
+fn detail(text: String) -> String {
+    let reason = match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(o)) => o.get("detail").and_then(Value::as_str).map(String::from),
+        Ok(Value::Array(a)) => a.first().and_then(Value::as_str).map(String::from),
+        _ => None,
+    };
+    let mut reason = reason.unwrap_or(text);
+    reason.truncate(
+        reason
+            .char_indices()
+            .nth(200)
+            .map_or(reason.len(), |(i, _)| i),
+    );
+    reason
+}

@@ -1,0 +1,187 @@
+//! Reconciliation: pull every enabled object type from the NetBox REST API, translate each object
+//! exactly as a webhook would, and publish only what differs from the state store. Triggered on a
+//! schedule, at start, by `POST /reconcile` and by `netbox-relay reconcile`.
+
+mod diff;
+mod pull;
+mod runs;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+pub use runs::{RunReport, RunStatus, Runs, TypeReport};
+
+use crate::config::Config;
+use crate::netbox::client::NetboxClient;
+use crate::netbox::ObjectType;
+use crate::publish::Delivery;
+use crate::state::Store;
+use crate::translate::Translator;
+
+/// Where a run's deltas go.
+pub enum Output {
+    Publish(Arc<Delivery>),
+    /// A dry run: print each delta as a JSON line, publish nothing.
+    Print,
+}
+
+pub struct RunOptions {
+    pub trigger: String,
+    /// Apply deletes even past `reconcile.max_delete_fraction`.
+    pub force: bool,
+    /// Only these object types; all enabled ones when empty.
+    pub only: Vec<ObjectType>,
+}
+
+pub struct Reconciler {
+    client: Option<NetboxClient>,
+    translator: Translator,
+    store: Arc<Store>,
+    output: Output,
+    types: Vec<ObjectType>,
+    page_size: u32,
+    max_delete_fraction: f64,
+    runs: Runs,
+}
+
+impl Reconciler {
+    /// Without `netbox.url` and a token every run fails with a message saying so.
+    pub fn new(
+        config: &Config,
+        translator: Translator,
+        store: Arc<Store>,
+        output: Output,
+    ) -> anyhow::Result<Self> {
+        let client = match NetboxClient::new(&config.netbox) {
+            Ok(client) => Some(client),
+            Err(crate::netbox::client::ApiError::NotConfigured) => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Reconciler {
+            client,
+            translator,
+            store,
+            output,
+            types: config.object_types()?,
+            page_size: config.netbox.page_size,
+            max_delete_fraction: config.reconcile.max_delete_fraction,
+            runs: Runs::default(),
+        })
+    }
+
+    pub fn runs(&self) -> &Runs {
+        &self.runs
+    }
+
+    /// Starts a run in the background; `Err` holds the id of the run already in progress.
+    pub fn spawn(self: &Arc<Self>, options: RunOptions) -> Result<u64, u64> {
+        let report = self
+            .runs
+            .begin(&options.trigger, self.is_dry_run(), Utc::now())?;
+        let id = report.run_id;
+        let this = self.clone();
+        tokio::spawn(async move { this.execute(report, options).await });
+        Ok(id)
+    }
+
+    /// Runs to the end and answers the report; `Err` holds the id of the run in progress.
+    pub async fn run(&self, options: RunOptions) -> Result<RunReport, u64> {
+        let report = self
+            .runs
+            .begin(&options.trigger, self.is_dry_run(), Utc::now())?;
+        Ok(self.execute(report, options).await)
+    }
+
+    fn is_dry_run(&self) -> bool {
+        matches!(self.output, Output::Print)
+    }
+
+    async fn execute(&self, mut report: RunReport, options: RunOptions) -> RunReport {
+        tracing::info!(run_id = report.run_id, trigger = %report.trigger, "reconcile: run started");
+        let types = if options.only.is_empty() {
+            self.types.clone()
+        } else {
+            options.only
+        };
+        let version = match &self.client {
+            Some(client) => client.version().await.map_err(|e| e.to_string()),
+            None => Err("netbox.url or netbox.token is not configured".to_string()),
+        };
+        for object_type in types {
+            let type_report = match &version {
+                Ok(version) => {
+                    let pass = diff::Pass {
+                        reconciler: self,
+                        output: &self.output,
+                        version: *version,
+                        run_start: report.started_at,
+                        force: options.force,
+                    };
+                    pass.object_type(object_type).await
+                }
+                Err(message) => TypeReport {
+                    status: Some(RunStatus::Failed),
+                    message: Some(message.clone()),
+                    ..TypeReport::default()
+                },
+            };
+            report
+                .object_types
+                .insert(object_type.name.to_string(), type_report);
+            self.runs.update(&report);
+        }
+        report.finish(Utc::now());
+        self.runs.update(&report);
+        tracing::info!(run_id = report.run_id, status = ?report.status, "reconcile: run ended");
+        report
+    }
+
+    /// Runs on `interval` (with up to 10% jitter so that several relays do not hit NetBox at once),
+    /// and once at start when `on_start`. A zero interval disables the schedule.
+    pub async fn schedule(
+        self: Arc<Self>,
+        interval: Duration,
+        on_start: bool,
+        shutdown: CancellationToken,
+    ) {
+        let mut first = on_start;
+        loop {
+            if !first {
+                if interval.is_zero() {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(interval + jitter(interval)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            first = false;
+            let trigger = if on_start && self.runs.latest().is_none() {
+                "start"
+            } else {
+                "schedule"
+            };
+            let options = RunOptions {
+                trigger: trigger.to_string(),
+                force: false,
+                only: Vec::new(),
+            };
+            if let Err(running) = self.spawn(options) {
+                tracing::info!(
+                    running,
+                    "reconcile: a run is already in progress; skipping this one"
+                );
+            }
+        }
+    }
+}
+
+fn jitter(interval: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    interval.mul_f64(f64::from(nanos % 1000) / 10_000.0)
+}

@@ -1,0 +1,124 @@
+//! Run status: what `GET /reconcile/runs/<id>` reports, and the rule of one run at a time.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    /// Some deletes were withheld by `reconcile.max_delete_fraction`.
+    Partial,
+    /// At least one object type could not be pulled completely.
+    Failed,
+}
+
+/// Counts and outcome for one object type.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TypeReport {
+    pub fetched: u64,
+    pub upserted: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+    pub errors: u64,
+    /// Deletes not published because they exceeded the safety limit.
+    pub withheld_deletes: u64,
+    pub status: Option<RunStatus>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub run_id: u64,
+    pub status: RunStatus,
+    pub trigger: String,
+    pub dry_run: bool,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub object_types: BTreeMap<String, TypeReport>,
+}
+
+impl RunReport {
+    /// The run's status from its object types': failed beats partial beats succeeded.
+    pub fn finish(&mut self, now: DateTime<Utc>) {
+        let statuses = self.object_types.values().filter_map(|t| t.status);
+        self.status = statuses.fold(RunStatus::Succeeded, |run, t| match (run, t) {
+            (RunStatus::Failed, _) | (_, RunStatus::Failed) => RunStatus::Failed,
+            (RunStatus::Partial, _) | (_, RunStatus::Partial) => RunStatus::Partial,
+            _ => RunStatus::Succeeded,
+        });
+        self.ended_at = Some(now);
+    }
+}
+
+/// The recent runs, newest last, and which one is in progress.
+#[derive(Default)]
+pub struct Runs {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_id: u64,
+    running: Option<u64>,
+    reports: VecDeque<RunReport>,
+}
+
+/// Reports kept for `GET /reconcile/runs/<id>`.
+const KEEP: usize = 50;
+
+impl Runs {
+    /// Registers a new run, or answers the id of the one in progress.
+    pub fn begin(
+        &self,
+        trigger: &str,
+        dry_run: bool,
+        now: DateTime<Utc>,
+    ) -> Result<RunReport, u64> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(running) = inner.running {
+            return Err(running);
+        }
+        inner.next_id += 1;
+        let report = RunReport {
+            run_id: inner.next_id,
+            status: RunStatus::Running,
+            trigger: trigger.to_string(),
+            dry_run,
+            started_at: now,
+            ended_at: None,
+            object_types: BTreeMap::new(),
+        };
+        inner.running = Some(report.run_id);
+        inner.reports.push_back(report.clone());
+        if inner.reports.len() > KEEP {
+            inner.reports.pop_front();
+        }
+        Ok(report)
+    }
+
+    /// Stores a report; a finished one ends the run.
+    pub fn update(&self, report: &RunReport) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if report.status != RunStatus::Running && inner.running == Some(report.run_id) {
+            inner.running = None;
+        }
+        if let Some(slot) = inner.reports.iter_mut().find(|r| r.run_id == report.run_id) {
+            *slot = report.clone();
+        }
+    }
+
+    pub fn get(&self, id: u64) -> Option<RunReport> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.reports.iter().find(|r| r.run_id == id).cloned()
+    }
+
+    pub fn latest(&self) -> Option<RunReport> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.reports.back().cloned()
+    }
+}

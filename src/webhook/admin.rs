@@ -1,0 +1,83 @@
+//! The reconcile endpoints: `POST /reconcile` (Bearer `api.admin_token`) and the run reports.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use secrecy::ExposeSecret;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use crate::reconcile::RunOptions;
+
+pub async fn start_run(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(refusal) = authorize(&app, &headers) {
+        return refusal;
+    }
+    let options = RunOptions {
+        trigger: "api".to_string(),
+        force: query.get("force").is_some_and(|v| v == "true" || v == "1"),
+        only: Vec::new(),
+    };
+    match app.reconciler.spawn(options) {
+        Ok(run_id) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"run_id": run_id, "status": "running"})),
+        )
+            .into_response(),
+        Err(running) => {
+            let message = format!("run {running} is in progress");
+            let body = json!({"error": "conflict", "run_id": running, "message": message});
+            (StatusCode::CONFLICT, Json(body)).into_response()
+        }
+    }
+}
+
+pub async fn latest_run(State(app): State<Arc<AppState>>) -> Response {
+    report(app.reconciler.runs().latest())
+}
+
+pub async fn run_by_id(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    report(id.parse().ok().and_then(|id| app.reconciler.runs().get(id)))
+}
+
+fn report(report: Option<crate::reconcile::RunReport>) -> Response {
+    match report {
+        Some(report) => Json(report).into_response(),
+        None => {
+            let body = json!({"error": "not_found", "message": "no such reconcile run"});
+            (StatusCode::NOT_FOUND, Json(body)).into_response()
+        }
+    }
+}
+
+/// 403 when no admin token is configured, 401 when the request does not carry it.
+fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(expected) = &app.admin_token else {
+        let body = json!({"error": "forbidden", "message": "api.admin_token is not configured"});
+        return Err((StatusCode::FORBIDDEN, Json(body)).into_response());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bool::from(given.as_bytes().ct_eq(expected.expose_secret().as_bytes())) {
+        return Ok(());
+    }
+    let body = json!({"error": "unauthorized", "message": "Authorization: Bearer <api.admin_token> required"});
+    Err((
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(body),
+    )
+        .into_response())
+}

@@ -1,0 +1,235 @@
+//! A small HTTP server that plays the NetBox REST API from recorded pages and generated objects of
+//! the same shape, answering as the recorded NetBox 4.6 does: 403 with `detail` for auth failures,
+//! `limit` capped at 1,000, the `start=` cursor (4.6+) and `ordering=id&id__gt=`, an empty last
+//! page, 400 for `start` with `ordering` or `offset`. Faults can be injected per request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+pub const TOKEN: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// A failure to answer instead of a page.
+#[derive(Clone)]
+pub struct Fault {
+    /// e.g. "dcim/devices"
+    pub endpoint: String,
+    /// Which request to that endpoint fails, counting from 1.
+    pub request: usize,
+    /// How many times in a row it fails (retries included).
+    pub times: usize,
+    pub status: u16,
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Default)]
+pub struct FakeState {
+    pub version: String,
+    /// Endpoint ("dcim/devices") -> id -> object.
+    pub objects: HashMap<String, BTreeMap<u64, Value>>,
+    pub faults: Vec<Fault>,
+    /// Endpoints the token may not read.
+    pub denied: Vec<String>,
+    pub delay: Duration,
+    /// Every request as `endpoint?query`.
+    pub log: Vec<String>,
+    requests: HashMap<String, usize>,
+}
+
+impl FakeState {
+    /// Restarts the per-endpoint request counts that faults refer to.
+    pub fn requests_reset(&mut self) {
+        self.requests.clear();
+    }
+}
+
+pub struct FakeNetbox {
+    pub url: String,
+    pub state: Arc<Mutex<FakeState>>,
+}
+
+impl FakeNetbox {
+    pub async fn start(version: &str) -> FakeNetbox {
+        let state = Arc::new(Mutex::new(FakeState {
+            version: version.to_string(),
+            ..FakeState::default()
+        }));
+        let app = Router::new()
+            .route("/api/status/", get(status))
+            .route("/api/{app}/{endpoint}/", get(list))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeNetbox {
+            url: format!("http://{addr}"),
+            state,
+        }
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&mut FakeState) -> R) -> R {
+        f(&mut self.state.lock().unwrap())
+    }
+
+    /// Loads a recorded full-serializer list answer from tests/fixtures/netbox-api.
+    pub fn load_recorded(&self, file: &str) {
+        let (object_type, results) = crate::consistency::api_results(file);
+        self.with(|s| {
+            let objects = s
+                .objects
+                .entry(object_type.api_path.to_string())
+                .or_default();
+            for r in results {
+                objects.insert(r["id"].as_u64().unwrap(), Value::Object(r));
+            }
+        });
+    }
+
+    /// Adds `count` devices shaped like the recorded ones, ids from `first`.
+    pub fn generate_devices(&self, first: u64, count: u64) {
+        let (_, recorded) = crate::consistency::api_results("dcim_devices.json");
+        let template = Value::Object(recorded[0].clone());
+        self.with(|s| {
+            let devices = s.objects.entry("dcim/devices".into()).or_default();
+            for id in first..first + count {
+                devices.insert(id, device_like(&template, id));
+            }
+        });
+    }
+
+    pub fn count(&self, endpoint: &str) -> usize {
+        self.with(|s| s.objects.get(endpoint).map_or(0, BTreeMap::len))
+    }
+}
+
+pub fn device_like(template: &Value, id: u64) -> Value {
+    let mut device = template.clone();
+    device["id"] = json!(id);
+    device["name"] = json!(format!("gen-{id:06}"));
+    device["display"] = json!(format!("gen-{id:06}"));
+    device["url"] = json!(format!("http://127.0.0.1:8000/api/dcim/devices/{id}/"));
+    device["serial"] = json!(format!("GEN{id}"));
+    device["primary_ip"] = Value::Null;
+    device["primary_ip4"] = Value::Null;
+    device
+}
+
+async fn status(State(state): State<Arc<Mutex<FakeState>>>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authenticate(&headers) {
+        return denied;
+    }
+    let version = state.lock().unwrap().version.clone();
+    Json(json!({"netbox-version": version, "django-version": "6.0.8"})).into_response()
+}
+
+fn forbidden(detail: &str) -> Response {
+    (StatusCode::FORBIDDEN, Json(json!({"detail": detail}))).into_response()
+}
+
+fn authenticate(headers: &HeaderMap) -> Result<(), Response> {
+    let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+        return Err(forbidden("Authentication credentials were not provided."));
+    };
+    match auth.split_once(' ') {
+        Some(("Token", t)) if t == TOKEN => Ok(()),
+        Some(("Token", _)) => Err(forbidden("Invalid v1 token")),
+        Some(("Bearer", _)) => Err(forbidden("Invalid v2 token")),
+        _ => Err(forbidden("Authentication credentials were not provided.")),
+    }
+}
+
+async fn list(
+    State(state): State<Arc<Mutex<FakeState>>>,
+    Path((app, endpoint)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(denied) = authenticate(&headers) {
+        return denied;
+    }
+    let endpoint = format!("{app}/{endpoint}");
+    let delay = {
+        let mut s = state.lock().unwrap();
+        let mut query: Vec<_> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        query.sort();
+        s.log.push(format!("{endpoint}?{}", query.join("&")));
+        s.delay
+    };
+    tokio::time::sleep(delay).await;
+    let mut s = state.lock().unwrap();
+    if s.denied.contains(&endpoint) {
+        return forbidden("You do not have permission to perform this action.");
+    }
+    let n = {
+        let n = s.requests.entry(endpoint.clone()).or_default();
+        *n += 1;
+        *n
+    };
+    if let Some(fault) = s
+        .faults
+        .iter()
+        .find(|f| f.endpoint == endpoint && (f.request..f.request + f.times).contains(&n))
+    {
+        let mut response = (
+            StatusCode::from_u16(fault.status).unwrap(),
+            Json(json!({"detail": "injected fault"})),
+        )
+            .into_response();
+        if let Some(secs) = fault.retry_after {
+            response
+                .headers_mut()
+                .insert("retry-after", secs.to_string().parse().unwrap());
+        }
+        return response;
+    }
+    if q.contains_key("start") && q.contains_key("offset") {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!(["'start' and 'offset' are mutually exclusive."])),
+        )
+            .into_response();
+    }
+    if q.contains_key("start") && q.contains_key("ordering") {
+        let message = "Ordering cannot be specified in conjunction with cursor-based pagination.";
+        return (StatusCode::BAD_REQUEST, Json(json!([message]))).into_response();
+    }
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(50)
+        .clamp(1, 1000);
+    let empty = BTreeMap::new();
+    let objects = s.objects.get(&endpoint).unwrap_or(&empty);
+    let cursor = q.get("start").and_then(|v| v.parse::<u64>().ok());
+    let after = q.get("id__gt").and_then(|v| v.parse::<u64>().ok());
+    let from = cursor.or(after.map(|a| a + 1)).unwrap_or(0);
+    let page: Vec<Value> = objects
+        .range(from..)
+        .take(limit)
+        .map(|(_, o)| o.clone())
+        .collect();
+    let next = page
+        .last()
+        .and_then(|o| o["id"].as_u64())
+        .filter(|_| page.len() == limit);
+    let next = next.map(|last| {
+        format!(
+            "http://127.0.0.1:8000/api/{endpoint}/?limit={limit}&start={}",
+            last + 1
+        )
+    });
+    let count = if cursor.is_some() {
+        Value::Null
+    } else {
+        json!(objects.len())
+    };
+    Json(json!({"count": count, "next": next, "previous": null, "results": page})).into_response()
+}

@@ -1,0 +1,402 @@
+//! Reconciliation against the fake NetBox API (recorded pages and generated objects), publishing to
+//! a real JetStream, triggered through the real `POST /reconcile`.
+
+use std::time::{Duration, Instant};
+
+use netbox_relay::config::Config;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+
+use crate::fake_netbox::{device_like, FakeNetbox, Fault, TOKEN};
+use crate::helpers::{stream_count, stream_messages, test_config, NatsServer, TestRelay};
+
+const ADMIN: &str = "admin-secret-for-tests";
+
+/// Every recorded full list answer: one page per object type.
+const RECORDED: &[&str] = &[
+    "dcim_devices.json",
+    "ipam_ip-addresses.json",
+    "ipam_prefixes.json",
+    "virtualization_virtual-machines.json",
+    "dcim_sites.json",
+    "tenancy_tenants.json",
+    "ipam_vlans.json",
+    "ipam_vrfs.json",
+    "virtualization_clusters.json",
+    "virtualization_interfaces.json",
+    "dcim_interfaces__limit-3.json",
+];
+
+async fn fake_with_recorded(version: &str) -> FakeNetbox {
+    let fake = FakeNetbox::start(version).await;
+    for file in RECORDED {
+        fake.load_recorded(file);
+    }
+    fake
+}
+
+fn config(nats: &NatsServer, fake: &FakeNetbox, page_size: u32) -> Config {
+    let mut config = test_config(nats);
+    config.netbox.url = Some(fake.url.clone());
+    config.netbox.token = Some(SecretString::from(TOKEN));
+    config.netbox.page_size = page_size;
+    config.reconcile.on_start = false;
+    config.reconcile.interval = Duration::ZERO;
+    config.api.admin_token = Some(SecretString::from(ADMIN));
+    config
+}
+
+async fn trigger(relay: &TestRelay, token: Option<&str>) -> (u16, Value) {
+    let mut request = relay.http.post(format!("{}/reconcile", relay.base));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Starts a run and waits for its report.
+async fn reconcile(relay: &TestRelay) -> Value {
+    let (status, body) = trigger(relay, Some(ADMIN)).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["run_id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, report) = relay.get(&format!("/reconcile/runs/{id}")).await;
+        assert_eq!(status, 200, "{report}");
+        if report["status"] != "running" {
+            return report;
+        }
+        assert!(Instant::now() < deadline, "run {id} did not end: {report}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn total(report: &Value, field: &str) -> u64 {
+    report["object_types"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|t| t[field].as_u64().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_first_run_publishes_every_object_and_a_second_run_nothing() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = TestRelay::start(config(&nats, &fake, 2)).await;
+    let objects: usize = [
+        "dcim/devices",
+        "ipam/ip-addresses",
+        "ipam/prefixes",
+        "virtualization/virtual-machines",
+        "dcim/sites",
+        "tenancy/tenants",
+        "ipam/vlans",
+        "ipam/vrfs",
+        "virtualization/clusters",
+        "virtualization/interfaces",
+        "dcim/interfaces",
+    ]
+    .iter()
+    .map(|e| fake.count(e))
+    .sum();
+    assert_eq!(objects, 25, "6 devices, 6 IPs, 2 prefixes, 2 sites, 3 interfaces, one of each other type");
+
+    let first = reconcile(&relay).await;
+    assert_eq!(first["status"], "succeeded", "{first}");
+    assert_eq!(first["trigger"], "api");
+    assert_eq!(total(&first, "fetched"), 25);
+    assert_eq!(total(&first, "upserted"), 25);
+    let stored = stream_messages(&nats.url()).await;
+    assert_eq!(stored.len(), 25);
+    assert!(stored.iter().all(|m| m.delta["origin"] == "reconcile"
+        && m.delta["op"] == "upsert"
+        && m.delta["event"].is_null()));
+    let device = stored
+        .iter()
+        .find(|m| m.delta["key"] == "netbox/default/dcim.device/4")
+        .unwrap();
+    assert_eq!(device.subject, "netbox.registry.default.device.upsert");
+    assert_eq!(
+        device.delta["entry"]["netbox_url"], "/api/dcim/devices/4/",
+        "API URLs become relative"
+    );
+
+    let second = reconcile(&relay).await;
+    assert_eq!(second["status"], "succeeded", "{second}");
+    assert_eq!(
+        (total(&second, "upserted"), total(&second, "deleted")),
+        (0, 0),
+        "{second}"
+    );
+    assert_eq!(total(&second, "unchanged"), 25);
+    assert_eq!(stream_count(&nats.url()).await, 25);
+
+    // Cursor pagination in id order, never offsets; the pull ends on an empty page.
+    let log = fake.with(|s| s.log.clone());
+    let devices: Vec<&String> = log
+        .iter()
+        .filter(|l| l.starts_with("dcim/devices?"))
+        .take(5)
+        .collect();
+    assert_eq!(
+        devices[0],
+        "dcim/devices?exclude=config_context&limit=2&start=0"
+    );
+    assert_eq!(
+        devices[1],
+        "dcim/devices?exclude=config_context&limit=2&start=4"
+    );
+    assert!(log.iter().all(|l| !l.contains("offset")), "{log:?}");
+}
+
+#[tokio::test]
+async fn a_change_a_removal_and_an_addition_publish_exactly_three_deltas() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = TestRelay::start(config(&nats, &fake, 1000)).await;
+    reconcile(&relay).await;
+    let before = stream_count(&nats.url()).await;
+
+    fake.with(|s| {
+        let devices = s.objects.get_mut("dcim/devices").unwrap();
+        let changed = devices.get_mut(&4).unwrap();
+        changed["status"] = json!({"value": "offline", "label": "Offline"});
+        changed["last_updated"] = json!("2026-11-22T12:00:00.000000Z");
+        devices.remove(&5);
+        let added = device_like(&devices[&6], 99);
+        devices.insert(99, added);
+    });
+    let report = reconcile(&relay).await;
+    assert_eq!(
+        report["object_types"]["dcim.device"]["upserted"], 2,
+        "{report}"
+    );
+    assert_eq!(
+        report["object_types"]["dcim.device"]["deleted"], 1,
+        "{report}"
+    );
+    let stored = stream_messages(&nats.url()).await;
+    let new: Vec<(String, String)> = stored[before as usize..]
+        .iter()
+        .map(|m| {
+            (
+                m.delta["key"].as_str().unwrap().to_string(),
+                m.delta["op"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        new,
+        [
+            (
+                "netbox/default/dcim.device/4".to_string(),
+                "upsert".to_string()
+            ),
+            (
+                "netbox/default/dcim.device/99".to_string(),
+                "upsert".to_string()
+            ),
+            (
+                "netbox/default/dcim.device/5".to_string(),
+                "delete".to_string()
+            ),
+        ]
+    );
+    assert_eq!(stored[before as usize].delta["entry"]["status"], "offline");
+}
+
+#[tokio::test]
+async fn a_failed_page_publishes_no_deletes_and_429_is_retried() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = TestRelay::start(config(&nats, &fake, 1)).await;
+    reconcile(&relay).await;
+    let before = stream_count(&nats.url()).await;
+    fake.with(|s| {
+        s.objects.get_mut("dcim/devices").unwrap().remove(&7);
+        s.requests_reset();
+        s.faults.push(Fault {
+            endpoint: "dcim/devices".into(),
+            request: 3,
+            times: 100,
+            status: 500,
+            retry_after: None,
+        });
+        s.faults.push(Fault {
+            endpoint: "ipam/ip-addresses".into(),
+            request: 2,
+            times: 1,
+            status: 429,
+            retry_after: Some(1),
+        });
+    });
+    let report = reconcile(&relay).await;
+    assert_eq!(report["status"], "failed", "{report}");
+    let devices = &report["object_types"]["dcim.device"];
+    assert_eq!(devices["status"], "failed", "{report}");
+    assert!(
+        devices["message"].as_str().unwrap().contains("500"),
+        "{devices}"
+    );
+    assert_eq!(devices["deleted"], 0);
+    let ips = &report["object_types"]["ipam.ipaddress"];
+    assert_eq!(
+        ips["status"], "succeeded",
+        "429 with Retry-After is retried: {report}"
+    );
+    assert_eq!(ips["fetched"], 6);
+    for (name, t) in report["object_types"].as_object().unwrap() {
+        if name != "dcim.device" {
+            assert_eq!(t["status"], "succeeded", "{name}: {t}");
+        }
+    }
+    assert_eq!(
+        stream_count(&nats.url()).await,
+        before,
+        "no device delete after a failed pull"
+    );
+}
+
+#[tokio::test]
+async fn deleting_most_of_a_type_is_withheld_unless_forced() {
+    let nats = NatsServer::start();
+    let fake = FakeNetbox::start("4.6.8").await;
+    fake.generate_devices(1, 100);
+    let relay = TestRelay::start(config(&nats, &fake, 1000)).await;
+    assert_eq!(total(&reconcile(&relay).await, "upserted"), 100);
+    fake.with(|s| s.objects.get_mut("dcim/devices").unwrap().clear());
+
+    let report = reconcile(&relay).await;
+    assert_eq!(report["status"], "partial", "{report}");
+    let devices = &report["object_types"]["dcim.device"];
+    assert_eq!(
+        (
+            devices["withheld_deletes"].as_u64(),
+            devices["deleted"].as_u64()
+        ),
+        (Some(100), Some(0)),
+        "{devices}"
+    );
+    assert_eq!(stream_count(&nats.url()).await, 100, "nothing deleted");
+
+    let response = relay
+        .http
+        .post(format!("{}/reconcile?force=true", relay.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relay.get("/reconcile/runs/latest").await.1["status"] == "running" {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        relay.get("/reconcile/runs/latest").await.1["object_types"]["dcim.device"]["deleted"],
+        100
+    );
+    assert_eq!(stream_count(&nats.url()).await, 200);
+}
+
+#[tokio::test]
+async fn the_reconcile_endpoint_wants_the_admin_token_and_one_run_at_a_time() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    fake.with(|s| s.delay = Duration::from_millis(200));
+    let relay = TestRelay::start(config(&nats, &fake, 1000)).await;
+    assert_eq!(trigger(&relay, None).await.0, 401);
+    assert_eq!(trigger(&relay, Some("wrong")).await.0, 401);
+    let (first, body) = trigger(&relay, Some(ADMIN)).await;
+    assert_eq!(first, 202, "{body}");
+    let (second, conflict) = trigger(&relay, Some(ADMIN)).await;
+    assert_eq!(second, 409, "{conflict}");
+    assert_eq!(conflict["run_id"], body["run_id"]);
+    assert_eq!(
+        relay.get("/reconcile/runs/latest").await.1["status"],
+        "running"
+    );
+    assert_eq!(relay.get("/reconcile/runs/999").await.0, 404);
+
+    let mut no_admin = config(&nats, &fake, 1000);
+    no_admin.api.admin_token = None;
+    no_admin.state.path = nats.scratch().join("other.redb");
+    let other = TestRelay::start(no_admin).await;
+    assert_eq!(
+        trigger(&other, Some(ADMIN)).await.0,
+        403,
+        "no admin token configured"
+    );
+}
+
+#[tokio::test]
+async fn older_netbox_is_paged_by_id_and_a_missing_permission_is_named() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.2.3").await;
+    fake.with(|s| s.denied.push("ipam/ip-addresses".into()));
+    let relay = TestRelay::start(config(&nats, &fake, 2)).await;
+    let report = reconcile(&relay).await;
+    let ips = &report["object_types"]["ipam.ipaddress"];
+    assert_eq!(ips["status"], "failed");
+    let message = ips["message"].as_str().unwrap();
+    assert!(
+        message.contains("ipam.view_ipaddress") && message.contains("permission"),
+        "{message}"
+    );
+    assert_eq!(
+        report["object_types"]["dcim.device"]["fetched"], 6,
+        "{report}"
+    );
+    let log = fake.with(|s| s.log.clone());
+    let devices: Vec<&String> = log
+        .iter()
+        .filter(|l| l.starts_with("dcim/devices?"))
+        .collect();
+    assert_eq!(
+        devices[0],
+        "dcim/devices?exclude=config_context&limit=2&ordering=id"
+    );
+    assert_eq!(
+        devices[1],
+        "dcim/devices?exclude=config_context&id__gt=3&limit=2&ordering=id"
+    );
+    assert!(log.iter().all(|l| !l.contains("start=")), "{log:?}");
+}
+
+#[tokio::test]
+async fn a_webhook_newer_than_the_pull_is_not_overwritten() {
+    let nats = NatsServer::start();
+    let fake = FakeNetbox::start("4.6.8").await;
+    fake.load_recorded("dcim_devices.json");
+    let relay = TestRelay::start(config(&nats, &fake, 1000)).await;
+    // Device 2 as the API still shows it is older than this webhook (renamed at 10:46:24.81).
+    fake.with(|s| {
+        let device = s
+            .objects
+            .get_mut("dcim/devices")
+            .unwrap()
+            .get_mut(&2)
+            .unwrap();
+        device["last_updated"] = json!("2026-11-22T10:46:18.511967Z");
+        device["status"] = json!({"value": "planned", "label": "Planned"});
+    });
+    assert_eq!(relay.post_fixture("048_device_updated.json").await.0, 202);
+    reconcile(&relay).await;
+    let stored = stream_messages(&nats.url()).await;
+    let device2: Vec<&Value> = stored
+        .iter()
+        .filter(|m| m.delta["object_id"] == 2)
+        .map(|m| &m.delta)
+        .collect();
+    assert_eq!(
+        device2.len(),
+        1,
+        "the older API view was not published: {device2:?}"
+    );
+    assert_eq!(device2[0]["origin"], "webhook");
+    assert_eq!(device2[0]["entry"]["status"], "active");
+}
