@@ -215,6 +215,11 @@ impl Config {
                 .0
                 .extend(lines.map(|l| SecretString::from(l.to_string())));
         }
+        if let Some(path) = &self.netbox.token_file {
+            let token = std::fs::read_to_string(path)
+                .map_err(|e| invalid("netbox.token_file", format!("{}: {e}", path.display())))?;
+            self.netbox.token = Some(SecretString::from(token.trim().to_string()));
+        }
         if self
             .webhook
             .secrets

@@ -19,7 +19,7 @@ pub async fn start_run(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(refusal) = authorize(&app, &headers) {
+    if let Some(refusal) = refusal(&app, &headers) {
         return refusal;
     }
     let options = RunOptions {
@@ -59,11 +59,12 @@ fn report(report: Option<crate::reconcile::RunReport>) -> Response {
     }
 }
 
-/// 403 when no admin token is configured, 401 when the request does not carry it.
-fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+/// The refusal, if any: 403 when no admin token is configured, 401 when the request does not
+/// carry it.
+fn refusal(app: &AppState, headers: &HeaderMap) -> Option<Response> {
     let Some(expected) = &app.admin_token else {
         let body = json!({"error": "forbidden", "message": "api.admin_token is not configured"});
-        return Err((StatusCode::FORBIDDEN, Json(body)).into_response());
+        return Some((StatusCode::FORBIDDEN, Json(body)).into_response());
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -71,13 +72,15 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
     if bool::from(given.as_bytes().ct_eq(expected.expose_secret().as_bytes())) {
-        return Ok(());
+        return None;
     }
     let body = json!({"error": "unauthorized", "message": "Authorization: Bearer <api.admin_token> required"});
-    Err((
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, "Bearer")],
-        Json(body),
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(body),
+        )
+            .into_response(),
     )
-        .into_response())
 }

@@ -103,7 +103,10 @@ async fn a_first_run_publishes_every_object_and_a_second_run_nothing() {
     .iter()
     .map(|e| fake.count(e))
     .sum();
-    assert_eq!(objects, 25, "6 devices, 6 IPs, 2 prefixes, 2 sites, 3 interfaces, one of each other type");
+    assert_eq!(
+        objects, 25,
+        "6 devices, 6 IPs, 2 prefixes, 2 sites, 3 interfaces, one of each other type"
+    );
 
     let first = reconcile(&relay).await;
     assert_eq!(first["status"], "succeeded", "{first}");
