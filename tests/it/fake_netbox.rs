@@ -123,7 +123,7 @@ pub fn device_like(template: &Value, id: u64) -> Value {
 }
 
 async fn status(State(state): State<Arc<Mutex<FakeState>>>, headers: HeaderMap) -> Response {
-    if let Err(denied) = authenticate(&headers) {
+    if let Some(denied) = refusal(&headers) {
         return denied;
     }
     let version = state.lock().unwrap().version.clone();
@@ -134,15 +134,16 @@ fn forbidden(detail: &str) -> Response {
     (StatusCode::FORBIDDEN, Json(json!({"detail": detail}))).into_response()
 }
 
-fn authenticate(headers: &HeaderMap) -> Result<(), Response> {
+/// NetBox's 403 for a missing or bad token, if any.
+fn refusal(headers: &HeaderMap) -> Option<Response> {
     let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
-        return Err(forbidden("Authentication credentials were not provided."));
+        return Some(forbidden("Authentication credentials were not provided."));
     };
     match auth.split_once(' ') {
-        Some(("Token", t)) if t == TOKEN => Ok(()),
-        Some(("Token", _)) => Err(forbidden("Invalid v1 token")),
-        Some(("Bearer", _)) => Err(forbidden("Invalid v2 token")),
-        _ => Err(forbidden("Authentication credentials were not provided.")),
+        Some(("Token", t)) if t == TOKEN => None,
+        Some(("Token", _)) => Some(forbidden("Invalid v1 token")),
+        Some(("Bearer", _)) => Some(forbidden("Invalid v2 token")),
+        _ => Some(forbidden("Authentication credentials were not provided.")),
     }
 }
 
@@ -152,7 +153,7 @@ async fn list(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(denied) = authenticate(&headers) {
+    if let Some(denied) = refusal(&headers) {
         return denied;
     }
     let endpoint = format!("{app}/{endpoint}");
