@@ -18,11 +18,11 @@ pub enum ApiError {
     NotConfigured,
     #[error("{key}: {message}")]
     Config { key: &'static str, message: String },
-    #[error("NetBox refused {what}: {detail} (the token needs the permission {permission})")]
+    #[error("NetBox refused {what}: {detail} ({hint})")]
     Forbidden {
         what: String,
         detail: String,
-        permission: String,
+        hint: String,
     },
     #[error("NetBox answered {status} for {what}: {message}")]
     Status {
@@ -158,10 +158,14 @@ impl NetboxClient {
                     let wait = retry_after(&response);
                     let message = detail(response.text().await.unwrap_or_default());
                     if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
+                        let hint = match permission {
+                            "" => "check netbox.token: NetBox answers 403 to a missing, unknown, expired or disabled token".to_string(),
+                            p => format!("if the token is valid, it needs the permission {p}"),
+                        };
                         return Err(ApiError::Forbidden {
                             what: what.into(),
                             detail: message,
-                            permission: permission.into(),
+                            hint,
                         });
                     }
                     let retryable =
