@@ -54,15 +54,16 @@ impl Pass<'_> {
         report: &mut TypeReport,
         seen: &mut HashSet<u64>,
     ) -> Result<(), String> {
-        let client = self
-            .reconciler
-            .client
-            .as_ref()
-            .ok_or("netbox.url or netbox.token is not configured")?;
-        let mut pager =
-            super::pull::Pager::new(client, object_type, self.version, self.reconciler.page_size);
-        while let Some(page) = pager.next_page().await.map_err(|e| e.to_string())? {
-            for obj in page {
+        let client = self.reconciler.client.clone();
+        let client = client.ok_or("netbox.url or netbox.token is not configured")?;
+        let options = super::pull::PullOptions {
+            version: self.version,
+            page_size: self.reconciler.page_size,
+            concurrency: self.reconciler.concurrency,
+        };
+        let mut pages = super::pull::pages(client, object_type, options);
+        while let Some(page) = pages.recv().await {
+            for obj in page.map_err(|e| e.to_string())? {
                 self.object(object_type, &obj, report, seen).await;
             }
         }

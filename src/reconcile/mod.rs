@@ -37,12 +37,13 @@ pub struct RunOptions {
 }
 
 pub struct Reconciler {
-    client: Option<NetboxClient>,
+    client: Option<Arc<NetboxClient>>,
     translator: Translator,
     store: Arc<Store>,
     output: Output,
     types: Vec<ObjectType>,
     page_size: u32,
+    concurrency: usize,
     max_delete_fraction: f64,
     runs: Runs,
 }
@@ -56,7 +57,7 @@ impl Reconciler {
         output: Output,
     ) -> anyhow::Result<Self> {
         let client = match NetboxClient::new(&config.netbox) {
-            Ok(client) => Some(client),
+            Ok(client) => Some(Arc::new(client)),
             Err(crate::netbox::client::ApiError::NotConfigured) => None,
             Err(e) => return Err(e.into()),
         };
@@ -67,6 +68,7 @@ impl Reconciler {
             output,
             types: config.object_types()?,
             page_size: config.netbox.page_size,
+            concurrency: config.netbox.concurrency,
             max_delete_fraction: config.reconcile.max_delete_fraction,
             runs: Runs::default(),
         })

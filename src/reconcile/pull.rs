@@ -1,8 +1,12 @@
 //! A complete pull of one object type in id order, page by page, never with offsets (which skip or
 //! repeat rows while NetBox changes): the `start=<id>` cursor on NetBox 4.6+,
-//! `ordering=id&id__gt=<last id>` before.
+//! `ordering=id&id__gt=<last id>` before. With `netbox.concurrency` above 1 the id range is split
+//! into that many segments, each paged by its own cursor, so that several pages are in flight.
+
+use std::sync::Arc;
 
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use crate::netbox::client::{ApiError, NetboxClient};
 use crate::netbox::ObjectType;
@@ -11,29 +15,100 @@ use crate::translate::Object;
 /// NetBox's default `MAX_PAGE_SIZE`; a larger `limit` is silently capped.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
-/// Hands out the pages of one object type as they arrive, so memory holds one page at a time.
+/// What a pull needs to know besides the object type.
+#[derive(Debug, Clone, Copy)]
+pub struct PullOptions {
+    pub version: (u32, u32),
+    pub page_size: u32,
+    pub concurrency: usize,
+}
+
+/// The pages of one object type, as they arrive, from `concurrency` segments at once. The channel
+/// holds at most `concurrency` pages, so memory stays bounded however large NetBox is.
+pub fn pages(
+    client: Arc<NetboxClient>,
+    object_type: ObjectType,
+    options: PullOptions,
+) -> mpsc::Receiver<Result<Vec<Object>, ApiError>> {
+    let (tx, rx) = mpsc::channel(options.concurrency.max(1));
+    tokio::spawn(async move {
+        let segments = match segments(&client, object_type, options.concurrency).await {
+            Ok(segments) => segments,
+            Err(e) => {
+                tx.send(Err(e)).await.ok();
+                return;
+            }
+        };
+        for (after, below) in segments {
+            let (client, tx) = (client.clone(), tx.clone());
+            tokio::spawn(async move {
+                let mut pager = Pager::new(&client, object_type, options, after, below);
+                while let Some(page) = pager.next_page().await.transpose() {
+                    let failed = page.is_err();
+                    if tx.send(page).await.is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    rx
+}
+
+/// `(after, below)` id bounds of each segment: one unbounded segment, or the range up to the
+/// highest id (`ordering=-id&limit=1`) split evenly. Objects created later are left to webhooks.
+async fn segments(
+    client: &NetboxClient,
+    object_type: ObjectType,
+    concurrency: usize,
+) -> Result<Vec<(Option<u64>, Option<u64>)>, ApiError> {
+    if concurrency <= 1 {
+        return Ok(vec![(None, None)]);
+    }
+    let newest = client.page(object_type, "ordering=-id&limit=1").await?;
+    let max = newest
+        .results
+        .first()
+        .and_then(|o| o.get("id"))
+        .and_then(Value::as_u64);
+    let Some(max) = max else {
+        return Ok(vec![(None, None)]);
+    };
+    let width = (max + 1).div_ceil(concurrency as u64).max(1);
+    let bounds = (0..concurrency as u64).map(|k| (k * width, ((k + 1) * width).min(max + 1)));
+    let segments = bounds
+        .filter(|(lo, hi)| lo < hi)
+        .map(|(lo, hi)| (lo.checked_sub(1), Some(hi)));
+    Ok(segments.collect())
+}
+
+/// Pages through one id segment with a keyset cursor.
 pub struct Pager<'a> {
     client: &'a NetboxClient,
     object_type: ObjectType,
     limit: u32,
     cursor_pagination: bool,
     after: Option<u64>,
+    below: Option<u64>,
     done: bool,
 }
 
 impl<'a> Pager<'a> {
+    /// Ids above `after` (all when `None`) and below `below` (no bound when `None`).
     pub fn new(
         client: &'a NetboxClient,
         object_type: ObjectType,
-        version: (u32, u32),
-        page_size: u32,
+        options: PullOptions,
+        after: Option<u64>,
+        below: Option<u64>,
     ) -> Self {
         Pager {
             client,
             object_type,
-            limit: page_size.clamp(1, MAX_PAGE_SIZE),
-            cursor_pagination: version >= (4, 6),
-            after: None,
+            limit: options.page_size.clamp(1, MAX_PAGE_SIZE),
+            cursor_pagination: options.version >= (4, 6),
+            after,
+            below,
             done: false,
         }
     }
@@ -50,17 +125,21 @@ impl<'a> Pager<'a> {
             self.done = true;
             return Ok(None);
         }
-        let last = page
+        let ids = page
             .results
             .iter()
-            .filter_map(|o| o.get("id").and_then(Value::as_u64))
-            .max();
-        match (last, self.after) {
+            .filter_map(|o| o.get("id").and_then(Value::as_u64));
+        match (ids.max(), self.after) {
             (Some(last), Some(after)) if last <= after => {
                 Err(self.stuck(format!("the cursor did not advance past id {after}")))
             }
             (Some(last), _) => {
                 self.after = Some(last);
+                tracing::info!(
+                    object_type = self.object_type.name,
+                    last_id = last,
+                    "reconcile: page pulled"
+                );
                 Ok(Some(page.results))
             }
             (None, _) => Err(self.stuck("a page without object ids".to_string())),
@@ -69,16 +148,22 @@ impl<'a> Pager<'a> {
 
     fn query(&self) -> String {
         let limit = self.limit;
+        let mut filters = String::new();
         // config_context is the costliest field NetBox renders, and translation never reads it.
-        let exclude = match self.object_type.name {
-            "dcim.device" | "virtualization.virtualmachine" => "&exclude=config_context",
-            _ => "",
-        };
+        if matches!(
+            self.object_type.name,
+            "dcim.device" | "virtualization.virtualmachine"
+        ) {
+            filters.push_str("&exclude=config_context");
+        }
+        if let Some(below) = self.below {
+            filters.push_str(&format!("&id__lt={below}"));
+        }
         match (self.cursor_pagination, self.after) {
-            (true, None) => format!("start=0&limit={limit}{exclude}"),
-            (true, Some(last)) => format!("start={}&limit={limit}{exclude}", last + 1),
-            (false, None) => format!("ordering=id&limit={limit}{exclude}"),
-            (false, Some(last)) => format!("ordering=id&id__gt={last}&limit={limit}{exclude}"),
+            (true, None) => format!("start=0&limit={limit}{filters}"),
+            (true, Some(last)) => format!("start={}&limit={limit}{filters}", last + 1),
+            (false, None) => format!("ordering=id&limit={limit}{filters}"),
+            (false, Some(last)) => format!("ordering=id&id__gt={last}&limit={limit}{filters}"),
         }
     }
 

@@ -211,12 +211,16 @@ async fn list(
     let objects = s.objects.get(&endpoint).unwrap_or(&empty);
     let cursor = q.get("start").and_then(|v| v.parse::<u64>().ok());
     let after = q.get("id__gt").and_then(|v| v.parse::<u64>().ok());
-    let from = cursor.or(after.map(|a| a + 1)).unwrap_or(0);
-    let page: Vec<Value> = objects
-        .range(from..)
-        .take(limit)
-        .map(|(_, o)| o.clone())
-        .collect();
+    let below = q
+        .get("id__lt")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    let from = cursor.or(after.map(|a| a + 1)).unwrap_or(0).min(below);
+    let range = objects.range(from..below).map(|(_, o)| o.clone());
+    let page: Vec<Value> = match q.get("ordering").map(String::as_str) {
+        Some("-id") => range.rev().take(limit).collect(),
+        _ => range.take(limit).collect(),
+    };
     let next = page
         .last()
         .and_then(|o| o["id"].as_u64())

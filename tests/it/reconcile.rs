@@ -40,6 +40,8 @@ fn config(nats: &NatsServer, fake: &FakeNetbox, page_size: u32) -> Config {
     config.netbox.url = Some(fake.url.clone());
     config.netbox.token = Some(SecretString::from(TOKEN));
     config.netbox.page_size = page_size;
+    // One page at a time keeps the request log of most tests exact; other tests set more.
+    config.netbox.concurrency = 1;
     config.reconcile.on_start = false;
     config.reconcile.interval = Duration::ZERO;
     config.api.admin_token = Some(SecretString::from(ADMIN));
@@ -491,7 +493,9 @@ async fn a_pull_of_fifty_thousand_devices_completes_in_bounded_memory() {
     let nats = NatsServer::start();
     let fake = FakeNetbox::start("4.6.8").await;
     fake.generate_devices(1, 50_000);
-    let relay = TestRelay::start(config(&nats, &fake, 1000)).await;
+    let mut config = config(&nats, &fake, 1000);
+    config.netbox.concurrency = 4;
+    let relay = TestRelay::start(config).await;
     let started = Instant::now();
     let report = reconcile(&relay).await;
     let elapsed = started.elapsed();
@@ -509,4 +513,47 @@ async fn a_pull_of_fifty_thousand_devices_completes_in_bounded_memory() {
         .unwrap_or("VmHWM: unknown");
     // The test process also holds the fake API's 50,000 objects and the test harness.
     println!("50,000-device reconcile (debug build, fake API in the same process): {elapsed:?}, peak memory {peak}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_segments_in_flight_fetch_every_object_exactly_once() {
+    let nats = NatsServer::start();
+    let fake = FakeNetbox::start("4.6.8").await;
+    fake.generate_devices(1, 2_000);
+    fake.generate_devices(5_000, 1_001);
+    let mut config = config(&nats, &fake, 100);
+    config.netbox.concurrency = 3;
+    let relay = TestRelay::start(config).await;
+    let report = reconcile(&relay).await;
+    let devices = &report["object_types"]["dcim.device"];
+    assert_eq!(
+        (devices["fetched"].as_u64(), devices["upserted"].as_u64()),
+        (Some(3_001), Some(3_001)),
+        "{devices}"
+    );
+    let stored = stream_messages(&nats.url()).await;
+    let ids: std::collections::HashSet<u64> = stored
+        .iter()
+        .map(|m| m.delta["object_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        (stored.len(), ids.len()),
+        (3_001, 3_001),
+        "every device once"
+    );
+    let log = fake.with(|s| s.log.clone());
+    let device_requests: Vec<&String> = log
+        .iter()
+        .filter(|l| l.starts_with("dcim/devices?"))
+        .collect();
+    assert_eq!(
+        device_requests[0], "dcim/devices?limit=1&ordering=-id",
+        "the highest id bounds the segments"
+    );
+    for bound in ["id__lt=2001", "id__lt=4002", "id__lt=6001"] {
+        assert!(
+            device_requests.iter().any(|l| l.contains(bound)),
+            "segment up to {bound}: {device_requests:?}"
+        );
+    }
 }
