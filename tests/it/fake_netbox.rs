@@ -221,6 +221,20 @@ async fn list(
         Some("-id") => range.rev().take(limit).collect(),
         _ => range.take(limit).collect(),
     };
+    // `fields=` keeps only the named top-level keys (unknown names are ignored, as NetBox does).
+    let page: Vec<Value> = match q.get("fields") {
+        Some(fields) => {
+            let keep: Vec<&str> = fields.split(',').collect();
+            let only = |mut o: Value| {
+                if let Some(map) = o.as_object_mut() {
+                    map.retain(|k, _| keep.contains(&k.as_str()));
+                }
+                o
+            };
+            page.into_iter().map(only).collect()
+        }
+        None => page,
+    };
     let next = page
         .last()
         .and_then(|o| o["id"].as_u64())
