@@ -65,7 +65,7 @@ impl Delivery {
     /// duplicate. Deltas of one key are handled one at a time, in arrival order.
     pub async fn deliver(&self, delta: &RegistryDelta) -> Result<Delivered, DeliveryError> {
         let _key = self.locks.lock(&delta.key).await;
-        let verdict = judge(self.store.record(&delta.key)?.as_ref(), delta);
+        let verdict = judge(self.store.head(&delta.key)?.as_ref(), delta);
         if verdict != Verdict::Accept {
             return Ok(Delivered::Dropped(verdict));
         }

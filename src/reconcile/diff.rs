@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt};
 
 use super::runs::{RunStatus, TypeReport};
 use super::{Output, Reconciler};
@@ -13,6 +14,18 @@ use crate::netbox::ObjectType;
 use crate::publish::Delivered;
 use crate::state::StoreError;
 use crate::translate::Object;
+
+/// Deltas of one page in flight at once. They are all of different keys, so per-key order holds,
+/// and JetStream acks and state commits overlap instead of queueing one behind the other.
+const IN_FLIGHT: usize = 256;
+
+/// What became of one delta.
+enum Emitted {
+    Out,
+    /// Delivery judged it stale or duplicate: a newer webhook won.
+    Dropped,
+    Failed,
+}
 
 /// The run-wide facts one object type needs.
 pub(super) struct Pass<'a> {
@@ -39,10 +52,11 @@ impl Pass<'_> {
             return report;
         }
         if report.status.is_none() {
-            report.status = Some(if report.errors > 0 {
-                RunStatus::Partial
-            } else {
+            let clean = report.errors == 0;
+            report.status = Some(if clean {
                 RunStatus::Succeeded
+            } else {
+                RunStatus::Partial
             });
         }
         report
@@ -63,53 +77,91 @@ impl Pass<'_> {
         };
         let mut pages = super::pull::pages(client, object_type, options);
         while let Some(page) = pages.recv().await {
-            for obj in page.map_err(|e| e.to_string())? {
-                self.object(object_type, &obj, report, seen).await;
-            }
+            let page = page.map_err(|e| e.to_string())?;
+            self.page(object_type, &page, report, seen).await;
         }
         Ok(())
     }
 
-    async fn object(
+    /// Translates a page, drops what the state already holds (one read for the page), and
+    /// publishes the rest.
+    async fn page(
         &self,
         object_type: ObjectType,
-        obj: &Object,
+        page: &[Object],
         report: &mut TypeReport,
         seen: &mut HashSet<u64>,
     ) {
-        report.fetched += 1;
-        if let Some(id) = obj.get("id").and_then(serde_json::Value::as_u64) {
-            seen.insert(id);
-        }
-        let delta = match self
-            .reconciler
-            .translator
-            .reconcile_upsert(object_type, obj, Utc::now())
-        {
-            Ok(delta) => delta,
-            Err(e) => {
-                tracing::warn!(object_type = object_type.name, error = %e, "reconcile: object not translated");
-                report.errors += 1;
-                return;
+        let now = Utc::now();
+        let mut deltas = Vec::with_capacity(page.len());
+        for obj in page {
+            report.fetched += 1;
+            seen.extend(obj.get("id").and_then(serde_json::Value::as_u64));
+            match self
+                .reconciler
+                .translator
+                .reconcile_upsert(object_type, obj, now)
+            {
+                Ok(delta) => deltas.push(delta),
+                Err(e) => {
+                    tracing::warn!(object_type = object_type.name, error = %e, "reconcile: object not translated");
+                    report.errors += 1;
+                }
             }
-        };
-        let unchanged = match self.reconciler.store.record(&delta.key) {
-            Ok(record) => record.is_some_and(|r| !r.deleted && r.entry == delta.entry),
-            Err(e) => {
+        }
+        let changed = match self.changed(deltas) {
+            Ok((changed, unchanged)) => {
+                report.unchanged += unchanged;
+                changed
+            }
+            Err((e, count)) => {
                 tracing::error!(error = %e, "reconcile: state unreadable");
-                report.errors += 1;
+                report.errors += count;
                 return;
             }
         };
-        if unchanged {
-            report.unchanged += 1;
-            return;
+        let outcomes: Vec<Emitted> = stream::iter(changed)
+            .map(|delta| self.emit(delta))
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        for outcome in outcomes {
+            match outcome {
+                Emitted::Out => report.upserted += 1,
+                Emitted::Dropped => report.unchanged += 1,
+                Emitted::Failed => report.errors += 1,
+            }
         }
-        match self.emit(&delta).await {
-            Some(true) => report.upserted += 1,
-            Some(false) => report.unchanged += 1,
-            None => report.errors += 1,
+    }
+
+    /// The deltas whose entry differs from the stored one, and how many did not. An equal
+    /// `delta_id` proves an equal entry (it hashes key, op, revision and entry), so stored
+    /// entries are parsed only for the rest.
+    fn changed(
+        &self,
+        deltas: Vec<RegistryDelta>,
+    ) -> Result<(Vec<RegistryDelta>, u64), (StoreError, u64)> {
+        let count = deltas.len() as u64;
+        let store = &self.reconciler.store;
+        let keys: Vec<&str> = deltas.iter().map(|d| d.key.as_str()).collect();
+        let heads = store.heads(&keys).map_err(|e| (e, count))?;
+        let (mut same, mut maybe) = (0, Vec::new());
+        for (delta, head) in deltas.into_iter().zip(heads) {
+            match head {
+                Some(h) if !h.deleted && h.delta_id == delta.delta_id => same += 1,
+                _ => maybe.push(delta),
+            }
         }
+        let keys: Vec<&str> = maybe.iter().map(|d| d.key.as_str()).collect();
+        let records = store.records(&keys).map_err(|e| (e, count))?;
+        let mut changed = Vec::with_capacity(maybe.len());
+        for (delta, record) in maybe.into_iter().zip(records) {
+            match record {
+                Some(r) if !r.deleted && r.entry == delta.entry => same += 1,
+                _ => changed.push(delta),
+            }
+        }
+        Ok((changed, same))
     }
 
     async fn deletes(
@@ -119,22 +171,22 @@ impl Pass<'_> {
         report: &mut TypeReport,
     ) -> Result<(), StoreError> {
         let prefix = self.reconciler.translator.key_prefix(object_type);
-        let records = self.reconciler.store.records_with_prefix(&prefix)?;
-        let known = records.iter().filter(|(_, r)| !r.deleted).count();
-        let gone: Vec<u64> = records
+        let heads = self.reconciler.store.heads_with_prefix(&prefix)?;
+        let known = heads.iter().filter(|(_, h)| !h.deleted).count();
+        let gone: Vec<u64> = heads
             .iter()
-            .filter(|(_, r)| !r.deleted && r.revision < self.run_start)
+            .filter(|(_, h)| !h.deleted && h.revision < self.run_start)
             .filter_map(|(key, _)| key[prefix.len()..].parse::<u64>().ok())
             .filter(|id| !seen.contains(id))
             .collect();
-        let limit = self.reconciler.max_delete_fraction * known as f64;
-        if !self.force && gone.len() as f64 > limit {
+        let fraction = self.reconciler.max_delete_fraction;
+        if !self.force && gone.len() as f64 > fraction * known as f64 {
             report.withheld_deletes = gone.len() as u64;
             report.status = Some(RunStatus::Partial);
             report.message = Some(format!(
                 "{} deletes withheld: more than {:.0}% of {known} known entries (reconcile.max_delete_fraction); force the run to apply them",
                 gone.len(),
-                self.reconciler.max_delete_fraction * 100.0
+                fraction * 100.0
             ));
             tracing::warn!(
                 object_type = object_type.name,
@@ -144,39 +196,47 @@ impl Pass<'_> {
             );
             return Ok(());
         }
-        for id in gone {
-            let delta = self.reconciler.translator.reconcile_delete(
-                object_type,
-                id,
-                self.run_start,
-                Utc::now(),
-            );
-            match delta {
-                Ok(delta) => match self.emit(&delta).await {
-                    Some(true) => report.deleted += 1,
-                    Some(false) => report.unchanged += 1,
-                    None => report.errors += 1,
-                },
-                Err(_) => report.errors += 1,
+        let now = Utc::now();
+        let translator = &self.reconciler.translator;
+        let deltas: Vec<RegistryDelta> = gone
+            .into_iter()
+            .filter_map(|id| {
+                translator
+                    .reconcile_delete(object_type, id, self.run_start, now)
+                    .ok()
+            })
+            .collect();
+        let outcomes: Vec<Emitted> = stream::iter(deltas)
+            .map(|delta| self.emit(delta))
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        for outcome in outcomes {
+            match outcome {
+                Emitted::Out => report.deleted += 1,
+                Emitted::Dropped => report.unchanged += 1,
+                Emitted::Failed => report.errors += 1,
             }
         }
         Ok(())
     }
 
-    /// Publishes (or, in a dry run, prints) a delta: `Some(true)` when it went out, `Some(false)`
-    /// when delivery judged it stale or duplicate (a newer webhook won), `None` on failure.
-    async fn emit(&self, delta: &RegistryDelta) -> Option<bool> {
+    /// Publishes (or, in a dry run, prints) one delta.
+    async fn emit(&self, delta: RegistryDelta) -> Emitted {
         match self.output {
-            Output::Print => {
-                println!("{}", serde_json::to_string(delta).ok()?);
-                Some(true)
-            }
-            Output::Publish(delivery) => match delivery.deliver(delta).await {
-                Ok(Delivered::Published | Delivered::Spooled) => Some(true),
-                Ok(Delivered::Dropped(_)) => Some(false),
+            Output::Print => match serde_json::to_string(&delta) {
+                Ok(line) => {
+                    println!("{line}");
+                    Emitted::Out
+                }
+                Err(_) => Emitted::Failed,
+            },
+            Output::Publish(delivery) => match delivery.deliver(&delta).await {
+                Ok(Delivered::Published | Delivered::Spooled) => Emitted::Out,
+                Ok(Delivered::Dropped(_)) => Emitted::Dropped,
                 Err(e) => {
                     tracing::error!(error = %e, key = %delta.key, "reconcile: delta not delivered");
-                    None
+                    Emitted::Failed
                 }
             },
         }

@@ -3,7 +3,8 @@
 //! schedule, at start, by `POST /reconcile` and by `netbox-relay reconcile`.
 
 mod diff;
-mod pull;
+/// The pull alone; public so that the benchmark can time downloading against reconciling.
+pub mod pull;
 mod runs;
 
 use std::sync::Arc;

@@ -7,5 +7,5 @@ mod record;
 mod store;
 
 pub use committer::{Committer, Write};
-pub use record::{judge, Record, Verdict};
+pub use record::{judge, Record, RecordHead, Verdict};
 pub use store::{SpooledDelta, Store, StoreError};

@@ -24,6 +24,15 @@ impl Record {
     }
 }
 
+/// A [`Record`] without its entry, which parsing skips: all that judging a delta and the delete
+/// scan need.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RecordHead {
+    pub revision: DateTime<Utc>,
+    pub delta_id: String,
+    pub deleted: bool,
+}
+
 /// Whether a delta should be published, given what was accepted before for its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -46,7 +55,7 @@ impl Verdict {
 
 /// The same revision with a different entry is a real change: NetBox sends exactly that to every
 /// tagged object when a tag is deleted, without touching `last_updated`.
-pub fn judge(stored: Option<&Record>, delta: &RegistryDelta) -> Verdict {
+pub fn judge(stored: Option<&RecordHead>, delta: &RegistryDelta) -> Verdict {
     let Some(stored) = stored else {
         return Verdict::Accept;
     };

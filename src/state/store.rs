@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::committer::Write;
-use super::record::Record;
+use super::record::{Record, RecordHead};
 
 /// Registry key -> [`Record`] (JSON).
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
@@ -73,39 +73,61 @@ impl Store {
         }
     }
 
-    pub fn record(&self, key: &str) -> Result<Option<Record>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
-        let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
-        let Some(value) = table.get(key).map_err(|e| self.fail(e))? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(value.value())
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt {
-                key: key.to_string(),
-                message: e.to_string(),
-            })
+    /// The head of one key's record (revision, delta id, tombstone), without parsing the entry.
+    pub fn head(&self, key: &str) -> Result<Option<RecordHead>, StoreError> {
+        Ok(self.get_many(&[key])?.pop().flatten())
     }
 
-    /// Every record whose key starts with `prefix`, e.g. all devices of a partition.
-    pub fn records_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Record)>, StoreError> {
+    /// The records of `keys`, in order, read in one transaction.
+    pub fn records(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, StoreError> {
+        self.get_many(keys)
+    }
+
+    /// The heads of `keys`, in order, read in one transaction.
+    pub fn heads(&self, keys: &[&str]) -> Result<Vec<Option<RecordHead>>, StoreError> {
+        self.get_many(keys)
+    }
+
+    fn get_many<T: serde::de::DeserializeOwned>(
+        &self,
+        keys: &[&str],
+    ) -> Result<Vec<Option<T>>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
         let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
-        let mut records = Vec::new();
+        keys.iter()
+            .map(|key| {
+                let Some(value) = table.get(*key).map_err(|e| self.fail(e))? else {
+                    return Ok(None);
+                };
+                serde_json::from_slice(value.value())
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        key: key.to_string(),
+                        message: e.to_string(),
+                    })
+            })
+            .collect()
+    }
+
+    /// Revision and tombstone of every key starting with `prefix` (not the entries: a reconcile
+    /// of a large type would otherwise hold them all).
+    pub fn heads_with_prefix(&self, prefix: &str) -> Result<Vec<(String, RecordHead)>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
+        let mut heads = Vec::new();
         for row in table.range(prefix..).map_err(|e| self.fail(e))? {
             let (key, value) = row.map_err(|e| self.fail(e))?;
             let key = key.value();
             if !key.starts_with(prefix) {
                 break;
             }
-            let record =
-                serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
-                    key: key.to_string(),
-                    message: e.to_string(),
-                })?;
-            records.push((key.to_string(), record));
+            let head = serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
+                key: key.to_string(),
+                message: e.to_string(),
+            })?;
+            heads.push((key.to_string(), head));
         }
-        Ok(records)
+        Ok(heads)
     }
 
     /// The oldest `limit` spooled deltas, in order.
