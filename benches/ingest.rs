@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 use netbox_relay::webhook::signature::sign;
 use serde_json::{json, Value};
 
+/// The relay's allocator, so that baseline and relay are measured alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SECRET: &str = "bench-secret";
 const BASELINE_ENV: &str = "NETBOX_RELAY_BENCH_BASELINE_PORT";
 const ID: &str = "987654321";

@@ -19,6 +19,10 @@ use netbox_relay::netbox::ObjectType;
 use netbox_relay::reconcile::pull::{pages, PullOptions};
 use serde_json::{json, Value};
 
+/// The relay's allocator, so that baseline and relay are measured alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const FAKE_ENV: &str = "NETBOX_RELAY_BENCH_FAKE";
 const TOKEN: &str = "0123456789abcdef0123456789abcdef01234567";
 const TYPES: [&str; 2] = ["dcim.device", "ipam.ipaddress"];

@@ -9,6 +9,11 @@ use netbox_relay::reconcile::{RunOptions, RunStatus};
 use netbox_relay::{delta, telemetry};
 use tokio::signal::unix::{signal, SignalKind};
 
+// Reconciliation parses every NetBox page into many small maps; glibc's allocator was the largest
+// cost in a profile of a 100,000-object run (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
