@@ -340,6 +340,7 @@ impl Server {
             .env("NETBOX_RELAY_STATE__PATH", state)
             .env("NETBOX_RELAY_LOG__LEVEL", "warn")
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         Server::wait(child, port)

@@ -13,7 +13,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing::Level;
 
 pub use error::WebhookError;
 
@@ -47,7 +48,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/reconcile", post(admin::start_run))
         .route("/reconcile/runs/latest", get(admin::latest_run))
         .route("/reconcile/runs/{id}", get(admin::run_by_id))
-        .layer(TraceLayer::new_for_http())
+        // 5xx answers are logged once where they arise (WebhookError); a 503 from /readyz while
+        // NATS is away is an answer, not an error worth a line per probe.
+        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
         .with_state(state)
 }
 
