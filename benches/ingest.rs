@@ -7,7 +7,6 @@
 //!
 //! `cargo bench --bench ingest -- [--seconds 10] [--concurrency 32] [--rate 1000]`
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netbox_relay::webhook::signature::sign;
+
+mod common;
+use common::{free_port, wait_for_port};
 use serde_json::{json, Value};
 
 /// The relay's allocator, so that baseline and relay are measured alike.
@@ -406,11 +408,7 @@ impl Nats {
     }
 
     fn restart(&mut self) {
-        let binary = std::env::var_os("NATS_SERVER")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/nats-server")
-            });
+        let binary = common::nats_binary();
         let child = Command::new(binary)
             .args([
                 "-js",
@@ -444,23 +442,6 @@ impl Nats {
 impl Drop for Nats {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

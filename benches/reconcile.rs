@@ -7,7 +7,6 @@
 //!
 //! `cargo bench --bench reconcile -- [--objects 100000] [--concurrency 4]`
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -17,6 +16,9 @@ use netbox_relay::config::NetboxConfig;
 use netbox_relay::netbox::client::NetboxClient;
 use netbox_relay::netbox::ObjectType;
 use netbox_relay::reconcile::pull::{pages, PullOptions};
+
+mod common;
+use common::{free_port, nats_binary, wait_for_port};
 use serde_json::{json, Value};
 
 /// The relay's allocator, so that baseline and relay are measured alike.
@@ -204,12 +206,7 @@ impl Process {
             .stderr(Stdio::null())
             .spawn()
             .expect("start a benchmark process");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(Instant::now() < deadline, "nothing listens on {addr}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_port(port);
         Process(child)
     }
 }
@@ -219,20 +216,6 @@ impl Drop for Process {
         self.0.kill().ok();
         self.0.wait().ok();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn nats_binary() -> PathBuf {
-    std::env::var_os("NATS_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/nats-server"))
 }
 
 /// The fake NetBox: `per_type` devices and IP addresses with ids 1..=per_type, shaped like the

@@ -120,18 +120,10 @@ impl Pass<'_> {
                 return;
             }
         };
-        let outcomes: Vec<Emitted> = stream::iter(changed)
-            .map(|delta| self.emit(delta))
-            .buffer_unordered(IN_FLIGHT)
-            .collect()
-            .await;
-        for outcome in outcomes {
-            match outcome {
-                Emitted::Out => report.upserted += 1,
-                Emitted::Dropped => report.unchanged += 1,
-                Emitted::Failed => report.errors += 1,
-            }
-        }
+        let (out, dropped, failed) = self.emit_all(changed).await;
+        report.upserted += out;
+        report.unchanged += dropped;
+        report.errors += failed;
     }
 
     /// The deltas whose entry differs from the stored one, and how many did not. An equal
@@ -206,19 +198,26 @@ impl Pass<'_> {
                     .ok()
             })
             .collect();
+        let (out, dropped, failed) = self.emit_all(deltas).await;
+        report.deleted += out;
+        report.unchanged += dropped;
+        report.errors += failed;
+        Ok(())
+    }
+
+    /// Emits deltas of distinct keys, `IN_FLIGHT` at a time; counts (out, dropped, failed).
+    async fn emit_all(&self, deltas: Vec<RegistryDelta>) -> (u64, u64, u64) {
         let outcomes: Vec<Emitted> = stream::iter(deltas)
             .map(|delta| self.emit(delta))
             .buffer_unordered(IN_FLIGHT)
             .collect()
             .await;
-        for outcome in outcomes {
-            match outcome {
-                Emitted::Out => report.deleted += 1,
-                Emitted::Dropped => report.unchanged += 1,
-                Emitted::Failed => report.errors += 1,
-            }
-        }
-        Ok(())
+        let count = |kind: fn(&Emitted) -> bool| outcomes.iter().filter(|o| kind(o)).count() as u64;
+        (
+            count(|o| matches!(o, Emitted::Out)),
+            count(|o| matches!(o, Emitted::Dropped)),
+            count(|o| matches!(o, Emitted::Failed)),
+        )
     }
 
     /// Publishes (or, in a dry run, prints) one delta.

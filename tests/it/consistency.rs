@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::helpers::{all_fixture_files, fixture_json};
 
 /// Recorded full-serializer list answers, one per object type.
-const PAGES: &[&str] = &[
+pub const PAGES: &[&str] = &[
     "dcim_devices.json",
     "ipam_ip-addresses.json",
     "ipam_prefixes.json",

@@ -12,24 +12,9 @@ use crate::helpers::{stream_count, stream_messages, test_config, NatsServer, Tes
 
 const ADMIN: &str = "admin-secret-for-tests";
 
-/// Every recorded full list answer: one page per object type.
-const RECORDED: &[&str] = &[
-    "dcim_devices.json",
-    "ipam_ip-addresses.json",
-    "ipam_prefixes.json",
-    "virtualization_virtual-machines.json",
-    "dcim_sites.json",
-    "tenancy_tenants.json",
-    "ipam_vlans.json",
-    "ipam_vrfs.json",
-    "virtualization_clusters.json",
-    "virtualization_interfaces.json",
-    "dcim_interfaces__limit-3.json",
-];
-
 async fn fake_with_recorded(version: &str) -> FakeNetbox {
     let fake = FakeNetbox::start(version).await;
-    for file in RECORDED {
+    for file in crate::consistency::PAGES {
         fake.load_recorded(file);
     }
     fake
