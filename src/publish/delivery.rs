@@ -4,12 +4,13 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::spool::Spool;
 use super::Publisher;
 use crate::delta::RegistryDelta;
-use crate::state::{judge, Committer, Record, Store, StoreError, Verdict, Write};
+use crate::state::{judge, Committer, Store, StoreError, Verdict, Write};
 
 /// Where a delta went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,12 +70,18 @@ impl Delivery {
         if verdict != Verdict::Accept {
             return Ok(Delivered::Dropped(verdict));
         }
-        let (key, record) = (delta.key.clone(), Record::of(delta));
+        // Serialized once: the same bytes are published, remembered, and spooled if need be.
+        let payload = Bytes::from(serde_json::to_vec(delta)?);
+        let key = delta.key.clone();
         // While the spool holds anything, new deltas queue behind it so that per-key order holds.
         if self.spool.depth() == 0 {
-            match self.publisher.publish(delta).await {
+            match self.publisher.publish(delta, payload.clone()).await {
                 Ok(_) => {
-                    self.committer.commit(Write::Record { key, record }).await?;
+                    let write = Write::Record {
+                        key,
+                        delta: payload,
+                    };
+                    self.committer.commit(write).await?;
                     return Ok(Delivered::Published);
                 }
                 // Per delta only at debug: during an outage this is every webhook. The drainer
@@ -82,18 +89,19 @@ impl Delivery {
                 Err(e) => tracing::debug!(error = %e, key = %delta.key, "spooling the delta"),
             }
         }
-        let bytes = serde_json::to_vec(delta)?;
-        let size = bytes.len() as u64;
+        let size = payload.len() as u64;
         if !self.spool.reserve(size) {
             let max_bytes = self.spool.max_bytes();
             return Err(DeliveryError::SpoolFull { max_bytes });
         }
-        let spooled = Write::Spool {
-            key,
-            record,
-            delta: bytes,
-        };
-        if let Err(e) = self.committer.commit(spooled).await {
+        if let Err(e) = self
+            .committer
+            .commit(Write::Spool {
+                key,
+                delta: payload,
+            })
+            .await
+        {
             self.spool.release(size);
             return Err(e.into());
         }

@@ -6,6 +6,7 @@ use async_nats::jetstream::context::{ContextBuilder, PublishErrorKind};
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use async_nats::jetstream::{self, publish::PublishAck};
 use async_nats::{Client, ConnectOptions, Event, HeaderMap};
+use bytes::Bytes;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
@@ -32,8 +33,6 @@ pub enum PublishError {
     Stream { stream: String, message: String },
     #[error("JetStream did not acknowledge the delta: {0}")]
     NoAck(String),
-    #[error("cannot serialize the delta: {0}")]
-    Serialize(#[from] serde_json::Error),
 }
 
 pub struct Publisher {
@@ -86,18 +85,21 @@ impl Publisher {
         format!("{prefix}.{partition}.{}.{}", delta.kind, delta.op.as_str())
     }
 
-    /// Publishes one delta and waits for JetStream's ack.
-    pub async fn publish(&self, delta: &RegistryDelta) -> Result<PublishAck, PublishError> {
+    /// Publishes one delta, `payload` being its JSON, and waits for JetStream's ack.
+    pub async fn publish(
+        &self,
+        delta: &RegistryDelta,
+        payload: Bytes,
+    ) -> Result<PublishAck, PublishError> {
         if !self.is_connected() {
             return Err(PublishError::NotConnected);
         }
-        let payload = serde_json::to_vec(delta)?;
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", delta.delta_id.as_str());
         headers.insert("Content-Type", "application/json");
         let ack = async {
             self.js
-                .publish_with_headers(self.subject(delta), headers, payload.into())
+                .publish_with_headers(self.subject(delta), headers, payload)
                 .await?
                 .await
         };

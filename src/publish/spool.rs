@@ -122,7 +122,8 @@ async fn drain_round(
     for row in &head {
         match serde_json::from_slice::<RegistryDelta>(&row.bytes) {
             Ok(delta) => {
-                if let Err(e) = publisher.publish(&delta).await {
+                let payload = bytes::Bytes::copy_from_slice(&row.bytes);
+                if let Err(e) = publisher.publish(&delta, payload).await {
                     tracing::warn!(error = %e, depth = spool.depth(), "spool drain paused");
                     complete = false;
                     break;

@@ -140,7 +140,7 @@ impl Pass<'_> {
         let (mut same, mut maybe) = (0, Vec::new());
         for (delta, head) in deltas.into_iter().zip(heads) {
             match head {
-                Some(h) if !h.deleted && h.delta_id == delta.delta_id => same += 1,
+                Some(h) if !h.deleted() && h.delta_id == delta.delta_id => same += 1,
                 _ => maybe.push(delta),
             }
         }
@@ -149,7 +149,7 @@ impl Pass<'_> {
         let mut changed = Vec::with_capacity(maybe.len());
         for (delta, record) in maybe.into_iter().zip(records) {
             match record {
-                Some(r) if !r.deleted && r.entry == delta.entry => same += 1,
+                Some(r) if !r.deleted() && r.entry == delta.entry => same += 1,
                 _ => changed.push(delta),
             }
         }
@@ -164,10 +164,10 @@ impl Pass<'_> {
     ) -> Result<(), StoreError> {
         let prefix = self.reconciler.translator.key_prefix(object_type);
         let heads = self.reconciler.store.heads_with_prefix(&prefix)?;
-        let known = heads.iter().filter(|(_, h)| !h.deleted).count();
+        let known = heads.iter().filter(|(_, h)| !h.deleted()).count();
         let gone: Vec<u64> = heads
             .iter()
-            .filter(|(_, h)| !h.deleted && h.revision < self.run_start)
+            .filter(|(_, h)| !h.deleted() && h.revision < self.run_start)
             .filter_map(|(key, _)| key[prefix.len()..].parse::<u64>().ok())
             .filter(|id| !seen.contains(id))
             .collect();

@@ -8,21 +8,17 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::record::Record;
 use super::store::{Store, StoreError};
+use bytes::Bytes;
 
 /// One change to the store.
 #[derive(Debug)]
 pub enum Write {
-    /// Remember what was published for a key (not fsynced at once: the delta is already safe in
+    /// Remember the delta published for a key (not fsynced at once: it is already safe in
     /// JetStream; a later durable commit or the idle flush persists it).
-    Record { key: String, record: Record },
+    Record { key: String, delta: Bytes },
     /// Put a delta in the spool and remember it, durably.
-    Spool {
-        key: String,
-        record: Record,
-        delta: Vec<u8>,
-    },
+    Spool { key: String, delta: Bytes },
     /// Remove drained deltas from the spool, durably.
     Unspool { seqs: Vec<u64> },
     /// Persist everything written so far.

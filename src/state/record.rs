@@ -1,26 +1,23 @@
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::delta::{Entry, Op, RegistryDelta};
 
-/// What the relay last accepted for one registry key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What the relay last accepted for one registry key. It is stored as the accepted delta itself,
+/// the bytes that were published, so a webhook serializes its delta once; these are the fields
+/// read back.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Record {
     pub revision: DateTime<Utc>,
     pub delta_id: String,
-    /// A tombstone: the last accepted delta was a delete.
-    pub deleted: bool,
+    pub op: Op,
     pub entry: Option<Entry>,
 }
 
 impl Record {
-    pub fn of(delta: &RegistryDelta) -> Record {
-        Record {
-            revision: delta.revision,
-            delta_id: delta.delta_id.clone(),
-            deleted: delta.op == Op::Delete,
-            entry: delta.entry.clone(),
-        }
+    /// A tombstone: the last accepted delta was a delete.
+    pub fn deleted(&self) -> bool {
+        self.op == Op::Delete
     }
 }
 
@@ -30,7 +27,13 @@ impl Record {
 pub struct RecordHead {
     pub revision: DateTime<Utc>,
     pub delta_id: String,
-    pub deleted: bool,
+    pub op: Op,
+}
+
+impl RecordHead {
+    pub fn deleted(&self) -> bool {
+        self.op == Op::Delete
+    }
 }
 
 /// Whether a delta should be published, given what was accepted before for its key.
@@ -62,7 +65,7 @@ pub fn judge(stored: Option<&RecordHead>, delta: &RegistryDelta) -> Verdict {
     if stored.delta_id == delta.delta_id {
         Verdict::Duplicate
     } else if delta.revision < stored.revision
-        || (stored.deleted && delta.event.as_deref() == Some("updated"))
+        || (stored.deleted() && delta.event.as_deref() == Some("updated"))
     {
         Verdict::Stale
     } else {

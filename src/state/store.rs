@@ -5,7 +5,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use super::committer::Write;
 use super::record::{Record, RecordHead};
 
-/// Registry key -> [`Record`] (JSON).
+/// Registry key -> the last accepted delta (JSON), read back as a [`Record`].
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// Spool sequence -> the delta as published (JSON), drained in sequence order.
 const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
@@ -179,10 +179,9 @@ impl Store {
             let mut spool = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
             for write in writes {
                 match write {
-                    Write::Record { key, record } | Write::Spool { key, record, .. } => {
-                        let json = serde_json::to_vec(record).map_err(|e| self.fail(e))?;
+                    Write::Record { key, delta } | Write::Spool { key, delta } => {
                         records
-                            .insert(key.as_str(), json.as_slice())
+                            .insert(key.as_str(), delta.as_ref())
                             .map_err(|e| self.fail(e))?;
                     }
                     Write::Unspool { seqs } => {
@@ -194,7 +193,7 @@ impl Store {
                 }
                 if let Write::Spool { delta, .. } = write {
                     spool
-                        .insert(seq, delta.as_slice())
+                        .insert(seq, delta.as_ref())
                         .map_err(|e| self.fail(e))?;
                     seq += 1;
                 }
