@@ -74,7 +74,7 @@ impl Relay {
             reconciler: Arc::new(reconciler),
             admin_token: config.api.admin_token.clone(),
             max_body_bytes: config.webhook.max_body_bytes,
-            metrics: telemetry::metrics(),
+            metrics: telemetry::metrics_handle(),
         });
         if !config.webhook.require_signature {
             tracing::warn!(

@@ -32,7 +32,7 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     /// How long in-flight webhooks may take to finish after SIGTERM.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
 }
 
@@ -53,7 +53,7 @@ pub struct NetboxConfig {
     pub token_file: Option<PathBuf>,
     pub page_size: u32,
     pub concurrency: usize,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     pub insecure_skip_verify: bool,
     pub ca_file: Option<PathBuf>,
@@ -70,11 +70,11 @@ pub struct NatsConfig {
     pub tls_ca_file: Option<PathBuf>,
     pub stream: String,
     pub subject_prefix: String,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "duration")]
     pub duplicate_window: Duration,
     pub replicas: usize,
     /// How long to wait for JetStream's ack of one delta.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "duration")]
     pub ack_timeout: Duration,
 }
 
@@ -90,7 +90,7 @@ pub struct RegistryConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconcileConfig {
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "duration")]
     pub interval: Duration,
     pub on_start: bool,
     pub max_delete_fraction: f64,
@@ -158,6 +158,25 @@ pub enum ConfigError {
     Load(#[from] Box<figment::Error>),
     #[error("configuration key `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+}
+
+/// `30s`, `2m`, `1h`; a bare number is seconds, so that `0` (as an environment variable reads)
+/// disables the schedule as the contract says.
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Seconds(u64),
+        Text(String),
+    }
+    match Written::deserialize(d)? {
+        Written::Seconds(secs) => Ok(Duration::from_secs(secs)),
+        Written::Text(text) => humantime::parse_duration(text.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration ({e}); write e.g. 30s, 2m, 1h"
+            ))
+        }),
+    }
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {

@@ -120,6 +120,15 @@ impl Op {
     }
 }
 
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Webhook => "webhook",
+            Origin::Reconcile => "reconcile",
+        }
+    }
+}
+
 impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use super::ObjectType;
 use crate::config::NetboxConfig;
+use crate::telemetry;
 
 /// Why a NetBox request failed. Never carries the token.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -146,7 +147,9 @@ impl NetboxClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (error, wait) = match self.http.get(&url).send().await {
+            let sent = self.http.get(&url).send().await;
+            telemetry::netbox_request(sent.as_ref().ok().map(|r| r.status().as_u16()));
+            let (error, wait) = match sent {
                 Ok(response) if response.status().is_success() => {
                     return response.json().await.map_err(|e| ApiError::Decode {
                         what: what.into(),

@@ -1,5 +1,5 @@
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
 use async_nats::jetstream::context::{ContextBuilder, PublishErrorKind};
@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::NatsConfig;
 use crate::delta::RegistryDelta;
+use crate::telemetry;
 
 /// The stream the relay creates when it is absent.
 #[derive(Debug, Clone)]
@@ -97,18 +98,21 @@ impl Publisher {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", delta.delta_id.as_str());
         headers.insert("Content-Type", "application/json");
+        let started = Instant::now();
         let ack = async {
             self.js
                 .publish_with_headers(self.subject(delta), headers, payload)
                 .await?
                 .await
         };
-        ack.await.map_err(|e| {
+        let ack = ack.await.map_err(|e| {
             if e.kind() == PublishErrorKind::StreamNotFound {
                 self.stream_ready.store(false, Ordering::Relaxed);
             }
             PublishError::NoAck(e.to_string())
-        })
+        })?;
+        telemetry::delta_published(delta, started.elapsed());
+        Ok(ack)
     }
 
     /// Creates the stream if it is absent. An existing stream is left as it is.

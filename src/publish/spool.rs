@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::Publisher;
 use crate::delta::RegistryDelta;
 use crate::state::{Committer, Store, Write};
+use crate::telemetry;
 
 /// Counters of what the spool holds; the rows themselves live in the store.
 pub struct Spool {
@@ -165,8 +166,7 @@ fn report(spool: &Spool, store: &Store, last_log: &mut Instant) {
                 (Utc::now() - d.observed_at).num_milliseconds().max(0) as f64 / 1000.0
             }),
     };
-    metrics::gauge!("netbox_relay_spool_depth").set(depth as f64);
-    metrics::gauge!("netbox_relay_spool_oldest_seconds").set(oldest);
+    telemetry::spool(depth, oldest);
     if depth > 0 && last_log.elapsed() >= LOG_EVERY {
         tracing::warn!(
             depth,

@@ -20,6 +20,7 @@ use crate::netbox::client::NetboxClient;
 use crate::netbox::ObjectType;
 use crate::publish::Delivery;
 use crate::state::Store;
+use crate::telemetry;
 use crate::translate::Translator;
 
 /// Where a run's deltas go.
@@ -138,6 +139,10 @@ impl Reconciler {
         }
         report.finish(Utc::now());
         self.runs.update(&report);
+        let elapsed = (report.ended_at.unwrap_or(report.started_at) - report.started_at)
+            .to_std()
+            .unwrap_or_default();
+        telemetry::reconcile_ended(report.status.as_str(), elapsed);
         tracing::info!(run_id = report.run_id, status = ?report.status, "reconcile: run ended");
         report
     }

@@ -17,6 +17,17 @@ pub enum RunStatus {
     Failed,
 }
 
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Partial => "partial",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
 /// Counts and outcome for one object type.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TypeReport {

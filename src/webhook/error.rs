@@ -41,7 +41,8 @@ impl WebhookError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    /// The `error` of the answer, and the `result` of the webhook's log line and metric.
+    pub fn code(&self) -> &'static str {
         match self {
             WebhookError::UnsupportedMediaType => "unsupported_media_type",
             WebhookError::TooLarge { .. } => "too_large",
@@ -57,12 +58,10 @@ impl WebhookError {
 impl IntoResponse for WebhookError {
     fn into_response(self) -> Response {
         let status = self.status();
-        // 5xx bodies stay opaque; the cause is logged here, once.
+        // 5xx bodies stay opaque; the cause is in the webhook's log line.
         let message = if status.is_server_error() {
-            tracing::error!(error = %self, "webhook not accepted");
             "the delta could not be published or spooled; reconciliation will repair it".to_string()
         } else {
-            tracing::info!(status = status.as_u16(), error = %self, "webhook rejected");
             self.to_string()
         };
         (

@@ -1,6 +1,7 @@
 //! `POST /webhooks/netbox`: verify, parse, translate, publish, and answer only when durable.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -10,19 +11,67 @@ use axum::Json;
 use bytes::Bytes;
 use chrono::Utc;
 use serde_json::json;
+use tracing::{field, Instrument};
 
 use super::error::WebhookError;
 use super::AppState;
-use crate::netbox::webhook::{self, Parsed};
+use crate::netbox::webhook::{self, Parsed, WebhookEvent};
 use crate::publish::Delivered;
+use crate::telemetry;
 use crate::translate::Outcome;
 
+/// What a webhook came to: the answer's status and the `result` of its log line and metric.
+struct Handled {
+    result: &'static str,
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+/// Every webhook gets one log line (request id, object type, id, event, result, latency) and is
+/// counted by result; lines logged while handling it carry its request id through the span.
 pub async fn receive(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, WebhookError> {
-    if !is_json(&headers) {
+) -> Response {
+    let started = Instant::now();
+    // NetBox's request id once the body is read; until then, and for bodies without one, ours.
+    let span = tracing::info_span!(
+        "webhook",
+        request_id = %uuid::Uuid::new_v4(),
+        object_type = field::Empty,
+        id = field::Empty,
+        event = field::Empty
+    );
+    let outcome = handle(&app, &headers, body).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let _entered = span.enter();
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    match outcome {
+        Ok(handled) => {
+            telemetry::webhook_answered(handled.result, elapsed);
+            tracing::info!(result = handled.result, latency_ms, "webhook");
+            (handled.status, Json(handled.body)).into_response()
+        }
+        Err(error) => {
+            let result = error.code();
+            telemetry::webhook_answered(result, elapsed);
+            if error.status().is_server_error() {
+                tracing::error!(result, latency_ms, %error, "webhook");
+            } else {
+                tracing::info!(result, latency_ms, %error, "webhook");
+            }
+            error.into_response()
+        }
+    }
+}
+
+async fn handle(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Handled, WebhookError> {
+    if !is_json(headers) {
         return Err(WebhookError::UnsupportedMediaType);
     }
     let body = body.map_err(|rejection| match rejection.status() {
@@ -35,34 +84,45 @@ pub async fn receive(
     let body = app.verifier.verify(signature, body)?;
     let event = match webhook::parse(body.as_bytes())? {
         Parsed::Change(event) => event,
-        Parsed::Ignored(reason) => return Ok(ignored(reason)),
+        Parsed::Ignored(reason) => return Ok(ignored("ignored", reason)),
     };
+    record(&event);
     let delta = match app.translator.webhook(&event, Utc::now())? {
         Outcome::Publish(delta) => delta,
-        Outcome::Ignore(reason) => return Ok(ignored(reason)),
+        Outcome::Ignore(reason) => return Ok(ignored("ignored", reason)),
     };
-    let delivered = app.delivery.deliver(&delta).await?;
-    tracing::info!(
-        object_type = event.object_type.name,
-        id = event.object_id,
-        event = event.event.as_str(),
-        request_id = event.request_id.as_deref(),
-        delta_id = %delta.delta_id,
-        result = ?delivered,
-        "webhook handled"
-    );
-    match delivered {
-        Delivered::Published | Delivered::Spooled => {
-            let answer = json!({"status": "accepted", "deltas": 1});
-            Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+    let result = match app.delivery.deliver(&delta).await? {
+        Delivered::Published => "published",
+        Delivered::Spooled => "spooled",
+        Delivered::Dropped(verdict) => {
+            return Ok(ignored(verdict.reason(), verdict.reason().to_string()))
         }
-        Delivered::Dropped(verdict) => Ok(ignored(verdict.reason().to_string())),
-    }
+    };
+    tracing::debug!(delta_id = %delta.delta_id, key = %delta.key, "delta delivered");
+    Ok(Handled {
+        result,
+        status: StatusCode::ACCEPTED,
+        body: json!({"status": "accepted", "deltas": 1}),
+    })
 }
 
-fn ignored(reason: String) -> Response {
-    tracing::info!(reason = %reason, "webhook ignored");
-    Json(json!({"status": "ignored", "reason": reason})).into_response()
+/// Puts what the webhook is about on its span, and so on every line logged about it.
+fn record(event: &WebhookEvent) {
+    let span = tracing::Span::current();
+    if let Some(request_id) = &event.request_id {
+        span.record("request_id", request_id.as_str());
+    }
+    span.record("object_type", event.object_type.name);
+    span.record("id", event.object_id);
+    span.record("event", event.event.as_str());
+}
+
+fn ignored(result: &'static str, reason: String) -> Handled {
+    Handled {
+        result,
+        status: StatusCode::OK,
+        body: json!({"status": "ignored", "reason": reason}),
+    }
 }
 
 /// `application/json`, with or without parameters such as `charset`.

@@ -32,7 +32,12 @@ fn defaults_then_file_then_environment_then_flags() {
         jail.set_env("NETBOX_RELAY_WEBHOOK__MAX_BODY_BYTES", "2000");
         jail.set_env("NETBOX_RELAY_NATS__URL", "nats://10.1.2.3:4222");
         jail.set_env("NETBOX_RELAY_SERVER__LISTEN", "127.0.0.1:9002");
+        jail.set_env("NETBOX_RELAY_RECONCILE__INTERVAL", "0");
         let config = load(jail, &Overrides::default()).unwrap();
+        assert!(
+            config.reconcile.interval.is_zero(),
+            "a bare 0 disables the schedule"
+        );
         assert_eq!(config.webhook.max_body_bytes, 2000, "env beats file");
         assert_eq!(config.nats.url, "nats://10.1.2.3:4222");
         assert_eq!(config.registry.partition, "lab", "file beats defaults");

@@ -2,16 +2,14 @@
 //! a full spool, and racing webhooks of one object. Real nats-server, real relay binary.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    fixture_json, free_port, secret, signed, stream_count, stream_messages, test_config,
-    wait_for_count, wait_for_port, NatsServer, TestRelay,
+    fixture_json, free_port, signed, stream_count, stream_messages, test_config, wait_for_count,
+    NatsServer, RelayProcess, TestRelay,
 };
 
 /// A signed device update shaped like the recorded ones, for device `id` at revision `rev`
@@ -114,48 +112,6 @@ async fn two_thousand_webhooks_during_an_outage_all_arrive_in_key_order() {
     assert_once_and_in_key_order(&stored);
     relay.wait_ready().await;
     assert_eq!(relay.get("/readyz").await.1["spooled"], 0);
-}
-
-/// The relay binary, configured through the environment.
-struct RelayProcess {
-    child: Child,
-    base: String,
-}
-
-impl RelayProcess {
-    fn start(nats: &NatsServer, port: u16) -> RelayProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_netbox-relay"))
-            .arg("serve")
-            .env("NETBOX_RELAY_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("NETBOX_RELAY_NATS__URL", nats.url())
-            .env("NETBOX_RELAY_WEBHOOK__SECRETS", secret())
-            .env(
-                "NETBOX_RELAY_STATE__PATH",
-                nats.scratch().join("relay.redb"),
-            )
-            .env("NETBOX_RELAY_LOG__LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the relay binary");
-        wait_for_port(SocketAddr::from(([127, 0, 0, 1], port)));
-        RelayProcess {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().ok();
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
 }
 
 const BURST_PER_LANE: u64 = 250;

@@ -318,3 +318,77 @@ pub async fn wait_for_count(nats_url: &str, count: u64, limit: Duration) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The relay binary (`serve`), configured through the environment; killed on drop.
+pub struct RelayProcess {
+    child: Child,
+    pub base: String,
+}
+
+impl RelayProcess {
+    /// Quiet: only warnings, and those discarded.
+    pub fn start(nats: &NatsServer, port: u16) -> RelayProcess {
+        RelayProcess::start_with(nats, port, &[("NETBOX_RELAY_LOG__LEVEL", "warn")], None)
+    }
+
+    /// With more settings (`NETBOX_RELAY_...` variables), its log written to `log` if given.
+    pub fn start_with(
+        nats: &NatsServer,
+        port: u16,
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> RelayProcess {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::null(),
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_netbox-relay"))
+            .arg("serve")
+            .env("NETBOX_RELAY_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("NETBOX_RELAY_NATS__URL", nats.url())
+            .env("NETBOX_RELAY_WEBHOOK__SECRETS", secret())
+            .env(
+                "NETBOX_RELAY_STATE__PATH",
+                nats.scratch().join("relay.redb"),
+            )
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start the relay binary");
+        wait_for_port(SocketAddr::from(([127, 0, 0, 1], port)));
+        RelayProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Waits for `/readyz` to answer 200: NATS connected, stream present.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let url = format!("{}/readyz", self.base);
+        loop {
+            let ready = reqwest::get(&url).await.is_ok_and(|r| r.status() == 200);
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the relay binary did not get ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().ok();
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}

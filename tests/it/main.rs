@@ -7,6 +7,7 @@ mod durability;
 mod expected;
 mod fake_netbox;
 mod helpers;
+mod operations;
 mod reconcile;
 mod schema;
 mod shutdown;

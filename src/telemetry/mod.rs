@@ -1,5 +1,9 @@
 //! Logging: JSON or human format, chosen by `log.format` (`auto`: JSON when not on a terminal),
-//! and the Prometheus recorder behind `/metrics`.
+//! and the Prometheus metrics behind `/metrics`.
+
+pub mod metrics;
+
+pub use self::metrics::{handle as metrics_handle, *};
 
 use std::io::IsTerminal;
 
@@ -20,22 +24,12 @@ pub fn init(log: &LogConfig) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if json {
-        builder.json().flatten_event(true).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_span_list(false)
+            .init();
     } else {
         builder.init();
     }
-}
-
-/// The process-wide Prometheus recorder, installed on first use.
-pub fn metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
-    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
-        std::sync::OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
-                .install_recorder()
-                .map_err(|e| tracing::warn!(error = %e, "no /metrics: a metrics recorder is already installed"))
-                .ok()
-        })
-        .clone()
 }

@@ -1,0 +1,209 @@
+//! What an operator sees: `/metrics` after webhooks and a reconcile, and the log of a whole run of
+//! the binary holding none of the configured secrets.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use prometheus_parse::{Sample, Scrape, Value as Metric};
+use serde_json::Value;
+
+use crate::fake_netbox::{FakeNetbox, TOKEN};
+use crate::helpers::{
+    fixture, free_port, signed, stream_count, wait_for_count, NatsServer, RelayProcess,
+};
+
+pub const ADMIN: &str = "operations-admin-token";
+
+pub async fn fake_with_recorded(version: &str) -> FakeNetbox {
+    let fake = FakeNetbox::start(version).await;
+    for file in crate::consistency::PAGES {
+        fake.load_recorded(file);
+    }
+    fake
+}
+
+/// The relay binary aimed at `fake`, logging at `level` into `log`.
+fn relay(nats: &NatsServer, fake: &FakeNetbox, level: &str, log: &std::path::Path) -> RelayProcess {
+    let env = [
+        ("NETBOX_RELAY_NETBOX__URL", fake.url.as_str()),
+        ("NETBOX_RELAY_NETBOX__TOKEN", TOKEN),
+        ("NETBOX_RELAY_API__ADMIN_TOKEN", ADMIN),
+        ("NETBOX_RELAY_RECONCILE__ON_START", "false"),
+        ("NETBOX_RELAY_RECONCILE__INTERVAL", "0"),
+        ("NETBOX_RELAY_LOG__LEVEL", level),
+        ("NETBOX_RELAY_LOG__FORMAT", "json"),
+    ];
+    RelayProcess::start_with(nats, free_port(), &env, Some(log))
+}
+
+async fn post(base: &str, body: Vec<u8>, content_type: &str, signature: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{base}/webhooks/netbox"))
+        .header("content-type", content_type)
+        .header("x-hook-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Triggers a run through `POST /reconcile` and waits for its report.
+async fn reconcile(base: &str) -> Value {
+    let http = reqwest::Client::new();
+    let started: Value = http
+        .post(format!("{base}/reconcile"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = started["run_id"].as_u64().expect("a run id");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let url = format!("{base}/reconcile/runs/{id}");
+        let report: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+        if report["status"] != "running" {
+            return report;
+        }
+        assert!(Instant::now() < deadline, "run {id} did not end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn scrape(base: &str) -> Vec<Sample> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    Scrape::parse(lines)
+        .expect("/metrics parses as Prometheus text")
+        .samples
+}
+
+/// The value of one counter, gauge or histogram count with exactly these labels (0 if absent).
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let wanted: HashMap<&str, &str> = labels.iter().copied().collect();
+    samples
+        .iter()
+        .filter(|s| s.metric == name && s.labels.len() == wanted.len())
+        .filter(|s| wanted.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match &s.value {
+            Metric::Counter(v) | Metric::Gauge(v) | Metric::Untyped(v) => *v,
+            Metric::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            Metric::Summary(_) => panic!("{name} is a summary, not a histogram"),
+        })
+        .sum()
+}
+
+fn total(report: &Value, field: &str) -> u64 {
+    let types = report["object_types"].as_object().unwrap().values();
+    types.map(|t| t[field].as_u64().unwrap()).sum()
+}
+
+/// The sum over every label set of `name`.
+fn sum(samples: &[Sample], name: &str, label: (&str, &str)) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+        .map(|s| match s.value {
+            Metric::Counter(v) => v,
+            _ => panic!("{name} is not a counter"),
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_webhooks_deltas_reconcile_runs_and_netbox_requests() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    std::fs::create_dir_all(nats.scratch()).unwrap();
+    let log = nats.scratch().join("relay.log");
+    let relay = tokio::task::block_in_place(|| relay(&nats, &fake, "info", &log));
+    relay.wait_ready().await;
+    let base = relay.base.clone();
+
+    let created = fixture("020_device_created.json");
+    let signature = created.signature.as_str();
+    assert_eq!(
+        post(&base, created.body.clone(), "application/json", signature).await,
+        202
+    );
+    assert_eq!(
+        post(&base, created.body.clone(), "application/json", signature).await,
+        200
+    );
+    let forged = signed(b"{}").replace('a', "b");
+    assert_eq!(
+        post(&base, created.body.clone(), "application/json", &forged).await,
+        401
+    );
+    assert_eq!(
+        post(&base, created.body.clone(), "text/plain", signature).await,
+        415
+    );
+
+    let report = reconcile(&base).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    let upserted = total(&report, "upserted");
+    assert!(
+        upserted > 20,
+        "the recorded pages hold more objects: {report}"
+    );
+    // The recorded device of the webhook was deleted later in the recording: the run deletes it.
+    let deleted = total(&report, "deleted");
+    assert_eq!(deleted, 1, "{report}");
+    let expected = 1 + upserted + deleted;
+    wait_for_count(&nats.url(), expected, Duration::from_secs(10)).await;
+
+    let m = scrape(&base).await;
+    let webhooks = "netbox_relay_webhooks_total";
+    assert_eq!(value(&m, webhooks, &[("result", "published")]), 1.0);
+    assert_eq!(value(&m, webhooks, &[("result", "duplicate")]), 1.0);
+    assert_eq!(value(&m, webhooks, &[("result", "bad_signature")]), 1.0);
+    assert_eq!(
+        value(&m, webhooks, &[("result", "unsupported_media_type")]),
+        1.0
+    );
+    assert_eq!(value(&m, webhooks, &[("result", "spooled")]), 0.0);
+    assert_eq!(value(&m, "netbox_relay_webhook_duration_seconds", &[]), 4.0);
+
+    let deltas = "netbox_relay_deltas_published_total";
+    let by_webhook = [("kind", "device"), ("op", "upsert"), ("origin", "webhook")];
+    assert_eq!(value(&m, deltas, &by_webhook), 1.0);
+    let reconciled = (upserted + deleted) as f64;
+    assert_eq!(sum(&m, deltas, ("origin", "reconcile")), reconciled);
+    let reconcile_delete = [
+        ("kind", "device"),
+        ("op", "delete"),
+        ("origin", "reconcile"),
+    ];
+    assert_eq!(value(&m, deltas, &reconcile_delete), 1.0);
+    let published = stream_count(&nats.url()).await as f64;
+    assert_eq!(
+        value(&m, "netbox_relay_publish_duration_seconds", &[]),
+        published
+    );
+    assert_eq!(value(&m, "netbox_relay_spool_depth", &[]), 0.0);
+
+    let runs = "netbox_relay_reconcile_runs_total";
+    assert_eq!(value(&m, runs, &[("result", "succeeded")]), 1.0);
+    assert_eq!(value(&m, runs, &[("result", "failed")]), 0.0);
+    assert_eq!(
+        value(&m, "netbox_relay_reconcile_duration_seconds", &[]),
+        1.0
+    );
+    // One status request per run, then the pages the fake served.
+    let requests = fake.with(|s| s.log.len()) as f64 + 1.0;
+    let by_status = [("status", "200")];
+    assert_eq!(
+        value(&m, "netbox_relay_netbox_requests_total", &by_status),
+        requests
+    );
+}
