@@ -46,13 +46,43 @@ pub enum Command {
     },
     /// Print the JSON Schema of the registry delta.
     Schema,
+    /// Check the configuration, NetBox (version, token, read permission per object type), NATS
+    /// (stream and subjects) and the state file; one OK/FAIL line each. Exit 1 on any FAIL.
+    Check,
+    /// Create or update (by name) the NetBox webhook and event rule that send changes here.
+    NetboxSetup {
+        /// The relay's URL as NetBox reaches it, e.g. https://relay.example.net:8090
+        #[arg(long)]
+        relay_url: String,
+        /// Name of the webhook and of the event rule.
+        #[arg(long, default_value = "netbox-relay")]
+        name: String,
+        /// Print what would be created or changed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Follow the deltas on the stream and print them (JSON lines; readable lines on a terminal).
+    Tail {
+        /// Only this kind (device, ip_address, ...); repeatable.
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<String>,
+        /// Only this partition.
+        #[arg(long)]
+        partition: Option<String>,
+        /// Start this far back (e.g. 10m, 1h) instead of with new deltas.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// JSON lines even on a terminal.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Cli {
     pub fn overrides(&self) -> Overrides {
         let listen = match self.command {
             Command::Serve { listen } => listen,
-            Command::Schema | Command::Reconcile { .. } => None,
+            _ => None,
         };
         Overrides {
             listen,

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod delta;
 pub mod netbox;
+pub mod ops;
 pub mod publish;
 pub mod reconcile;
 pub mod state;

@@ -5,6 +5,7 @@ use netbox_relay::app::{self, Relay};
 use netbox_relay::cli::{Cli, Command};
 use netbox_relay::config::Config;
 use netbox_relay::netbox::ObjectType;
+use netbox_relay::ops::{self, setup::SetupOptions, tail::TailOptions};
 use netbox_relay::reconcile::{RunOptions, RunStatus};
 use netbox_relay::{delta, telemetry};
 use tokio::signal::unix::{signal, SignalKind};
@@ -29,18 +30,76 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(&config.log);
-    if let Command::Reconcile {
-        dry_run,
-        object_types,
-        force,
-    } = cli.command
-    {
-        return reconcile(config, dry_run, &object_types, force).await;
+    match cli.command {
+        Command::Reconcile {
+            dry_run,
+            object_types,
+            force,
+        } => reconcile(config, dry_run, &object_types, force).await,
+        Command::Check => check(&config).await,
+        Command::NetboxSetup {
+            relay_url,
+            name,
+            dry_run,
+        } => {
+            let options = SetupOptions {
+                relay_url,
+                name,
+                dry_run,
+            };
+            netbox_setup(&config, &options).await
+        }
+        Command::Tail {
+            kinds,
+            partition,
+            since,
+            json,
+        } => {
+            let options = TailOptions {
+                kinds,
+                partition,
+                since,
+                json,
+            };
+            match ops::tail::run(&config, &options).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("netbox-relay: tail: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Schema | Command::Serve { .. } => match serve(config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "netbox-relay failed");
+                ExitCode::FAILURE
+            }
+        },
     }
-    match serve(config).await {
-        Ok(()) => ExitCode::SUCCESS,
+}
+
+async fn check(config: &Config) -> ExitCode {
+    let lines = ops::check::run(config).await;
+    for line in &lines {
+        println!("{line}");
+    }
+    match lines.iter().any(|l| l.status == ops::check::Status::Fail) {
+        true => ExitCode::FAILURE,
+        false => ExitCode::SUCCESS,
+    }
+}
+
+async fn netbox_setup(config: &Config, options: &SetupOptions) -> ExitCode {
+    match ops::setup::run(config, options).await {
+        Ok(steps) => {
+            for step in steps {
+                println!("{step}");
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "netbox-relay failed");
+            eprintln!("netbox-relay: netbox-setup failed: {e}");
             ExitCode::FAILURE
         }
     }

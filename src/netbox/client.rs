@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RETRY_AFTER};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
 
@@ -46,6 +46,7 @@ pub struct Page {
 pub struct NetboxClient {
     http: reqwest::Client,
     base: String,
+    attempts: u32,
 }
 
 /// Attempts per request: the first and up to four retries.
@@ -93,24 +94,46 @@ impl NetboxClient {
         Ok(NetboxClient {
             http,
             base: url.trim_end_matches('/').to_string(),
+            attempts: ATTEMPTS,
         })
+    }
+
+    /// No retries: for `check`, which should answer quickly about a NetBox that is down.
+    pub fn without_retries(mut self) -> Self {
+        self.attempts = 1;
+        self
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
     }
 
     /// NetBox's version as (major, minor), from `/api/status/`.
     pub async fn version(&self) -> Result<(u32, u32), ApiError> {
         let status = self.get("/api/status/", "the status endpoint", "").await?;
-        let version = status
-            .get("netbox-version")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>().ok());
-        match (parts.next().flatten(), parts.next().flatten()) {
-            (Some(major), Some(minor)) => Ok((major, minor)),
-            _ => Err(ApiError::Decode {
-                what: "the status endpoint".into(),
-                message: format!("no netbox-version in {version:?}"),
-            }),
-        }
+        parse_version(&status)
+    }
+
+    /// `GET path` (with its query) on the API; `what` and `permission` name it in errors.
+    pub async fn get(
+        &self,
+        path: &str,
+        what: &str,
+        permission: &str,
+    ) -> Result<Map<String, Value>, ApiError> {
+        self.call(Method::GET, path, None, what, permission).await
+    }
+
+    /// `POST` or `PATCH` a JSON body; never retried, since NetBox may have applied it.
+    pub async fn write(
+        &self,
+        method: Method,
+        path: &str,
+        body: &Value,
+        what: &str,
+        permission: &str,
+    ) -> Result<Map<String, Value>, ApiError> {
+        self.call(method, path, Some(body), what, permission).await
     }
 
     /// One page of `object_type`'s list endpoint; `query` starts after the `?`.
@@ -136,18 +159,29 @@ impl NetboxClient {
         })
     }
 
-    /// GET with retries on 429, 5xx and transport errors, honouring `Retry-After`.
-    async fn get(
+    /// One request; a GET is retried on 429, 5xx and transport errors, honouring `Retry-After`.
+    async fn call(
         &self,
+        method: Method,
         path: &str,
+        body: Option<&Value>,
         what: &str,
         permission: &str,
     ) -> Result<Map<String, Value>, ApiError> {
         let url = format!("{}{path}", self.base);
+        let attempts = if method == Method::GET {
+            self.attempts
+        } else {
+            1
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let sent = self.http.get(&url).send().await;
+            let mut request = self.http.request(method.clone(), &url);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let sent = request.send().await;
             telemetry::netbox_request(sent.as_ref().ok().map(|r| r.status().as_u16()));
             let (error, wait) = match sent {
                 Ok(response) if response.status().is_success() => {
@@ -184,7 +218,7 @@ impl NetboxClient {
                     (error, wait)
                 }
                 Err(e) => {
-                    let message = e.without_url().to_string();
+                    let message = causes(e.without_url());
                     (
                         ApiError::Transport {
                             what: what.into(),
@@ -194,7 +228,7 @@ impl NetboxClient {
                     )
                 }
             };
-            if attempt >= ATTEMPTS {
+            if attempt >= attempts {
                 return Err(error);
             }
             let backoff = Duration::from_millis(500 << (attempt - 1));
@@ -203,6 +237,35 @@ impl NetboxClient {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// NetBox's version as (major, minor) from a `/api/status/` answer.
+pub fn parse_version(status: &Map<String, Value>) -> Result<(u32, u32), ApiError> {
+    let version = status
+        .get("netbox-version")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => Ok((major, minor)),
+        _ => Err(ApiError::Decode {
+            what: "the status endpoint".into(),
+            message: format!("no netbox-version in {version:?}"),
+        }),
+    }
+}
+
+/// The error and its causes ("error sending request: ... Connection refused"); the URL, which
+/// may carry credentials, is already stripped.
+fn causes(e: reqwest::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }
 
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {

@@ -48,6 +48,7 @@ impl Publisher {
     pub async fn connect(cfg: &NatsConfig) -> Result<Publisher, PublishError> {
         let client = connect_options(cfg)
             .await?
+            .retry_on_initial_connect()
             .connect(&cfg.url)
             .await
             .map_err(|e| PublishError::Connect(e.to_string()))?;
@@ -184,6 +185,58 @@ impl Publisher {
     }
 }
 
+/// What `check` found on NATS: the stream's subjects, if the stream exists.
+#[derive(Debug)]
+pub struct Probe {
+    pub server_version: String,
+    pub stream_subjects: Option<Vec<String>>,
+}
+
+/// A connection with the configured credentials that fails at once when NATS is away, for
+/// commands (`check`, `tail`) rather than the long-running relay.
+pub async fn connect_once(cfg: &NatsConfig) -> Result<Client, PublishError> {
+    connect_options(cfg)
+        .await?
+        .connection_timeout(Duration::from_secs(5))
+        .connect(&cfg.url)
+        .await
+        .map_err(|e| PublishError::Connect(e.to_string()))
+}
+
+/// Connects once (no retries), and looks up the configured stream.
+pub async fn probe(cfg: &NatsConfig) -> Result<Probe, PublishError> {
+    let client = connect_once(cfg).await?;
+    let server_version = client.server_info().version;
+    let js = jetstream::new(client.clone());
+    let stream_subjects = match js.get_stream(&cfg.stream).await {
+        Ok(mut stream) => {
+            let info = stream.info().await.map_err(|e| PublishError::Stream {
+                stream: cfg.stream.clone(),
+                message: e.to_string(),
+            })?;
+            Some(info.config.subjects.clone())
+        }
+        Err(e) if stream_not_found(e.kind()) => None,
+        Err(e) => {
+            return Err(PublishError::Stream {
+                stream: cfg.stream.clone(),
+                message: e.to_string(),
+            })
+        }
+    };
+    client.drain().await.ok();
+    Ok(Probe {
+        server_version,
+        stream_subjects,
+    })
+}
+
+fn stream_not_found(kind: jetstream::context::GetStreamErrorKind) -> bool {
+    use jetstream::context::GetStreamErrorKind;
+    use jetstream::ErrorCode;
+    matches!(kind, GetStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND)
+}
+
 async fn connect_options(cfg: &NatsConfig) -> Result<ConnectOptions, PublishError> {
     let mut options = match &cfg.creds_file {
         Some(path) => ConnectOptions::with_credentials_file(path)
@@ -204,7 +257,6 @@ async fn connect_options(cfg: &NatsConfig) -> Result<ConnectOptions, PublishErro
     }
     Ok(options
         .name("netbox-relay")
-        .retry_on_initial_connect()
         .event_callback(|event| async move {
             match event {
                 Event::Connected => tracing::info!("connected to NATS"),

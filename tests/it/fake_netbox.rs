@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, patch};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
@@ -41,6 +41,8 @@ pub struct FakeState {
     pub delay: Duration,
     /// Every request as `endpoint?query`.
     pub log: Vec<String>,
+    /// Every POST and PATCH: (method, path, body).
+    pub writes: Vec<(String, String, Value)>,
     requests: HashMap<String, usize>,
 }
 
@@ -64,7 +66,8 @@ impl FakeNetbox {
         }));
         let app = Router::new()
             .route("/api/status/", get(status))
-            .route("/api/{app}/{endpoint}/", get(list))
+            .route("/api/{app}/{endpoint}/", get(list).post(create))
+            .route("/api/{app}/{endpoint}/{id}/", patch(update))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
@@ -216,7 +219,11 @@ async fn list(
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(u64::MAX);
     let from = cursor.or(after.map(|a| a + 1)).unwrap_or(0).min(below);
-    let range = objects.range(from..below).map(|(_, o)| o.clone());
+    let name = q.get("name");
+    let range = objects
+        .range(from..below)
+        .map(|(_, o)| o.clone())
+        .filter(|o| name.is_none_or(|n| o["name"].as_str() == Some(n)));
     let page: Vec<Value> = match q.get("ordering").map(String::as_str) {
         Some("-id") => range.rev().take(limit).collect(),
         _ => range.take(limit).collect(),
@@ -251,4 +258,177 @@ async fn list(
         json!(objects.len())
     };
     Json(json!({"count": count, "next": next, "previous": null, "results": page})).into_response()
+}
+
+/// The recorded webhook and event rule of the NetBox 4.6 the fixtures came from.
+pub fn load_recorded_extras(fake: &FakeNetbox) {
+    for (file, endpoint) in [
+        ("extras_webhooks.json", "extras/webhooks"),
+        ("extras_event-rules.json", "extras/event-rules"),
+    ] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/netbox-api")
+            .join(file);
+        let recorded: Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let body: Value = serde_json::from_str(recorded["body"].as_str().unwrap()).unwrap();
+        fake.with(|s| {
+            let objects = s.objects.entry(endpoint.to_string()).or_default();
+            for object in body["results"].as_array().unwrap() {
+                objects.insert(object["id"].as_u64().unwrap(), object.clone());
+            }
+        });
+    }
+}
+
+/// The writable fields NetBox `version` knows for an endpoint; others are ignored, as DRF does.
+fn writable(endpoint: &str, version: &str) -> Vec<&'static str> {
+    let v: Vec<u32> = version.split('.').filter_map(|p| p.parse().ok()).collect();
+    let version = (v[0], v[1]);
+    match endpoint {
+        "extras/webhooks" => vec![
+            "name",
+            "payload_url",
+            "http_method",
+            "http_content_type",
+            "additional_headers",
+            "body_template",
+            "secret",
+            "ssl_verification",
+            "ca_file_path",
+        ],
+        "extras/event-rules" => {
+            let mut fields = vec![
+                "name",
+                "enabled",
+                "conditions",
+                "action_type",
+                "action_object_type",
+                "action_object_id",
+                "description",
+            ];
+            fields.push(if version >= (4, 0) {
+                "object_types"
+            } else {
+                "content_types"
+            });
+            if version >= (4, 1) {
+                fields.push("event_types");
+            } else {
+                let types = [
+                    "type_create",
+                    "type_update",
+                    "type_delete",
+                    "type_job_start",
+                    "type_job_end",
+                ];
+                fields.extend(types);
+            }
+            fields
+        }
+        _ => vec![],
+    }
+}
+
+/// NetBox's validation of a complete event rule, per generation.
+fn invalid_rule(rule: &serde_json::Map<String, Value>, version: &str) -> Option<Value> {
+    let empty = |key: &str| {
+        rule.get(key)
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+    };
+    if version.starts_with('3') && empty("content_types") {
+        return Some(json!({"content_types": ["This field is required."]}));
+    }
+    if !version.starts_with('3') && empty("object_types") {
+        return Some(json!({"object_types": ["This field is required."]}));
+    }
+    let legacy = [
+        "type_create",
+        "type_update",
+        "type_delete",
+        "type_job_start",
+        "type_job_end",
+    ];
+    let any_legacy = legacy.iter().any(|k| rule.get(*k) == Some(&json!(true)));
+    if rule.contains_key("event_types") && empty("event_types")
+        || !rule.contains_key("event_types") && !any_legacy
+    {
+        return Some(json!({"__all__": ["You must select at least one type of event."]}));
+    }
+    if rule.get("action_object_id").is_none_or(Value::is_null) {
+        return Some(json!({"action_object_id": ["This field is required."]}));
+    }
+    None
+}
+
+/// Stores `body`'s known fields into `object`, rendering choices as NetBox does.
+fn apply(object: &mut serde_json::Map<String, Value>, body: &Value, fields: &[&str]) {
+    for (key, value) in body.as_object().into_iter().flatten() {
+        if !fields.contains(&key.as_str()) {
+            continue;
+        }
+        let value = match key.as_str() {
+            "action_type" => json!({"value": value, "label": "Webhook"}),
+            _ => value.clone(),
+        };
+        object.insert(key.clone(), value);
+    }
+}
+
+async fn create(
+    State(state): State<Arc<Mutex<FakeState>>>,
+    Path((app, endpoint)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Some(denied) = refusal(&headers) {
+        return denied;
+    }
+    let endpoint = format!("{app}/{endpoint}");
+    let mut s = state.lock().unwrap();
+    s.writes
+        .push(("POST".into(), format!("/api/{endpoint}/"), body.clone()));
+    let fields = writable(&endpoint, &s.version);
+    let mut object = serde_json::Map::new();
+    apply(&mut object, &body, &fields);
+    if endpoint == "extras/event-rules" {
+        if let Some(errors) = invalid_rule(&object, &s.version) {
+            return (StatusCode::BAD_REQUEST, Json(errors)).into_response();
+        }
+    }
+    let objects = s.objects.entry(endpoint).or_default();
+    let id = objects.keys().next_back().map_or(1, |last| last + 1);
+    object.insert("id".into(), json!(id));
+    objects.insert(id, Value::Object(object.clone()));
+    (StatusCode::CREATED, Json(Value::Object(object))).into_response()
+}
+
+async fn update(
+    State(state): State<Arc<Mutex<FakeState>>>,
+    Path((app, endpoint, id)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Some(denied) = refusal(&headers) {
+        return denied;
+    }
+    let endpoint = format!("{app}/{endpoint}");
+    let mut s = state.lock().unwrap();
+    s.writes.push((
+        "PATCH".into(),
+        format!("/api/{endpoint}/{id}/"),
+        body.clone(),
+    ));
+    let fields = writable(&endpoint, &s.version);
+    let Some(Value::Object(object)) = s.objects.get_mut(&endpoint).and_then(|o| o.get_mut(&id))
+    else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"detail": "No Webhook matches the given query."})),
+        )
+            .into_response();
+    };
+    apply(object, &body, &fields);
+    Json(Value::Object(object.clone())).into_response()
 }

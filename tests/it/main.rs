@@ -1,6 +1,7 @@
 //! The integration tests: one binary, shared helpers, recorded NetBox fixtures.
 
 mod bad_input;
+mod commands;
 mod config;
 mod consistency;
 mod durability;

@@ -1,0 +1,187 @@
+//! `netbox-relay check`: one line per thing the relay depends on, OK or FAIL with a fix.
+
+use std::fmt;
+use std::path::Path;
+
+use crate::config::Config;
+use crate::netbox::client::{ApiError, NetboxClient};
+use crate::netbox::ObjectType;
+use crate::publish;
+use crate::state::Store;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Fail,
+    /// Not configured, and not needed for what is configured.
+    Skip,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub status: Status,
+    pub what: String,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+impl Line {
+    fn ok(what: impl Into<String>, detail: impl Into<String>) -> Line {
+        Line {
+            status: Status::Ok,
+            what: what.into(),
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    fn fail(what: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Line {
+        Line {
+            status: Status::Fail,
+            what: what.into(),
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+impl fmt::Display for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = match self.status {
+            Status::Ok => "OK",
+            Status::Fail => "FAIL",
+            Status::Skip => "SKIP",
+        };
+        write!(f, "{status:<4}  {:<38}  {}", self.what, self.detail)?;
+        match &self.fix {
+            Some(fix) => write!(f, "  -> fix: {fix}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs every check; the configuration itself was loaded and validated before.
+pub async fn run(config: &Config) -> Vec<Line> {
+    let mut lines = vec![Line::ok("configuration", "loaded and valid")];
+    lines.extend(netbox(config).await);
+    lines.push(nats(config).await);
+    lines.push(state(&config.state.path));
+    lines
+}
+
+async fn netbox(config: &Config) -> Vec<Line> {
+    let client = match NetboxClient::new(&config.netbox) {
+        Ok(client) => client.without_retries(),
+        Err(ApiError::NotConfigured) => {
+            return vec![Line {
+                status: Status::Skip,
+                what: "netbox".into(),
+                detail: "netbox.url / netbox.token not set: no reconciliation".into(),
+                fix: None,
+            }]
+        }
+        Err(e) => return vec![Line::fail("netbox", e.to_string(), "correct the named key")],
+    };
+    let url = client.base_url().to_string();
+    let version = match client.version().await {
+        Ok(version) => version,
+        Err(e @ ApiError::Forbidden { .. }) => {
+            return vec![
+                Line::ok("netbox reachable", format!("{url} answers")),
+                Line::fail(
+                    "netbox token",
+                    e.to_string(),
+                    "set netbox.token (or netbox.token_file) to a valid, enabled API token",
+                ),
+            ]
+        }
+        Err(e) => {
+            let fix = "check netbox.url, that NetBox is up, and TLS (netbox.ca_file)";
+            return vec![Line::fail("netbox reachable", e.to_string(), fix)];
+        }
+    };
+    let mut lines = vec![
+        Line::ok(
+            "netbox reachable",
+            format!("{url}, NetBox {}.{}", version.0, version.1),
+        ),
+        Line::ok("netbox token", "accepted"),
+    ];
+    let types = config.object_types().unwrap_or_default();
+    for object_type in types {
+        lines.push(can_read(&client, object_type, version).await);
+    }
+    lines
+}
+
+/// Reads one object of the type, as cheaply as NetBox allows.
+async fn can_read(client: &NetboxClient, object_type: ObjectType, version: (u32, u32)) -> Line {
+    let what = format!("read {}", object_type.name);
+    let permission = format!("{}.view_{}", object_type.app_label(), object_type.model());
+    let query = match version >= (4, 0) {
+        true => "limit=1&fields=id",
+        false => "limit=1&brief=1",
+    };
+    match client.page(object_type, query).await {
+        Ok(_) => Line::ok(what, format!("permitted ({permission})")),
+        Err(e @ ApiError::Forbidden { .. }) => Line::fail(
+            what,
+            e.to_string(),
+            format!("give the token's user a permission with the action view on {permission}"),
+        ),
+        Err(e) => Line::fail(what, e.to_string(), "see NetBox's log for this endpoint"),
+    }
+}
+
+async fn nats(config: &Config) -> Line {
+    let cfg = &config.nats;
+    let expected = format!("{}.>", cfg.subject_prefix);
+    let what = format!("nats stream {}", cfg.stream);
+    let probe = match publish::probe(cfg).await {
+        Ok(probe) => probe,
+        Err(e @ publish::PublishError::Connect(_)) => {
+            let fix = "start nats-server with JetStream (-js), or correct nats.url and credentials";
+            return Line::fail(format!("nats {}", cfg.url), e.to_string(), fix);
+        }
+        Err(e) => {
+            let fix = "enable JetStream on the server (-js, or jetstream {} in its config)";
+            return Line::fail(what, e.to_string(), fix);
+        }
+    };
+    match probe.stream_subjects {
+        Some(subjects) if subjects.iter().any(|s| s == &expected || s == ">") => Line::ok(
+            what,
+            format!(
+                "present on NATS {}, subjects {subjects:?}",
+                probe.server_version
+            ),
+        ),
+        Some(subjects) => Line::fail(
+            what,
+            format!("captures {subjects:?}, not {expected}"),
+            format!("add {expected} to the stream's subjects, or set nats.subject_prefix"),
+        ),
+        None => Line::fail(
+            what,
+            format!("absent on NATS {}", probe.server_version),
+            format!("`netbox-relay serve` creates it at start (subjects {expected})"),
+        ),
+    }
+}
+
+/// Writable: the store opens (created if absent), or a running relay holds it.
+fn state(path: &Path) -> Line {
+    let what = format!("state {}", path.display());
+    match Store::open(path) {
+        Ok(_) => Line::ok(what, "opens for writing"),
+        Err(e) if e.to_string().contains("already open") => {
+            Line::ok(what, "in use by a running netbox-relay")
+        }
+        Err(e) => Line::fail(
+            what,
+            e.to_string(),
+            "make state.path's folder writable by the relay's user, or change state.path",
+        ),
+    }
+}

@@ -1,0 +1,121 @@
+//! `netbox-relay tail`: follows the stream with an ordered consumer (nothing is stored on the
+//! server, nothing acknowledged) and prints each delta: JSON lines, or one readable line per
+//! delta on a terminal.
+
+use std::io::Write;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::publish::connect_once;
+
+#[derive(Debug, Clone, Default)]
+pub struct TailOptions {
+    /// Only these kinds (e.g. `device`); all when empty.
+    pub kinds: Vec<String>,
+    /// Only this partition; all when absent.
+    pub partition: Option<String>,
+    /// Start this far back; only new deltas when absent.
+    pub since: Option<Duration>,
+    /// JSON lines even on a terminal.
+    pub json: bool,
+}
+
+/// Follows until the stream ends or the process is stopped.
+pub async fn run(config: &Config, options: &TailOptions) -> anyhow::Result<()> {
+    let client = connect_once(&config.nats).await?;
+    let js = jetstream::new(client);
+    let stream = js.get_stream(&config.nats.stream).await.map_err(|e| {
+        anyhow::anyhow!(
+            "stream {}: {e} (`netbox-relay serve` creates it)",
+            config.nats.stream
+        )
+    })?;
+    let deliver_policy = match options.since {
+        Some(since) => DeliverPolicy::ByStartTime {
+            start_time: chrono::Utc::now() - since,
+        },
+        None => DeliverPolicy::New,
+    };
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subjects: filters(&config.nats.subject_prefix, options),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let readable = !options.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut out = std::io::stdout().lock();
+    while let Some(message) = messages.next().await {
+        let message = message?;
+        match readable {
+            true => writeln!(out, "{}", line(&message.payload))?,
+            false => {
+                out.write_all(&message.payload)?;
+                out.write_all(b"\n")?;
+            }
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// `<prefix>.<partition>.<kind>.<op>` with wildcards for what is not asked for.
+fn filters(prefix: &str, options: &TailOptions) -> Vec<String> {
+    let partition = options.partition.as_deref().unwrap_or("*");
+    match options.kinds.is_empty() {
+        true => vec![format!("{prefix}.{partition}.*.*")],
+        false => options
+            .kinds
+            .iter()
+            .map(|kind| format!("{prefix}.{partition}.{kind}.*"))
+            .collect(),
+    }
+}
+
+/// One readable line: when, what, which key, its name and labels.
+fn line(payload: &[u8]) -> String {
+    let Ok(delta) = serde_json::from_slice::<Value>(payload) else {
+        return String::from_utf8_lossy(payload).into_owned();
+    };
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let entry = &delta["entry"];
+    let labels = entry["labels"]
+        .as_object()
+        .map(|labels| {
+            let pairs = labels.iter().filter(|(k, _)| k.as_str() != "source");
+            let pairs = pairs.map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()));
+            pairs.collect::<Vec<_>>().join(" ")
+        })
+        .unwrap_or_default();
+    format!(
+        "{} {:<6} {:<15} {:<32} {:<24} [{}] {labels}",
+        text(&delta["revision"]),
+        text(&delta["op"]),
+        text(&delta["kind"]),
+        text(&delta["key"]),
+        text(&entry["name"]),
+        text(&delta["origin"]),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_narrow_by_partition_and_kind() {
+        let all = TailOptions::default();
+        assert_eq!(filters("netbox.registry", &all), ["netbox.registry.*.*.*"]);
+        let some = TailOptions {
+            kinds: vec!["device".into(), "vlan".into()],
+            partition: Some("lab".into()),
+            ..TailOptions::default()
+        };
+        assert_eq!(filters("p", &some), ["p.lab.device.*", "p.lab.vlan.*"]);
+    }
+}

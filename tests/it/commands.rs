@@ -1,0 +1,295 @@
+//! The operator commands as a user runs them: `check`, `netbox-setup` and `tail`, against a real
+//! nats-server and the fake NetBox API.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::fake_netbox::{load_recorded_extras, FakeNetbox, TOKEN};
+use crate::helpers::{secret, test_config, NatsServer, TestRelay};
+use crate::operations::fake_with_recorded;
+
+/// `netbox-relay <args>` configured through the environment for `nats` and `fake`.
+fn command(nats: &NatsServer, fake: &FakeNetbox, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_netbox-relay"));
+    command
+        .args(args)
+        .env("NETBOX_RELAY_NETBOX__URL", &fake.url)
+        .env("NETBOX_RELAY_NETBOX__TOKEN", TOKEN)
+        .env("NETBOX_RELAY_NATS__URL", nats.url())
+        .env("NETBOX_RELAY_WEBHOOK__SECRETS", secret())
+        .env("NETBOX_RELAY_STATE__PATH", nats.scratch().join("cli.redb"))
+        .env("NETBOX_RELAY_LOG__LEVEL", "warn");
+    command
+}
+
+fn run(nats: &NatsServer, fake: &FakeNetbox, args: &[&str]) -> Output {
+    let mut command = command(nats, fake, args);
+    tokio::task::block_in_place(|| command.output().expect("run netbox-relay"))
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The line of `check`'s report about `what`.
+fn line<'a>(report: &'a str, what: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l[6..].starts_with(what))
+        .unwrap_or_else(|| panic!("no line about {what}:\n{report}"))
+}
+
+/// The stream as `serve` creates it, so that `check` finds it.
+async fn create_stream(nats: &NatsServer) {
+    let relay = TestRelay::start(test_config(nats)).await;
+    relay.relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_each_dependency_and_names_a_missing_permission() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    create_stream(&nats).await;
+
+    let healthy = run(&nats, &fake, &["check"]);
+    let report = stdout(&healthy);
+    assert!(healthy.status.success(), "{report}");
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines.len(), 1 + 2 + 12 + 1 + 1, "{report}");
+    assert!(lines.iter().all(|l| l.starts_with("OK ")), "{report}");
+    assert!(line(&report, "netbox reachable").contains("NetBox 4.6"));
+    assert!(line(&report, "read virtualization.virtualmachine")
+        .contains("virtualization.view_virtualmachine"));
+    assert!(line(&report, "nats stream NETBOX_REGISTRY").contains("netbox.registry.>"));
+
+    fake.with(|s| s.denied.push("ipam/ip-addresses".into()));
+    let denied = run(&nats, &fake, &["check"]);
+    let report = stdout(&denied);
+    assert_eq!(denied.status.code(), Some(1), "{report}");
+    let ip = line(&report, "read ipam.ipaddress");
+    assert!(ip.starts_with("FAIL"), "{ip}");
+    assert!(
+        ip.contains("ipam.view_ipaddress") && ip.contains("fix:"),
+        "{ip}"
+    );
+    let fails = report.lines().filter(|l| l.starts_with("FAIL")).count();
+    assert_eq!(fails, 1, "only that line fails:\n{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_fails_on_a_bad_token_a_missing_stream_and_nats_away() {
+    let mut nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let mut bad_token = command(&nats, &fake, &["check"]);
+    bad_token.env(
+        "NETBOX_RELAY_NETBOX__TOKEN",
+        "ffffffffffffffffffffffffffffffffffffffff",
+    );
+    let output = tokio::task::block_in_place(|| bad_token.output().unwrap());
+    let report = stdout(&output);
+    assert_eq!(output.status.code(), Some(1));
+    let token = line(&report, "netbox token");
+    assert!(
+        token.starts_with("FAIL") && token.contains("Invalid v1 token"),
+        "{token}"
+    );
+    assert!(
+        !report.contains("ffffffffffffffff"),
+        "the token is never printed"
+    );
+    let stream = line(&report, "nats stream");
+    assert!(
+        stream.starts_with("FAIL") && stream.contains("absent"),
+        "{stream}"
+    );
+
+    nats.stop();
+    let away = run(&nats, &fake, &["check"]);
+    let report = stdout(&away);
+    let nats_line = line(&report, "nats nats://");
+    assert!(
+        nats_line.starts_with("FAIL") && nats_line.contains("fix:"),
+        "{nats_line}"
+    );
+}
+
+/// The webhook and event rule bodies `netbox-setup` must send to a NetBox of `version`.
+fn expected_bodies(version: &str) -> (Value, Value) {
+    let webhook = json!({
+        "name": "netbox-relay",
+        "payload_url": "https://relay.example.net:8090/webhooks/netbox",
+        "http_method": "POST",
+        "http_content_type": "application/json",
+        "secret": secret(),
+        "ssl_verification": true,
+    });
+    let types = [
+        "dcim.device",
+        "dcim.interface",
+        "dcim.site",
+        "ipam.ipaddress",
+        "ipam.prefix",
+        "ipam.service",
+        "ipam.vlan",
+        "ipam.vrf",
+        "tenancy.tenant",
+        "virtualization.cluster",
+        "virtualization.virtualmachine",
+        "virtualization.vminterface",
+    ];
+    let mut rule = json!({
+        "name": "netbox-relay",
+        "enabled": true,
+        "action_type": "webhook",
+        "action_object_type": "extras.webhook",
+        "conditions": null,
+    });
+    let legacy = json!({"type_create": true, "type_update": true, "type_delete": true,
+        "type_job_start": false, "type_job_end": false});
+    let generation = match version {
+        "4.6.8" => json!({"object_types": types,
+            "event_types": ["object_created", "object_updated", "object_deleted"]}),
+        "4.0.11" => json!({"object_types": types}),
+        _ => json!({"content_types": types}),
+    };
+    let rule_map = rule.as_object_mut().unwrap();
+    rule_map.extend(generation.as_object().unwrap().clone());
+    if version != "4.6.8" {
+        rule_map.extend(legacy.as_object().unwrap().clone());
+    }
+    (webhook, rule)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netbox_setup_creates_the_webhook_and_rule_once_for_each_api_generation() {
+    let nats = NatsServer::start();
+    let setup = [
+        "netbox-setup",
+        "--relay-url",
+        "https://relay.example.net:8090",
+    ];
+    for version in ["4.6.8", "4.0.11", "3.7.8"] {
+        let fake = FakeNetbox::start(version).await;
+        if version == "4.6.8" {
+            load_recorded_extras(&fake);
+        }
+        let dry = run(&nats, &fake, &[&setup[..], &["--dry-run"]].concat());
+        assert!(
+            dry.status.success(),
+            "{}",
+            String::from_utf8_lossy(&dry.stderr)
+        );
+        assert!(
+            fake.with(|s| s.writes.is_empty()),
+            "a dry run writes nothing"
+        );
+        let printed = stdout(&dry);
+        assert!(printed.contains("would be created") && printed.contains("<redacted>"));
+        assert!(!printed.contains(&secret()), "the secret is never printed");
+
+        let first = run(&nats, &fake, &setup);
+        assert!(
+            first.status.success(),
+            "{version}: {}",
+            String::from_utf8_lossy(&first.stderr)
+        );
+        let writes = fake.with(|s| s.writes.clone());
+        assert_eq!(writes.len(), 2, "{version}: {writes:?}");
+        let (webhook, mut rule) = expected_bodies(version);
+        let webhook_id = if version == "4.6.8" { 2 } else { 1 };
+        rule["action_object_id"] = json!(webhook_id);
+        assert_eq!(
+            writes[0],
+            ("POST".into(), "/api/extras/webhooks/".into(), webhook),
+            "{version}"
+        );
+        assert_eq!(
+            writes[1],
+            ("POST".into(), "/api/extras/event-rules/".into(), rule),
+            "{version}"
+        );
+
+        let second = run(&nats, &fake, &setup);
+        assert!(second.status.success());
+        assert_eq!(
+            fake.with(|s| s.writes.len()),
+            2,
+            "{version}: the second run changes nothing"
+        );
+        assert_eq!(
+            stdout(&second).matches("unchanged").count(),
+            2,
+            "{}",
+            stdout(&second)
+        );
+
+        // Someone pointed the webhook elsewhere: only that field is put back.
+        fake.with(|s| {
+            let hooks = s.objects.get_mut("extras/webhooks").unwrap();
+            hooks.get_mut(&webhook_id).unwrap()["payload_url"] = json!("http://old:1/");
+        });
+        let third = run(&nats, &fake, &setup);
+        assert!(third.status.success());
+        let writes = fake.with(|s| s.writes.clone());
+        assert_eq!(writes.len(), 3);
+        let path = format!("/api/extras/webhooks/{webhook_id}/");
+        let fix = json!({"payload_url": "https://relay.example.net:8090/webhooks/netbox"});
+        assert_eq!(writes[2], ("PATCH".into(), path, fix));
+    }
+    let recorded = FakeNetbox::start("4.6.8").await;
+    load_recorded_extras(&recorded);
+    run(&nats, &recorded, &setup);
+    let untouched = recorded.with(|s| s.objects["extras/webhooks"][&1]["payload_url"].clone());
+    assert_eq!(
+        untouched, "http://127.0.0.1:9000/hook",
+        "other webhooks are left alone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_the_deltas_of_webhooks() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = TestRelay::start(test_config(&nats)).await;
+    let sent = [
+        "020_device_created.json",
+        "030_ipaddress_created.json",
+        "021_device_created.json",
+    ];
+    for file in sent {
+        assert_eq!(relay.post_fixture(file).await.0, 202, "{file}");
+    }
+    let mut tail = command(&nats, &fake, &["tail", "--since", "1h", "--kind", "device"]);
+    let mut child = tail.stdout(Stdio::piped()).spawn().expect("start tail");
+    let out = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(out)
+            .lines()
+            .take(2)
+            .collect::<Result<Vec<_>, _>>()
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(20), lines).await;
+    child.kill().ok();
+    child.wait().ok();
+    let lines = lines.expect("tail printed a delta").unwrap().unwrap();
+    let deltas: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("JSON lines when not on a terminal"))
+        .collect();
+    let keys: Vec<&str> = deltas.iter().map(|d| d["key"].as_str().unwrap()).collect();
+    assert_eq!(
+        keys,
+        [
+            "netbox/default/dcim.device/1",
+            "netbox/default/dcim.device/2"
+        ],
+        "the IP address is filtered out"
+    );
+    assert!(deltas
+        .iter()
+        .all(|d| d["op"] == "upsert" && d["origin"] == "webhook"));
+    relay.relay.stop().await.unwrap();
+}
