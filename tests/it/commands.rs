@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::expected::DELTAS;
 use crate::fake_netbox::{load_recorded_extras, FakeNetbox, TOKEN};
-use crate::helpers::{secret, test_config, NatsServer, TestRelay};
+use crate::helpers::{all_fixture_files, secret, test_config, NatsServer, TestRelay};
 use crate::operations::fake_with_recorded;
 
 /// `netbox-relay <args>` configured through the environment for `nats` and `fake`.
@@ -291,5 +292,69 @@ async fn tail_prints_the_deltas_of_webhooks() {
     assert!(deltas
         .iter()
         .all(|d| d["op"] == "upsert" && d["origin"] == "webhook"));
+    relay.relay.stop().await.unwrap();
+}
+
+/// `examples/consumer.rs`, which `cargo test` builds beside the test binary.
+fn example_consumer() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = target.join("examples").join("consumer");
+    assert!(
+        path.exists(),
+        "{} is missing: run the whole suite with `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_consumer_ends_with_the_registry_of_creates_updates_and_deletes() {
+    let nats = NatsServer::start();
+    let relay = TestRelay::start(test_config(&nats)).await;
+    for file in all_fixture_files() {
+        relay.post_fixture(&file).await;
+    }
+    // What the registry must hold: the last translated webhook of each object, unless a delete.
+    let mut expected = std::collections::BTreeMap::new();
+    for want in DELTAS {
+        let key = format!("netbox/default/{}/{}", want.object_type, want.id);
+        match want.op {
+            "delete" => expected.remove(&key),
+            _ => expected.insert(key, want.name.to_string()),
+        };
+    }
+    assert!(DELTAS.iter().any(|d| d.op == "delete") && expected.len() > 10);
+
+    let consumer = Command::new(example_consumer())
+        .args(["--nats", &nats.url(), "--until-idle", "1s"])
+        .output();
+    let output = tokio::task::block_in_place(|| consumer.expect("run the example consumer"));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let registry: serde_json::Map<String, Value> =
+        serde_json::from_slice(&output.stdout).expect("the registry as JSON");
+    let names: std::collections::BTreeMap<String, String> = registry
+        .iter()
+        .map(|(key, entry)| (key.clone(), entry["name"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(names, expected);
+
+    // Durable: run again, it resumes after what it acknowledged and applies nothing more.
+    let again = Command::new(example_consumer())
+        .args(["--nats", &nats.url(), "--until-idle", "1s"])
+        .output();
+    let again = tokio::task::block_in_place(|| again.unwrap());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("applied 0 deltas"), "{stderr}");
+    assert!(
+        !stderr
+            .lines()
+            .any(|l| l.starts_with("applied") && !l.contains("applied 0")),
+        "{stderr}"
+    );
     relay.relay.stop().await.unwrap();
 }
