@@ -70,15 +70,22 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     store: tempfile::TempDir,
+    args: Vec<String>,
 }
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        NatsServer::start_with(&[])
+    }
+
+    /// With more `nats-server` arguments, e.g. `--user u --pass p`.
+    pub fn start_with(args: &[&str]) -> NatsServer {
         let store = tempfile::tempdir().expect("temp dir");
         let mut server = NatsServer {
             child: None,
             port: free_port(),
             store,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.restart();
         server
@@ -105,6 +112,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

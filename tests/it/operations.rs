@@ -207,3 +207,119 @@ async fn metrics_count_webhooks_deltas_reconcile_runs_and_netbox_requests() {
         requests
     );
 }
+
+const NATS_USER: &str = "relay";
+const NATS_PASSWORD: &str = "nats-password-7f3a91";
+
+/// Runs a command of the binary with `env`, answering its stdout and stderr together.
+fn cli_output(args: &[&str], env: &[(&str, &str)], kill_after: Option<Duration>) -> String {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_netbox-relay"));
+    command.args(args).envs(env.iter().copied());
+    let output = match kill_after {
+        None => command.output().expect("run netbox-relay"),
+        Some(after) => {
+            let child = command
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("run netbox-relay");
+            std::thread::sleep(after);
+            std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            child.wait_with_output().unwrap()
+        }
+    };
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_appears_in_any_log_line_of_a_whole_run() {
+    let nats = NatsServer::start_with(&["--user", NATS_USER, "--pass", NATS_PASSWORD]);
+    let fake = fake_with_recorded("4.6.8").await;
+    crate::fake_netbox::load_recorded_extras(&fake);
+    std::fs::create_dir_all(nats.scratch()).unwrap();
+    let log = nats.scratch().join("serve.log");
+    let cli_state = nats.scratch().join("cli.redb");
+    let env = [
+        ("NETBOX_RELAY_NETBOX__URL", fake.url.as_str()),
+        ("NETBOX_RELAY_NETBOX__TOKEN", TOKEN),
+        ("NETBOX_RELAY_API__ADMIN_TOKEN", ADMIN),
+        ("NETBOX_RELAY_NATS__URL", &nats.url()),
+        ("NETBOX_RELAY_NATS__USER", NATS_USER),
+        ("NETBOX_RELAY_NATS__PASSWORD", NATS_PASSWORD),
+        ("NETBOX_RELAY_WEBHOOK__SECRETS", &crate::helpers::secret()),
+        ("NETBOX_RELAY_RECONCILE__ON_START", "false"),
+        ("NETBOX_RELAY_RECONCILE__INTERVAL", "0"),
+        ("NETBOX_RELAY_LOG__FORMAT", "json"),
+        // Everything, every library included, at its most talkative.
+        ("RUST_LOG", "trace"),
+    ];
+    let port = free_port();
+    let relay =
+        tokio::task::block_in_place(|| RelayProcess::start_with(&nats, port, &env, Some(&log)));
+    relay.wait_ready().await;
+    let base = relay.base.clone();
+    let created = fixture("020_device_created.json");
+    let signature = created.signature.as_str();
+    assert_eq!(
+        post(&base, created.body.clone(), "application/json", signature).await,
+        202
+    );
+    let forged = signed(b"other");
+    assert_eq!(
+        post(&base, created.body.clone(), "application/json", &forged).await,
+        401
+    );
+    let wrong = reqwest::Client::new()
+        .post(format!("{base}/reconcile"))
+        .bearer_auth("not-the-admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(reconcile(&base).await["status"], "succeeded");
+    drop(relay);
+
+    let mut cli_env = env.to_vec();
+    let state = cli_state.to_str().unwrap();
+    cli_env.push(("NETBOX_RELAY_STATE__PATH", state));
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    let serve_lines = text.lines().count();
+    for line in text.lines() {
+        let parsed: Result<Value, _> = serde_json::from_str(line);
+        assert!(parsed.is_ok(), "a log line that is not JSON: {line}");
+    }
+    tokio::task::block_in_place(|| {
+        let setup = ["netbox-setup", "--relay-url", "https://relay.example.net"];
+        text.push_str(&cli_output(&setup, &cli_env, None));
+        text.push_str(&cli_output(&["check"], &cli_env, None));
+        text.push_str(&cli_output(&["reconcile", "--dry-run"], &cli_env, None));
+        let tail = ["tail", "--since", "1h"];
+        text.push_str(&cli_output(&tail, &cli_env, Some(Duration::from_secs(2))));
+    });
+
+    assert!(
+        serve_lines > 100,
+        "a trace-level run logs plenty: {serve_lines} lines"
+    );
+    assert!(
+        text.contains("\"message\":\"webhook\""),
+        "the webhook lines are there"
+    );
+    assert!(text.contains("created (id 2)"), "netbox-setup ran:\n{text}");
+    assert!(text.contains("OK    netbox token"), "check ran");
+    let secrets = [
+        ("webhook.secrets", crate::helpers::secret()),
+        ("netbox.token", TOKEN.to_string()),
+        ("api.admin_token", ADMIN.to_string()),
+        ("nats.password", NATS_PASSWORD.to_string()),
+    ];
+    for (key, secret) in secrets {
+        let hits: Vec<&str> = text.lines().filter(|l| l.contains(&secret)).collect();
+        assert!(hits.is_empty(), "{key} appears in the output: {hits:?}");
+    }
+}
