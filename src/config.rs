@@ -225,6 +225,7 @@ impl Config {
 
     /// Checks every value and reads the secret files.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
+        self.unset_empty();
         if let Some(path) = &self.webhook.secret_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| invalid("webhook.secret_file", format!("{}: {e}", path.display())))?;
@@ -314,6 +315,33 @@ impl Config {
 }
 
 /// A NATS subject token or stream name: no dots, wildcards or white space.
+impl Config {
+    /// An optional setting given as an empty string counts as not given: deployments template
+    /// `NETBOX_RELAY_NETBOX__URL=${NETBOX_URL}` whether or not it is set.
+    fn unset_empty(&mut self) {
+        let blank =
+            |s: &Option<SecretString>| s.as_ref().is_some_and(|s| s.expose_secret().is_empty());
+        if self.netbox.url.as_deref().is_some_and(str::is_empty) {
+            self.netbox.url = None;
+        }
+        if blank(&self.netbox.token) {
+            self.netbox.token = None;
+        }
+        if blank(&self.api.admin_token) {
+            self.api.admin_token = None;
+        }
+        if blank(&self.nats.token) {
+            self.nats.token = None;
+        }
+        if blank(&self.nats.password) {
+            self.nats.password = None;
+        }
+        if self.nats.user.as_deref().is_some_and(str::is_empty) {
+            self.nats.user = None;
+        }
+    }
+}
+
 fn subject_token(key: &'static str, token: &str) -> Result<(), ConfigError> {
     let bad = |c: char| c == '.' || c == '*' || c == '>' || c.is_whitespace() || c.is_control();
     if token.is_empty() || token.chars().any(bad) {

@@ -86,12 +86,12 @@ async fn netbox(config: &Config) -> Vec<Line> {
     let url = client.base_url().to_string();
     let version = match client.version().await {
         Ok(version) => version,
-        Err(e @ ApiError::Forbidden { .. }) => {
+        Err(ApiError::Forbidden { detail, .. }) => {
             return vec![
                 Line::ok("netbox reachable", format!("{url} answers")),
                 Line::fail(
                     "netbox token",
-                    e.to_string(),
+                    format!("NetBox answered 403: {detail}"),
                     "set netbox.token (or netbox.token_file) to a valid, enabled API token",
                 ),
             ]
@@ -125,10 +125,13 @@ async fn can_read(client: &NetboxClient, object_type: ObjectType, version: (u32,
     };
     match client.page(object_type, query).await {
         Ok(_) => Line::ok(what, format!("permitted ({permission})")),
-        Err(e @ ApiError::Forbidden { .. }) => Line::fail(
+        Err(ApiError::Forbidden { detail, .. }) => Line::fail(
             what,
-            e.to_string(),
-            format!("give the token's user a permission with the action view on {permission}"),
+            format!("NetBox answered 403: {detail}"),
+            format!(
+                "grant the token's user {permission} (a permission with action view on {})",
+                object_type.name
+            ),
         ),
         Err(e) => Line::fail(what, e.to_string(), "see NetBox's log for this endpoint"),
     }

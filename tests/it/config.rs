@@ -33,6 +33,8 @@ fn defaults_then_file_then_environment_then_flags() {
         jail.set_env("NETBOX_RELAY_NATS__URL", "nats://10.1.2.3:4222");
         jail.set_env("NETBOX_RELAY_SERVER__LISTEN", "127.0.0.1:9002");
         jail.set_env("NETBOX_RELAY_RECONCILE__INTERVAL", "0");
+        jail.set_env("NETBOX_RELAY_NETBOX__URL", "");
+        jail.set_env("NETBOX_RELAY_API__ADMIN_TOKEN", "");
         let config = load(jail, &Overrides::default()).unwrap();
         assert!(
             config.reconcile.interval.is_zero(),
@@ -182,4 +184,89 @@ fn a_missing_config_file_is_named() {
         error.to_string().contains("/nonexistent/relay.toml"),
         "{error}"
     );
+}
+
+const EXAMPLE: &str = include_str!("../../deploy/netbox-relay.example.toml");
+
+#[test]
+fn the_example_configuration_in_deploy_loads_and_validates() {
+    Jail::expect_with(|jail| {
+        // The example reads its secrets from files, as a deployment mounts them.
+        jail.create_file("webhook-secret", "example-webhook-secret\n")?;
+        jail.create_file("netbox-token", "0123456789abcdef0123456789abcdef01234567\n")?;
+        let text = EXAMPLE
+            .replace("/etc/netbox-relay/webhook-secret", "webhook-secret")
+            .replace("/etc/netbox-relay/netbox-token", "netbox-token");
+        jail.create_file("relay.toml", &text)?;
+        let config = load(jail, &Overrides::default()).unwrap();
+        assert_eq!(config.server.listen.to_string(), "0.0.0.0:8090");
+        assert_eq!(config.webhook.secrets.0.len(), 1);
+        assert!(config.netbox.token.is_some());
+        assert_eq!(config.object_types().unwrap().len(), 12);
+        assert_eq!(
+            config.state.path.to_str(),
+            Some("/var/lib/netbox-relay/netbox-relay.redb")
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn the_example_configuration_mentions_every_key() {
+    let keys = [
+        "server.listen",
+        "server.shutdown_timeout",
+        "webhook.secrets",
+        "webhook.secret_file",
+        "webhook.require_signature",
+        "webhook.max_body_bytes",
+        "netbox.url",
+        "netbox.token",
+        "netbox.token_file",
+        "netbox.page_size",
+        "netbox.concurrency",
+        "netbox.timeout",
+        "netbox.insecure_skip_verify",
+        "netbox.ca_file",
+        "nats.url",
+        "nats.creds_file",
+        "nats.user",
+        "nats.password",
+        "nats.token",
+        "nats.tls_ca_file",
+        "nats.stream",
+        "nats.subject_prefix",
+        "nats.duplicate_window",
+        "nats.replicas",
+        "nats.ack_timeout",
+        "registry.partition",
+        "registry.object_types",
+        "registry.expand_subnets",
+        "registry.max_expanded_hosts",
+        "reconcile.interval",
+        "reconcile.on_start",
+        "reconcile.max_delete_fraction",
+        "state.path",
+        "spool.max_bytes",
+        "api.admin_token",
+        "log.format",
+        "log.level",
+    ];
+    for key in keys {
+        let (section, name) = key.split_once('.').unwrap();
+        let header = format!("[{section}]");
+        let body = EXAMPLE
+            .split_once(&header)
+            .unwrap_or_else(|| panic!("no {header}"))
+            .1
+            .split("\n[")
+            .next()
+            .unwrap();
+        let present = body.lines().any(|line| {
+            let line = line.trim_start().trim_start_matches('#').trim_start();
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        });
+        assert!(present, "{key} is not in deploy/netbox-relay.example.toml");
+    }
 }
