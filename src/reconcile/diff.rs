@@ -5,19 +5,118 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use futures::stream::{self, StreamExt};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::task::JoinHandle;
 
 use super::runs::{RunStatus, TypeReport};
 use super::{Output, Reconciler};
 use crate::delta::RegistryDelta;
 use crate::netbox::ObjectType;
 use crate::publish::Delivered;
-use crate::state::StoreError;
-use crate::translate::Object;
+use crate::state::{Store, StoreError};
+use crate::translate::{Object, Translator};
 
-/// Deltas of one page in flight at once. They are all of different keys, so per-key order holds,
-/// and JetStream acks and state commits overlap instead of queueing one behind the other.
+/// Deltas in flight at once. A pull returns each object once, so they are all of different keys
+/// and per-key order holds; JetStream acks and state commits overlap instead of queueing.
 const IN_FLIGHT: usize = 256;
+
+/// Pages translated and compared with the state at once, each on a blocking thread: with two
+/// the translation of one page overlaps the next page's download and the deliveries.
+const SORTING: usize = 2;
+
+/// One page, translated and compared with the state store.
+#[derive(Default)]
+struct Sorted {
+    ids: Vec<u64>,
+    changed: Vec<RegistryDelta>,
+    unchanged: u64,
+    errors: u64,
+}
+
+/// Translates a page and keeps the deltas whose entry differs from the stored one (one state
+/// read for the page). CPU work and local reads only: it runs off the async threads.
+fn sort(
+    translator: &Translator,
+    store: &Store,
+    object_type: ObjectType,
+    page: Vec<Object>,
+) -> Sorted {
+    let now = Utc::now();
+    let mut sorted = Sorted::default();
+    let mut deltas = Vec::with_capacity(page.len());
+    for obj in &page {
+        sorted
+            .ids
+            .extend(obj.get("id").and_then(serde_json::Value::as_u64));
+        match translator.reconcile_upsert(object_type, obj, now) {
+            Ok(delta) => deltas.push(delta),
+            Err(e) => {
+                tracing::warn!(object_type = object_type.name, error = %e, "reconcile: object not translated");
+                sorted.errors += 1;
+            }
+        }
+    }
+    match changed(store, deltas) {
+        Ok((changed, unchanged)) => {
+            sorted.changed = changed;
+            sorted.unchanged = unchanged;
+        }
+        Err((e, count)) => {
+            tracing::error!(error = %e, "reconcile: state unreadable");
+            sorted.errors += count;
+        }
+    }
+    sorted
+}
+
+/// Counts a sorted page and sends its changed deltas on their way.
+async fn take(
+    sorted: Result<Sorted, tokio::task::JoinError>,
+    report: &mut TypeReport,
+    seen: &mut HashSet<u64>,
+    emitter: &mut Emitter<'_>,
+) {
+    let Ok(sorted) = sorted else {
+        report.errors += 1;
+        return;
+    };
+    report.fetched += sorted.ids.len() as u64;
+    seen.extend(sorted.ids);
+    report.unchanged += sorted.unchanged;
+    report.errors += sorted.errors;
+    for delta in sorted.changed {
+        emitter.push(delta).await;
+    }
+}
+
+/// The deltas whose entry differs from the stored one, and how many did not. An equal
+/// `delta_id` proves an equal entry (it hashes key, op, revision and entry), so stored
+/// entries are parsed only for the rest.
+fn changed(
+    store: &Store,
+    deltas: Vec<RegistryDelta>,
+) -> Result<(Vec<RegistryDelta>, u64), (StoreError, u64)> {
+    let count = deltas.len() as u64;
+    let keys: Vec<&str> = deltas.iter().map(|d| d.key.as_str()).collect();
+    let heads = store.heads(&keys).map_err(|e| (e, count))?;
+    let (mut same, mut maybe) = (0, Vec::new());
+    for (delta, head) in deltas.into_iter().zip(heads) {
+        match head {
+            Some(h) if !h.deleted() && h.delta_id == delta.delta_id => same += 1,
+            _ => maybe.push(delta),
+        }
+    }
+    let keys: Vec<&str> = maybe.iter().map(|d| d.key.as_str()).collect();
+    let records = store.records(&keys).map_err(|e| (e, count))?;
+    let mut changed = Vec::with_capacity(maybe.len());
+    for (delta, record) in maybe.into_iter().zip(records) {
+        match record {
+            Some(r) if !r.deleted() && r.entry == delta.entry => same += 1,
+            _ => changed.push(delta),
+        }
+    }
+    Ok((changed, same))
+}
 
 /// What became of one delta.
 enum Emitted {
@@ -25,6 +124,83 @@ enum Emitted {
     /// Delivery judged it stale or duplicate: a newer webhook won.
     Dropped,
     Failed,
+}
+
+/// Counts of emitted deltas.
+#[derive(Default)]
+struct Tally {
+    out: u64,
+    dropped: u64,
+    failed: u64,
+}
+
+/// Deltas on their way, at most `IN_FLIGHT` at once, each delivered on its own task: delivery
+/// (serializing, publishing, awaiting the ack, recording) runs on the runtime's other threads
+/// while the next page is translated, instead of every page waiting for the last ack of the one
+/// before.
+struct Emitter<'a> {
+    output: &'a Output,
+    in_flight: FuturesUnordered<JoinHandle<Emitted>>,
+    tally: Tally,
+}
+
+impl<'a> Emitter<'a> {
+    fn new(output: &'a Output) -> Self {
+        Emitter {
+            output,
+            in_flight: FuturesUnordered::new(),
+            tally: Tally::default(),
+        }
+    }
+
+    async fn push(&mut self, delta: RegistryDelta) {
+        let delivery = match self.output {
+            Output::Print => return self.count(Ok(print(&delta))),
+            Output::Publish(delivery) => delivery.clone(),
+        };
+        while self.in_flight.len() >= IN_FLIGHT {
+            if let Some(done) = self.in_flight.next().await {
+                self.count(done);
+            }
+        }
+        self.in_flight.push(tokio::spawn(async move {
+            match delivery.deliver(&delta).await {
+                Ok(Delivered::Published | Delivered::Spooled) => Emitted::Out,
+                Ok(Delivered::Dropped(_)) => Emitted::Dropped,
+                Err(e) => {
+                    tracing::error!(error = %e, key = %delta.key, "reconcile: delta not delivered");
+                    Emitted::Failed
+                }
+            }
+        }));
+    }
+
+    /// Waits for every delta still in flight.
+    async fn finish(mut self) -> Tally {
+        while let Some(done) = self.in_flight.next().await {
+            self.count(done);
+        }
+        self.tally
+    }
+
+    fn count(&mut self, done: Result<Emitted, tokio::task::JoinError>) {
+        match done {
+            Ok(Emitted::Out) => self.tally.out += 1,
+            Ok(Emitted::Dropped) => self.tally.dropped += 1,
+            Ok(Emitted::Failed) | Err(_) => self.tally.failed += 1,
+        }
+    }
+}
+
+/// A dry run's output: the delta as one JSON line.
+fn print(delta: &RegistryDelta) -> Emitted {
+    match serde_json::to_string(delta) {
+        Ok(line) => {
+            println!("{line}");
+            Emitted::Out
+        }
+        Err(_) => Emitted::Failed,
+    }
 }
 
 /// The run-wide facts one object type needs.
@@ -76,84 +252,39 @@ impl Pass<'_> {
             concurrency: self.reconciler.concurrency,
         };
         let mut pages = super::pull::pages(client, object_type, options);
+        let mut emitter = Emitter::new(self.output);
+        let mut sorting = FuturesUnordered::new();
+        let mut failure = None;
         while let Some(page) = pages.recv().await {
-            let page = page.map_err(|e| e.to_string())?;
-            self.page(object_type, &page, report, seen).await;
-        }
-        Ok(())
-    }
-
-    /// Translates a page, drops what the state already holds (one read for the page), and
-    /// publishes the rest.
-    async fn page(
-        &self,
-        object_type: ObjectType,
-        page: &[Object],
-        report: &mut TypeReport,
-        seen: &mut HashSet<u64>,
-    ) {
-        let now = Utc::now();
-        let mut deltas = Vec::with_capacity(page.len());
-        for obj in page {
-            report.fetched += 1;
-            seen.extend(obj.get("id").and_then(serde_json::Value::as_u64));
-            match self
-                .reconciler
-                .translator
-                .reconcile_upsert(object_type, obj, now)
-            {
-                Ok(delta) => deltas.push(delta),
+            let page = match page {
+                Ok(page) => page,
                 Err(e) => {
-                    tracing::warn!(object_type = object_type.name, error = %e, "reconcile: object not translated");
-                    report.errors += 1;
+                    failure = Some(e.to_string());
+                    break;
+                }
+            };
+            if sorting.len() >= SORTING {
+                if let Some(sorted) = sorting.next().await {
+                    take(sorted, report, seen, &mut emitter).await;
                 }
             }
+            let (translator, store) = (
+                self.reconciler.translator.clone(),
+                self.reconciler.store.clone(),
+            );
+            sorting.push(tokio::task::spawn_blocking(move || {
+                sort(&translator, &store, object_type, page)
+            }));
         }
-        let changed = match self.changed(deltas) {
-            Ok((changed, unchanged)) => {
-                report.unchanged += unchanged;
-                changed
-            }
-            Err((e, count)) => {
-                tracing::error!(error = %e, "reconcile: state unreadable");
-                report.errors += count;
-                return;
-            }
-        };
-        let (out, dropped, failed) = self.emit_all(changed).await;
-        report.upserted += out;
-        report.unchanged += dropped;
-        report.errors += failed;
-    }
-
-    /// The deltas whose entry differs from the stored one, and how many did not. An equal
-    /// `delta_id` proves an equal entry (it hashes key, op, revision and entry), so stored
-    /// entries are parsed only for the rest.
-    fn changed(
-        &self,
-        deltas: Vec<RegistryDelta>,
-    ) -> Result<(Vec<RegistryDelta>, u64), (StoreError, u64)> {
-        let count = deltas.len() as u64;
-        let store = &self.reconciler.store;
-        let keys: Vec<&str> = deltas.iter().map(|d| d.key.as_str()).collect();
-        let heads = store.heads(&keys).map_err(|e| (e, count))?;
-        let (mut same, mut maybe) = (0, Vec::new());
-        for (delta, head) in deltas.into_iter().zip(heads) {
-            match head {
-                Some(h) if !h.deleted() && h.delta_id == delta.delta_id => same += 1,
-                _ => maybe.push(delta),
-            }
+        while let Some(sorted) = sorting.next().await {
+            take(sorted, report, seen, &mut emitter).await;
         }
-        let keys: Vec<&str> = maybe.iter().map(|d| d.key.as_str()).collect();
-        let records = store.records(&keys).map_err(|e| (e, count))?;
-        let mut changed = Vec::with_capacity(maybe.len());
-        for (delta, record) in maybe.into_iter().zip(records) {
-            match record {
-                Some(r) if !r.deleted() && r.entry == delta.entry => same += 1,
-                _ => changed.push(delta),
-            }
-        }
-        Ok((changed, same))
+        // What was sent stays sent, and counted, even when the pull failed part way.
+        let tally = emitter.finish().await;
+        report.upserted += tally.out;
+        report.unchanged += tally.dropped;
+        report.errors += tally.failed;
+        failure.map_or(Ok(()), Err)
     }
 
     async fn deletes(
@@ -198,46 +329,14 @@ impl Pass<'_> {
                     .ok()
             })
             .collect();
-        let (out, dropped, failed) = self.emit_all(deltas).await;
-        report.deleted += out;
-        report.unchanged += dropped;
-        report.errors += failed;
-        Ok(())
-    }
-
-    /// Emits deltas of distinct keys, `IN_FLIGHT` at a time; counts (out, dropped, failed).
-    async fn emit_all(&self, deltas: Vec<RegistryDelta>) -> (u64, u64, u64) {
-        let outcomes: Vec<Emitted> = stream::iter(deltas)
-            .map(|delta| self.emit(delta))
-            .buffer_unordered(IN_FLIGHT)
-            .collect()
-            .await;
-        let count = |kind: fn(&Emitted) -> bool| outcomes.iter().filter(|o| kind(o)).count() as u64;
-        (
-            count(|o| matches!(o, Emitted::Out)),
-            count(|o| matches!(o, Emitted::Dropped)),
-            count(|o| matches!(o, Emitted::Failed)),
-        )
-    }
-
-    /// Publishes (or, in a dry run, prints) one delta.
-    async fn emit(&self, delta: RegistryDelta) -> Emitted {
-        match self.output {
-            Output::Print => match serde_json::to_string(&delta) {
-                Ok(line) => {
-                    println!("{line}");
-                    Emitted::Out
-                }
-                Err(_) => Emitted::Failed,
-            },
-            Output::Publish(delivery) => match delivery.deliver(&delta).await {
-                Ok(Delivered::Published | Delivered::Spooled) => Emitted::Out,
-                Ok(Delivered::Dropped(_)) => Emitted::Dropped,
-                Err(e) => {
-                    tracing::error!(error = %e, key = %delta.key, "reconcile: delta not delivered");
-                    Emitted::Failed
-                }
-            },
+        let mut emitter = Emitter::new(self.output);
+        for delta in deltas {
+            emitter.push(delta).await;
         }
+        let tally = emitter.finish().await;
+        report.deleted += tally.out;
+        report.unchanged += tally.dropped;
+        report.errors += tally.failed;
+        Ok(())
     }
 }

@@ -147,9 +147,19 @@ fn nats_server_binary() -> PathBuf {
     PathBuf::from("nats-server")
 }
 
+/// A loopback port nothing listens on, never the same twice in this test process: tests start
+/// their servers in parallel, and a port handed out twice would join two tests' servers.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn wait_for_port(addr: SocketAddr) {
