@@ -10,7 +10,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use super::spool::Spool;
 use super::Publisher;
 use crate::delta::RegistryDelta;
-use crate::state::{judge, Committer, Store, StoreError, Verdict, Write};
+use crate::state::{encode_record, judge, Committer, Store, StoreError, Verdict, Write};
 
 /// Where a delta went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,17 +70,16 @@ impl Delivery {
         if verdict != Verdict::Accept {
             return Ok(Delivered::Dropped(verdict));
         }
-        // Serialized once: the same bytes are published, remembered, and spooled if need be.
+        // Serialized once: the same bytes are published, spooled if need be, and remembered
+        // behind the record's head.
         let payload = Bytes::from(serde_json::to_vec(delta)?);
         let key = delta.key.clone();
         // While the spool holds anything, new deltas queue behind it so that per-key order holds.
         if self.spool.depth() == 0 {
             match self.publisher.publish(delta, payload.clone()).await {
                 Ok(_) => {
-                    let write = Write::Record {
-                        key,
-                        delta: payload,
-                    };
+                    let record = encode_record(delta, &payload);
+                    let write = Write::Record { key, record };
                     self.committer.commit(write).await?;
                     return Ok(Delivered::Published);
                 }
@@ -98,6 +97,7 @@ impl Delivery {
             .committer
             .commit(Write::Spool {
                 key,
+                record: encode_record(delta, &payload),
                 delta: payload,
             })
             .await

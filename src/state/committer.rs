@@ -6,19 +6,24 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::store::{Store, StoreError};
-use bytes::Bytes;
 
-/// One change to the store.
+/// One change to the store. A `record` is made by [`super::encode_record`] before it comes here,
+/// so that the commit thread, which every webhook waits for, only inserts.
 #[derive(Debug)]
 pub enum Write {
     /// Remember the delta published for a key (not fsynced at once: it is already safe in
     /// JetStream; a later durable commit or the idle flush persists it).
-    Record { key: String, delta: Bytes },
+    Record { key: String, record: Bytes },
     /// Put a delta in the spool and remember it, durably.
-    Spool { key: String, delta: Bytes },
+    Spool {
+        key: String,
+        record: Bytes,
+        delta: Bytes,
+    },
     /// Remove drained deltas from the spool, durably.
     Unspool { seqs: Vec<u64> },
     /// Persist everything written so far.

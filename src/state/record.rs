@@ -34,6 +34,44 @@ impl RecordHead {
     pub fn deleted(&self) -> bool {
         self.op == Op::Delete
     }
+
+    pub fn of(delta: &RegistryDelta) -> RecordHead {
+        RecordHead {
+            revision: delta.revision,
+            delta_id: delta.delta_id.clone(),
+            op: delta.op,
+        }
+    }
+
+    /// The heads table's layout: op (1 byte), revision as seconds (8) and nanoseconds (4), big
+    /// endian, then the delta id. Fixed and small, so heads stay in redb's cache and reading one
+    /// parses nothing.
+    pub(super) fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(13 + self.delta_id.len());
+        bytes.push(match self.op {
+            Op::Upsert => 0,
+            Op::Delete => 1,
+        });
+        bytes.extend(self.revision.timestamp().to_be_bytes());
+        bytes.extend(self.revision.timestamp_subsec_nanos().to_be_bytes());
+        bytes.extend(self.delta_id.as_bytes());
+        bytes
+    }
+
+    pub(super) fn from_bytes(bytes: &[u8]) -> Option<RecordHead> {
+        let op = match *bytes.first()? {
+            0 => Op::Upsert,
+            1 => Op::Delete,
+            _ => return None,
+        };
+        let secs = i64::from_be_bytes(bytes.get(1..9)?.try_into().ok()?);
+        let nanos = u32::from_be_bytes(bytes.get(9..13)?.try_into().ok()?);
+        Some(RecordHead {
+            revision: DateTime::from_timestamp(secs, nanos)?,
+            delta_id: String::from_utf8(bytes.get(13..)?.to_vec()).ok()?,
+            op,
+        })
+    }
 }
 
 /// Whether a delta should be published, given what was accepted before for its key.

@@ -2,10 +2,16 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+use bytes::Bytes;
+
 use super::committer::Write;
 use super::record::{Record, RecordHead};
+use crate::delta::RegistryDelta;
 
-/// Registry key -> the last accepted delta (JSON), read back as a [`Record`].
+/// Registry key -> the last accepted delta, read back as a [`Record`]: a marker byte, the length
+/// of the head and the head ([`RecordHead::to_bytes`]), then the delta's JSON. Judging a delta and
+/// diffing a reconcile read only the head, without scanning the entry. Files written before the
+/// head prefix hold the JSON alone (it starts with `{`); both are read.
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// Spool sequence -> the delta as published (JSON), drained in sequence order.
 const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
@@ -75,36 +81,29 @@ impl Store {
 
     /// The head of one key's record (revision, delta id, tombstone), without parsing the entry.
     pub fn head(&self, key: &str) -> Result<Option<RecordHead>, StoreError> {
-        Ok(self.get_many(&[key])?.pop().flatten())
+        Ok(self.heads(&[key])?.pop().flatten())
     }
 
     /// The records of `keys`, in order, read in one transaction.
     pub fn records(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, StoreError> {
-        self.get_many(keys)
+        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
+        keys.iter()
+            .map(|key| match table.get(*key).map_err(|e| self.fail(e))? {
+                Some(value) => parse(key, split(value.value()).1).map(Some),
+                None => Ok(None),
+            })
+            .collect()
     }
 
     /// The heads of `keys`, in order, read in one transaction.
     pub fn heads(&self, keys: &[&str]) -> Result<Vec<Option<RecordHead>>, StoreError> {
-        self.get_many(keys)
-    }
-
-    fn get_many<T: serde::de::DeserializeOwned>(
-        &self,
-        keys: &[&str],
-    ) -> Result<Vec<Option<T>>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
         let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
         keys.iter()
-            .map(|key| {
-                let Some(value) = table.get(*key).map_err(|e| self.fail(e))? else {
-                    return Ok(None);
-                };
-                serde_json::from_slice(value.value())
-                    .map(Some)
-                    .map_err(|e| StoreError::Corrupt {
-                        key: key.to_string(),
-                        message: e.to_string(),
-                    })
+            .map(|key| match table.get(*key).map_err(|e| self.fail(e))? {
+                Some(value) => head(key, value.value()).map(Some),
+                None => Ok(None),
             })
             .collect()
     }
@@ -121,11 +120,7 @@ impl Store {
             if !key.starts_with(prefix) {
                 break;
             }
-            let head = serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
-                key: key.to_string(),
-                message: e.to_string(),
-            })?;
-            heads.push((key.to_string(), head));
+            heads.push((key.to_string(), head(key, value.value())?));
         }
         Ok(heads)
     }
@@ -179,9 +174,9 @@ impl Store {
             let mut spool = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
             for write in writes {
                 match write {
-                    Write::Record { key, delta } | Write::Spool { key, delta } => {
+                    Write::Record { key, record } | Write::Spool { key, record, .. } => {
                         records
-                            .insert(key.as_str(), delta.as_ref())
+                            .insert(key.as_str(), record.as_ref())
                             .map_err(|e| self.fail(e))?;
                     }
                     Write::Unspool { seqs } => {
@@ -202,5 +197,102 @@ impl Store {
         tx.commit().map_err(|e| self.fail(e))?;
         *next_seq = seq;
         Ok(())
+    }
+}
+
+fn corrupt(key: &str, message: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        key: key.to_string(),
+        message: message.to_string(),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| corrupt(key, e))
+}
+
+/// Marks a record value that starts with its head.
+const HEAD_PREFIX: u8 = 1;
+
+/// The stored form of an accepted delta: its head, then `json`, the delta as published.
+pub fn encode_record(delta: &RegistryDelta, json: &[u8]) -> Bytes {
+    let head = RecordHead::of(delta).to_bytes();
+    let mut value = Vec::with_capacity(2 + head.len() + json.len());
+    value.push(HEAD_PREFIX);
+    value.push(head.len() as u8);
+    value.extend_from_slice(&head);
+    value.extend_from_slice(json);
+    value.into()
+}
+
+/// A record value's head bytes (if it has them) and its delta JSON.
+fn split(value: &[u8]) -> (Option<&[u8]>, &[u8]) {
+    match value {
+        [HEAD_PREFIX, len, rest @ ..] if rest.len() >= *len as usize => {
+            let (head, json) = rest.split_at(*len as usize);
+            (Some(head), json)
+        }
+        json => (None, json),
+    }
+}
+
+fn head(key: &str, value: &[u8]) -> Result<RecordHead, StoreError> {
+    match split(value) {
+        (Some(head), _) => {
+            RecordHead::from_bytes(head).ok_or_else(|| corrupt(key, "malformed record head"))
+        }
+        (None, json) => parse(key, json),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delta::Op;
+
+    #[test]
+    fn heads_are_read_from_the_prefix_and_from_records_written_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let revision = "2026-11-22T10:45:01.583546Z".parse().unwrap();
+        let head = RecordHead {
+            revision,
+            delta_id: "00112233445566778899aabbccddeeff".into(),
+            op: Op::Delete,
+        };
+        assert_eq!(RecordHead::from_bytes(&head.to_bytes()), Some(head.clone()));
+        assert_eq!(RecordHead::from_bytes(&[7, 0]), None);
+
+        // A record as the relay wrote it before the head prefix: the delta's JSON alone.
+        let record = serde_json::json!({
+            "revision": "2026-11-22T10:45:01.583546Z",
+            "delta_id": "00112233445566778899aabbccddeeff",
+            "op": "delete",
+            "entry": null,
+        });
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut records = tx.open_table(RECORDS).unwrap();
+                let bytes = serde_json::to_vec(&record).unwrap();
+                records
+                    .insert("netbox/default/dcim.device/1", bytes.as_slice())
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(
+            store.head("netbox/default/dcim.device/1").unwrap(),
+            Some(head)
+        );
+        assert_eq!(
+            store
+                .heads_with_prefix("netbox/default/dcim.device/")
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }
