@@ -46,8 +46,7 @@ pub struct Publisher {
 impl Publisher {
     /// Connects in the background (the relay starts even while NATS is away).
     pub async fn connect(cfg: &NatsConfig) -> Result<Publisher, PublishError> {
-        let client = connect_options(cfg)
-            .await?
+        let client = logging_events(connect_options(cfg).await?)
             .retry_on_initial_connect()
             .connect(&cfg.url)
             .await
@@ -255,13 +254,16 @@ async fn connect_options(cfg: &NatsConfig) -> Result<ConnectOptions, PublishErro
     if let Some(ca) = &cfg.tls_ca_file {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
-    Ok(options
-        .name("netbox-relay")
-        .event_callback(|event| async move {
-            match event {
-                Event::Connected => tracing::info!("connected to NATS"),
-                Event::Disconnected => tracing::warn!("disconnected from NATS"),
-                other => tracing::debug!(event = %other, "NATS client event"),
-            }
-        }))
+    Ok(options.name("netbox-relay"))
+}
+
+/// The relay reports its NATS connection coming and going; commands (`check`, `tail`) do not.
+fn logging_events(options: ConnectOptions) -> ConnectOptions {
+    options.event_callback(|event| async move {
+        match event {
+            Event::Connected => tracing::info!("connected to NATS"),
+            Event::Disconnected => tracing::warn!("disconnected from NATS"),
+            other => tracing::debug!(event = %other, "NATS client event"),
+        }
+    })
 }
