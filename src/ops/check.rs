@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::netbox::client::{ApiError, NetboxClient};
 use crate::netbox::ObjectType;
 use crate::publish;
-use crate::state::Store;
+use crate::state::{Store, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -178,9 +178,7 @@ fn state(path: &Path) -> Line {
     let what = format!("state {}", path.display());
     match Store::open(path) {
         Ok(_) => Line::ok(what, "opens for writing"),
-        Err(e) if e.to_string().contains("already open") => {
-            Line::ok(what, "in use by a running netbox-relay")
-        }
+        Err(StoreError::InUse { .. }) => Line::ok(what, "in use by a running netbox-relay"),
         Err(e) => Line::fail(
             what,
             e.to_string(),

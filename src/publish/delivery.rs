@@ -4,13 +4,12 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::spool::Spool;
 use super::Publisher;
 use crate::delta::RegistryDelta;
-use crate::state::{encode_record, judge, Committer, Store, StoreError, Verdict, Write};
+use crate::state::{encode, judge, Committer, Encoded, Store, StoreError, Verdict, Write};
 
 /// Where a delta went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,15 +69,14 @@ impl Delivery {
         if verdict != Verdict::Accept {
             return Ok(Delivered::Dropped(verdict));
         }
-        // Serialized once: the same bytes are published, spooled if need be, and remembered
-        // behind the record's head.
-        let payload = Bytes::from(serde_json::to_vec(delta)?);
+        // Serialized once: one buffer holds the record's head and the JSON that is published,
+        // spooled if need be, and remembered behind that head.
+        let Encoded { record, json } = encode(delta)?;
         let key = delta.key.clone();
         // While the spool holds anything, new deltas queue behind it so that per-key order holds.
         if self.spool.depth() == 0 {
-            match self.publisher.publish(delta, payload.clone()).await {
+            match self.publisher.publish(delta, json.clone()).await {
                 Ok(_) => {
-                    let record = encode_record(delta, &payload);
                     let write = Write::Record { key, record };
                     self.committer.commit(write).await?;
                     return Ok(Delivered::Published);
@@ -88,7 +86,7 @@ impl Delivery {
                 Err(e) => tracing::debug!(error = %e, key = %delta.key, "spooling the delta"),
             }
         }
-        let size = payload.len() as u64;
+        let size = json.len() as u64;
         if !self.spool.reserve(size) {
             let max_bytes = self.spool.max_bytes();
             return Err(DeliveryError::SpoolFull { max_bytes });
@@ -97,8 +95,8 @@ impl Delivery {
             .committer
             .commit(Write::Spool {
                 key,
-                record: encode_record(delta, &payload),
-                delta: payload,
+                record,
+                delta: json,
             })
             .await
         {

@@ -69,17 +69,15 @@ fn sort(
     sorted
 }
 
-/// Counts a sorted page and sends its changed deltas on their way.
+/// Counts a sorted page and sends its changed deltas on their way. A page that could not be
+/// sorted fails the pull: its ids are unknown, so deletes would be guesses.
 async fn take(
     sorted: Result<Sorted, tokio::task::JoinError>,
     report: &mut TypeReport,
     seen: &mut HashSet<u64>,
     emitter: &mut Emitter<'_>,
-) {
-    let Ok(sorted) = sorted else {
-        report.errors += 1;
-        return;
-    };
+) -> Result<(), String> {
+    let sorted = sorted.map_err(|e| format!("translating a page failed: {e}"))?;
     report.fetched += sorted.ids.len() as u64;
     seen.extend(sorted.ids);
     report.unchanged += sorted.unchanged;
@@ -87,6 +85,7 @@ async fn take(
     for delta in sorted.changed {
         emitter.push(delta).await;
     }
+    Ok(())
 }
 
 /// The deltas whose entry differs from the stored one, and how many did not. An equal
@@ -265,7 +264,10 @@ impl Pass<'_> {
             };
             if sorting.len() >= SORTING {
                 if let Some(sorted) = sorting.next().await {
-                    take(sorted, report, seen, &mut emitter).await;
+                    if let Err(e) = take(sorted, report, seen, &mut emitter).await {
+                        failure = Some(e);
+                        break;
+                    }
                 }
             }
             let (translator, store) = (
@@ -277,7 +279,9 @@ impl Pass<'_> {
             }));
         }
         while let Some(sorted) = sorting.next().await {
-            take(sorted, report, seen, &mut emitter).await;
+            if let Err(e) = take(sorted, report, seen, &mut emitter).await {
+                failure.get_or_insert(e);
+            }
         }
         // What was sent stays sent, and counted, even when the pull failed part way.
         let tally = emitter.finish().await;

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use super::store::{Store, StoreError};
 
-/// One change to the store. A `record` is made by [`super::encode_record`] before it comes here,
+/// One change to the store. A `record` is made by [`super::encode`] before it comes here,
 /// so that the commit thread, which every webhook waits for, only inserts.
 #[derive(Debug)]
 pub enum Write {

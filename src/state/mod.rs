@@ -8,4 +8,4 @@ mod store;
 
 pub use committer::{Committer, Write};
 pub use record::{judge, Record, RecordHead, Verdict};
-pub use store::{encode_record, SpooledDelta, Store, StoreError};
+pub use store::{encode, Encoded, SpooledDelta, Store, StoreError};

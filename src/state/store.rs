@@ -20,6 +20,8 @@ const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
 pub enum StoreError {
     #[error("state store {path}: {message}")]
     Db { path: PathBuf, message: String },
+    #[error("state store {path} is in use by another netbox-relay process")]
+    InUse { path: PathBuf },
     #[error("state store: unreadable record for {key}: {message}")]
     Corrupt { key: String, message: String },
     #[error("state store is closed")]
@@ -63,7 +65,12 @@ impl Store {
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create(path)
-            .map_err(|e| fail(&e))?;
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                    path: path.to_path_buf(),
+                },
+                e => fail(&e),
+            })?;
         let store = Store {
             db,
             path: path.to_path_buf(),
@@ -214,15 +221,24 @@ fn parse<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, S
 /// Marks a record value that starts with its head.
 const HEAD_PREFIX: u8 = 1;
 
-/// The stored form of an accepted delta: its head, then `json`, the delta as published.
-pub fn encode_record(delta: &RegistryDelta, json: &[u8]) -> Bytes {
+/// A delta serialized once for everything: the record as stored (its head, then the JSON) and,
+/// sharing the same buffer, the JSON alone as published and spooled.
+pub struct Encoded {
+    pub record: Bytes,
+    pub json: Bytes,
+}
+
+pub fn encode(delta: &RegistryDelta) -> Result<Encoded, serde_json::Error> {
     let head = RecordHead::of(delta).to_bytes();
-    let mut value = Vec::with_capacity(2 + head.len() + json.len());
+    let mut value = Vec::with_capacity(2 + head.len() + 1024);
     value.push(HEAD_PREFIX);
     value.push(head.len() as u8);
     value.extend_from_slice(&head);
-    value.extend_from_slice(json);
-    value.into()
+    let json_start = value.len();
+    serde_json::to_writer(&mut value, delta)?;
+    let record = Bytes::from(value);
+    let json = record.slice(json_start..);
+    Ok(Encoded { record, json })
 }
 
 /// A record value's head bytes (if it has them) and its delta JSON.
