@@ -1,6 +1,5 @@
 //! Wires the stages together and runs them until shutdown.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use crate::reconcile::{Output, Reconciler, RunOptions, RunReport};
 use crate::state::{Committer, Store};
 use crate::telemetry;
 use crate::translate::{SweepOptions, Translator};
-use crate::webhook::{self, signature::Verifier, AppState};
+use crate::webhook::{self, server, signature::Verifier, AppState};
 
 /// A started relay: its HTTP server, the spool drainer and the stream keeper.
 pub struct Relay {
@@ -34,12 +33,14 @@ struct Parts {
     committer: Committer,
     spool: Arc<Spool>,
     grace: Duration,
+    limits: server::Limits,
 }
 
 impl Relay {
     /// Opens the state store, binds `server.listen` and starts serving; NATS may still be
     /// connecting (webhooks go to the spool meanwhile).
     pub async fn start(config: Config) -> anyhow::Result<Relay> {
+        server::raise_open_files_limit();
         let store = Arc::new(Store::open(&config.state.path)?);
         let stats = store.spool_stats()?;
         if stats.depth > 0 {
@@ -49,7 +50,7 @@ impl Relay {
             );
         }
         let committer = Committer::start(store.clone(), stats.next_seq);
-        let spool = Arc::new(Spool::new(stats.depth, stats.bytes, config.spool.max_bytes));
+        let spool = Arc::new(Spool::new(&stats, config.spool.max_bytes));
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -74,7 +75,10 @@ impl Relay {
             reconciler: Arc::new(reconciler),
             admin_token: config.api.admin_token.clone(),
             max_body_bytes: config.webhook.max_body_bytes,
+            request_timeout: config.server.request_timeout,
             metrics: telemetry::metrics_handle(),
+            store_health: committer.health().clone(),
+            clamped_keys: Default::default(),
         });
         if !config.webhook.require_signature {
             tracing::warn!(
@@ -95,6 +99,11 @@ impl Relay {
             committer,
             spool,
             grace: config.server.shutdown_timeout,
+            limits: server::Limits {
+                header_timeout: config.server.header_timeout,
+                idle_timeout: config.server.idle_timeout,
+                max_connections: config.server.max_connections,
+            },
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(listener, parts, shutdown.clone()));
@@ -148,41 +157,15 @@ async fn run(
         let reconciler = parts.state.reconciler.clone();
         tokio::spawn(reconciler.schedule(interval, on_start, shutdown.clone()));
     }
-    let served = serve(listener, parts.state, parts.grace, &shutdown).await;
+    let router = webhook::router(parts.state);
+    server::serve(listener, router, parts.limits, shutdown.clone(), parts.grace).await;
     shutdown.cancel();
     stream_keeper.await.ok();
     drainer.await.ok();
     parts.committer.close().await;
     publisher.drain().await;
     tracing::info!("netbox-relay stopped");
-    served
-}
-
-/// Serves until shutdown; in-flight webhooks get `grace` to finish.
-async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    grace: Duration,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let server = axum::serve(listener, webhook::router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
-    let mut server = tokio::spawn(server);
-    let served = tokio::select! {
-        served = &mut server => served,
-        _ = shutdown.cancelled() => match tokio::time::timeout(grace, &mut server).await {
-            Ok(served) => served,
-            Err(_) => {
-                tracing::warn!(?grace, "in-flight webhooks did not finish in time; closing them");
-                server.abort();
-                Ok(Ok(()))
-            }
-        },
-    };
-    served
-        .context("the HTTP server panicked")?
-        .context("the HTTP server failed")
+    Ok(())
 }
 
 pub fn translator(config: &Config) -> anyhow::Result<Translator> {
@@ -194,7 +177,8 @@ pub fn translator(config: &Config) -> anyhow::Result<Translator> {
         &config.registry.partition,
         sweep,
         &config.object_types()?,
-    ))
+    )
+    .with_max_clock_skew(config.webhook.max_clock_skew))
 }
 
 /// `netbox-relay reconcile`: one run, then exit. Publishes through the same delivery path as
@@ -215,7 +199,7 @@ pub async fn reconcile_once(
     }
     let stats = store.spool_stats()?;
     let committer = Committer::start(store.clone(), stats.next_seq);
-    let spool = Arc::new(Spool::new(stats.depth, stats.bytes, config.spool.max_bytes));
+    let spool = Arc::new(Spool::new(&stats, config.spool.max_bytes));
     let publisher = Arc::new(Publisher::connect(&config.nats).await?);
     wait_for_stream(&publisher).await;
     let delivery = Delivery::new(

@@ -33,6 +33,9 @@ pub enum Command {
         listen: Option<SocketAddr>,
     },
     /// Pull the full inventory from the NetBox API once, publish what differs, print a summary.
+    ///
+    /// Exit codes: 0 succeeded, 1 failed, 2 bad configuration or usage, 3 partial (deletes
+    /// withheld, objects not translated, or object types NetBox refused to show).
     Reconcile {
         /// Print the deltas it would publish (JSON lines on stdout); publish nothing.
         #[arg(long)]
@@ -61,6 +64,13 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// List the deltas waiting in the spool and the dead letters (deltas JetStream refused, rows
+    /// that could not be read); retry or drop dead letters. Works on the state file, so the
+    /// relay must be stopped (it holds the file).
+    Spool {
+        #[command(subcommand)]
+        action: Option<SpoolAction>,
+    },
     /// Follow the deltas on the stream and print them (JSON lines; readable lines on a terminal).
     Tail {
         /// Only this kind (device, ip_address, ...); repeatable.
@@ -78,15 +88,38 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum SpoolAction {
+    /// Put dead letters back at the end of the spool (the relay publishes them at its next start).
+    Retry(Pick),
+    /// Remove dead letters for good (the next reconcile publishes their objects' current state).
+    Drop(Pick),
+}
+
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct Pick {
+    /// Delta ids, as `netbox-relay spool` lists them.
+    pub delta_ids: Vec<String>,
+    /// Every dead letter.
+    #[arg(long)]
+    pub all: bool,
+}
+
 impl Cli {
     pub fn overrides(&self) -> Overrides {
         let listen = match self.command {
             Command::Serve { listen } => listen,
             _ => None,
         };
+        let no_webhooks = !matches!(
+            self.command,
+            Command::Serve { .. } | Command::NetboxSetup { .. }
+        );
         Overrides {
             listen,
             log_level: self.log_level.clone(),
+            no_webhooks,
         }
     }
 }

@@ -34,6 +34,17 @@ pub struct ServerConfig {
     /// How long in-flight webhooks may take to finish after SIGTERM.
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
+    /// A request's head (request line and headers) must arrive within this time.
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this time.
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// A keep-alive connection with no request is closed after this time.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Connections served at once; past it the longest-waiting idle or slow one is closed.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -43,6 +54,9 @@ pub struct WebhookConfig {
     pub secret_file: Option<PathBuf>,
     pub require_signature: bool,
     pub max_body_bytes: usize,
+    /// How far a revision may be ahead of the relay's clock before it is clamped.
+    #[serde(deserialize_with = "duration")]
+    pub max_clock_skew: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -191,6 +205,9 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub log_level: Option<String>,
+    /// The command verifies no webhooks (`tail`, `check`, `spool`, `reconcile`): a missing
+    /// `webhook.secrets` is no error for it.
+    pub no_webhooks: bool,
 }
 
 impl Config {
@@ -219,12 +236,17 @@ impl Config {
             figment = figment.merge(Serialized::default("log.level", level));
         }
         let mut config: Config = figment.extract().map_err(Box::new)?;
-        config.validate()?;
+        config.validate_for(!overrides.no_webhooks)?;
         Ok(config)
     }
 
     /// Checks every value and reads the secret files.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
+        self.validate_for(true)
+    }
+
+    /// [`Config::validate`]; a missing webhook secret is an error only when `webhooks`.
+    pub fn validate_for(&mut self, webhooks: bool) -> Result<(), ConfigError> {
         self.unset_empty();
         if let Some(path) = &self.webhook.secret_file {
             let text = std::fs::read_to_string(path)
@@ -249,7 +271,7 @@ impl Config {
         {
             return Err(invalid("webhook.secrets", "a secret is empty"));
         }
-        if self.webhook.require_signature && self.webhook.secrets.0.is_empty() {
+        if webhooks && self.webhook.require_signature && self.webhook.secrets.0.is_empty() {
             let message =
                 "at least one secret is required unless webhook.require_signature = false";
             return Err(invalid("webhook.secrets", message));
@@ -257,6 +279,13 @@ impl Config {
         if self.webhook.max_body_bytes == 0 {
             return Err(invalid("webhook.max_body_bytes", "must be greater than 0"));
         }
+        if self.registry.max_expanded_hosts > MAX_EXPANDED_HOSTS {
+            return Err(invalid(
+                "registry.max_expanded_hosts",
+                format!("must be at most {MAX_EXPANDED_HOSTS} (one prefix's host list is bounded so that one webhook stays cheap)"),
+            ));
+        }
+        self.validate_server()?;
         subject_token("registry.partition", &self.registry.partition)?;
         for token in self.nats.subject_prefix.split('.') {
             subject_token("nats.subject_prefix", token)?;
@@ -314,8 +343,28 @@ impl Config {
     }
 }
 
-/// A NATS subject token or stream name: no dots, wildcards or white space.
+/// The ceiling of `registry.max_expanded_hosts`: a /16's hosts, about 1 MB of JSON for IPv4.
+pub const MAX_EXPANDED_HOSTS: usize = 65536;
+
 impl Config {
+    fn validate_server(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        let timeouts = [
+            ("server.header_timeout", s.header_timeout),
+            ("server.request_timeout", s.request_timeout),
+            ("server.idle_timeout", s.idle_timeout),
+        ];
+        for (key, value) in timeouts {
+            if value.is_zero() {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if s.max_connections < 8 {
+            return Err(invalid("server.max_connections", "must be at least 8"));
+        }
+        Ok(())
+    }
+
     /// An optional setting given as an empty string counts as not given: deployments template
     /// `NETBOX_RELAY_NETBOX__URL=${NETBOX_URL}` whether or not it is set.
     fn unset_empty(&mut self) {
@@ -342,6 +391,7 @@ impl Config {
     }
 }
 
+/// A NATS subject token or stream name: no dots, wildcards or white space.
 fn subject_token(key: &'static str, token: &str) -> Result<(), ConfigError> {
     let bad = |c: char| c == '.' || c == '*' || c == '>' || c.is_whitespace() || c.is_control();
     if token.is_empty() || token.chars().any(bad) {
@@ -358,6 +408,10 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             shutdown_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 512,
         }
     }
 }
@@ -369,6 +423,7 @@ impl Default for WebhookConfig {
             secret_file: None,
             require_signature: true,
             max_body_bytes: 4 * 1024 * 1024,
+            max_clock_skew: Duration::from_secs(300),
         }
     }
 }

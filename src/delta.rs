@@ -77,6 +77,31 @@ pub struct Sweep {
     pub cidr: String,
     /// Host addresses, listed only when they are few enough (see `registry.max_expanded_hosts`).
     pub hosts: Vec<String>,
+    /// How many host addresses were left out of `hosts` because the delta would not have fit in
+    /// one NATS message (`max_payload`); sweep the CIDR instead. Absent when none were.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hosts_omitted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl RegistryDelta {
+    /// The same delta with its sweep host list dropped (the CIDR kept, the count said in
+    /// `hosts_omitted`) and its id computed again; None when it has no host list to drop.
+    pub fn without_sweep_hosts(&self) -> Option<RegistryDelta> {
+        let mut delta = self.clone();
+        let sweep = delta.entry.as_mut()?.sweep.as_mut()?;
+        if sweep.hosts.is_empty() {
+            return None;
+        }
+        sweep.hosts_omitted += sweep.hosts.len() as u64;
+        sweep.hosts = Vec::new();
+        delta.delta_id =
+            delta_id(&delta.key, delta.op, &delta.revision, delta.entry.as_ref()).ok()?;
+        Some(delta)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

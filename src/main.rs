@@ -37,6 +37,18 @@ async fn main() -> ExitCode {
             force,
         } => reconcile(config, dry_run, &object_types, force).await,
         Command::Check => check(&config).await,
+        Command::Spool { action } => match ops::spool::run(&config, action.as_ref()) {
+            Ok(lines) => {
+                for line in lines {
+                    println!("{line}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("netbox-relay: spool: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::NetboxSetup {
             relay_url,
             name,
@@ -105,7 +117,8 @@ async fn netbox_setup(config: &Config, options: &SetupOptions) -> ExitCode {
     }
 }
 
-/// Exit codes: 0 succeeded, 2 partial (deletes withheld or objects not translated), 1 failed.
+/// Exit codes: 0 succeeded, 1 failed, 2 bad configuration or usage, 3 partial (deletes withheld,
+/// objects not translated, or object types NetBox refused).
 async fn reconcile(config: Config, dry_run: bool, names: &[String], force: bool) -> ExitCode {
     let mut only = Vec::new();
     for name in names {
@@ -144,7 +157,7 @@ async fn reconcile(config: Config, dry_run: bool, names: &[String], force: bool)
     }
     match report.status {
         RunStatus::Succeeded => ExitCode::SUCCESS,
-        RunStatus::Partial => ExitCode::from(2),
+        RunStatus::Partial => ExitCode::from(3),
         _ => ExitCode::FAILURE,
     }
 }

@@ -80,15 +80,18 @@ fn filters(prefix: &str, options: &TailOptions) -> Vec<String> {
 /// One readable line: when, what, which key, its name and labels.
 fn line(payload: &[u8]) -> String {
     let Ok(delta) = serde_json::from_slice::<Value>(payload) else {
-        return String::from_utf8_lossy(payload).into_owned();
+        return escape_controls(&String::from_utf8_lossy(payload));
     };
-    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let text = |v: &Value| escape_controls(v.as_str().unwrap_or_default());
     let entry = &delta["entry"];
     let labels = entry["labels"]
         .as_object()
         .map(|labels| {
             let pairs = labels.iter().filter(|(k, _)| k.as_str() != "source");
-            let pairs = pairs.map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()));
+            let pairs = pairs.map(|(k, v)| {
+                let value = escape_controls(v.as_str().unwrap_or_default());
+                format!("{}={value}", escape_controls(k))
+            });
             pairs.collect::<Vec<_>>().join(" ")
         })
         .unwrap_or_default();
@@ -103,9 +106,36 @@ fn line(payload: &[u8]) -> String {
     )
 }
 
+/// NetBox data is anybody's text: a name holding escape sequences must not drive the terminal.
+fn escape_controls(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c.is_control() {
+            true => escaped.extend(c.escape_default()),
+            false => escaped.push(c),
+        }
+    }
+    escaped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_from_netbox_data_are_printed_escaped() {
+        let delta = serde_json::json!({
+            "revision": "2026-11-22T10:45:01Z", "op": "upsert", "kind": "device",
+            "key": "netbox/default/dcim.device/1", "origin": "webhook",
+            "entry": {"name": "sw\u{1b}[2J\u{7}1\r", "labels": {"site": "a\u{1b}]0;x\u{7}"}},
+        });
+        let printed = line(&serde_json::to_vec(&delta).unwrap());
+        assert!(!printed.chars().any(char::is_control), "{printed:?}");
+        assert!(printed.contains(r"sw\u{1b}[2J\u{7}1\r"), "{printed:?}");
+        assert!(printed.contains(r"site=a\u{1b}]0;x\u{7}"), "{printed:?}");
+        let garbage = line(b"\x1b[31mnot json");
+        assert!(!garbage.chars().any(char::is_control), "{garbage:?}");
+    }
 
     #[test]
     fn filters_narrow_by_partition_and_kind() {

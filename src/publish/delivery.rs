@@ -1,6 +1,7 @@
 //! Getting one delta durably on its way: per key in order, stale and duplicate ones dropped,
 //! straight to JetStream when the spool is empty, into the spool otherwise.
 
+use std::borrow::Cow;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
@@ -31,6 +32,18 @@ pub enum DeliveryError {
     Store(#[from] StoreError),
     #[error("cannot serialize the delta: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// Nothing was published or spooled: the state file cannot be written.
+    #[error("{0}")]
+    StoreFaulted(String),
+    /// The delta cannot be made to fit in one NATS message.
+    #[error("the delta of {object} ({key}) is {size} bytes; the NATS server's max_payload ({max_payload} bytes) leaves {max} for a delta")]
+    TooLarge {
+        object: String,
+        key: String,
+        size: usize,
+        max: usize,
+        max_payload: usize,
+    },
 }
 
 pub struct Delivery {
@@ -64,18 +77,23 @@ impl Delivery {
     /// Returns once the delta is in JetStream or fsynced in the spool, or judged stale or
     /// duplicate. Deltas of one key are handled one at a time, in arrival order.
     pub async fn deliver(&self, delta: &RegistryDelta) -> Result<Delivered, DeliveryError> {
+        // While the state file takes no writes nothing is published: a published delta whose
+        // record could not be kept would make the store and the stream disagree.
+        if let Some(problem) = self.committer.health().problem() {
+            return Err(DeliveryError::StoreFaulted(problem));
+        }
         let _key = self.locks.lock(&delta.key).await;
-        let verdict = judge(self.store.head(&delta.key)?.as_ref(), delta);
+        // Serialized once: one buffer holds the record's head and the JSON that is published,
+        // spooled if need be, and remembered behind that head.
+        let (delta, Encoded { record, json }) = self.fit(delta)?;
+        let verdict = judge(self.store.head(&delta.key)?.as_ref(), &delta);
         if verdict != Verdict::Accept {
             return Ok(Delivered::Dropped(verdict));
         }
-        // Serialized once: one buffer holds the record's head and the JSON that is published,
-        // spooled if need be, and remembered behind that head.
-        let Encoded { record, json } = encode(delta)?;
         let key = delta.key.clone();
         // While the spool holds anything, new deltas queue behind it so that per-key order holds.
         if self.spool.depth() == 0 {
-            match self.publisher.publish(delta, json.clone()).await {
+            match self.publisher.publish(&delta, json.clone()).await {
                 Ok(_) => {
                     let write = Write::Record { key, record };
                     self.committer.commit(write).await?;
@@ -105,6 +123,33 @@ impl Delivery {
         }
         self.spool.added();
         Ok(Delivered::Spooled)
+    }
+
+    /// The delta as it will be published, made to fit in one NATS message: a prefix's host
+    /// list is dropped (its CIDR stays, and the sweep says how many hosts were left out).
+    /// A delta that cannot be made to fit is never accepted: JetStream would refuse it.
+    fn fit<'d>(
+        &self,
+        delta: &'d RegistryDelta,
+    ) -> Result<(Cow<'d, RegistryDelta>, Encoded), DeliveryError> {
+        let max = self.publisher.max_delta_bytes();
+        let encoded = encode(delta)?;
+        if encoded.json.len() <= max {
+            return Ok((Cow::Borrowed(delta), encoded));
+        }
+        if let Some(smaller) = delta.without_sweep_hosts() {
+            let fitted = encode(&smaller)?;
+            if fitted.json.len() <= max {
+                return Ok((Cow::Owned(smaller), fitted));
+            }
+        }
+        Err(DeliveryError::TooLarge {
+            object: format!("{} {}", delta.object_type, delta.object_id),
+            key: delta.key.clone(),
+            size: encoded.json.len(),
+            max,
+            max_payload: self.publisher.max_payload(),
+        })
     }
 }
 

@@ -34,7 +34,25 @@ pub enum PublishError {
     Stream { stream: String, message: String },
     #[error("JetStream did not acknowledge the delta: {0}")]
     NoAck(String),
+    /// No stream answered for the subject: absent, or it does not capture the subject.
+    #[error("no JetStream stream takes the subject {0}")]
+    NoStream(String),
+    /// JetStream (or the client, for a message past `max_payload`) refused this message; sending
+    /// it again gets the same answer.
+    #[error("JetStream refused the delta: {0}")]
+    Refused(String),
 }
+
+impl PublishError {
+    /// The message itself was refused, as opposed to NATS being unreachable or slow.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, PublishError::Refused(_))
+    }
+}
+
+/// What NATS adds to a delta's JSON on the wire: the header block (`NATS/1.0`, `Nats-Msg-Id`
+/// with a 32-character id, `Content-Type`), rounded up. `max_payload` counts it.
+pub const HEADER_ALLOWANCE: usize = 256;
 
 pub struct Publisher {
     client: Client,
@@ -76,6 +94,16 @@ impl Publisher {
         self.stream_ready.load(Ordering::Relaxed)
     }
 
+    /// The server's `max_payload` (from its INFO; NATS's default of 1 MiB until the first one).
+    pub fn max_payload(&self) -> usize {
+        self.client.max_payload()
+    }
+
+    /// The largest delta JSON that fits in one message.
+    pub fn max_delta_bytes(&self) -> usize {
+        self.max_payload().saturating_sub(HEADER_ALLOWANCE)
+    }
+
     pub fn settings(&self) -> &StreamSettings {
         &self.settings
     }
@@ -105,14 +133,27 @@ impl Publisher {
                 .await?
                 .await
         };
-        let ack = ack.await.map_err(|e| {
-            if e.kind() == PublishErrorKind::StreamNotFound {
-                self.stream_ready.store(false, Ordering::Relaxed);
-            }
-            PublishError::NoAck(e.to_string())
-        })?;
+        let ack = ack.await.map_err(|e| self.classify(e))?;
         telemetry::delta_published(delta, started.elapsed());
         Ok(ack)
+    }
+
+    fn classify(&self, e: async_nats::jetstream::context::PublishError) -> PublishError {
+        use std::error::Error;
+        let answered = e
+            .source()
+            .is_some_and(|s| s.downcast_ref::<jetstream::Error>().is_some());
+        match e.kind() {
+            PublishErrorKind::StreamNotFound => {
+                self.stream_ready.store(false, Ordering::Relaxed);
+                PublishError::NoStream(e.to_string())
+            }
+            PublishErrorKind::MaxPayloadExceeded => PublishError::Refused(e.to_string()),
+            // JetStream answered with an API error (message too large for the stream, bad
+            // request, ...): the same message would be refused again.
+            PublishErrorKind::Other if answered => PublishError::Refused(e.to_string()),
+            _ => PublishError::NoAck(e.to_string()),
+        }
     }
 
     /// Creates the stream if it is absent. An existing stream is left as it is.
@@ -156,6 +197,7 @@ impl Publisher {
     /// Keeps the stream present: creates it once NATS is reachable, and again if it disappears.
     pub async fn keep_stream(&self, shutdown: CancellationToken) {
         loop {
+            telemetry::nats_connected(self.is_connected());
             if self.is_connected() && !self.stream_ready() {
                 match self.ensure_stream().await {
                     Ok(()) => {

@@ -1,6 +1,7 @@
 //! The spool: deltas JetStream did not take, kept in the state store (fsynced before the webhook
 //! is answered) and drained in order, with back-off, once NATS is back.
 
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,9 +10,9 @@ use chrono::Utc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::Publisher;
+use super::{PublishError, Publisher};
 use crate::delta::RegistryDelta;
-use crate::state::{Committer, Store, Write};
+use crate::state::{Committer, DeadLetter, SpoolStats, SpooledDelta, Store, Write};
 use crate::telemetry;
 
 /// Counters of what the spool holds; the rows themselves live in the store.
@@ -19,17 +20,33 @@ pub struct Spool {
     depth: AtomicU64,
     bytes: AtomicU64,
     max_bytes: u64,
+    /// Dead letters in the state file, waiting for an operator.
+    dead: AtomicU64,
     wake: Notify,
 }
 
 impl Spool {
-    pub fn new(depth: u64, bytes: u64, max_bytes: u64) -> Spool {
+    pub fn new(stats: &SpoolStats, max_bytes: u64) -> Spool {
         Spool {
-            depth: AtomicU64::new(depth),
-            bytes: AtomicU64::new(bytes),
+            depth: AtomicU64::new(stats.depth),
+            bytes: AtomicU64::new(stats.bytes),
             max_bytes,
+            dead: AtomicU64::new(stats.dead),
             wake: Notify::new(),
         }
+    }
+
+    pub fn dead(&self) -> u64 {
+        self.dead.load(Ordering::SeqCst)
+    }
+
+    /// Whether `n` more bytes would fit now.
+    pub fn has_room(&self, n: u64) -> bool {
+        self.bytes.load(Ordering::SeqCst) + n <= self.max_bytes
+    }
+
+    fn dead_lettered(&self, count: u64) {
+        self.dead.fetch_add(count, Ordering::SeqCst);
     }
 
     pub fn depth(&self) -> u64 {
@@ -73,7 +90,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Drains the spool into JetStream until shutdown. One delta at a time, each after the previous
-/// one's ack, so that a failure never lets a later delta of a key overtake an earlier one.
+/// one's ack, so that a failure never lets a later delta of a key overtake an earlier one. A delta
+/// JetStream refuses for good, or a row that cannot be read, moves to the dead letters and the
+/// rest drains on.
 pub async fn drain(
     spool: Arc<Spool>,
     store: Arc<Store>,
@@ -81,6 +100,13 @@ pub async fn drain(
     publisher: Arc<Publisher>,
     shutdown: CancellationToken,
 ) {
+    let mut drainer = Drainer {
+        spool: &spool,
+        store: &store,
+        committer: &committer,
+        publisher: &publisher,
+        acked: BTreeSet::new(),
+    };
     let mut backoff = MIN_BACKOFF;
     let mut last_log = Instant::now();
     loop {
@@ -91,9 +117,8 @@ pub async fn drain(
                 _ = shutdown.cancelled() => return,
             }
         }
-        let progressed = publisher.is_connected()
-            && publisher.stream_ready()
-            && drain_round(&spool, &store, &committer, &publisher).await;
+        let progressed =
+            publisher.is_connected() && publisher.stream_ready() && drainer.round().await;
         if progressed {
             backoff = MIN_BACKOFF;
             continue;
@@ -105,52 +130,120 @@ pub async fn drain(
     }
 }
 
-/// Publishes the head of the spool; true when the whole round went out.
-async fn drain_round(
-    spool: &Spool,
-    store: &Store,
-    committer: &Committer,
-    publisher: &Publisher,
-) -> bool {
-    let head = match store.spool_head(ROUND) {
-        Ok(head) => head,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the spool");
-            return false;
-        }
-    };
-    let (mut seqs, mut bytes, mut complete) = (Vec::new(), 0, true);
-    for row in &head {
-        match serde_json::from_slice::<RegistryDelta>(&row.bytes) {
-            Ok(delta) => {
-                let payload = bytes::Bytes::copy_from_slice(&row.bytes);
-                if let Err(e) = publisher.publish(&delta, payload).await {
-                    tracing::warn!(error = %e, depth = spool.depth(), "spool drain paused");
-                    complete = false;
-                    break;
+struct Drainer<'a> {
+    spool: &'a Spool,
+    store: &'a Store,
+    committer: &'a Committer,
+    publisher: &'a Publisher,
+    /// Rows JetStream acknowledged whose removal from the spool has not been committed (the
+    /// state file failed): they are removed, never published again, once it takes writes.
+    acked: BTreeSet<u64>,
+}
+
+impl Drainer<'_> {
+    /// Publishes the head of the spool; true when the whole round went out.
+    async fn round(&mut self) -> bool {
+        let head = match self.store.spool_head(ROUND) {
+            Ok(head) => head,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the spool");
+                return false;
+            }
+        };
+        let (mut seqs, mut dead, mut bytes, mut complete) = (Vec::new(), Vec::new(), 0, true);
+        for row in &head {
+            if !self.acked.contains(&row.seq) {
+                match self.publish(row).await {
+                    Sent::Acked => {}
+                    Sent::Dead(letter) => dead.push(letter),
+                    Sent::Paused => {
+                        complete = false;
+                        break;
+                    }
                 }
             }
-            // Only the relay writes the spool; a row it cannot read would block it forever.
-            Err(e) => {
-                tracing::error!(seq = row.seq, error = %e, "dropping an unreadable spool row")
-            }
+            seqs.push(row.seq);
+            bytes += row.bytes.len() as u64;
         }
-        seqs.push(row.seq);
-        bytes += row.bytes.len() as u64;
-    }
-    if seqs.is_empty() {
-        return false;
-    }
-    let count = seqs.len() as u64;
-    match committer.commit(Write::Unspool { seqs }).await {
-        Ok(()) => spool.drained(count, bytes),
-        // The deltas are in JetStream; sending them again later is de-duplicated by Nats-Msg-Id.
-        Err(e) => {
-            tracing::error!(error = %e, "cannot remove drained deltas from the spool");
+        if seqs.is_empty() {
             return false;
         }
+        let count = seqs.len() as u64;
+        let reasons: Vec<&'static str> = dead.iter().map(|(_, r)| *r).collect();
+        let letters: Vec<DeadLetter> = dead.into_iter().map(|(l, _)| l).collect();
+        let drained = without(seqs, &letters);
+        self.acked.extend(drained.iter().copied());
+        let unspool = Write::Unspool {
+            seqs: drained.clone(),
+            dead: letters,
+        };
+        match self.committer.commit(unspool).await {
+            Ok(()) => {
+                for seq in &drained {
+                    self.acked.remove(seq);
+                }
+                self.spool.drained(count, bytes);
+                self.spool.dead_lettered(reasons.len() as u64);
+                for reason in reasons {
+                    telemetry::dead_lettered(reason);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot remove drained deltas from the spool; they are not published again");
+                return false;
+            }
+        }
+        complete
     }
-    complete
+
+    /// Publishes one row; a refusal or an unreadable row makes a dead letter.
+    async fn publish(&self, row: &SpooledDelta) -> Sent {
+        let delta = match serde_json::from_slice::<RegistryDelta>(&row.bytes) {
+            Ok(delta) => delta,
+            Err(e) => {
+                tracing::error!(seq = row.seq, error = %e, "an unreadable spool row moved to the dead letters");
+                return Sent::Dead((letter(row, format!("unreadable: {e}")), "unreadable"));
+            }
+        };
+        let payload = bytes::Bytes::copy_from_slice(&row.bytes);
+        let error = match self.publisher.publish(&delta, payload).await {
+            Ok(_) => return Sent::Acked,
+            Err(e) => e,
+        };
+        // No stream answered: a stream that exists (it is looked up again) but does not take
+        // this subject refuses it for good; an absent one is created again by the keeper.
+        let refused = error.is_refusal()
+            || (matches!(error, PublishError::NoStream(_))
+                && self.publisher.ensure_stream().await.is_ok());
+        if !refused {
+            tracing::warn!(error = %error, depth = self.spool.depth(), "spool drain paused");
+            return Sent::Paused;
+        }
+        tracing::error!(key = %delta.key, delta_id = %delta.delta_id, error = %error,
+            "JetStream refused a spooled delta; moved to the dead letters (netbox-relay spool)");
+        Sent::Dead((letter(row, error.to_string()), "refused"))
+    }
+}
+
+enum Sent {
+    Acked,
+    Dead((DeadLetter, &'static str)),
+    Paused,
+}
+
+fn letter(row: &SpooledDelta, reason: String) -> DeadLetter {
+    DeadLetter {
+        seq: row.seq,
+        reason,
+        dead_at: Utc::now(),
+        bytes: row.bytes.clone(),
+    }
+}
+
+/// The drained sequences that are not dead letters (those leave the spool as letters).
+fn without(seqs: Vec<u64>, letters: &[DeadLetter]) -> Vec<u64> {
+    let dead: HashSet<u64> = letters.iter().map(|l| l.seq).collect();
+    seqs.into_iter().filter(|s| !dead.contains(s)).collect()
 }
 
 /// Sets the spool gauges, and logs them while the spool is not empty.
@@ -167,6 +260,7 @@ fn report(spool: &Spool, store: &Store, last_log: &mut Instant) {
             }),
     };
     telemetry::spool(depth, oldest);
+    telemetry::dead_letters(spool.dead());
     if depth > 0 && last_log.elapsed() >= LOG_EVERY {
         tracing::warn!(
             depth,

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use super::runs::{RunStatus, TypeReport};
 use super::{Output, Reconciler};
 use crate::delta::RegistryDelta;
+use crate::netbox::client::ApiError;
 use crate::netbox::ObjectType;
 use crate::publish::Delivered;
 use crate::state::{Store, StoreError};
@@ -202,6 +203,22 @@ fn print(delta: &RegistryDelta) -> Emitted {
     }
 }
 
+/// Why a pull ended early.
+struct PullFailure {
+    message: String,
+    /// NetBox refused to show the type (403: the token lacks its view permission).
+    refused: bool,
+}
+
+impl From<String> for PullFailure {
+    fn from(message: String) -> Self {
+        PullFailure {
+            message,
+            refused: false,
+        }
+    }
+}
+
 /// The run-wide facts one object type needs.
 pub(super) struct Pass<'a> {
     pub reconciler: &'a Reconciler,
@@ -215,10 +232,15 @@ impl Pass<'_> {
     pub async fn object_type(&self, object_type: ObjectType) -> TypeReport {
         let mut report = TypeReport::default();
         let mut seen = HashSet::new();
-        if let Err(message) = self.pull(object_type, &mut report, &mut seen).await {
-            tracing::error!(object_type = object_type.name, error = %message, "reconcile: pull failed; no deletes");
-            report.status = Some(RunStatus::Failed);
-            report.message = Some(message);
+        if let Err(failure) = self.pull(object_type, &mut report, &mut seen).await {
+            tracing::error!(object_type = object_type.name, error = %failure.message, "reconcile: pull failed; no deletes");
+            // NetBox refusing a type (no view permission) leaves the others complete: partial.
+            report.refused = failure.refused;
+            report.status = Some(match failure.refused {
+                true => RunStatus::Partial,
+                false => RunStatus::Failed,
+            });
+            report.message = Some(failure.message);
             return report;
         }
         if let Err(e) = self.deletes(object_type, &seen, &mut report).await {
@@ -242,9 +264,9 @@ impl Pass<'_> {
         object_type: ObjectType,
         report: &mut TypeReport,
         seen: &mut HashSet<u64>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PullFailure> {
         let client = self.reconciler.client.clone();
-        let client = client.ok_or("netbox.url or netbox.token is not configured")?;
+        let client = client.ok_or_else(|| PullFailure::from("netbox.url or netbox.token is not configured".to_string()))?;
         let options = super::pull::PullOptions {
             version: self.version,
             page_size: self.reconciler.page_size,
@@ -258,14 +280,17 @@ impl Pass<'_> {
             let page = match page {
                 Ok(page) => page,
                 Err(e) => {
-                    failure = Some(e.to_string());
+                    failure = Some(PullFailure {
+                        refused: matches!(e, ApiError::Forbidden { .. }),
+                        message: e.to_string(),
+                    });
                     break;
                 }
             };
             if sorting.len() >= SORTING {
                 if let Some(sorted) = sorting.next().await {
                     if let Err(e) = take(sorted, report, seen, &mut emitter).await {
-                        failure = Some(e);
+                        failure = Some(e.into());
                         break;
                     }
                 }
@@ -280,7 +305,7 @@ impl Pass<'_> {
         }
         while let Some(sorted) = sorting.next().await {
             if let Err(e) = take(sorted, report, seen, &mut emitter).await {
-                failure.get_or_insert(e);
+                failure.get_or_insert(e.into());
             }
         }
         // What was sent stays sent, and counted, even when the pull failed part way.

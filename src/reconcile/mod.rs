@@ -76,6 +76,11 @@ impl Reconciler {
         })
     }
 
+    /// Whether NetBox's URL and token are set, so that a run can pull at all.
+    pub fn is_configured(&self) -> bool {
+        self.client.is_some()
+    }
+
     pub fn runs(&self) -> &Runs {
         &self.runs
     }

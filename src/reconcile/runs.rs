@@ -11,7 +11,8 @@ use serde::Serialize;
 pub enum RunStatus {
     Running,
     Succeeded,
-    /// Some deletes were withheld by `reconcile.max_delete_fraction`.
+    /// Some deletes were withheld by `reconcile.max_delete_fraction`, some objects were not
+    /// translated, or NetBox refused some (not all) object types.
     Partial,
     /// At least one object type could not be pulled completely.
     Failed,
@@ -40,6 +41,9 @@ pub struct TypeReport {
     pub withheld_deletes: u64,
     pub status: Option<RunStatus>,
     pub message: Option<String>,
+    /// NetBox refused to show this type (403).
+    #[serde(skip)]
+    pub refused: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,6 +59,7 @@ pub struct RunReport {
 
 impl RunReport {
     /// The run's status from its object types': failed beats partial beats succeeded.
+    /// A run in which NetBox refused every type pulled nothing: failed.
     pub fn finish(&mut self, now: DateTime<Utc>) {
         let statuses = self.object_types.values().filter_map(|t| t.status);
         self.status = statuses.fold(RunStatus::Succeeded, |run, t| match (run, t) {
@@ -62,6 +67,9 @@ impl RunReport {
             (RunStatus::Partial, _) | (_, RunStatus::Partial) => RunStatus::Partial,
             _ => RunStatus::Succeeded,
         });
+        if !self.object_types.is_empty() && self.object_types.values().all(|t| t.refused) {
+            self.status = RunStatus::Failed;
+        }
         self.ended_at = Some(now);
     }
 }

@@ -1,53 +1,56 @@
 //! Group commit: every write waiting when the store is free goes into one transaction with one
-//! fsync, so durability costs one fsync per batch, not one per webhook.
+//! fsync, so durability costs one fsync per batch, not one per webhook. A failed commit (disk
+//! full, I/O error) marks the store faulted; the thread reopens the file until it takes writes
+//! again, and writes back the records of deltas JetStream already has.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::store::{Store, StoreError};
-
-/// One change to the store. A `record` is made by [`super::encode`] before it comes here,
-/// so that the commit thread, which every webhook waits for, only inserts.
-#[derive(Debug)]
-pub enum Write {
-    /// Remember the delta published for a key (not fsynced at once: it is already safe in
-    /// JetStream; a later durable commit or the idle flush persists it).
-    Record { key: String, record: Bytes },
-    /// Put a delta in the spool and remember it, durably.
-    Spool {
-        key: String,
-        record: Bytes,
-        delta: Bytes,
-    },
-    /// Remove drained deltas from the spool, durably.
-    Unspool { seqs: Vec<u64> },
-    /// Persist everything written so far.
-    Flush,
-    /// Persist everything and stop the commit thread.
-    Close,
-}
-
-impl Write {
-    fn needs_fsync(&self) -> bool {
-        !matches!(self, Write::Record { .. })
-    }
-}
+use super::store::{Store, StoreError, Write};
+use crate::telemetry;
 
 struct Request {
     write: Write,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
+/// Whether the store takes writes, and whether the commit thread runs: what `/readyz` reports.
+#[derive(Default)]
+pub struct Health {
+    faulted: Mutex<Option<String>>,
+    stopped: AtomicBool,
+}
+
+impl Health {
+    /// Why a webhook sent now could not be made durable by the store, if it could not.
+    pub fn problem(&self) -> Option<String> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Some("the state commit thread has stopped".to_string());
+        }
+        self.faulted.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn fault(&self, message: String) {
+        *self.faulted.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+    }
+
+    fn clear(&self) {
+        *self.faulted.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
 /// The handle of the commit thread; cloning shares the thread.
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Request>,
-    thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    health: Arc<Health>,
 }
 
 /// Most writes one transaction takes.
@@ -56,18 +59,33 @@ const MAX_BATCH: usize = 2048;
 /// idle time, and at the latest after `MAX_UNFLUSHED` under sustained load.
 const IDLE_FLUSH: Duration = Duration::from_millis(200);
 const MAX_UNFLUSHED: Duration = Duration::from_secs(1);
+/// How often a faulted store tries to reopen its file.
+const REOPEN_EVERY: Duration = Duration::from_millis(500);
 
 impl Committer {
     pub fn start(store: Arc<Store>, next_seq: u64) -> Committer {
         let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("state-commit".into())
-            .spawn(move || run(&store, &rx, next_seq))
-            .expect("spawning the state commit thread at start");
+        let health = Arc::new(Health::default());
+        let thread = {
+            let health = health.clone();
+            std::thread::Builder::new()
+                .name("state-commit".into())
+                .spawn(move || {
+                    let mut thread = Thread::new(&store, &health, next_seq);
+                    thread.run(&rx);
+                    health.stopped.store(true, Ordering::SeqCst);
+                })
+                .expect("spawning the state commit thread at start")
+        };
         Committer {
             tx,
-            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+            thread: Arc::new(Mutex::new(Some(thread))),
+            health,
         }
+    }
+
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     /// Writes and waits until the write is committed (and fsynced where it must be).
@@ -94,52 +112,172 @@ impl Committer {
     }
 }
 
-fn run(store: &Store, rx: &mpsc::Receiver<Request>, mut next_seq: u64) {
-    let mut dirty = false;
-    let mut last_durable = std::time::Instant::now();
-    loop {
-        let first = match rx.recv_timeout(if dirty { IDLE_FLUSH } else { Duration::MAX }) {
-            Ok(request) => request,
-            Err(RecvTimeoutError::Timeout) => Request {
-                write: Write::Flush,
-                done: oneshot::channel().0,
-            },
-            Err(RecvTimeoutError::Disconnected) => {
-                if dirty {
-                    store.write(&[], &mut next_seq, true).ok();
-                }
-                return;
-            }
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-        }
-        let overdue = dirty && last_durable.elapsed() >= MAX_UNFLUSHED;
-        let durable = overdue || batch.iter().any(|r| r.write.needs_fsync());
-        let closing = batch.iter().any(|r| matches!(r.write, Write::Close));
-        let (writes, replies): (Vec<Write>, Vec<_>) =
-            batch.into_iter().map(|r| (r.write, r.done)).unzip();
-        let result = store.write(&writes, &mut next_seq, durable);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, writes = writes.len(), "state commit failed");
-        }
-        match (durable, result.is_ok()) {
-            (true, true) => {
-                dirty = false;
-                last_durable = std::time::Instant::now();
-            }
-            (false, true) => dirty = true,
-            _ => {}
-        }
-        for reply in replies {
-            reply.send(result.clone()).ok();
-        }
-        if closing {
-            return;
+/// The commit thread's own state.
+struct Thread<'a> {
+    store: &'a Store,
+    health: &'a Health,
+    next_seq: u64,
+    /// Records committed without fsync since the last durable commit: redb forgets them when the
+    /// file is reopened after a failure, so they are written again then.
+    unflushed: Vec<(String, Bytes)>,
+    last_durable: Instant,
+    /// Records of published deltas that a failed commit did not keep, written on recovery.
+    pending: Vec<(String, Bytes)>,
+    last_reopen: Option<Instant>,
+}
+
+impl<'a> Thread<'a> {
+    fn new(store: &'a Store, health: &'a Health, next_seq: u64) -> Self {
+        Thread {
+            store,
+            health,
+            next_seq,
+            unflushed: Vec::new(),
+            last_durable: Instant::now(),
+            pending: Vec::new(),
+            last_reopen: None,
         }
     }
+
+    fn faulted(&self) -> bool {
+        self.health.problem().is_some()
+    }
+
+    fn run(&mut self, rx: &mpsc::Receiver<Request>) {
+        loop {
+            let wait = match (self.faulted(), self.unflushed.is_empty()) {
+                (true, _) => REOPEN_EVERY,
+                (false, false) => IDLE_FLUSH,
+                (false, true) => Duration::MAX,
+            };
+            let first = match rx.recv_timeout(wait) {
+                Ok(request) => request,
+                Err(RecvTimeoutError::Timeout) => Request {
+                    write: Write::Flush,
+                    done: oneshot::channel().0,
+                },
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.commit(Vec::new(), true).ok();
+                    return;
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            if self.handle(batch) {
+                return;
+            }
+        }
+    }
+
+    /// Commits one batch and answers its writers; true when the batch closes the store.
+    fn handle(&mut self, batch: Vec<Request>) -> bool {
+        let closing = batch.iter().any(|r| matches!(r.write, Write::Close));
+        let overdue = !self.unflushed.is_empty() && self.last_durable.elapsed() >= MAX_UNFLUSHED;
+        let durable = overdue || batch.iter().any(|r| r.write.needs_fsync());
+        let (writes, replies): (Vec<Write>, Vec<_>) =
+            batch.into_iter().map(|r| (r.write, r.done)).unzip();
+        let published: Vec<bool> = writes
+            .iter()
+            .map(|w| matches!(w, Write::Record { .. }))
+            .collect();
+        let result = match self.recover() {
+            Ok(()) => self.commit(writes, durable),
+            Err(e) => Err(self.keep_published(writes, e)),
+        };
+        // A record's delta is in JetStream already and its record is kept for recovery: its
+        // webhook was delivered, whatever became of the batch.
+        for (reply, published) in replies.into_iter().zip(published) {
+            let answer = if published { Ok(()) } else { result.clone() };
+            reply.send(answer).ok();
+        }
+        closing
+    }
+
+    /// Applies `writes`; on failure marks the store faulted and keeps what must not be lost.
+    fn commit(&mut self, writes: Vec<Write>, durable: bool) -> Result<(), StoreError> {
+        let result = self.store.write(&writes, &mut self.next_seq, durable);
+        match (&result, durable) {
+            (Ok(()), true) => {
+                self.unflushed.clear();
+                self.last_durable = Instant::now();
+            }
+            (Ok(()), false) => self.unflushed.extend(records(writes)),
+            (Err(e), _) => {
+                tracing::error!(error = %e, writes = writes.len(), "state commit failed; webhooks get 503 until the state file takes writes again");
+                telemetry::store_fault();
+                self.health.fault(format!("the state file cannot be written: {e}"));
+                let lost = std::mem::take(&mut self.unflushed);
+                self.pending.extend(lost);
+                return Err(self.keep_published(writes, e.clone()));
+            }
+        }
+        result
+    }
+
+    /// Keeps the records of deltas JetStream already acknowledged, to write them on recovery;
+    /// the writers of those are answered Ok (their deltas are safe), the others get the error.
+    fn keep_published(&mut self, writes: Vec<Write>, error: StoreError) -> StoreError {
+        let published = records(writes.into_iter().filter(|w| matches!(w, Write::Record { .. })));
+        self.pending.extend(published);
+        match error {
+            StoreError::Faulted { .. } => error,
+            e => StoreError::Faulted {
+                path: self.store.path().to_path_buf(),
+                message: e.to_string(),
+            },
+        }
+    }
+
+    /// While faulted: reopens the file (at most every `REOPEN_EVERY`) and writes back the
+    /// pending records, durably. Ok once the store takes writes again.
+    fn recover(&mut self) -> Result<(), StoreError> {
+        if !self.faulted() {
+            return Ok(());
+        }
+        let path = self.store.path().to_path_buf();
+        let waiting = |message: &str| StoreError::Faulted {
+            path: path.clone(),
+            message: message.to_string(),
+        };
+        if self.last_reopen.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
+            return Err(waiting("waiting to retry"));
+        }
+        self.last_reopen = Some(Instant::now());
+        let reopened = self.store.reopen().and_then(|()| {
+            let writes = self.pending.iter().map(|(key, record)| Write::Record {
+                key: key.clone(),
+                record: record.clone(),
+            });
+            // Sequences of spool rows that failed were never used: start again from the file.
+            let mut next_seq = self.store.spool_stats()?.next_seq;
+            self.store.write(&writes.collect::<Vec<_>>(), &mut next_seq, true)?;
+            self.next_seq = next_seq;
+            Ok(())
+        });
+        match reopened {
+            Ok(()) => {
+                tracing::info!(records = self.pending.len(), "the state file takes writes again");
+                self.pending.clear();
+                self.health.clear();
+                telemetry::store_recovered();
+                Ok(())
+            }
+            Err(e) => Err(waiting(&e.to_string())),
+        }
+    }
+}
+
+fn records(writes: impl IntoIterator<Item = Write>) -> Vec<(String, Bytes)> {
+    writes
+        .into_iter()
+        .filter_map(|w| match w {
+            Write::Record { key, record } => Some((key, record)),
+            _ => None,
+        })
+        .collect()
 }

@@ -3,9 +3,11 @@
 //! is safe (the next reconcile rebuilds the records), except for a spool that still holds deltas.
 
 mod committer;
+mod dead;
 mod record;
 mod store;
 
-pub use committer::{Committer, Write};
+pub use committer::{Committer, Health};
+pub use dead::{DeadLetter, Retried, Selection};
 pub use record::{judge, Record, RecordHead, Verdict};
-pub use store::{encode, Encoded, SpooledDelta, Store, StoreError};
+pub use store::{encode, Encoded, SpoolStats, SpooledDelta, Store, StoreError, Write};

@@ -1,10 +1,13 @@
 use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 
 use bytes::Bytes;
 
-use super::committer::Write;
+use super::dead::DeadLetter;
 use super::record::{Record, RecordHead};
 use crate::delta::RegistryDelta;
 
@@ -12,9 +15,44 @@ use crate::delta::RegistryDelta;
 /// of the head and the head ([`RecordHead::to_bytes`]), then the delta's JSON. Judging a delta and
 /// diffing a reconcile read only the head, without scanning the entry. Files written before the
 /// head prefix hold the JSON alone (it starts with `{`); both are read.
-const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+pub(super) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// Spool sequence -> the delta as published (JSON), drained in sequence order.
-const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
+pub(super) const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
+/// Spool sequence -> a delta JetStream refused, or a spool row that could not be read, with why
+/// ([`DeadLetter`]); kept until `netbox-relay spool retry|drop`.
+pub(super) const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+
+/// One change to the store, applied by the commit thread ([`super::Committer`]). A `record` is
+/// made by [`encode`] before it comes here, so that the commit thread, which every webhook waits
+/// for, only inserts.
+#[derive(Debug)]
+pub enum Write {
+    /// Remember the delta published for a key (not fsynced at once: it is already safe in
+    /// JetStream; a later durable commit or the idle flush persists it).
+    Record { key: String, record: Bytes },
+    /// Put a delta in the spool and remember it, durably.
+    Spool {
+        key: String,
+        record: Bytes,
+        delta: Bytes,
+    },
+    /// Remove drained deltas from the spool and move refused or unreadable ones to the dead
+    /// letters, durably.
+    Unspool {
+        seqs: Vec<u64>,
+        dead: Vec<DeadLetter>,
+    },
+    /// Persist everything written so far.
+    Flush,
+    /// Persist everything and stop the commit thread.
+    Close,
+}
+
+impl Write {
+    pub(super) fn needs_fsync(&self) -> bool {
+        !matches!(self, Write::Record { .. })
+    }
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -26,6 +64,9 @@ pub enum StoreError {
     Corrupt { key: String, message: String },
     #[error("state store is closed")]
     Closed,
+    /// A write failed (disk full, I/O error); the store reopens itself once the file is writable.
+    #[error("state store {path} cannot be written ({message}); retrying")]
+    Faulted { path: PathBuf, message: String },
 }
 
 /// One delta waiting in the spool.
@@ -41,6 +82,8 @@ pub struct SpoolStats {
     pub depth: u64,
     pub bytes: u64,
     pub next_seq: u64,
+    /// Dead letters waiting for an operator.
+    pub dead: u64,
 }
 
 /// redb's page cache. Lookups touch one record per webhook and the spool is read from its head,
@@ -48,7 +91,8 @@ pub struct SpoolStats {
 const CACHE_BYTES: usize = 32 << 20;
 
 pub struct Store {
-    db: Database,
+    /// None only while [`Store::reopen`] swaps it: redb refuses a second handle on one file.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
 }
 
@@ -62,24 +106,37 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
         }
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
-                    path: path.to_path_buf(),
-                },
-                e => fail(&e),
-            })?;
         let store = Store {
-            db,
+            db: RwLock::new(Some(create(path)?)),
             path: path.to_path_buf(),
         };
         store.write(&[], &mut 0, true)?;
         Ok(store)
     }
 
-    fn fail(&self, e: impl std::fmt::Display) -> StoreError {
+    /// After a failed write redb refuses every further one ("previous I/O error") until the file
+    /// is opened again: closes it and opens it again, which succeeds once the disk takes writes.
+    pub(super) fn reopen(&self) -> Result<(), StoreError> {
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        drop(db.take());
+        *db = Some(create(&self.path)?);
+        drop(db);
+        self.write(&[], &mut 0, true)
+    }
+
+    pub(super) fn db(&self) -> Result<DbGuard<'_>, StoreError> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        match guard.is_some() {
+            true => Ok(DbGuard(guard)),
+            false => Err(self.fail("being reopened after a failed write")),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(super) fn fail(&self, e: impl std::fmt::Display) -> StoreError {
         StoreError::Db {
             path: self.path.clone(),
             message: e.to_string(),
@@ -93,7 +150,7 @@ impl Store {
 
     /// The records of `keys`, in order, read in one transaction.
     pub fn records(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let tx = self.db()?.begin_read().map_err(|e| self.fail(e))?;
         let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
         keys.iter()
             .map(|key| match table.get(*key).map_err(|e| self.fail(e))? {
@@ -105,7 +162,7 @@ impl Store {
 
     /// The heads of `keys`, in order, read in one transaction.
     pub fn heads(&self, keys: &[&str]) -> Result<Vec<Option<RecordHead>>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let tx = self.db()?.begin_read().map_err(|e| self.fail(e))?;
         let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
         keys.iter()
             .map(|key| match table.get(*key).map_err(|e| self.fail(e))? {
@@ -118,7 +175,7 @@ impl Store {
     /// Revision and tombstone of every key starting with `prefix` (not the entries: a reconcile
     /// of a large type would otherwise hold them all).
     pub fn heads_with_prefix(&self, prefix: &str) -> Result<Vec<(String, RecordHead)>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let tx = self.db()?.begin_read().map_err(|e| self.fail(e))?;
         let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
         let mut heads = Vec::new();
         for row in table.range(prefix..).map_err(|e| self.fail(e))? {
@@ -134,7 +191,7 @@ impl Store {
 
     /// The oldest `limit` spooled deltas, in order.
     pub fn spool_head(&self, limit: usize) -> Result<Vec<SpooledDelta>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let tx = self.db()?.begin_read().map_err(|e| self.fail(e))?;
         let table = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
         let rows = table.iter().map_err(|e| self.fail(e))?.take(limit);
         rows.map(|row| {
@@ -148,7 +205,7 @@ impl Store {
     }
 
     pub fn spool_stats(&self) -> Result<SpoolStats, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let tx = self.db()?.begin_read().map_err(|e| self.fail(e))?;
         let table = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
         let mut stats = SpoolStats::default();
         for row in table.iter().map_err(|e| self.fail(e))? {
@@ -157,6 +214,13 @@ impl Store {
             stats.bytes += bytes.value().len() as u64;
             stats.next_seq = seq.value() + 1;
         }
+        // Dead letters keep their spool sequence as their id: new rows never take one of them.
+        let dead = tx.open_table(DEAD).map_err(|e| self.fail(e))?;
+        let last_dead = dead.last().map_err(|e| self.fail(e))?;
+        if let Some((seq, _)) = last_dead {
+            stats.next_seq = stats.next_seq.max(seq.value() + 1);
+        }
+        stats.dead = dead.len().map_err(|e| self.fail(e))?;
         Ok(stats)
     }
 
@@ -168,7 +232,7 @@ impl Store {
         next_seq: &mut u64,
         durable: bool,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let mut tx = self.db()?.begin_write().map_err(|e| self.fail(e))?;
         let durability = if durable {
             Durability::Immediate
         } else {
@@ -179,6 +243,7 @@ impl Store {
         {
             let mut records = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
             let mut spool = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
+            let mut dead = tx.open_table(DEAD).map_err(|e| self.fail(e))?;
             for write in writes {
                 match write {
                     Write::Record { key, record } | Write::Spool { key, record, .. } => {
@@ -186,9 +251,15 @@ impl Store {
                             .insert(key.as_str(), record.as_ref())
                             .map_err(|e| self.fail(e))?;
                     }
-                    Write::Unspool { seqs } => {
+                    Write::Unspool { seqs, dead: letters } => {
                         for s in seqs {
                             spool.remove(*s).map_err(|e| self.fail(e))?;
+                        }
+                        for letter in letters {
+                            spool.remove(letter.seq).map_err(|e| self.fail(e))?;
+                            dead.insert(letter.seq, letter.to_bytes().as_slice())
+                                .map_err(|e| self.fail(e))?;
+                            forget(&mut records, letter).map_err(|e| self.fail(e))?;
                         }
                     }
                     Write::Flush | Write::Close => {}
@@ -205,6 +276,50 @@ impl Store {
         *next_seq = seq;
         Ok(())
     }
+}
+
+/// A read handle on the open database.
+pub(super) struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        self.0.as_ref().expect("checked in Store::db")
+    }
+}
+
+fn create(path: &Path) -> Result<Database, StoreError> {
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                path: path.to_path_buf(),
+            },
+            e => StoreError::Db {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            },
+        })
+}
+
+/// A dead-lettered delta no longer stands for its key: the record is removed when it still
+/// points at that delta, so that the next reconcile publishes the key's current state again.
+fn forget(
+    records: &mut redb::Table<&str, &[u8]>,
+    letter: &DeadLetter,
+) -> Result<(), redb::StorageError> {
+    let Some((key, delta_id)) = letter.key_and_id() else {
+        return Ok(());
+    };
+    let points_at_it = match records.get(key.as_str())? {
+        Some(value) => head(&key, value.value()).is_ok_and(|h| h.delta_id == delta_id),
+        None => false,
+    };
+    if points_at_it {
+        records.remove(key.as_str())?;
+    }
+    Ok(())
 }
 
 fn corrupt(key: &str, message: impl ToString) -> StoreError {
@@ -242,7 +357,7 @@ pub fn encode(delta: &RegistryDelta) -> Result<Encoded, serde_json::Error> {
 }
 
 /// A record value's head bytes (if it has them) and its delta JSON.
-fn split(value: &[u8]) -> (Option<&[u8]>, &[u8]) {
+pub(super) fn split(value: &[u8]) -> (Option<&[u8]>, &[u8]) {
     match value {
         [HEAD_PREFIX, len, rest @ ..] if rest.len() >= *len as usize => {
             let (head, json) = rest.split_at(*len as usize);
@@ -252,7 +367,7 @@ fn split(value: &[u8]) -> (Option<&[u8]>, &[u8]) {
     }
 }
 
-fn head(key: &str, value: &[u8]) -> Result<RecordHead, StoreError> {
+pub(super) fn head(key: &str, value: &[u8]) -> Result<RecordHead, StoreError> {
     match split(value) {
         (Some(head), _) => {
             RecordHead::from_bytes(head).ok_or_else(|| corrupt(key, "malformed record head"))

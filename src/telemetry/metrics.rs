@@ -19,9 +19,17 @@ pub const SPOOL_OLDEST: &str = "netbox_relay_spool_oldest_seconds";
 pub const RECONCILE_RUNS: &str = "netbox_relay_reconcile_runs_total";
 pub const RECONCILE_DURATION: &str = "netbox_relay_reconcile_duration_seconds";
 pub const NETBOX_REQUESTS: &str = "netbox_relay_netbox_requests_total";
+pub const REVISIONS_CLAMPED: &str = "netbox_relay_revisions_clamped_total";
+pub const DEAD_LETTERED: &str = "netbox_relay_deltas_dead_lettered_total";
+pub const DEAD_LETTERS: &str = "netbox_relay_dead_letters";
+pub const STORE_FAULTS: &str = "netbox_relay_state_write_failures_total";
+pub const STORE_OK: &str = "netbox_relay_state_writable";
+pub const NATS_CONNECTED: &str = "netbox_relay_nats_connected";
+pub const CONNECTIONS: &str = "netbox_relay_http_connections";
+pub const CONNECTIONS_CLOSED: &str = "netbox_relay_http_connections_closed_total";
 
 /// Webhook answers, by the `result` label: the 202s, the 200s and the errors.
-pub const WEBHOOK_RESULTS: [&str; 10] = [
+pub const WEBHOOK_RESULTS: [&str; 11] = [
     "published",
     "spooled",
     "ignored",
@@ -32,6 +40,7 @@ pub const WEBHOOK_RESULTS: [&str; 10] = [
     "too_large",
     "unsupported_media_type",
     "unavailable",
+    "timeout",
 ];
 
 /// A webhook's whole handling: from the request to the answer, JetStream ack included.
@@ -108,6 +117,34 @@ fn describe() {
         Unit::Count,
         "NetBox REST API requests, by status code"
     );
+    describe_counter!(
+        REVISIONS_CLAMPED,
+        Unit::Count,
+        "Revisions later than their event or the relay's clock plus webhook.max_clock_skew, clamped"
+    );
+    describe_counter!(
+        DEAD_LETTERED,
+        Unit::Count,
+        "Spooled deltas JetStream refused (too large, no stream, bad request) or unreadable rows, moved to the dead letters, by reason"
+    );
+    describe_gauge!(DEAD_LETTERS, Unit::Count, "Deltas in the dead letters");
+    describe_counter!(
+        STORE_FAULTS,
+        Unit::Count,
+        "Failed writes to the state file (disk full, I/O error)"
+    );
+    describe_gauge!(
+        STORE_OK,
+        Unit::Count,
+        "1 while the state file takes writes, 0 after a failed write until it recovers"
+    );
+    describe_gauge!(NATS_CONNECTED, Unit::Count, "1 while connected to NATS");
+    describe_gauge!(CONNECTIONS, Unit::Count, "Open HTTP connections");
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        Unit::Count,
+        "HTTP connections closed by the relay, by reason (header_timeout, idle_timeout, evicted)"
+    );
     // Known label values start at zero, so that rate() and alerts see them from the start.
     for result in WEBHOOK_RESULTS {
         counter!(WEBHOOKS, "result" => result).absolute(0);
@@ -116,6 +153,48 @@ fn describe() {
         counter!(RECONCILE_RUNS, "result" => result).absolute(0);
     }
     gauge!(SPOOL_DEPTH).set(0.0);
+    counter!(REVISIONS_CLAMPED).absolute(0);
+    for reason in DEAD_LETTER_REASONS {
+        counter!(DEAD_LETTERED, "reason" => reason).absolute(0);
+    }
+    counter!(STORE_FAULTS).absolute(0);
+    gauge!(STORE_OK).set(1.0);
+}
+
+/// The `reason` label of [`DEAD_LETTERED`].
+pub const DEAD_LETTER_REASONS: [&str; 2] = ["refused", "unreadable"];
+
+pub fn revision_clamped() {
+    counter!(REVISIONS_CLAMPED).increment(1);
+}
+
+pub fn dead_lettered(reason: &'static str) {
+    counter!(DEAD_LETTERED, "reason" => reason).increment(1);
+}
+
+pub fn dead_letters(count: u64) {
+    gauge!(DEAD_LETTERS).set(count as f64);
+}
+
+pub fn store_fault() {
+    counter!(STORE_FAULTS).increment(1);
+    gauge!(STORE_OK).set(0.0);
+}
+
+pub fn store_recovered() {
+    gauge!(STORE_OK).set(1.0);
+}
+
+pub fn nats_connected(up: bool) {
+    gauge!(NATS_CONNECTED).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn connections(open: usize) {
+    gauge!(CONNECTIONS).set(open as f64);
+}
+
+pub fn connection_closed(reason: &'static str) {
+    counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
 }
 
 pub fn webhook_answered(result: &'static str, elapsed: Duration) {

@@ -153,6 +153,7 @@ fn sweep_of(net: IpNet, max_hosts: usize) -> Sweep {
         } else {
             Vec::new()
         },
+        hosts_omitted: 0,
     }
 }
 

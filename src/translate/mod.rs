@@ -54,6 +54,7 @@ pub struct Translator {
     partition: String,
     sweep: SweepOptions,
     enabled: BTreeSet<&'static str>,
+    max_clock_skew: chrono::Duration,
 }
 
 impl Translator {
@@ -63,7 +64,29 @@ impl Translator {
             partition: partition.to_string(),
             sweep,
             enabled: enabled.iter().map(|t| t.name).collect(),
+            max_clock_skew: chrono::Duration::minutes(5),
         }
+    }
+
+    /// How far ahead of `now` a revision may be (`webhook.max_clock_skew`); see [`Self::clamp`].
+    pub fn with_max_clock_skew(mut self, skew: std::time::Duration) -> Self {
+        self.max_clock_skew = chrono::Duration::from_std(skew).unwrap_or(chrono::Duration::MAX);
+        self
+    }
+
+    /// A revision is never later than the event that carried it nor than `now` plus the allowed
+    /// skew: one signed event dated 9999 would otherwise make every later change of its object
+    /// stale.
+    pub fn clamp(
+        &self,
+        revision: DateTime<Utc>,
+        event_timestamp: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> DateTime<Utc> {
+        let horizon = now
+            .checked_add_signed(self.max_clock_skew)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        revision.min(horizon).min(event_timestamp.unwrap_or(horizon))
     }
 
     pub fn is_enabled(&self, object_type: ObjectType) -> bool {
@@ -129,12 +152,13 @@ impl Translator {
         let (op, revision, entry) = match ev.event {
             ChangeEvent::Deleted => {
                 let revision = ev.timestamp.ok_or(TranslateError::NoDeleteTimestamp)?;
-                (Op::Delete, revision, None)
+                (Op::Delete, self.clamp(revision, None, now), None)
             }
             ChangeEvent::Created | ChangeEvent::Updated => {
                 let revision = revision(&ev.data)
                     .or(ev.timestamp)
                     .ok_or(TranslateError::NoRevision)?;
+                let revision = self.clamp(revision, ev.timestamp, now);
                 (
                     Op::Upsert,
                     revision,
@@ -166,6 +190,7 @@ impl Translator {
             .and_then(Value::as_u64)
             .ok_or(TranslateError::MissingField("id"))?;
         let revision = revision(obj).ok_or(TranslateError::NoRevision)?;
+        let revision = self.clamp(revision, None, now);
         let entry = self.entry(object_type, obj)?;
         self.assemble(object_type, id, Op::Upsert, revision, Some(entry), now)
     }
@@ -303,6 +328,16 @@ pub fn fields_read(kind: Kind) -> Vec<&'static str> {
         _ => &[],
     };
     common.iter().chain(shared).chain(own).copied().collect()
+}
+
+/// The revision a webhook stated before [`Translator::clamp`], when the delta carries an earlier
+/// one: what the handler counts and logs.
+pub fn clamped_from(ev: &WebhookEvent, delta: &RegistryDelta) -> Option<DateTime<Utc>> {
+    let stated = match ev.event {
+        ChangeEvent::Deleted => ev.timestamp,
+        ChangeEvent::Created | ChangeEvent::Updated => revision(&ev.data).or(ev.timestamp),
+    }?;
+    (stated > delta.revision).then_some(stated)
 }
 
 /// The object's revision: its `last_updated`.

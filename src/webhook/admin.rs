@@ -22,6 +22,12 @@ pub async fn start_run(
     if let Some(refusal) = refusal(&app, &headers) {
         return refusal;
     }
+    // A run that could only fail is not started: the caller learns why at once.
+    if !app.reconciler.is_configured() {
+        let message = "reconciliation is off: netbox.url and netbox.token (or netbox.token_file) must be set";
+        let body = json!({"error": "not_configured", "message": message});
+        return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
+    }
     let options = RunOptions {
         trigger: "api".to_string(),
         force: query.get("force").is_some_and(|v| v == "true" || v == "1"),

@@ -18,6 +18,8 @@ pub enum WebhookError {
     TooLarge { limit: usize },
     #[error("cannot read the body: {0}")]
     Body(String),
+    #[error("the body did not arrive within {0:?} (server.request_timeout)")]
+    BodyTimeout(std::time::Duration),
     #[error(transparent)]
     Signature(#[from] SignatureError),
     #[error(transparent)]
@@ -25,18 +27,33 @@ pub enum WebhookError {
     #[error(transparent)]
     Translate(#[from] TranslateError),
     #[error("the delta could not be made durable: {0}")]
-    Unavailable(#[from] DeliveryError),
+    Unavailable(DeliveryError),
+    /// The delta cannot fit in one NATS message: nothing was published or spooled.
+    #[error("{0}")]
+    DeltaTooLarge(DeliveryError),
+}
+
+impl From<DeliveryError> for WebhookError {
+    fn from(e: DeliveryError) -> Self {
+        match e {
+            DeliveryError::TooLarge { .. } => WebhookError::DeltaTooLarge(e),
+            e => WebhookError::Unavailable(e),
+        }
+    }
 }
 
 impl WebhookError {
     pub fn status(&self) -> StatusCode {
         match self {
             WebhookError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            WebhookError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            WebhookError::TooLarge { .. } | WebhookError::DeltaTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             WebhookError::Body(_) | WebhookError::Payload(_) | WebhookError::Translate(_) => {
                 StatusCode::BAD_REQUEST
             }
             WebhookError::Signature(_) => StatusCode::UNAUTHORIZED,
+            WebhookError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             WebhookError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -45,11 +62,12 @@ impl WebhookError {
     pub fn code(&self) -> &'static str {
         match self {
             WebhookError::UnsupportedMediaType => "unsupported_media_type",
-            WebhookError::TooLarge { .. } => "too_large",
+            WebhookError::TooLarge { .. } | WebhookError::DeltaTooLarge(_) => "too_large",
             WebhookError::Body(_) | WebhookError::Payload(_) | WebhookError::Translate(_) => {
                 "bad_payload"
             }
             WebhookError::Signature(_) => "bad_signature",
+            WebhookError::BodyTimeout(_) => "timeout",
             WebhookError::Unavailable(_) => "unavailable",
         }
     }

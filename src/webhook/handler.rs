@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use tracing::{field, Instrument};
 
@@ -18,7 +18,8 @@ use super::AppState;
 use crate::netbox::webhook::{self, Parsed, WebhookEvent};
 use crate::publish::Delivered;
 use crate::telemetry;
-use crate::translate::Outcome;
+use crate::delta::RegistryDelta;
+use crate::translate::{self, Outcome};
 
 /// What a webhook came to: the answer's status and the `result` of its log line and metric.
 struct Handled {
@@ -78,6 +79,7 @@ async fn handle(
         StatusCode::PAYLOAD_TOO_LARGE => WebhookError::TooLarge {
             limit: app.max_body_bytes,
         },
+        _ if timed_out(&rejection) => WebhookError::BodyTimeout(app.request_timeout),
         _ => WebhookError::Body(rejection.body_text()),
     })?;
     let signature = headers.get("x-hook-signature").map(|v| v.as_bytes());
@@ -91,6 +93,9 @@ async fn handle(
         Outcome::Publish(delta) => delta,
         Outcome::Ignore(reason) => return Ok(ignored("ignored", reason)),
     };
+    if let Some(stated) = translate::clamped_from(&event, &delta) {
+        clamped(app, &delta, stated);
+    }
     let result = match app.delivery.deliver(&delta).await? {
         Delivered::Published => "published",
         Delivered::Spooled => "spooled",
@@ -104,6 +109,31 @@ async fn handle(
         status: StatusCode::ACCEPTED,
         body: json!({"status": "accepted", "deltas": 1}),
     })
+}
+
+/// Counts a clamped revision, and logs it once per key (a bounded set of keys: past it, again).
+fn clamped(app: &AppState, delta: &RegistryDelta, stated: DateTime<Utc>) {
+    telemetry::revision_clamped();
+    let mut logged = app.clamped_keys.lock().unwrap_or_else(|e| e.into_inner());
+    if logged.len() >= 10_000 {
+        logged.clear();
+    }
+    if logged.insert(delta.key.clone()) {
+        tracing::warn!(key = %delta.key, stated = %stated, clamped_to = %delta.revision,
+            "a revision ahead of its event or of the relay's clock was clamped (webhook.max_clock_skew)");
+    }
+}
+
+/// The body did not arrive within `server.request_timeout`.
+fn timed_out(rejection: &BytesRejection) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(rejection);
+    while let Some(error) = source {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// Puts what the webhook is about on its span, and so on every line logged about it.

@@ -4,6 +4,7 @@
 mod admin;
 mod error;
 mod handler;
+pub mod server;
 pub mod signature;
 
 use std::sync::Arc;
@@ -13,12 +14,14 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 pub use error::WebhookError;
 
 use crate::publish::{Delivery, Publisher};
+use crate::state::Health;
 use crate::reconcile::Reconciler;
 use crate::translate::Translator;
 use signature::Verifier;
@@ -32,11 +35,18 @@ pub struct AppState {
     pub reconciler: Arc<Reconciler>,
     pub admin_token: Option<secrecy::SecretString>,
     pub max_body_bytes: usize,
+    /// A request's body must arrive within this time (`server.request_timeout`).
+    pub request_timeout: std::time::Duration,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Whether the state file takes writes and its commit thread runs.
+    pub store_health: Arc<Health>,
+    /// Keys whose clamped revision was logged already (once per key, bounded).
+    pub clamped_keys: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.max_body_bytes;
+    let body_timeout = state.request_timeout;
     Router::new()
         .route(
             "/webhooks/netbox",
@@ -51,30 +61,39 @@ pub fn router(state: Arc<AppState>) -> Router {
         // 5xx answers are logged once where they arise (WebhookError); a 503 from /readyz while
         // NATS is away is an answer, not an error worth a line per probe.
         .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .with_state(state)
 }
 
-/// Ready when NATS is connected and the stream is present. While NATS is away webhooks are still
-/// accepted into the spool, but the relay is degraded: 503 with the reason.
+/// Ready while a webhook sent now would be made durable: the state file takes writes, and
+/// JetStream takes deltas or the spool has room for one. NATS being away is not a reason by
+/// itself (the spool takes over); the body says how NATS and the spool are.
 async fn readyz(State(app): State<Arc<AppState>>) -> (StatusCode, Json<serde_json::Value>) {
-    let spooled = app.delivery.spool().depth();
-    let reason = if !app.publisher.is_connected() {
-        Some("NATS is not connected; webhooks go to the spool")
-    } else if !app.publisher.stream_ready() {
-        Some("the JetStream stream is not ready; webhooks go to the spool")
-    } else {
-        None
+    let spool = app.delivery.spool();
+    let (connected, stream) = (app.publisher.is_connected(), app.publisher.stream_ready());
+    let publishing = connected && stream;
+    let room = spool.has_room(app.publisher.max_delta_bytes() as u64);
+    let reason = match app.store_health.problem() {
+        Some(problem) => Some(problem),
+        None if !publishing && !room => Some(format!(
+            "NATS does not take deltas and the spool is full ({} bytes, spool.max_bytes)",
+            spool.max_bytes()
+        )),
+        None => None,
     };
-    match reason {
-        None => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "spooled": spooled})),
-        ),
-        Some(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "degraded", "reasons": [reason], "spooled": spooled})),
-        ),
-    }
+    let body = json!({
+        "ready": reason.is_none(),
+        "reason": reason,
+        "nats": if connected { "connected" } else { "away" },
+        "stream": if stream { "ready" } else { "not_ready" },
+        "spool_depth": spool.depth(),
+        "dead_letters": spool.dead(),
+    });
+    let status = match reason {
+        None => StatusCode::OK,
+        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, Json(body))
 }
 
 async fn render_metrics(State(app): State<Arc<AppState>>) -> String {

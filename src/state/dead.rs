@@ -1,0 +1,197 @@
+//! Dead letters: spooled deltas that JetStream refused for good (too large, no stream for the
+//! subject, a bad request) and spool rows that could not be read. They leave the spool so that the
+//! rest drains on, and wait here for an operator (`netbox-relay spool retry|drop`).
+
+use chrono::{DateTime, Utc};
+use redb::{ReadableDatabase, ReadableTable};
+use serde::Deserialize;
+
+use super::store::{encode, head, Store, StoreError, DEAD, RECORDS, SPOOL};
+use crate::delta::RegistryDelta;
+
+/// One dead letter: the row as it was spooled, and why it left the spool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Its sequence in the spool, kept as its id here.
+    pub seq: u64,
+    pub reason: String,
+    pub dead_at: DateTime<Utc>,
+    /// The delta's JSON as spooled (possibly unreadable: that may be why it is here).
+    pub bytes: Vec<u8>,
+}
+
+/// The fields of a delta that name it, read even from a delta that does not parse whole.
+#[derive(Deserialize)]
+struct Names {
+    key: String,
+    delta_id: String,
+}
+
+impl DeadLetter {
+    /// Layout: reason length (2 bytes, big endian), reason, dead_at in milliseconds (8), delta.
+    pub(super) fn to_bytes(&self) -> Vec<u8> {
+        let reason = &self.reason.as_bytes()[..self.reason.len().min(u16::MAX as usize)];
+        let mut bytes = Vec::with_capacity(10 + reason.len() + self.bytes.len());
+        bytes.extend((reason.len() as u16).to_be_bytes());
+        bytes.extend(reason);
+        bytes.extend(self.dead_at.timestamp_millis().to_be_bytes());
+        bytes.extend(&self.bytes);
+        bytes
+    }
+
+    pub(super) fn from_bytes(seq: u64, value: &[u8]) -> Option<DeadLetter> {
+        let len = u16::from_be_bytes(value.get(..2)?.try_into().ok()?) as usize;
+        let reason = String::from_utf8_lossy(value.get(2..2 + len)?).into_owned();
+        let millis = i64::from_be_bytes(value.get(2 + len..10 + len)?.try_into().ok()?);
+        Some(DeadLetter {
+            seq,
+            reason,
+            dead_at: DateTime::from_timestamp_millis(millis)?,
+            bytes: value.get(10 + len..)?.to_vec(),
+        })
+    }
+
+    /// The registry key and delta id, when the delta is readable that far.
+    pub fn key_and_id(&self) -> Option<(String, String)> {
+        let names: Names = serde_json::from_slice(&self.bytes).ok()?;
+        Some((names.key, names.delta_id))
+    }
+}
+
+/// Which dead letters a `retry` or `drop` acts on.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    All,
+    /// By delta id.
+    Ids(Vec<String>),
+}
+
+impl Selection {
+    fn picks(&self, letter: &DeadLetter) -> bool {
+        match self {
+            Selection::All => true,
+            Selection::Ids(ids) => letter
+                .key_and_id()
+                .is_some_and(|(_, id)| ids.iter().any(|wanted| *wanted == id)),
+        }
+    }
+}
+
+/// What a `retry` did with each dead letter it picked.
+#[derive(Debug, Default)]
+pub struct Retried {
+    /// Back at the end of the spool.
+    pub requeued: Vec<String>,
+    /// Left where they are, with why (unreadable, or a newer delta of the key was accepted since).
+    pub kept: Vec<(u64, String)>,
+}
+
+impl Store {
+    /// Every dead letter, oldest first.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.fail(e))?;
+        let table = tx.open_table(DEAD).map_err(|e| self.fail(e))?;
+        let mut letters = Vec::new();
+        for row in table.iter().map_err(|e| self.fail(e))? {
+            let (seq, value) = row.map_err(|e| self.fail(e))?;
+            let seq = seq.value();
+            letters.push(DeadLetter::from_bytes(seq, value.value()).unwrap_or(DeadLetter {
+                seq,
+                reason: "the dead letter itself is unreadable".to_string(),
+                dead_at: DateTime::UNIX_EPOCH,
+                bytes: value.value().to_vec(),
+            }));
+        }
+        Ok(letters)
+    }
+
+    /// Puts the picked dead letters back at the end of the spool, unless a newer delta of their
+    /// key was accepted meanwhile (publishing the old one would undo it) or they do not parse.
+    pub fn retry_dead(&self, selection: &Selection) -> Result<Retried, StoreError> {
+        let picked: Vec<DeadLetter> = self
+            .dead_letters()?
+            .into_iter()
+            .filter(|l| selection.picks(l))
+            .collect();
+        let mut next_seq = self.spool_stats()?.next_seq;
+        let mut retried = Retried::default();
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
+        {
+            let mut records = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
+            let mut spool = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
+            let mut dead = tx.open_table(DEAD).map_err(|e| self.fail(e))?;
+            for letter in picked {
+                let delta = match serde_json::from_slice::<RegistryDelta>(&letter.bytes) {
+                    Ok(delta) => delta,
+                    Err(e) => {
+                        retried.kept.push((letter.seq, format!("unreadable: {e}")));
+                        continue;
+                    }
+                };
+                let newer = match records.get(delta.key.as_str()).map_err(|e| self.fail(e))? {
+                    Some(v) => head(&delta.key, v.value()).is_ok_and(|h| h.revision > delta.revision),
+                    None => false,
+                };
+                if newer {
+                    let why = format!("{}: a newer delta of the key was accepted since", delta.key);
+                    retried.kept.push((letter.seq, why));
+                    continue;
+                }
+                let encoded = encode(&delta).map_err(|e| self.fail(e))?;
+                records
+                    .insert(delta.key.as_str(), encoded.record.as_ref())
+                    .map_err(|e| self.fail(e))?;
+                spool
+                    .insert(next_seq, encoded.json.as_ref())
+                    .map_err(|e| self.fail(e))?;
+                next_seq += 1;
+                dead.remove(letter.seq).map_err(|e| self.fail(e))?;
+                retried.requeued.push(delta.delta_id);
+            }
+        }
+        tx.commit().map_err(|e| self.fail(e))?;
+        Ok(retried)
+    }
+
+    /// Removes the picked dead letters for good; answers how many.
+    pub fn drop_dead(&self, selection: &Selection) -> Result<usize, StoreError> {
+        let picked: Vec<u64> = self
+            .dead_letters()?
+            .into_iter()
+            .filter(|l| selection.picks(l))
+            .map(|l| l.seq)
+            .collect();
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
+        {
+            let mut dead = tx.open_table(DEAD).map_err(|e| self.fail(e))?;
+            for seq in &picked {
+                dead.remove(*seq).map_err(|e| self.fail(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.fail(e))?;
+        Ok(picked.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_reads_back_as_written() {
+        let letter = DeadLetter {
+            seq: 7,
+            reason: "JetStream refused it: maximum message size exceeded".to_string(),
+            dead_at: DateTime::from_timestamp_millis(1_790_000_000_123).unwrap(),
+            bytes: br#"{"key":"netbox/default/dcim.device/1","delta_id":"ab"}"#.to_vec(),
+        };
+        let read = DeadLetter::from_bytes(7, &letter.to_bytes()).unwrap();
+        assert_eq!(read, letter);
+        let names = ("netbox/default/dcim.device/1".to_string(), "ab".to_string());
+        assert_eq!(read.key_and_id(), Some(names));
+        assert_eq!(DeadLetter::from_bytes(1, &[0, 9, b'x']), None);
+    }
+}
