@@ -158,7 +158,14 @@ async fn run(
         tokio::spawn(reconciler.schedule(interval, on_start, shutdown.clone()));
     }
     let router = webhook::router(parts.state);
-    server::serve(listener, router, parts.limits, shutdown.clone(), parts.grace).await;
+    server::serve(
+        listener,
+        router,
+        parts.limits,
+        shutdown.clone(),
+        parts.grace,
+    )
+    .await;
     shutdown.cancel();
     stream_keeper.await.ok();
     drainer.await.ok();
@@ -173,12 +180,10 @@ pub fn translator(config: &Config) -> anyhow::Result<Translator> {
         expand_subnets: config.registry.expand_subnets,
         max_expanded_hosts: config.registry.max_expanded_hosts,
     };
-    Ok(Translator::new(
-        &config.registry.partition,
-        sweep,
-        &config.object_types()?,
+    Ok(
+        Translator::new(&config.registry.partition, sweep, &config.object_types()?)
+            .with_max_clock_skew(config.webhook.max_clock_skew),
     )
-    .with_max_clock_skew(config.webhook.max_clock_skew))
 }
 
 /// `netbox-relay reconcile`: one run, then exit. Publishes through the same delivery path as

@@ -69,7 +69,9 @@ fn list(store: &Store) -> anyhow::Result<Vec<String>> {
     lines.push(format!("dead letters: {}", letters.len()));
     for letter in &letters {
         let (key, id) = names(letter);
-        let when = letter.dead_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let when = letter
+            .dead_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         lines.push(format!(
             "  dead {:>8}  {id}  {key}  {when}  {}",
             letter.seq,

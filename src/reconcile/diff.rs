@@ -266,7 +266,9 @@ impl Pass<'_> {
         seen: &mut HashSet<u64>,
     ) -> Result<(), PullFailure> {
         let client = self.reconciler.client.clone();
-        let client = client.ok_or_else(|| PullFailure::from("netbox.url or netbox.token is not configured".to_string()))?;
+        let client = client.ok_or_else(|| {
+            PullFailure::from("netbox.url or netbox.token is not configured".to_string())
+        })?;
         let options = super::pull::PullOptions {
             version: self.version,
             page_size: self.reconciler.page_size,

@@ -33,7 +33,10 @@ impl Health {
         if self.stopped.load(Ordering::SeqCst) {
             return Some("the state commit thread has stopped".to_string());
         }
-        self.faulted.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.faulted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn fault(&self, message: String) {
@@ -210,7 +213,8 @@ impl<'a> Thread<'a> {
             (Err(e), _) => {
                 tracing::error!(error = %e, writes = writes.len(), "state commit failed; webhooks get 503 until the state file takes writes again");
                 telemetry::store_fault();
-                self.health.fault(format!("the state file cannot be written: {e}"));
+                self.health
+                    .fault(format!("the state file cannot be written: {e}"));
                 let lost = std::mem::take(&mut self.unflushed);
                 self.pending.extend(lost);
                 return Err(self.keep_published(writes, e.clone()));
@@ -222,7 +226,11 @@ impl<'a> Thread<'a> {
     /// Keeps the records of deltas JetStream already acknowledged, to write them on recovery;
     /// the writers of those are answered Ok (their deltas are safe), the others get the error.
     fn keep_published(&mut self, writes: Vec<Write>, error: StoreError) -> StoreError {
-        let published = records(writes.into_iter().filter(|w| matches!(w, Write::Record { .. })));
+        let published = records(
+            writes
+                .into_iter()
+                .filter(|w| matches!(w, Write::Record { .. })),
+        );
         self.pending.extend(published);
         match error {
             StoreError::Faulted { .. } => error,
@@ -255,13 +263,17 @@ impl<'a> Thread<'a> {
             });
             // Sequences of spool rows that failed were never used: start again from the file.
             let mut next_seq = self.store.spool_stats()?.next_seq;
-            self.store.write(&writes.collect::<Vec<_>>(), &mut next_seq, true)?;
+            self.store
+                .write(&writes.collect::<Vec<_>>(), &mut next_seq, true)?;
             self.next_seq = next_seq;
             Ok(())
         });
         match reopened {
             Ok(()) => {
-                tracing::info!(records = self.pending.len(), "the state file takes writes again");
+                tracing::info!(
+                    records = self.pending.len(),
+                    "the state file takes writes again"
+                );
                 self.pending.clear();
                 self.health.clear();
                 telemetry::store_recovered();

@@ -96,12 +96,14 @@ impl Store {
         for row in table.iter().map_err(|e| self.fail(e))? {
             let (seq, value) = row.map_err(|e| self.fail(e))?;
             let seq = seq.value();
-            letters.push(DeadLetter::from_bytes(seq, value.value()).unwrap_or(DeadLetter {
-                seq,
-                reason: "the dead letter itself is unreadable".to_string(),
-                dead_at: DateTime::UNIX_EPOCH,
-                bytes: value.value().to_vec(),
-            }));
+            letters.push(
+                DeadLetter::from_bytes(seq, value.value()).unwrap_or(DeadLetter {
+                    seq,
+                    reason: "the dead letter itself is unreadable".to_string(),
+                    dead_at: DateTime::UNIX_EPOCH,
+                    bytes: value.value().to_vec(),
+                }),
+            );
         }
         Ok(letters)
     }
@@ -131,7 +133,9 @@ impl Store {
                     }
                 };
                 let newer = match records.get(delta.key.as_str()).map_err(|e| self.fail(e))? {
-                    Some(v) => head(&delta.key, v.value()).is_ok_and(|h| h.revision > delta.revision),
+                    Some(v) => {
+                        head(&delta.key, v.value()).is_ok_and(|h| h.revision > delta.revision)
+                    }
                     None => false,
                 };
                 if newer {

@@ -251,7 +251,10 @@ impl Store {
                             .insert(key.as_str(), record.as_ref())
                             .map_err(|e| self.fail(e))?;
                     }
-                    Write::Unspool { seqs, dead: letters } => {
+                    Write::Unspool {
+                        seqs,
+                        dead: letters,
+                    } => {
                         for s in seqs {
                             spool.remove(*s).map_err(|e| self.fail(e))?;
                         }

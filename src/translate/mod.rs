@@ -86,7 +86,9 @@ impl Translator {
         let horizon = now
             .checked_add_signed(self.max_clock_skew)
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        revision.min(horizon).min(event_timestamp.unwrap_or(horizon))
+        revision
+            .min(horizon)
+            .min(event_timestamp.unwrap_or(horizon))
     }
 
     pub fn is_enabled(&self, object_type: ObjectType) -> bool {

@@ -24,7 +24,8 @@ pub async fn start_run(
     }
     // A run that could only fail is not started: the caller learns why at once.
     if !app.reconciler.is_configured() {
-        let message = "reconciliation is off: netbox.url and netbox.token (or netbox.token_file) must be set";
+        let message =
+            "reconciliation is off: netbox.url and netbox.token (or netbox.token_file) must be set";
         let body = json!({"error": "not_configured", "message": message});
         return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
     }

@@ -15,10 +15,10 @@ use tracing::{field, Instrument};
 
 use super::error::WebhookError;
 use super::AppState;
+use crate::delta::RegistryDelta;
 use crate::netbox::webhook::{self, Parsed, WebhookEvent};
 use crate::publish::Delivered;
 use crate::telemetry;
-use crate::delta::RegistryDelta;
 use crate::translate::{self, Outcome};
 
 /// What a webhook came to: the answer's status and the `result` of its log line and metric.

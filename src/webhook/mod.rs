@@ -21,8 +21,8 @@ use tracing::Level;
 pub use error::WebhookError;
 
 use crate::publish::{Delivery, Publisher};
-use crate::state::Health;
 use crate::reconcile::Reconciler;
+use crate::state::Health;
 use crate::translate::Translator;
 use signature::Verifier;
 
@@ -72,7 +72,8 @@ async fn readyz(State(app): State<Arc<AppState>>) -> (StatusCode, Json<serde_jso
     let spool = app.delivery.spool();
     let (connected, stream) = (app.publisher.is_connected(), app.publisher.stream_ready());
     let publishing = connected && stream;
-    let room = spool.has_room(app.publisher.max_delta_bytes() as u64);
+    // Room for a sizeable delta; the largest possible one would make a small spool never ready.
+    let room = spool.has_room(app.publisher.max_delta_bytes().min(64 << 10) as u64);
     let reason = match app.store_health.problem() {
         Some(problem) => Some(problem),
         None if !publishing && !room => Some(format!(

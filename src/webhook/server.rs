@@ -235,7 +235,11 @@ async fn watchdog(conn: &Conn, limits: Limits) -> &'static str {
             _ = tokio::time::sleep_until(deadline) => {}
         }
         if conn.snapshot() == (phase, since) && phase != BUSY {
-            return if phase == HEAD { "header_timeout" } else { "idle_timeout" };
+            return if phase == HEAD {
+                "header_timeout"
+            } else {
+                "idle_timeout"
+            };
         }
     }
 }
@@ -308,7 +312,11 @@ pub fn raise_open_files_limit() {
             let before = limit.rlim_cur;
             limit.rlim_cur = limit.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                tracing::debug!(before, after = limit.rlim_cur, "raised the open files limit");
+                tracing::debug!(
+                    before,
+                    after = limit.rlim_cur,
+                    "raised the open files limit"
+                );
             }
         }
     }

@@ -52,6 +52,7 @@ fn defaults_then_file_then_environment_then_flags() {
         let flags = Overrides {
             listen: Some("127.0.0.1:9003".parse().unwrap()),
             log_level: Some("debug".into()),
+            no_webhooks: false,
         };
         let config = load(jail, &flags).unwrap();
         assert_eq!(config.server.listen.port(), 9003, "flags beat env");
@@ -126,6 +127,26 @@ fn invalid_values_stop_the_start_naming_the_key() {
             "reconcile.max_delete_fraction",
         ),
         ("NETBOX_RELAY_WEBHOOK__SURPRISE", "1", "surprise"),
+        (
+            "NETBOX_RELAY_REGISTRY__MAX_EXPANDED_HOSTS",
+            "16777216",
+            "registry.max_expanded_hosts",
+        ),
+        (
+            "NETBOX_RELAY_SERVER__HEADER_TIMEOUT",
+            "0",
+            "server.header_timeout",
+        ),
+        (
+            "NETBOX_RELAY_SERVER__MAX_CONNECTIONS",
+            "2",
+            "server.max_connections",
+        ),
+        (
+            "NETBOX_RELAY_WEBHOOK__MAX_CLOCK_SKEW",
+            "later",
+            "max_clock_skew",
+        ),
     ];
     for (var, value, key) in cases {
         Jail::expect_with(|jail| {
@@ -143,6 +164,12 @@ fn a_secret_is_required_unless_signatures_are_switched_off() {
     Jail::expect_with(|jail| {
         let error = load(jail, &Overrides::default()).unwrap_err();
         assert!(error.contains("webhook.secrets"), "{error}");
+        // Commands that verify no webhook (tail, check, spool, reconcile) need no secret.
+        let no_webhooks = Overrides {
+            no_webhooks: true,
+            ..Overrides::default()
+        };
+        assert!(load(jail, &no_webhooks).is_ok());
         jail.set_env("NETBOX_RELAY_WEBHOOK__REQUIRE_SIGNATURE", "false");
         assert!(load(jail, &Overrides::default()).is_ok());
         Ok(())
@@ -216,10 +243,15 @@ fn the_example_configuration_mentions_every_key() {
     let keys = [
         "server.listen",
         "server.shutdown_timeout",
+        "server.header_timeout",
+        "server.request_timeout",
+        "server.idle_timeout",
+        "server.max_connections",
         "webhook.secrets",
         "webhook.secret_file",
         "webhook.require_signature",
         "webhook.max_body_bytes",
+        "webhook.max_clock_skew",
         "netbox.url",
         "netbox.token",
         "netbox.token_file",

@@ -22,12 +22,15 @@ fn device_update(id: u64, rev: u32) -> Vec<u8> {
     data["url"] = json!(format!("/api/dcim/devices/{id}/"));
     data["name"] = json!(format!("dev-{id}"));
     data["serial"] = json!(format!("SN-{id}-{rev}"));
-    data["last_updated"] = json!(format!(
+    let revision = format!(
         "2026-11-22T{:02}:{:02}:{:02}.000000Z",
         11 + rev / 3600,
         rev / 60 % 60,
         rev % 60
-    ));
+    );
+    data["last_updated"] = json!(revision);
+    // NetBox queues the event after the change: its timestamp is never before last_updated.
+    body["timestamp"] = json!(revision);
     serde_json::to_vec(&body).unwrap()
 }
 
@@ -102,8 +105,10 @@ async fn two_thousand_webhooks_during_an_outage_all_arrive_in_key_order() {
         statuses.iter().all(|s| *s == 202),
         "every webhook is acknowledged while NATS is down"
     );
-    let (_, ready) = relay.get("/readyz").await;
-    assert_eq!(ready["spooled"], 2000, "{ready}");
+    let (status, ready) = relay.get("/readyz").await;
+    assert_eq!(status, 200, "the spool has room: still ready {ready}");
+    assert_eq!(ready["spool_depth"], 2000, "{ready}");
+    assert_eq!(ready["nats"], "away", "{ready}");
 
     nats.restart();
     wait_for_count(&nats.url(), 2000, Duration::from_secs(120)).await;
@@ -111,7 +116,7 @@ async fn two_thousand_webhooks_during_an_outage_all_arrive_in_key_order() {
     assert_eq!(stored.len(), 2000);
     assert_once_and_in_key_order(&stored);
     relay.wait_ready().await;
-    assert_eq!(relay.get("/readyz").await.1["spooled"], 0);
+    assert_eq!(relay.get("/readyz").await.1["spool_depth"], 0);
 }
 
 const BURST_PER_LANE: u64 = 250;
@@ -311,6 +316,13 @@ async fn a_full_spool_answers_503_and_keeps_what_it_accepted() {
         }
     }
     assert!(refused.is_some(), "the spool never filled");
+    let (status, ready) = relay.get("/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["ready"], false);
+    assert!(
+        ready["reason"].as_str().unwrap().contains("spool is full"),
+        "{ready}"
+    );
     assert!(
         accepted >= 2,
         "the spool took {accepted} deltas before filling"

@@ -121,6 +121,13 @@ impl NatsServer {
         wait_for_port(SocketAddr::from(([127, 0, 0, 1], self.port)));
     }
 
+    /// Starts the server again with other arguments (e.g. another `-c` file), same port and store.
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.stop();
+        self.args = args.iter().map(|a| a.to_string()).collect();
+        self.restart();
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().ok();
@@ -209,14 +216,19 @@ impl TestRelay {
         }
     }
 
+    /// Waits until ready with NATS connected and the stream present (ready alone holds while
+    /// NATS is away, the spool taking the webhooks).
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let status = self.get("/readyz").await.0;
-            if status == 200 {
+            let (status, body) = self.get("/readyz").await;
+            if status == 200 && publishing(&body) {
                 return;
             }
-            assert!(Instant::now() < deadline, "relay not ready: {status}");
+            assert!(
+                Instant::now() < deadline,
+                "relay not ready: {status} {body}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -265,6 +277,11 @@ impl TestRelay {
         ];
         self.post_raw(f.body, &headers).await
     }
+}
+
+/// A `/readyz` body saying that deltas go straight to JetStream.
+pub fn publishing(readyz: &Value) -> bool {
+    readyz["nats"] == "connected" && readyz["stream"] == "ready"
 }
 
 /// One message read back from the stream.
@@ -386,7 +403,10 @@ impl RelayProcess {
         let deadline = Instant::now() + Duration::from_secs(20);
         let url = format!("{}/readyz", self.base);
         loop {
-            let ready = reqwest::get(&url).await.is_ok_and(|r| r.status() == 200);
+            let ready = match reqwest::get(&url).await {
+                Ok(r) if r.status() == 200 => publishing(&r.json().await.unwrap_or_default()),
+                _ => false,
+            };
             if ready {
                 return;
             }
@@ -396,6 +416,20 @@ impl RelayProcess {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the process to exit; true when it did.
+    pub fn terminate(&mut self, limit: Duration) -> bool {
+        // SAFETY: kill only sends a signal to the child this handle owns.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     pub fn kill(&mut self) {

@@ -3,10 +3,12 @@
 mod bad_input;
 mod commands;
 mod config;
+mod connections;
 mod consistency;
 mod durability;
 mod expected;
 mod fake_netbox;
+mod hardening;
 mod helpers;
 mod operations;
 mod reconcile;
