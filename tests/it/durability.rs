@@ -14,7 +14,7 @@ use crate::helpers::{
 
 /// A signed device update shaped like the recorded ones, for device `id` at revision `rev`
 /// (seconds after 11:00).
-fn device_update(id: u64, rev: u32) -> Vec<u8> {
+pub fn device_update(id: u64, rev: u32) -> Vec<u8> {
     let mut body = fixture_json("020_device_created.json");
     body["event"] = json!("updated");
     let data = body["data"].as_object_mut().unwrap();

@@ -14,5 +14,6 @@ mod operations;
 mod reconcile;
 mod schema;
 mod shutdown;
+mod storage;
 mod translate;
 mod webhooks;
