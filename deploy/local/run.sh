@@ -9,8 +9,14 @@ cd "$root"
 mkdir -p data
 
 nats_pid=""
-cleanup() { [ -n "$nats_pid" ] && kill "$nats_pid" 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
+relay_pid=""
+# The relay stops first (it finishes in-flight webhooks and drains into a live NATS), then NATS.
+cleanup() {
+  if [ -n "$relay_pid" ]; then kill -TERM "$relay_pid" 2>/dev/null || true; wait "$relay_pid" 2>/dev/null || true; fi
+  if [ -n "$nats_pid" ]; then kill "$nats_pid" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 if (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
   echo "using the NATS already listening on 127.0.0.1:4222"
@@ -30,5 +36,13 @@ if [ -z "${NETBOX_RELAY_WEBHOOK__SECRETS:-}" ] && [ -z "${NETBOX_RELAY_CONFIG:-}
   echo "webhook secret: data/webhook-secret (put the same secret in NetBox's webhook)"
 fi
 
-cargo build --release --locked --quiet
-target/release/netbox-relay serve "$@"
+if [ ! -x target/release/netbox-relay ]; then
+  echo "building netbox-relay (release; the first build takes about 5-10 minutes on 2 cores)"
+fi
+cargo build --release --locked
+echo "the relay listens on 127.0.0.1:8090 by default: only this host can reach it. For a NetBox on"
+echo "another host pass --listen 0.0.0.0:8090 (and put TLS in front of it)."
+echo "other commands: target/release/netbox-relay tail | check | spool"
+target/release/netbox-relay serve "$@" &
+relay_pid=$!
+wait "$relay_pid"

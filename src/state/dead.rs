@@ -72,7 +72,7 @@ impl Selection {
             Selection::All => true,
             Selection::Ids(ids) => letter
                 .key_and_id()
-                .is_some_and(|(_, id)| ids.iter().any(|wanted| *wanted == id)),
+                .is_some_and(|(_, id)| ids.contains(&id)),
         }
     }
 }
