@@ -70,9 +70,7 @@ impl Selection {
     fn picks(&self, letter: &DeadLetter) -> bool {
         match self {
             Selection::All => true,
-            Selection::Ids(ids) => letter
-                .key_and_id()
-                .is_some_and(|(_, id)| ids.contains(&id)),
+            Selection::Ids(ids) => letter.key_and_id().is_some_and(|(_, id)| ids.contains(&id)),
         }
     }
 }
