@@ -5,7 +5,7 @@ use anyhow::Context;
 
 use crate::cli::{Pick, SpoolAction};
 use crate::config::Config;
-use crate::state::{DeadLetter, Selection, Store, StoreError};
+use crate::state::{key_and_id, Selection, Store, StoreError};
 
 /// Pending rows listed before "... and N more".
 const LIST: usize = 100;
@@ -53,13 +53,7 @@ fn list(store: &Store) -> anyhow::Result<Vec<String>> {
         stats.depth, stats.bytes
     )];
     for row in store.spool_head(LIST)? {
-        let letter = DeadLetter {
-            seq: row.seq,
-            reason: String::new(),
-            dead_at: chrono::DateTime::UNIX_EPOCH,
-            bytes: row.bytes,
-        };
-        let (key, id) = names(&letter);
+        let (key, id) = names(&row.bytes);
         lines.push(format!("  pending {:>8}  {id}  {key}", row.seq));
     }
     if stats.depth > LIST as u64 {
@@ -68,7 +62,7 @@ fn list(store: &Store) -> anyhow::Result<Vec<String>> {
     let letters = store.dead_letters()?;
     lines.push(format!("dead letters: {}", letters.len()));
     for letter in &letters {
-        let (key, id) = names(letter);
+        let (key, id) = names(&letter.bytes);
         let when = letter
             .dead_at
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -81,8 +75,8 @@ fn list(store: &Store) -> anyhow::Result<Vec<String>> {
     Ok(lines)
 }
 
-fn names(letter: &DeadLetter) -> (String, String) {
-    letter.key_and_id().unwrap_or_else(|| {
+fn names(json: &[u8]) -> (String, String) {
+    key_and_id(json).unwrap_or_else(|| {
         let unreadable = "(unreadable)".to_string();
         (unreadable.clone(), unreadable)
     })

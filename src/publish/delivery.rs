@@ -83,12 +83,20 @@ impl Delivery {
             return Err(DeliveryError::StoreFaulted(problem));
         }
         let _key = self.locks.lock(&delta.key).await;
+        let head = self.store.head(&delta.key)?;
+        let verdict = judge(head.as_ref(), delta);
+        if verdict != Verdict::Accept {
+            return Ok(Delivered::Dropped(verdict));
+        }
         // Serialized once: one buffer holds the record's head and the JSON that is published,
         // spooled if need be, and remembered behind that head.
         let (delta, Encoded { record, json }) = self.fit(delta)?;
-        let verdict = judge(self.store.head(&delta.key)?.as_ref(), &delta);
-        if verdict != Verdict::Accept {
-            return Ok(Delivered::Dropped(verdict));
+        // A delta made to fit has another id: it may be the one already published.
+        if let Cow::Owned(fitted) = &delta {
+            let verdict = judge(head.as_ref(), fitted);
+            if verdict != Verdict::Accept {
+                return Ok(Delivered::Dropped(verdict));
+            }
         }
         let key = delta.key.clone();
         // While the spool holds anything, new deltas queue behind it so that per-key order holds.

@@ -52,7 +52,7 @@ impl PublishError {
 
 /// What NATS adds to a delta's JSON on the wire: the header block (`NATS/1.0`, `Nats-Msg-Id`
 /// with a 32-character id, `Content-Type`), rounded up. `max_payload` counts it.
-pub const HEADER_ALLOWANCE: usize = 256;
+const HEADER_ALLOWANCE: usize = 256;
 
 pub struct Publisher {
     client: Client,

@@ -7,7 +7,5 @@ mod jetstream;
 mod spool;
 
 pub use delivery::{Delivered, Delivery, DeliveryError};
-pub use jetstream::{
-    connect_once, probe, Probe, PublishError, Publisher, StreamSettings, HEADER_ALLOWANCE,
-};
+pub use jetstream::{connect_once, probe, Probe, PublishError, Publisher, StreamSettings};
 pub use spool::{drain, Spool};

@@ -1,7 +1,7 @@
 //! The spool: deltas JetStream did not take, kept in the state store (fsynced before the webhook
 //! is answered) and drained in order, with back-off, once NATS is back.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -150,28 +150,30 @@ impl Drainer<'_> {
                 return false;
             }
         };
-        let (mut seqs, mut dead, mut bytes, mut complete) = (Vec::new(), Vec::new(), 0, true);
+        let (mut drained, mut letters, mut reasons) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut bytes, mut complete) = (0, true);
         for row in &head {
-            if !self.acked.contains(&row.seq) {
-                match self.publish(row).await {
-                    Sent::Acked => {}
-                    Sent::Dead(letter) => dead.push(letter),
-                    Sent::Paused => {
-                        complete = false;
-                        break;
-                    }
+            let sent = match self.acked.contains(&row.seq) {
+                true => Sent::Acked,
+                false => self.publish(row).await,
+            };
+            match sent {
+                Sent::Acked => drained.push(row.seq),
+                Sent::Dead(letter, reason) => {
+                    letters.push(letter);
+                    reasons.push(reason);
+                }
+                Sent::Paused => {
+                    complete = false;
+                    break;
                 }
             }
-            seqs.push(row.seq);
             bytes += row.bytes.len() as u64;
         }
-        if seqs.is_empty() {
+        let count = (drained.len() + letters.len()) as u64;
+        if count == 0 {
             return false;
         }
-        let count = seqs.len() as u64;
-        let reasons: Vec<&'static str> = dead.iter().map(|(_, r)| *r).collect();
-        let letters: Vec<DeadLetter> = dead.into_iter().map(|(l, _)| l).collect();
-        let drained = without(seqs, &letters);
         self.acked.extend(drained.iter().copied());
         let unspool = Write::Unspool {
             seqs: drained.clone(),
@@ -202,32 +204,41 @@ impl Drainer<'_> {
             Ok(delta) => delta,
             Err(e) => {
                 tracing::error!(seq = row.seq, error = %e, "an unreadable spool row moved to the dead letters");
-                return Sent::Dead((letter(row, format!("unreadable: {e}")), "unreadable"));
+                return Sent::Dead(letter(row, format!("unreadable: {e}")), "unreadable");
             }
         };
         let payload = bytes::Bytes::copy_from_slice(&row.bytes);
-        let error = match self.publisher.publish(&delta, payload).await {
+        let mut sent = self.publisher.publish(&delta, payload.clone()).await;
+        // No stream answered: make sure the stream is there (created again if it was deleted)
+        // and try once more; a stream that is there and still does not take the subject
+        // refuses it for good.
+        let mut stream_there = false;
+        if matches!(sent, Err(PublishError::NoStream(_))) {
+            stream_there = self.publisher.ensure_stream().await.is_ok();
+            if stream_there {
+                sent = self.publisher.publish(&delta, payload).await;
+            }
+        }
+        let error = match sent {
             Ok(_) => return Sent::Acked,
             Err(e) => e,
         };
-        // No stream answered: a stream that exists (it is looked up again) but does not take
-        // this subject refuses it for good; an absent one is created again by the keeper.
-        let refused = error.is_refusal()
-            || (matches!(error, PublishError::NoStream(_))
-                && self.publisher.ensure_stream().await.is_ok());
+        let no_stream = matches!(error, PublishError::NoStream(_));
+        let refused = error.is_refusal() || (no_stream && stream_there);
         if !refused {
             tracing::warn!(error = %error, depth = self.spool.depth(), "spool drain paused");
             return Sent::Paused;
         }
         tracing::error!(key = %delta.key, delta_id = %delta.delta_id, error = %error,
             "JetStream refused a spooled delta; moved to the dead letters (netbox-relay spool)");
-        Sent::Dead((letter(row, error.to_string()), "refused"))
+        Sent::Dead(letter(row, error.to_string()), "refused")
     }
 }
 
 enum Sent {
     Acked,
-    Dead((DeadLetter, &'static str)),
+    /// The letter, and the reason label of its metric.
+    Dead(DeadLetter, &'static str),
     Paused,
 }
 
@@ -238,12 +249,6 @@ fn letter(row: &SpooledDelta, reason: String) -> DeadLetter {
         dead_at: Utc::now(),
         bytes: row.bytes.clone(),
     }
-}
-
-/// The drained sequences that are not dead letters (those leave the spool as letters).
-fn without(seqs: Vec<u64>, letters: &[DeadLetter]) -> Vec<u64> {
-    let dead: HashSet<u64> = letters.iter().map(|l| l.seq).collect();
-    seqs.into_iter().filter(|s| !dead.contains(s)).collect()
 }
 
 /// Sets the spool gauges, and logs them while the spool is not empty.

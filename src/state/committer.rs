@@ -21,9 +21,11 @@ struct Request {
 }
 
 /// Whether the store takes writes, and whether the commit thread runs: what `/readyz` reports.
+/// Every delivery asks it, so the healthy answer reads atomics and takes no lock.
 #[derive(Default)]
 pub struct Health {
-    faulted: Mutex<Option<String>>,
+    faulted: AtomicBool,
+    reason: Mutex<String>,
     stopped: AtomicBool,
 }
 
@@ -33,18 +35,28 @@ impl Health {
         if self.stopped.load(Ordering::SeqCst) {
             return Some("the state commit thread has stopped".to_string());
         }
-        self.faulted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        match self.is_faulted() {
+            true => Some(
+                self.reason
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+            ),
+            false => None,
+        }
+    }
+
+    fn is_faulted(&self) -> bool {
+        self.faulted.load(Ordering::SeqCst)
     }
 
     fn fault(&self, message: String) {
-        *self.faulted.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = message;
+        self.faulted.store(true, Ordering::SeqCst);
     }
 
     fn clear(&self) {
-        *self.faulted.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.faulted.store(false, Ordering::SeqCst);
     }
 }
 
@@ -142,13 +154,9 @@ impl<'a> Thread<'a> {
         }
     }
 
-    fn faulted(&self) -> bool {
-        self.health.problem().is_some()
-    }
-
     fn run(&mut self, rx: &mpsc::Receiver<Request>) {
         loop {
-            let wait = match (self.faulted(), self.unflushed.is_empty()) {
+            let wait = match (self.health.is_faulted(), self.unflushed.is_empty()) {
                 (true, _) => REOPEN_EVERY,
                 (false, false) => IDLE_FLUSH,
                 (false, true) => Duration::MAX,
@@ -244,7 +252,7 @@ impl<'a> Thread<'a> {
     /// While faulted: reopens the file (at most every `REOPEN_EVERY`) and writes back the
     /// pending records, durably. Ok once the store takes writes again.
     fn recover(&mut self) -> Result<(), StoreError> {
-        if !self.faulted() {
+        if !self.health.is_faulted() {
             return Ok(());
         }
         let path = self.store.path().to_path_buf();

@@ -3,7 +3,7 @@
 //! rest drains on, and wait here for an operator (`netbox-relay spool retry|drop`).
 
 use chrono::{DateTime, Utc};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use serde::Deserialize;
 
 use super::store::{encode, head, Store, StoreError, DEAD, RECORDS, SPOOL};
@@ -53,9 +53,14 @@ impl DeadLetter {
 
     /// The registry key and delta id, when the delta is readable that far.
     pub fn key_and_id(&self) -> Option<(String, String)> {
-        let names: Names = serde_json::from_slice(&self.bytes).ok()?;
-        Some((names.key, names.delta_id))
+        key_and_id(&self.bytes)
     }
+}
+
+/// The registry key and delta id of a delta's JSON (spooled or dead), when readable that far.
+pub fn key_and_id(json: &[u8]) -> Option<(String, String)> {
+    let names: Names = serde_json::from_slice(json).ok()?;
+    Some((names.key, names.delta_id))
 }
 
 /// Which dead letters a `retry` or `drop` acts on.
@@ -87,8 +92,7 @@ pub struct Retried {
 impl Store {
     /// Every dead letter, oldest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        let db = self.db()?;
-        let tx = db.begin_read().map_err(|e| self.fail(e))?;
+        let tx = self.begin_read()?;
         let table = tx.open_table(DEAD).map_err(|e| self.fail(e))?;
         let mut letters = Vec::new();
         for row in table.iter().map_err(|e| self.fail(e))? {
@@ -109,15 +113,10 @@ impl Store {
     /// Puts the picked dead letters back at the end of the spool, unless a newer delta of their
     /// key was accepted meanwhile (publishing the old one would undo it) or they do not parse.
     pub fn retry_dead(&self, selection: &Selection) -> Result<Retried, StoreError> {
-        let picked: Vec<DeadLetter> = self
-            .dead_letters()?
-            .into_iter()
-            .filter(|l| selection.picks(l))
-            .collect();
+        let picked = self.picked(selection)?;
         let mut next_seq = self.spool_stats()?.next_seq;
         let mut retried = Retried::default();
-        let db = self.db()?;
-        let tx = db.begin_write().map_err(|e| self.fail(e))?;
+        let tx = self.begin_write()?;
         {
             let mut records = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
             let mut spool = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
@@ -157,16 +156,15 @@ impl Store {
         Ok(retried)
     }
 
+    fn picked(&self, selection: &Selection) -> Result<Vec<DeadLetter>, StoreError> {
+        let letters = self.dead_letters()?.into_iter();
+        Ok(letters.filter(|l| selection.picks(l)).collect())
+    }
+
     /// Removes the picked dead letters for good; answers how many.
     pub fn drop_dead(&self, selection: &Selection) -> Result<usize, StoreError> {
-        let picked: Vec<u64> = self
-            .dead_letters()?
-            .into_iter()
-            .filter(|l| selection.picks(l))
-            .map(|l| l.seq)
-            .collect();
-        let db = self.db()?;
-        let tx = db.begin_write().map_err(|e| self.fail(e))?;
+        let picked: Vec<u64> = self.picked(selection)?.iter().map(|l| l.seq).collect();
+        let tx = self.begin_write()?;
         {
             let mut dead = tx.open_table(DEAD).map_err(|e| self.fail(e))?;
             for seq in &picked {

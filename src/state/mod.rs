@@ -8,6 +8,6 @@ mod record;
 mod store;
 
 pub use committer::{Committer, Health};
-pub use dead::{DeadLetter, Retried, Selection};
+pub use dead::{key_and_id, DeadLetter, Retried, Selection};
 pub use record::{judge, Record, RecordHead, Verdict};
 pub use store::{encode, Encoded, SpoolStats, SpooledDelta, Store, StoreError, Write};

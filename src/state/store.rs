@@ -1,8 +1,9 @@
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::RwLock;
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, WriteTransaction,
 };
 
 use bytes::Bytes;
@@ -124,12 +125,16 @@ impl Store {
         self.write(&[], &mut 0, true)
     }
 
-    pub(super) fn db(&self) -> Result<DbGuard<'_>, StoreError> {
-        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
-        match guard.is_some() {
-            true => Ok(DbGuard(guard)),
-            false => Err(self.fail("being reopened after a failed write")),
-        }
+    pub(super) fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let db = db.as_ref().ok_or_else(|| self.fail(REOPENING))?;
+        db.begin_read().map_err(|e| self.fail(e))
+    }
+
+    pub(super) fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let db = db.as_ref().ok_or_else(|| self.fail(REOPENING))?;
+        db.begin_write().map_err(|e| self.fail(e))
     }
 
     pub fn path(&self) -> &Path {
@@ -150,7 +155,7 @@ impl Store {
 
     /// The records of `keys`, in order, read in one transaction.
     pub fn records(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, StoreError> {
-        let tx = self.db()?.begin_read().map_err(|e| self.fail(e))?;
+        let tx = self.begin_read()?;
         let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
         keys.iter()
             .map(|key| match table.get(*key).map_err(|e| self.fail(e))? {
@@ -162,7 +167,7 @@ impl Store {
 
     /// The heads of `keys`, in order, read in one transaction.
     pub fn heads(&self, keys: &[&str]) -> Result<Vec<Option<RecordHead>>, StoreError> {
-        let tx = self.db()?.begin_read().map_err(|e| self.fail(e))?;
+        let tx = self.begin_read()?;
         let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
         keys.iter()
             .map(|key| match table.get(*key).map_err(|e| self.fail(e))? {
@@ -175,7 +180,7 @@ impl Store {
     /// Revision and tombstone of every key starting with `prefix` (not the entries: a reconcile
     /// of a large type would otherwise hold them all).
     pub fn heads_with_prefix(&self, prefix: &str) -> Result<Vec<(String, RecordHead)>, StoreError> {
-        let tx = self.db()?.begin_read().map_err(|e| self.fail(e))?;
+        let tx = self.begin_read()?;
         let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
         let mut heads = Vec::new();
         for row in table.range(prefix..).map_err(|e| self.fail(e))? {
@@ -191,7 +196,7 @@ impl Store {
 
     /// The oldest `limit` spooled deltas, in order.
     pub fn spool_head(&self, limit: usize) -> Result<Vec<SpooledDelta>, StoreError> {
-        let tx = self.db()?.begin_read().map_err(|e| self.fail(e))?;
+        let tx = self.begin_read()?;
         let table = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
         let rows = table.iter().map_err(|e| self.fail(e))?.take(limit);
         rows.map(|row| {
@@ -205,7 +210,7 @@ impl Store {
     }
 
     pub fn spool_stats(&self) -> Result<SpoolStats, StoreError> {
-        let tx = self.db()?.begin_read().map_err(|e| self.fail(e))?;
+        let tx = self.begin_read()?;
         let table = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
         let mut stats = SpoolStats::default();
         for row in table.iter().map_err(|e| self.fail(e))? {
@@ -232,7 +237,7 @@ impl Store {
         next_seq: &mut u64,
         durable: bool,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db()?.begin_write().map_err(|e| self.fail(e))?;
+        let mut tx = self.begin_write()?;
         let durability = if durable {
             Durability::Immediate
         } else {
@@ -281,15 +286,8 @@ impl Store {
     }
 }
 
-/// A read handle on the open database.
-pub(super) struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
-
-impl std::ops::Deref for DbGuard<'_> {
-    type Target = Database;
-    fn deref(&self) -> &Database {
-        self.0.as_ref().expect("checked in Store::db")
-    }
-}
+/// What a transaction meets while [`Store::reopen`] swaps the database.
+const REOPENING: &str = "being reopened after a failed write";
 
 fn create(path: &Path) -> Result<Database, StoreError> {
     redb::Builder::new()

@@ -143,7 +143,7 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_CLOSED,
         Unit::Count,
-        "HTTP connections closed by the relay, by reason (header_timeout, idle_timeout, evicted)"
+        "HTTP connections closed by the relay, by reason (header_timeout, idle_timeout, evicted, refused)"
     );
     // Known label values start at zero, so that rate() and alerts see them from the start.
     for result in WEBHOOK_RESULTS {

@@ -333,8 +333,18 @@ pub fn fields_read(kind: Kind) -> Vec<&'static str> {
 }
 
 /// The revision a webhook stated before [`Translator::clamp`], when the delta carries an earlier
-/// one: what the handler counts and logs.
-pub fn clamped_from(ev: &WebhookEvent, delta: &RegistryDelta) -> Option<DateTime<Utc>> {
+/// one: what the handler counts and logs. Only a revision equal to a bound can have been clamped,
+/// so the common case (`last_updated` before the event) reads nothing again.
+pub fn clamped_from(
+    translator: &Translator,
+    ev: &WebhookEvent,
+    delta: &RegistryDelta,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let horizon = now.checked_add_signed(translator.max_clock_skew);
+    if ev.timestamp != Some(delta.revision) && horizon != Some(delta.revision) {
+        return None;
+    }
     let stated = match ev.event {
         ChangeEvent::Deleted => ev.timestamp,
         ChangeEvent::Created | ChangeEvent::Updated => revision(&ev.data).or(ev.timestamp),

@@ -89,11 +89,12 @@ async fn handle(
         Parsed::Ignored(reason) => return Ok(ignored("ignored", reason)),
     };
     record(&event);
-    let delta = match app.translator.webhook(&event, Utc::now())? {
+    let now = Utc::now();
+    let delta = match app.translator.webhook(&event, now)? {
         Outcome::Publish(delta) => delta,
         Outcome::Ignore(reason) => return Ok(ignored("ignored", reason)),
     };
-    if let Some(stated) = translate::clamped_from(&event, &delta) {
+    if let Some(stated) = translate::clamped_from(&app.translator, &event, &delta, now) {
         clamped(app, &delta, stated);
     }
     let result = match app.delivery.deliver(&delta).await? {

@@ -2,7 +2,8 @@
 //! `server.header_timeout`, a keep-alive connection without a request closes after
 //! `server.idle_timeout`, and at most `server.max_connections` are served at once. Past the cap
 //! the connection that has waited longest without a request in a handler is closed, so that a
-//! crowd of slow or idle clients never locks out `/healthz` or NetBox. On shutdown, connections
+//! crowd of slow or idle clients never locks out `/healthz` or NetBox; when every one is in a
+//! handler, the newcomer is refused. On shutdown, connections
 //! without a request in a handler close at once; the others finish their answer.
 
 use std::collections::HashMap;
@@ -56,8 +57,12 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
-        if open.count() >= limits.max_connections {
-            open.evict_one();
+        // At the cap with every connection inside a handler (slow bodies, each bounded by
+        // server.request_timeout), the newcomer is refused: descriptors stay bounded.
+        if open.count() >= limits.max_connections && !open.evict_one() {
+            telemetry::connection_closed("refused");
+            drop(stream);
+            continue;
         }
         let conn = open.add();
         let (router, shutdown) = (router.clone(), shutdown.clone());
@@ -155,17 +160,22 @@ impl Open {
         telemetry::connections(conns.len());
     }
 
-    /// Closes the connection that has waited longest for a request head or in keep-alive.
-    fn evict_one(&self) {
+    /// Closes the connection that has waited longest for a request head or in keep-alive;
+    /// false when every one is inside a handler.
+    fn evict_one(&self) -> bool {
         let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         let waiting = conns
             .values()
             .filter(|c| !c.close.is_cancelled())
             .map(|c| (c.snapshot(), c))
             .filter(|((phase, _), _)| *phase != BUSY);
-        if let Some((_, conn)) = waiting.min_by_key(|((_, since), _)| *since) {
-            conn.close.cancel();
-            telemetry::connection_closed("evicted");
+        match waiting.min_by_key(|((_, since), _)| *since) {
+            Some((_, conn)) => {
+                conn.close.cancel();
+                telemetry::connection_closed("evicted");
+                true
+            }
+            None => false,
         }
     }
 }

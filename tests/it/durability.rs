@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    fixture_json, free_port, signed, stream_count, stream_messages, test_config, wait_for_count,
-    NatsServer, RelayProcess, TestRelay,
+    fixture_json, free_port, metrics_text, signed, stream_count, stream_messages, test_config,
+    wait_for_count, NatsServer, RelayProcess, TestRelay,
 };
 
 /// A signed device update shaped like the recorded ones, for device `id` at revision `rev`
@@ -196,14 +196,7 @@ async fn deltas_acknowledged_before_a_sigkill_arrive_after_restart_once_each() {
 async fn spool_gauge(client: &reqwest::Client, base: &str) -> f64 {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let text = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics_text(client, base).await;
         let depth = text
             .lines()
             .find_map(|l| l.strip_prefix("netbox_relay_spool_depth "))

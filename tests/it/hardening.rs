@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    fixture_json, stream_messages, test_config, wait_for_count, NatsServer, TestRelay,
+    fixture_json, metrics_text, stream_messages, test_config, wait_for_count, NatsServer, TestRelay,
 };
 
 /// A nats-server config file with this `max_payload`, in `dir`.
@@ -47,15 +47,7 @@ fn small_device(id: u64) -> Vec<u8> {
 }
 
 async fn metric(relay: &TestRelay, line_start: &str) -> f64 {
-    let text = relay
-        .http
-        .get(format!("{}/metrics", relay.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&relay.http, &relay.base).await;
     text.lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
@@ -250,5 +242,35 @@ async fn a_revision_from_the_future_is_clamped_and_later_changes_still_publish()
         metric(&relay, "netbox_relay_revisions_clamped_total").await,
         1.0
     );
+    relay.relay.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_deleted_stream_is_created_again_and_its_deltas_are_not_dead_letters() {
+    let nats = NatsServer::start();
+    let relay = TestRelay::start(test_config(&nats)).await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.delete_stream(crate::helpers::STREAM).await.unwrap();
+    for id in [801, 802, 803] {
+        let (status, body) = relay.post_signed(&small_device(id)).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stored = match js.get_stream(crate::helpers::STREAM).await {
+            Ok(mut stream) => stream.info().await.unwrap().state.messages,
+            Err(_) => 0,
+        };
+        if stored == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stream holds {stored} of 3 deltas"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(relay.get("/readyz").await.1["dead_letters"], 0);
     relay.relay.stop().await.unwrap();
 }

@@ -279,6 +279,16 @@ impl TestRelay {
     }
 }
 
+/// The relay's `/metrics` text.
+pub async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
+    let response = client.get(format!("{base}/metrics")).send().await;
+    response
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 /// A `/readyz` body saying that deltas go straight to JetStream.
 pub fn publishing(readyz: &Value) -> bool {
     readyz["nats"] == "connected" && readyz["stream"] == "ready"
