@@ -171,8 +171,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        tracing::info!("shutting down: finishing in-flight webhooks, then draining NATS");
         shutdown.cancel();
+        tracing::info!("shutting down: finishing in-flight webhooks, then draining NATS");
     });
     relay.wait().await
 }

@@ -52,14 +52,17 @@ pub async fn run(config: &Config, options: &TailOptions) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     while let Some(message) = messages.next().await {
         let message = message?;
-        match readable {
-            true => writeln!(out, "{}", line(&message.payload))?,
-            false => {
-                out.write_all(&message.payload)?;
-                out.write_all(b"\n")?;
-            }
+        let written = match readable {
+            true => writeln!(out, "{}", line(&message.payload)),
+            false => out
+                .write_all(&message.payload)
+                .and_then(|()| out.write_all(b"\n")),
+        };
+        match written.and_then(|()| out.flush()) {
+            // The reader went away (`tail | head`): done, like any Unix filter.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            other => other?,
         }
-        out.flush()?;
     }
     Ok(())
 }

@@ -20,9 +20,12 @@ pub fn init(log: &LogConfig) {
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     // Logs go to stderr: standard output is for what a command prints (deltas, summaries).
+    // A log line that cannot be written is lost, nothing more: tracing-subscriber would report
+    // it with `eprintln!`, which panics once stderr is a closed pipe.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if json {
         builder
             .json()

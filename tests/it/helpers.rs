@@ -387,6 +387,29 @@ impl RelayProcess {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
             None => Stdio::null(),
         };
+        RelayProcess::spawn(nats, port, env, Stdio::null(), stderr)
+    }
+
+    /// Standard output and the log into pipes: standard output closed at once, the log's
+    /// reading end for the test, which may close it too.
+    pub fn start_piped(
+        nats: &NatsServer,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> (RelayProcess, std::process::ChildStderr) {
+        let mut relay = RelayProcess::spawn(nats, port, env, Stdio::piped(), Stdio::piped());
+        drop(relay.child.stdout.take());
+        let log = relay.child.stderr.take().expect("a piped stderr");
+        (relay, log)
+    }
+
+    fn spawn(
+        nats: &NatsServer,
+        port: u16,
+        env: &[(&str, &str)],
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> RelayProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_netbox-relay"))
             .arg("serve")
             .env("NETBOX_RELAY_SERVER__LISTEN", format!("127.0.0.1:{port}"))
@@ -397,7 +420,7 @@ impl RelayProcess {
                 nats.scratch().join("relay.redb"),
             )
             .envs(env.iter().copied())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .expect("start the relay binary");

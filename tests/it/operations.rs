@@ -212,26 +212,52 @@ const NATS_USER: &str = "relay";
 const NATS_PASSWORD: &str = "nats-password-7f3a91";
 
 /// Runs a command of the binary with `env`, answering its stdout and stderr together.
-fn cli_output(args: &[&str], env: &[(&str, &str)], kill_after: Option<Duration>) -> String {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_netbox-relay"));
-    command.args(args).envs(env.iter().copied());
-    let output = match kill_after {
-        None => command.output().expect("run netbox-relay"),
-        Some(after) => {
-            let child = command
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("run netbox-relay");
-            std::thread::sleep(after);
-            std::process::Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()
-                .unwrap();
-            child.wait_with_output().unwrap()
-        }
-    };
+fn cli_output(args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_netbox-relay"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run netbox-relay");
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    text
+}
+
+/// A command that runs until stopped (`tail`): its output up to the first line holding `until`
+/// (20 s at most), then SIGTERM, then whatever else it wrote.
+fn cli_output_until(args: &[&str], env: &[(&str, &str)], until: &str) -> String {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_netbox-relay"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run netbox-relay");
+    let stdout = child.stdout.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut text = String::new();
+    while let Ok(line) = seen.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        text.push_str(&line);
+        text.push('\n');
+        if line.contains(until) {
+            break;
+        }
+    }
+    // SAFETY: kill only sends a signal to the child this test started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let output = child.wait_with_output().unwrap();
     text.push_str(&String::from_utf8_lossy(&output.stderr));
     text
 }
@@ -269,6 +295,8 @@ async fn no_secret_appears_in_any_log_line_of_a_whole_run() {
         post(&base, created.body.clone(), "application/json", signature).await,
         202
     );
+    let created_id = serde_json::from_slice::<Value>(&created.body).unwrap()["data"]["id"].clone();
+    let created_key = format!("\"key\":\"netbox/default/dcim.device/{created_id}\"");
     let forged = signed(b"other");
     assert_eq!(
         post(&base, created.body.clone(), "application/json", &forged).await,
@@ -295,11 +323,16 @@ async fn no_secret_appears_in_any_log_line_of_a_whole_run() {
     }
     tokio::task::block_in_place(|| {
         let setup = ["netbox-setup", "--relay-url", "https://relay.example.net"];
-        text.push_str(&cli_output(&setup, &cli_env, None));
-        text.push_str(&cli_output(&["check"], &cli_env, None));
-        text.push_str(&cli_output(&["reconcile", "--dry-run"], &cli_env, None));
+        text.push_str(&cli_output(&setup, &cli_env));
+        text.push_str(&cli_output(&["check"], &cli_env));
+        text.push_str(&cli_output(&["reconcile", "--dry-run"], &cli_env));
         let tail = ["tail", "--since", "1h"];
-        text.push_str(&cli_output(&tail, &cli_env, Some(Duration::from_secs(2))));
+        let tailed = cli_output_until(&tail, &cli_env, "\"kind\":\"device\"");
+        assert!(
+            tailed.contains("\"kind\":\"device\"") && tailed.contains(&created_key),
+            "tail printed the webhook's delta:\n{tailed}"
+        );
+        text.push_str(&tailed);
     });
 
     assert!(

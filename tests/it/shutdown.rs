@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{fixture, stream_count, test_config, NatsServer, TestRelay};
+use crate::helpers::{
+    fixture, free_port, stream_count, test_config, NatsServer, RelayProcess, TestRelay,
+};
 
 /// Sends the request head and the first half of the body; the caller sends the rest.
 async fn start_request(relay: &TestRelay, body: &[u8], signature: &str) -> TcpStream {
@@ -58,5 +60,38 @@ async fn a_stalled_client_cannot_hold_shutdown_past_the_grace_period() {
         started.elapsed() < Duration::from_secs(5),
         "stopped after {:?}",
         started.elapsed()
+    );
+}
+
+/// `netbox-relay serve | head -1`, or a log shipper that died: every log line now fails to
+/// write. The relay goes on answering and still stops on SIGTERM.
+#[tokio::test]
+async fn a_closed_log_pipe_stops_neither_work_nor_shutdown() {
+    use std::io::BufRead;
+    let nats = NatsServer::start();
+    let env = [("NETBOX_RELAY_LOG__LEVEL", "info")];
+    let (mut relay, log) = RelayProcess::start_piped(&nats, free_port(), &env);
+    let mut first = String::new();
+    let mut log = std::io::BufReader::new(log);
+    log.read_line(&mut first).unwrap();
+    assert!(first.contains("NATS"), "first log line: {first}");
+    drop(log);
+    relay.wait_ready().await;
+
+    let f = fixture("020_device_created.json");
+    let status = reqwest::Client::new()
+        .post(format!("{}/webhooks/netbox", relay.base))
+        .header("content-type", "application/json")
+        .header("x-hook-signature", &f.signature)
+        .body(f.body.clone())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 202, "a webhook logged into a closed pipe");
+    assert_eq!(stream_count(&nats.url()).await, 1);
+    assert!(
+        relay.terminate(Duration::from_secs(10)),
+        "the relay ignored SIGTERM with its log pipe closed"
     );
 }
