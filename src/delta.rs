@@ -102,6 +102,15 @@ impl RegistryDelta {
             delta_id(&delta.key, delta.op, &delta.revision, delta.entry.as_ref()).ok()?;
         Some(delta)
     }
+
+    /// The same delta at another revision, its id computed again.
+    pub fn at_revision(&self, revision: DateTime<Utc>) -> Option<RegistryDelta> {
+        let mut delta = self.clone();
+        delta.revision = revision;
+        delta.delta_id =
+            delta_id(&delta.key, delta.op, &delta.revision, delta.entry.as_ref()).ok()?;
+        Some(delta)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

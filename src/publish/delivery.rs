@@ -9,8 +9,10 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::spool::Spool;
 use super::Publisher;
-use crate::delta::RegistryDelta;
-use crate::state::{encode, judge, Committer, Encoded, Store, StoreError, Verdict, Write};
+use crate::delta::{Op, RegistryDelta};
+use crate::state::{
+    encode, judge, Committer, Encoded, RecordHead, Store, StoreError, Verdict, Write,
+};
 
 /// Where a delta went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +90,8 @@ impl Delivery {
         if verdict != Verdict::Accept {
             return Ok(Delivered::Dropped(verdict));
         }
+        let restamped = after_inferred_delete(head.as_ref(), delta);
+        let delta = restamped.as_ref().unwrap_or(delta);
         // Serialized once: one buffer holds the record's head and the JSON that is published,
         // spooled if need be, and remembered behind that head.
         let (delta, Encoded { record, json }) = self.fit(delta)?;
@@ -159,6 +163,21 @@ impl Delivery {
             max_payload: self.publisher.max_payload(),
         })
     }
+}
+
+/// An object seen again at the very revision reconcile deleted it at (it was hidden from the
+/// token, then shown again) is published one microsecond later: revisions per key keep rising
+/// for consumers that order by them, and its id differs from the upsert before the delete, which
+/// JetStream would otherwise drop as a duplicate within its window.
+fn after_inferred_delete(
+    head: Option<&RecordHead>,
+    delta: &RegistryDelta,
+) -> Option<RegistryDelta> {
+    let head = head.filter(|h| h.inferred && delta.op == Op::Upsert)?;
+    if delta.revision > head.revision {
+        return None;
+    }
+    delta.at_revision(head.revision + chrono::Duration::microseconds(1))
 }
 
 /// Mutexes by key hash: deltas of one key never race; unrelated keys rarely wait on each other.

@@ -327,11 +327,11 @@ impl Pass<'_> {
         let prefix = self.reconciler.translator.key_prefix(object_type);
         let heads = self.reconciler.store.heads_with_prefix(&prefix)?;
         let known = heads.iter().filter(|(_, h)| !h.deleted()).count();
-        let gone: Vec<u64> = heads
+        let gone: Vec<(u64, DateTime<Utc>)> = heads
             .iter()
             .filter(|(_, h)| !h.deleted() && h.revision < self.run_start)
-            .filter_map(|(key, _)| key[prefix.len()..].parse::<u64>().ok())
-            .filter(|id| !seen.contains(id))
+            .filter_map(|(key, h)| Some((key[prefix.len()..].parse::<u64>().ok()?, h.revision)))
+            .filter(|(id, _)| !seen.contains(id))
             .collect();
         let fraction = self.reconciler.max_delete_fraction;
         if !self.force && gone.len() as f64 > fraction * known as f64 {
@@ -354,9 +354,9 @@ impl Pass<'_> {
         let translator = &self.reconciler.translator;
         let deltas: Vec<RegistryDelta> = gone
             .into_iter()
-            .filter_map(|id| {
+            .filter_map(|(id, last_seen)| {
                 translator
-                    .reconcile_delete(object_type, id, self.run_start, now)
+                    .reconcile_delete(object_type, id, last_seen, now)
                     .ok()
             })
             .collect();

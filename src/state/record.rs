@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::delta::{Entry, Op, RegistryDelta};
+use crate::delta::{Entry, Op, Origin, RegistryDelta};
 
 /// What the relay last accepted for one registry key. It is stored as the accepted delta itself,
 /// the bytes that were published, so a webhook serializes its delta once; these are the fields
@@ -24,11 +24,42 @@ impl Record {
 /// A [`Record`] without its entry, which parsing skips: all that judging a delta and the delete
 /// scan need.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "HeadFields")]
 pub struct RecordHead {
     pub revision: DateTime<Utc>,
     pub delta_id: String,
     pub op: Op,
+    /// A delete that reconcile inferred (a complete pull did not return the object), as opposed
+    /// to one NetBox reported. It never makes a later sight of the object stale.
+    pub inferred: bool,
 }
+
+/// The fields of a record's JSON that make its head.
+#[derive(Deserialize)]
+struct HeadFields {
+    revision: DateTime<Utc>,
+    delta_id: String,
+    op: Op,
+    origin: Option<Origin>,
+}
+
+impl From<HeadFields> for RecordHead {
+    fn from(f: HeadFields) -> Self {
+        RecordHead {
+            inferred: f.op == Op::Delete && f.origin == Some(Origin::Reconcile),
+            revision: f.revision,
+            delta_id: f.delta_id,
+            op: f.op,
+        }
+    }
+}
+
+/// The op byte of the heads layout. `LEGACY_DELETE` was written for every delete before
+/// inferred deletes were told apart: such a head is read from its record's JSON instead.
+const UPSERT: u8 = 0;
+pub(super) const LEGACY_DELETE: u8 = 1;
+const STATED_DELETE: u8 = 2;
+const INFERRED_DELETE: u8 = 3;
 
 impl RecordHead {
     pub fn deleted(&self) -> bool {
@@ -40,6 +71,7 @@ impl RecordHead {
             revision: delta.revision,
             delta_id: delta.delta_id.clone(),
             op: delta.op,
+            inferred: delta.op == Op::Delete && delta.origin == Origin::Reconcile,
         }
     }
 
@@ -48,9 +80,10 @@ impl RecordHead {
     /// parses nothing.
     pub(super) fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(13 + self.delta_id.len());
-        bytes.push(match self.op {
-            Op::Upsert => 0,
-            Op::Delete => 1,
+        bytes.push(match (self.op, self.inferred) {
+            (Op::Upsert, _) => UPSERT,
+            (Op::Delete, false) => STATED_DELETE,
+            (Op::Delete, true) => INFERRED_DELETE,
         });
         bytes.extend(self.revision.timestamp().to_be_bytes());
         bytes.extend(self.revision.timestamp_subsec_nanos().to_be_bytes());
@@ -59,9 +92,10 @@ impl RecordHead {
     }
 
     pub(super) fn from_bytes(bytes: &[u8]) -> Option<RecordHead> {
-        let op = match *bytes.first()? {
-            0 => Op::Upsert,
-            1 => Op::Delete,
+        let (op, inferred) = match *bytes.first()? {
+            UPSERT => (Op::Upsert, false),
+            STATED_DELETE => (Op::Delete, false),
+            INFERRED_DELETE => (Op::Delete, true),
             _ => return None,
         };
         let secs = i64::from_be_bytes(bytes.get(1..9)?.try_into().ok()?);
@@ -70,6 +104,7 @@ impl RecordHead {
             revision: DateTime::from_timestamp(secs, nanos)?,
             delta_id: String::from_utf8(bytes.get(13..)?.to_vec()).ok()?,
             op,
+            inferred,
         })
     }
 }
@@ -96,15 +131,20 @@ impl Verdict {
 
 /// The same revision with a different entry is a real change: NetBox sends exactly that to every
 /// tagged object when a tag is deleted, without touching `last_updated`.
+///
+/// An update after a delete NetBox reported is stale (a late webhook); after a delete reconcile
+/// inferred it is not: NetBox shows the object again, so the inference was wrong or outdated. An
+/// inferred delete carries the revision of the object as last seen, so any sight of it since
+/// passes.
 pub fn judge(stored: Option<&RecordHead>, delta: &RegistryDelta) -> Verdict {
     let Some(stored) = stored else {
         return Verdict::Accept;
     };
+    let updated_after_delete =
+        stored.deleted() && !stored.inferred && delta.event.as_deref() == Some("updated");
     if stored.delta_id == delta.delta_id {
         Verdict::Duplicate
-    } else if delta.revision < stored.revision
-        || (stored.deleted() && delta.event.as_deref() == Some("updated"))
-    {
+    } else if delta.revision < stored.revision || updated_after_delete {
         Verdict::Stale
     } else {
         Verdict::Accept

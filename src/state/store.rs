@@ -9,7 +9,7 @@ use redb::{
 use bytes::Bytes;
 
 use super::dead::DeadLetter;
-use super::record::{Record, RecordHead};
+use super::record::{Record, RecordHead, LEGACY_DELETE};
 use crate::delta::RegistryDelta;
 
 /// Registry key -> the last accepted delta, read back as a [`Record`]: a marker byte, the length
@@ -370,6 +370,8 @@ pub(super) fn split(value: &[u8]) -> (Option<&[u8]>, &[u8]) {
 
 pub(super) fn head(key: &str, value: &[u8]) -> Result<RecordHead, StoreError> {
     match split(value) {
+        // Written before inferred deletes were told apart: the JSON says who deleted.
+        (Some([LEGACY_DELETE, ..]), json) => parse(key, json),
         (Some(head), _) => {
             RecordHead::from_bytes(head).ok_or_else(|| corrupt(key, "malformed record head"))
         }
@@ -391,6 +393,7 @@ mod tests {
             revision,
             delta_id: "00112233445566778899aabbccddeeff".into(),
             op: Op::Delete,
+            inferred: false,
         };
         assert_eq!(RecordHead::from_bytes(&head.to_bytes()), Some(head.clone()));
         assert_eq!(RecordHead::from_bytes(&[7, 0]), None);
@@ -426,5 +429,47 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn deletes_written_before_inferred_ones_were_told_apart_are_read_from_their_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let revision = "2026-11-22T10:45:01.583546Z".parse().unwrap();
+        let old_head = |id: &str| {
+            let mut bytes = RecordHead {
+                revision,
+                delta_id: id.into(),
+                op: Op::Delete,
+                inferred: false,
+            }
+            .to_bytes();
+            bytes[0] = LEGACY_DELETE;
+            bytes
+        };
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut records = tx.open_table(RECORDS).unwrap();
+                for (id, origin) in [("1", "reconcile"), ("2", "webhook")] {
+                    let head = old_head(id);
+                    let json = serde_json::json!({
+                        "revision": "2026-11-22T10:45:01.583546Z",
+                        "delta_id": id, "op": "delete", "origin": origin, "entry": null,
+                    });
+                    let mut value = vec![HEAD_PREFIX, head.len() as u8];
+                    value.extend(head);
+                    value.extend(serde_json::to_vec(&json).unwrap());
+                    let key = format!("netbox/default/dcim.device/{id}");
+                    records.insert(key.as_str(), value.as_slice()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let inferred = |id| store.head(&format!("netbox/default/dcim.device/{id}"));
+        assert!(inferred(1).unwrap().unwrap().inferred, "a reconcile delete");
+        assert!(!inferred(2).unwrap().unwrap().inferred, "a webhook delete");
     }
 }

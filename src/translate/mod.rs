@@ -197,15 +197,17 @@ impl Translator {
         self.assemble(object_type, id, Op::Upsert, revision, Some(entry), now)
     }
 
-    /// The delete for an object a complete pull no longer returned; its revision is the run start.
+    /// The delete for an object a complete pull no longer returned. Its revision is that of the
+    /// object as last seen: the delete is inferred, not reported, so any later sight of the
+    /// object (a pull, a webhook) must be able to undo it.
     pub fn reconcile_delete(
         &self,
         object_type: ObjectType,
         id: u64,
-        run_start: DateTime<Utc>,
+        last_seen: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<RegistryDelta, TranslateError> {
-        self.assemble(object_type, id, Op::Delete, run_start, None, now)
+        self.assemble(object_type, id, Op::Delete, last_seen, None, now)
     }
 
     /// A delta with reconcile provenance; webhooks overwrite theirs.

@@ -47,6 +47,23 @@ async fn trigger(relay: &TestRelay, token: Option<&str>) -> (u16, Value) {
 async fn reconcile(relay: &TestRelay) -> Value {
     let (status, body) = trigger(relay, Some(ADMIN)).await;
     assert_eq!(status, 202, "{body}");
+    run_report(relay, body).await
+}
+
+/// A forced run (deletes past `max_delete_fraction` applied), to its report.
+async fn reconcile_forced(relay: &TestRelay) -> Value {
+    let response = relay
+        .http
+        .post(format!("{}/reconcile?force=true", relay.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    run_report(relay, response.json().await.unwrap()).await
+}
+
+async fn run_report(relay: &TestRelay, body: Value) -> Value {
     let id = body["run_id"].as_u64().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -275,23 +292,8 @@ async fn deleting_most_of_a_type_is_withheld_unless_forced() {
     );
     assert_eq!(stream_count(&nats.url()).await, 100, "nothing deleted");
 
-    let response = relay
-        .http
-        .post(format!("{}/reconcile?force=true", relay.base))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 202);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while relay.get("/reconcile/runs/latest").await.1["status"] == "running" {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        relay.get("/reconcile/runs/latest").await.1["object_types"]["dcim.device"]["deleted"],
-        100
-    );
+    let forced = reconcile_forced(&relay).await;
+    assert_eq!(forced["object_types"]["dcim.device"]["deleted"], 100);
     assert_eq!(stream_count(&nats.url()).await, 200);
 }
 
@@ -545,4 +547,70 @@ async fn several_segments_in_flight_fetch_every_object_exactly_once() {
             "segment up to {bound}: {device_requests:?}"
         );
     }
+}
+
+/// A delete reconcile inferred is not a fact: objects hidden from the token (permissions
+/// narrowed) and shown again are all back after the next complete pull, whatever their
+/// `last_updated`, and a webhook that came in between is not lost.
+#[tokio::test]
+async fn objects_hidden_from_a_pull_and_shown_again_are_back_after_the_next() {
+    let nats = NatsServer::start();
+    let fake = FakeNetbox::start("4.6.8").await;
+    fake.load_recorded("dcim_devices.json");
+    // Device 2 as the API shows it is older than the webhook below (renamed at 10:46:24.81).
+    fake.with(|s| {
+        let devices = s.objects.get_mut("dcim/devices").unwrap();
+        let device = devices.get_mut(&2).unwrap();
+        device["last_updated"] = json!("2026-11-22T10:46:18.511967Z");
+    });
+    let relay = TestRelay::start(config(&nats, &fake, 1000)).await;
+    let devices = fake.with(|s| s.objects["dcim/devices"].clone());
+    assert_eq!(
+        reconcile(&relay).await["object_types"]["dcim.device"]["upserted"],
+        devices.len()
+    );
+
+    fake.with(|s| s.objects.get_mut("dcim/devices").unwrap().clear());
+    let hidden = reconcile_forced(&relay).await;
+    assert_eq!(
+        hidden["object_types"]["dcim.device"]["deleted"],
+        devices.len(),
+        "{hidden}"
+    );
+    assert_eq!(relay.post_fixture("048_device_updated.json").await.0, 202);
+    fake.with(|s| *s.objects.get_mut("dcim/devices").unwrap() = devices.clone());
+    let shown = reconcile(&relay).await;
+    assert_eq!(shown["status"], "succeeded", "{shown}");
+    let shown = &shown["object_types"]["dcim.device"];
+    assert_eq!(
+        (shown["upserted"].as_u64(), shown["unchanged"].as_u64()),
+        (Some(devices.len() as u64 - 1), Some(1)),
+        "every device but the one the webhook brought back: {shown}"
+    );
+
+    // The registry a consumer builds from the stream: the last delta of each key.
+    let mut registry = std::collections::HashMap::new();
+    let mut revisions = std::collections::HashMap::<String, String>::new();
+    for m in stream_messages(&nats.url()).await {
+        let key = m.delta["key"].as_str().unwrap().to_string();
+        let revision = m.delta["revision"].as_str().unwrap().to_string();
+        if let Some(before) = revisions.insert(key.clone(), revision.clone()) {
+            assert!(before <= revision, "{key}: {revision} after {before}");
+        }
+        registry.insert(key, m.delta);
+    }
+    for id in devices.keys() {
+        let delta = &registry[&format!("netbox/default/dcim.device/{id}")];
+        assert_eq!(delta["op"], "upsert", "device {id} is back: {delta}");
+    }
+    let device2 = &registry["netbox/default/dcim.device/2"];
+    assert_eq!(device2["origin"], "webhook", "{device2}");
+    assert_eq!(device2["revision"], "2026-11-22T10:46:24.812343Z");
+    // A second sight changes nothing.
+    let again = reconcile(&relay).await;
+    assert_eq!(
+        total(&again, "upserted") + total(&again, "deleted"),
+        0,
+        "{again}"
+    );
 }
