@@ -1,11 +1,16 @@
-//! Ingest benchmark, one run, three targets driven by the same load generator:
+//! Ingest benchmark, one run, several targets driven by the same load generator:
 //!   (a) baseline: a trivial axum server that reads the body and answers 202;
+//!   (f) floor of the relay's job: a minimal axum handler that verifies the signature, parses the
+//!       body and publishes one JetStream message with the ack awaited, nothing else;
 //!   (b) the relay with a real local `nats-server -js`, every delta acked by JetStream;
+//!   (b0) optionally, another relay binary (`--before PATH`, e.g. an older commit) beside (b);
 //!   (c) the relay with NATS stopped: every delta fsynced into the spool.
-//! Reports requests/s, latency p50/p99/p999, errors, the server's CPU time and peak RSS, the
-//! ratios b/a and c/a, and checks that every accepted delta reached the stream.
+//! (f), (b) and (b0) run in turns for `--rounds` rounds so that drift of the machine hits each
+//! alike. Reports requests/s, latency p50/p99/p999, errors, the server's CPU time, the ratios to
+//! (a) and to (f), and checks that every accepted delta reached the stream.
 //!
-//! `cargo bench --bench ingest -- [--seconds 10] [--concurrency 32] [--rate 1000]`
+//! `cargo bench --bench ingest -- [--seconds 10] [--concurrency 32] [--rate 1000] [--rounds 1]
+//!  [--before PATH]`
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -25,12 +30,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SECRET: &str = "bench-secret";
 const BASELINE_ENV: &str = "NETBOX_RELAY_BENCH_BASELINE_PORT";
+const FLOOR_ENV: &str = "NETBOX_RELAY_BENCH_FLOOR";
+const FLOOR_STREAM: &str = "BENCH_FLOOR";
 const ID: &str = "987654321";
 const REVISION: &str = "2099-01-01T00:00:00.000000Z";
 
 fn main() {
     if let Ok(port) = std::env::var(BASELINE_ENV) {
         return baseline_server(port.parse().expect("baseline port"));
+    }
+    if let Ok(target) = std::env::var(FLOOR_ENV) {
+        let (port, nats) = target.split_once(' ').expect("port and NATS url");
+        return floor_server(port.parse().expect("floor port"), nats.to_string());
     }
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -44,6 +55,8 @@ struct Args {
     seconds: u64,
     concurrency: usize,
     rate: u64,
+    rounds: usize,
+    before: Option<PathBuf>,
 }
 
 impl Args {
@@ -52,6 +65,8 @@ impl Args {
             seconds: 10,
             concurrency: 32,
             rate: 1000,
+            rounds: 1,
+            before: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -64,6 +79,8 @@ impl Args {
                 "--seconds" => args.seconds = value(),
                 "--concurrency" => args.concurrency = value() as usize,
                 "--rate" => args.rate = value(),
+                "--rounds" => args.rounds = value().max(1) as usize,
+                "--before" => args.before = it.next().map(PathBuf::from),
                 _ => {} // cargo bench passes --bench
             }
         }
@@ -73,7 +90,6 @@ impl Args {
 
 async fn run(args: Args) {
     let gen = Arc::new(Generator::new());
-    let duration = Duration::from_secs(args.seconds);
     println!(
         "ingest benchmark: {}s per target, {} connections, {}",
         args.seconds,
@@ -82,6 +98,7 @@ async fn run(args: Args) {
     );
 
     let baseline = Server::baseline();
+    let duration = Duration::from_secs(args.seconds);
     let a = load(&baseline.url, &gen, args.concurrency, duration, None)
         .await
         .with_server(&baseline);
@@ -89,50 +106,86 @@ async fn run(args: Args) {
 
     let work = tempfile::tempdir().unwrap();
     let mut nats = Nats::launch(work.path().join("nats"));
-    let relay = Server::relay(&nats, work.path().join("relay.redb"));
+    let floor = Server::floor(&nats);
+    let relay = Server::relay(
+        env!("CARGO_BIN_EXE_netbox-relay").as_ref(),
+        &nats,
+        &work,
+        "relay",
+    );
+    let before = args
+        .before
+        .as_ref()
+        .map(|bin| Server::relay(bin, &nats, &work, "before"));
     wait_ready(&relay.url).await;
-    let before = relay.cpu_seconds();
-    let b = load(&relay.url, &gen, args.concurrency, duration, None)
-        .await
-        .with_cpu(&relay, before);
-    let before = relay.cpu_seconds();
-    let b_rate = load(
-        &relay.url,
-        &gen,
-        args.concurrency,
-        duration,
-        Some(args.rate),
-    )
-    .await
-    .with_cpu(&relay, before);
+    if let Some(before) = &before {
+        wait_ready(&before.url).await;
+    }
+    let (mut f, mut b, mut b0) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        f.push(measure(&floor, &nats, &gen, &args, None).await);
+        b.push(measure(&relay, &nats, &gen, &args, None).await);
+        if let Some(before) = &before {
+            b0.push(measure(before, &nats, &gen, &args, None).await);
+        }
+        let ratio = |x: &Vec<Outcome>| x.last().map_or(0.0, Outcome::rps) / f[round - 1].rps();
+        println!(
+            "round {round}: b/f = {:.3}{}",
+            ratio(&b),
+            if before.is_some() {
+                format!(", b0/f = {:.3}", ratio(&b0))
+            } else {
+                String::new()
+            }
+        );
+    }
+    let b_rate = measure(&relay, &nats, &gen, &args, Some(args.rate)).await;
     nats.stop();
-    let before = relay.cpu_seconds();
-    let c = load(&relay.url, &gen, args.concurrency, duration, None)
-        .await
-        .with_cpu(&relay, before);
-    let accepted = b.ok + b_rate.ok + c.ok;
+    let c = measure(&relay, &nats, &gen, &args, None).await;
+    let per_round =
+        |x: &[Outcome]| -> Vec<f64> { x.iter().zip(&f).map(|(x, f)| x.rps() / f.rps()).collect() };
+    let (b_per_round, b0_per_round) = (per_round(&b), per_round(&b0));
+    let (f, b, b0) = (Outcome::merge(f), Outcome::merge(b), Outcome::merge(b0));
+    let accepted = b.ok + b0.ok + b_rate.ok + c.ok;
     nats.restart();
     let stored = wait_for_stream(&nats.url(), accepted).await;
     let rss = relay.peak_rss_mb();
-    drop(relay);
+    drop((relay, before, floor));
 
     println!();
     println!(
-        "| target | req/s | p50 ms | p99 ms | p999 ms | errors | server CPU s | ratio to (a) |"
+        "| target | req/s | p50 ms | p99 ms | p999 ms | errors | server CPU s | NATS CPU s | to (a) | to (f) |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    a.row("(a) trivial axum, read body, 202", a.rps());
-    b.row("(b) relay, JetStream ack", a.rps());
-    b_rate.row(
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let row = |name: &str, o: &Outcome| o.row(name, a.rps(), f.rps());
+    row("(a) trivial axum, read body, 202", &a);
+    row("(f) floor: verify, parse, one acked JetStream publish", &f);
+    row("(b) relay, JetStream ack", &b);
+    if b0.ok > 0 {
+        row("(b0) --before relay, JetStream ack", &b0);
+    }
+    row(
         &format!("(b') relay, JetStream ack, open loop {} req/s", args.rate),
-        a.rps(),
+        &b_rate,
     );
-    c.row("(c) relay, NATS stopped: spool", a.rps());
+    row("(c) relay, NATS stopped: spool", &c);
     println!();
     println!(
-        "ratio b/a = {:.3}, c/a = {:.3}",
+        "ratio b/a = {:.3}, c/a = {:.3}, b/f = {:.3} (per round {}){}",
         b.rps() / a.rps(),
-        c.rps() / a.rps()
+        c.rps() / a.rps(),
+        b.rps() / f.rps(),
+        listed(&b_per_round),
+        if b0.ok > 0 {
+            format!(
+                ", b0/f = {:.3} (per round {}), b/b0 = {:.3}",
+                b0.rps() / f.rps(),
+                listed(&b0_per_round),
+                b.rps() / b0.rps()
+            )
+        } else {
+            String::new()
+        }
     );
     println!(
         "relay peak RSS {rss:.1} MB; baseline peak RSS {:.1} MB",
@@ -148,11 +201,34 @@ async fn run(args: Args) {
     );
 }
 
+fn listed(ratios: &[f64]) -> String {
+    let parts: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+    parts.join(", ")
+}
+
+/// One phase of load against `server`, with the CPU time the server and NATS spent during it.
+async fn measure(
+    server: &Server,
+    nats: &Nats,
+    gen: &Arc<Generator>,
+    args: &Args,
+    rate: Option<u64>,
+) -> Outcome {
+    let (before, nats_before) = (server.cpu_seconds(), nats.cpu_seconds());
+    let duration = Duration::from_secs(args.seconds);
+    let mut outcome = load(&server.url, gen, args.concurrency, duration, rate)
+        .await
+        .with_cpu(server, before);
+    outcome.nats_cpu_seconds = nats.cpu_seconds() - nats_before;
+    outcome
+}
+
 /// Realistic webhooks: recorded device, IP address, VM and prefix bodies with a fresh id and
 /// revision each, signed as NetBox signs them.
 struct Generator {
     templates: Vec<String>,
     next: AtomicU64,
+    start_micros: i64,
 }
 
 impl Generator {
@@ -164,9 +240,13 @@ impl Generator {
             "017_prefix_created.json",
         ];
         let templates = files.iter().map(|f| template(f)).collect();
+        // Revisions from an hour ago on, 1 µs apart: in the past, as NetBox's are, so that none
+        // is clamped to the relay's clock.
+        let start = chrono::Utc::now() - chrono::Duration::hours(1);
         Generator {
             templates,
             next: AtomicU64::new(1),
+            start_micros: start.timestamp_micros(),
         }
     }
 
@@ -175,7 +255,7 @@ impl Generator {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let id = 1_000_000 + n;
         let revision =
-            chrono::DateTime::from_timestamp_micros(1_800_000_000_000_000 + n as i64).unwrap();
+            chrono::DateTime::from_timestamp_micros(self.start_micros + n as i64).unwrap();
         let body = self.templates[(n % 4) as usize]
             .replace(ID, &id.to_string())
             .replace(
@@ -200,6 +280,8 @@ fn template(file: &str) -> String {
     data["url"] = json!(url.replace(&format!("/{old_id}/"), &format!("/{ID}/")));
     data["id"] = json!(ID.parse::<u64>().unwrap());
     data["last_updated"] = json!(REVISION);
+    // NetBox queues the event when the change is saved: its timestamp is the revision's.
+    body["timestamp"] = json!(REVISION);
     serde_json::to_string(&body).unwrap()
 }
 
@@ -210,6 +292,7 @@ struct Outcome {
     latencies_us: Vec<u64>,
     elapsed: Duration,
     cpu_seconds: f64,
+    nats_cpu_seconds: f64,
     rss_mb: f64,
 }
 
@@ -235,16 +318,33 @@ impl Outcome {
         self
     }
 
-    fn row(&self, name: &str, baseline_rps: f64) {
+    /// Several phases as one: their requests, time and CPU added up.
+    fn merge(parts: Vec<Outcome>) -> Outcome {
+        let mut total = Outcome::default();
+        for part in parts {
+            total.ok += part.ok;
+            total.errors += part.errors;
+            total.latencies_us.extend(part.latencies_us);
+            total.elapsed += part.elapsed;
+            total.cpu_seconds += part.cpu_seconds;
+            total.nats_cpu_seconds += part.nats_cpu_seconds;
+        }
+        total.latencies_us.sort_unstable();
+        total
+    }
+
+    fn row(&self, name: &str, baseline_rps: f64, floor_rps: f64) {
         println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.3} |",
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {:.3} | {:.3} |",
             self.rps(),
             self.percentile(0.50),
             self.percentile(0.99),
             self.percentile(0.999),
             self.errors,
             self.cpu_seconds,
-            self.rps() / baseline_rps
+            self.nats_cpu_seconds,
+            self.rps() / baseline_rps,
+            self.rps() / floor_rps
         );
     }
 }
@@ -332,9 +432,24 @@ impl Server {
         Server::wait(child, port)
     }
 
-    fn relay(nats: &Nats, state: PathBuf) -> Server {
+    fn floor(nats: &Nats) -> Server {
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_netbox-relay"))
+        let child = Command::new(std::env::current_exe().unwrap())
+            .env(FLOOR_ENV, format!("{port} {}", nats.url()))
+            .spawn()
+            .unwrap();
+        Server::wait(child, port)
+    }
+
+    fn relay(
+        binary: &std::path::Path,
+        nats: &Nats,
+        work: &tempfile::TempDir,
+        name: &str,
+    ) -> Server {
+        let port = free_port();
+        let state = work.path().join(format!("{name}.redb"));
+        let child = Command::new(binary)
             .arg("serve")
             .env("NETBOX_RELAY_SERVER__LISTEN", format!("127.0.0.1:{port}"))
             .env("NETBOX_RELAY_NATS__URL", nats.url())
@@ -356,20 +471,8 @@ impl Server {
         }
     }
 
-    /// User + system CPU time of the process so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or("", |(_, rest)| rest)
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = [11, 12]
-            .iter()
-            .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
-            .sum();
-        ticks / 100.0
+        cpu_seconds(self.child.id())
     }
 
     fn peak_rss_mb(&self) -> f64 {
@@ -437,6 +540,26 @@ impl Nats {
     fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+
+    /// CPU time of the running server so far; 0 while it is stopped.
+    fn cpu_seconds(&self) -> f64 {
+        self.child.as_ref().map_or(0.0, |c| cpu_seconds(c.id()))
+    }
+}
+
+/// User + system CPU time of a process so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
 }
 
 impl Drop for Nats {
@@ -495,6 +618,55 @@ fn baseline_server(port: u16) {
                 )
             }),
         );
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        axum::serve(listener, app).await.unwrap();
+    });
+}
+
+/// The floor of the relay's job: verify the signature, parse the body, publish one JetStream
+/// message and await its ack. No translation, no de-duplication, no state, no metrics.
+fn floor_server(port: u16, nats: String) {
+    use axum::http::{HeaderMap, StatusCode};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(nats).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: FLOOR_STREAM.to_string(),
+            subjects: vec!["bench.floor".to_string()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let verifier = Arc::new(netbox_relay::webhook::signature::Verifier::new(
+            vec![SECRET.to_string().into()],
+            true,
+        ));
+        let handler = move |headers: HeaderMap, body: bytes::Bytes| {
+            let (js, verifier) = (js.clone(), verifier.clone());
+            async move {
+                let signature = headers.get("x-hook-signature").map(|v| v.as_bytes());
+                let Ok(verified) = verifier.verify(signature, body.clone()) else {
+                    return StatusCode::UNAUTHORIZED;
+                };
+                if serde_json::from_slice::<Value>(verified.as_bytes()).is_err() {
+                    return StatusCode::BAD_REQUEST;
+                }
+                let Ok(ack) = js.publish("bench.floor", body).await else {
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                };
+                match ack.await {
+                    Ok(_) => StatusCode::ACCEPTED,
+                    Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+                }
+            }
+        };
+        let app = axum::Router::new().route("/webhooks/netbox", axum::routing::post(handler));
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
