@@ -144,18 +144,36 @@ async fn run(
     let publisher = parts.state.publisher.clone();
     let stream_keeper = {
         let (publisher, shutdown) = (publisher.clone(), shutdown.clone());
-        tokio::spawn(async move { publisher.keep_stream(shutdown).await })
+        tokio::spawn(supervise("stream keeper", shutdown.clone(), move || {
+            let (publisher, shutdown) = (publisher.clone(), shutdown.clone());
+            async move { publisher.keep_stream(shutdown).await }
+        }))
     };
-    let drainer = tokio::spawn(publish::drain(
-        parts.spool,
-        parts.store,
-        parts.committer.clone(),
-        publisher.clone(),
-        shutdown.clone(),
-    ));
+    let drainer = {
+        let (spool, store, committer) = (parts.spool, parts.store, parts.committer.clone());
+        let (publisher, shutdown) = (publisher.clone(), shutdown.clone());
+        tokio::spawn(supervise("spool drainer", shutdown.clone(), move || {
+            publish::drain(
+                spool.clone(),
+                store.clone(),
+                committer.clone(),
+                publisher.clone(),
+                shutdown.clone(),
+            )
+        }))
+    };
     if let Some((interval, on_start)) = parts.schedule {
         let reconciler = parts.state.reconciler.clone();
-        tokio::spawn(reconciler.schedule(interval, on_start, shutdown.clone()));
+        let shutdown = shutdown.clone();
+        tokio::spawn(supervise(
+            "reconcile schedule",
+            shutdown.clone(),
+            move || {
+                reconciler
+                    .clone()
+                    .schedule(interval, on_start, shutdown.clone())
+            },
+        ));
     }
     let router = webhook::router(parts.state);
     server::serve(
@@ -173,6 +191,29 @@ async fn run(
     publisher.drain().await;
     tracing::info!("netbox-relay stopped");
     Ok(())
+}
+
+/// Runs a long-lived part until it ends or shutdown; a part that panics is logged, counted
+/// (`netbox_relay_restarts_total{part}`) and started again a second later, instead of leaving
+/// the relay answering while, say, nothing drains.
+async fn supervise<F, Fut>(part: &'static str, shutdown: CancellationToken, start: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let ended = tokio::spawn(start()).await;
+        let Err(e) = ended else { return };
+        if shutdown.is_cancelled() || !e.is_panic() {
+            return;
+        }
+        tracing::error!(part, error = %e, "a background part panicked; starting it again");
+        telemetry::restarted(part);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }
 
 pub fn translator(config: &Config) -> anyhow::Result<Translator> {
@@ -251,5 +292,23 @@ async fn wait_for_stream(publisher: &Publisher) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn a_part_that_panics_is_started_again_until_it_ends() {
+        let starts = Arc::new(AtomicU32::new(0));
+        let counted = starts.clone();
+        supervise("test part", CancellationToken::new(), move || {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            async move { assert!(n >= 1, "the first start fails") }
+        })
+        .await;
+        assert_eq!(starts.load(Ordering::SeqCst), 2);
     }
 }

@@ -110,6 +110,10 @@ impl Reconciler {
 
     async fn execute(&self, mut report: RunReport, options: RunOptions) -> RunReport {
         tracing::info!(run_id = report.run_id, trigger = %report.trigger, "reconcile: run started");
+        let _unfinished = Unfinished {
+            runs: &self.runs,
+            run_id: report.run_id,
+        };
         let types = if options.only.is_empty() {
             self.types.clone()
         } else {
@@ -192,9 +196,70 @@ impl Reconciler {
     }
 }
 
+/// Ends its run as failed if the run stops before its final report (a panic unwinds through it).
+struct Unfinished<'a> {
+    runs: &'a Runs,
+    run_id: u64,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                run_id = self.run_id,
+                "reconcile: the run stopped unexpectedly; marked failed"
+            );
+            telemetry::reconcile_ended("failed", Duration::ZERO);
+        }
+        self.runs.abandon(self.run_id, Utc::now());
+    }
+}
+
 fn jitter(interval: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     interval.mul_f64(f64::from(nanos % 1000) / 10_000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_run_that_panics_ends_failed_and_the_next_may_start() {
+        let runs = Arc::new(Runs::default());
+        let run_id = runs.begin("test", false, Utc::now()).unwrap().run_id;
+        let held = runs.clone();
+        let task = tokio::spawn(async move {
+            let _unfinished = Unfinished {
+                runs: &held,
+                run_id,
+            };
+            panic!("a bug in the middle of a run");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        let report = runs.get(run_id).unwrap();
+        assert_eq!(report.status, RunStatus::Failed);
+        assert!(report.ended_at.is_some());
+        assert!(runs.begin("next", false, Utc::now()).is_ok());
+    }
+
+    #[test]
+    fn a_finished_run_keeps_its_status() {
+        let runs = Runs::default();
+        let mut report = runs.begin("test", false, Utc::now()).unwrap();
+        {
+            let _unfinished = Unfinished {
+                runs: &runs,
+                run_id: report.run_id,
+            };
+            report.finish(Utc::now());
+            runs.update(&report);
+        }
+        assert_eq!(
+            runs.get(report.run_id).unwrap().status,
+            RunStatus::Succeeded
+        );
+    }
 }

@@ -131,6 +131,20 @@ impl Runs {
         }
     }
 
+    /// Ends a run that stopped without its final report (its task panicked or was dropped):
+    /// failed, so that the next trigger is not refused for a run that no longer exists.
+    pub fn abandon(&self, run_id: u64, now: DateTime<Utc>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.running != Some(run_id) {
+            return;
+        }
+        inner.running = None;
+        if let Some(slot) = inner.reports.iter_mut().find(|r| r.run_id == run_id) {
+            slot.status = RunStatus::Failed;
+            slot.ended_at = Some(now);
+        }
+    }
+
     pub fn get(&self, id: u64) -> Option<RunReport> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.reports.iter().find(|r| r.run_id == id).cloned()

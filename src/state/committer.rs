@@ -77,6 +77,15 @@ const MAX_UNFLUSHED: Duration = Duration::from_secs(1);
 /// How often a faulted store tries to reopen its file.
 const REOPEN_EVERY: Duration = Duration::from_millis(500);
 
+/// Marks the commit thread stopped when dropped.
+struct Stopped(Arc<Health>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::SeqCst);
+    }
+}
+
 impl Committer {
     pub fn start(store: Arc<Store>, next_seq: u64) -> Committer {
         let (tx, rx) = mpsc::channel();
@@ -86,9 +95,11 @@ impl Committer {
             std::thread::Builder::new()
                 .name("state-commit".into())
                 .spawn(move || {
+                    // Set however the thread ends, a panic included: readiness and every
+                    // delivery then say so instead of waiting on a thread that is gone.
+                    let _stopped = Stopped(health.clone());
                     let mut thread = Thread::new(&store, &health, next_seq);
                     thread.run(&rx);
-                    health.stopped.store(true, Ordering::SeqCst);
                 })
                 .expect("spawning the state commit thread at start")
         };

@@ -27,6 +27,7 @@ pub const STORE_OK: &str = "netbox_relay_state_writable";
 pub const NATS_CONNECTED: &str = "netbox_relay_nats_connected";
 pub const CONNECTIONS: &str = "netbox_relay_http_connections";
 pub const CONNECTIONS_CLOSED: &str = "netbox_relay_http_connections_closed_total";
+pub const RESTARTS: &str = "netbox_relay_restarts_total";
 
 /// Webhook answers, by the `result` label: the 202s, the 200s and the errors.
 pub const WEBHOOK_RESULTS: [&str; 11] = [
@@ -77,6 +78,11 @@ fn install() -> Option<PrometheusHandle> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(WEBHOOKS, Unit::Count, "Webhooks answered, by result");
+    describe_counter!(
+        RESTARTS,
+        Unit::Count,
+        "Background parts that panicked and were started again, by part"
+    );
     describe_histogram!(
         WEBHOOK_DURATION,
         Unit::Seconds,
@@ -215,6 +221,12 @@ pub fn delta_published(delta: &RegistryDelta, elapsed: Duration) {
 pub fn spool(depth: u64, oldest_seconds: f64) {
     gauge!(SPOOL_DEPTH).set(depth as f64);
     gauge!(SPOOL_OLDEST).set(oldest_seconds);
+}
+
+/// A background part (`part`: spool drainer, stream keeper, reconcile schedule) panicked and was
+/// started again.
+pub fn restarted(part: &'static str) {
+    counter!(RESTARTS, "part" => part).increment(1);
 }
 
 pub fn reconcile_ended(result: &'static str, elapsed: Duration) {
