@@ -235,6 +235,13 @@ fn cli_output_until(args: &[&str], env: &[(&str, &str)], until: &str) -> String 
         .spawn()
         .expect("run netbox-relay");
     let stdout = child.stdout.take().unwrap();
+    // Read as it comes, or a trace-level log fills the pipe and blocks the command.
+    let mut stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut log).ok();
+        log
+    });
     let (lines, seen) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout)
@@ -257,8 +264,8 @@ fn cli_output_until(args: &[&str], env: &[(&str, &str)], until: &str) -> String 
     }
     // SAFETY: kill only sends a signal to the child this test started.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let output = child.wait_with_output().unwrap();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    child.wait().unwrap();
+    text.push_str(&log.join().unwrap());
     text
 }
 
