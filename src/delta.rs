@@ -98,18 +98,20 @@ impl RegistryDelta {
         }
         sweep.hosts_omitted += sweep.hosts.len() as u64;
         sweep.hosts = Vec::new();
-        delta.delta_id =
-            delta_id(&delta.key, delta.op, &delta.revision, delta.entry.as_ref()).ok()?;
-        Some(delta)
+        delta.with_new_id()
     }
 
     /// The same delta at another revision, its id computed again.
     pub fn at_revision(&self, revision: DateTime<Utc>) -> Option<RegistryDelta> {
         let mut delta = self.clone();
         delta.revision = revision;
-        delta.delta_id =
-            delta_id(&delta.key, delta.op, &delta.revision, delta.entry.as_ref()).ok()?;
-        Some(delta)
+        delta.with_new_id()
+    }
+
+    /// The id of what the delta now says.
+    fn with_new_id(mut self) -> Option<RegistryDelta> {
+        self.delta_id = delta_id(&self.key, self.op, &self.revision, self.entry.as_ref()).ok()?;
+        Some(self)
     }
 }
 

@@ -113,6 +113,7 @@ impl Reconciler {
         let _unfinished = Unfinished {
             runs: &self.runs,
             run_id: report.run_id,
+            started: std::time::Instant::now(),
         };
         let types = if options.only.is_empty() {
             self.types.clone()
@@ -200,6 +201,7 @@ impl Reconciler {
 struct Unfinished<'a> {
     runs: &'a Runs,
     run_id: u64,
+    started: std::time::Instant,
 }
 
 impl Drop for Unfinished<'_> {
@@ -209,7 +211,7 @@ impl Drop for Unfinished<'_> {
                 run_id = self.run_id,
                 "reconcile: the run stopped unexpectedly; marked failed"
             );
-            telemetry::reconcile_ended("failed", Duration::ZERO);
+            telemetry::reconcile_ended("failed", self.started.elapsed());
         }
         self.runs.abandon(self.run_id, Utc::now());
     }
@@ -235,6 +237,7 @@ mod tests {
             let _unfinished = Unfinished {
                 runs: &held,
                 run_id,
+                started: std::time::Instant::now(),
             };
             panic!("a bug in the middle of a run");
         });
@@ -253,6 +256,7 @@ mod tests {
             let _unfinished = Unfinished {
                 runs: &runs,
                 run_id: report.run_id,
+                started: std::time::Instant::now(),
             };
             report.finish(Utc::now());
             runs.update(&report);
