@@ -305,6 +305,12 @@ fn logging_events(options: ConnectOptions) -> ConnectOptions {
         match event {
             Event::Connected => tracing::info!("connected to NATS"),
             Event::Disconnected => tracing::warn!("disconnected from NATS"),
+            // An operator acts on these: refused credentials, a slow consumer, a server limit.
+            Event::ServerError(async_nats::ServerError::AuthorizationViolation) => tracing::error!(
+                "NATS refused the relay's credentials (nats.user and nats.password, nats.token or nats.creds_file); deltas wait in the spool"
+            ),
+            Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
+            Event::ClientError(e) => tracing::warn!(error = %e, "NATS client error"),
             other => tracing::debug!(event = %other, "NATS client event"),
         }
     })

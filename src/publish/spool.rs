@@ -110,7 +110,7 @@ pub async fn drain(
     let mut backoff = MIN_BACKOFF;
     let mut last_log = Instant::now();
     loop {
-        report(&spool, &store, &mut last_log);
+        report(&spool, &store, &mut last_log).await;
         if spool.depth() == 0 {
             tokio::select! {
                 _ = spool.wake.notified() => continue,
@@ -132,7 +132,7 @@ pub async fn drain(
 
 struct Drainer<'a> {
     spool: &'a Spool,
-    store: &'a Store,
+    store: &'a Arc<Store>,
     committer: &'a Committer,
     publisher: &'a Publisher,
     /// Rows JetStream acknowledged whose removal from the spool has not been committed (the
@@ -143,7 +143,7 @@ struct Drainer<'a> {
 impl Drainer<'_> {
     /// Publishes the head of the spool; true when the whole round went out.
     async fn round(&mut self) -> bool {
-        let head = match self.store.spool_head(ROUND) {
+        let head = match self.store.read(|store| store.spool_head(ROUND)).await {
             Ok(head) => head,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the spool");
@@ -252,12 +252,13 @@ fn letter(row: &SpooledDelta, reason: String) -> DeadLetter {
 }
 
 /// Sets the spool gauges, and logs them while the spool is not empty.
-fn report(spool: &Spool, store: &Store, last_log: &mut Instant) {
+async fn report(spool: &Spool, store: &Arc<Store>, last_log: &mut Instant) {
     let depth = spool.depth();
     let oldest = match depth {
         0 => 0.0,
         _ => store
-            .spool_head(1)
+            .read(|store| store.spool_head(1))
+            .await
             .ok()
             .and_then(|head| serde_json::from_slice::<RegistryDelta>(&head.first()?.bytes).ok())
             .map_or(0.0, |d| {

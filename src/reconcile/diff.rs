@@ -325,7 +325,9 @@ impl Pass<'_> {
         report: &mut TypeReport,
     ) -> Result<(), StoreError> {
         let prefix = self.reconciler.translator.key_prefix(object_type);
-        let heads = self.reconciler.store.heads_with_prefix(&prefix)?;
+        let scan = prefix.clone();
+        let store = &self.reconciler.store;
+        let heads = store.read(move |s| s.heads_with_prefix(&scan)).await?;
         let known = heads.iter().filter(|(_, h)| !h.deleted()).count();
         let gone: Vec<(u64, DateTime<Utc>)> = heads
             .iter()

@@ -248,6 +248,101 @@ mod tests {
         assert!(runs.begin("next", false, Utc::now()).is_ok());
     }
 
+    /// A reconciler without NetBox: each run fails at once, which is all a schedule test needs.
+    fn unconfigured(dir: &std::path::Path) -> Arc<Reconciler> {
+        let config = Config::default();
+        let store = Arc::new(Store::open(&dir.join("state.redb")).unwrap());
+        let translator = crate::app::translator(&config).unwrap();
+        Arc::new(Reconciler::new(&config, translator, store, Output::Print).unwrap())
+    }
+
+    /// Lets spawned tasks run without moving the paused clock.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn triggers(reconciler: &Reconciler) -> Vec<String> {
+        let latest = reconciler.runs.latest().map_or(0, |r| r.run_id);
+        (1..=latest)
+            .filter_map(|id| reconciler.runs.get(id))
+            .map(|r| r.trigger)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_schedule_runs_at_start_then_once_per_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let reconciler = unconfigured(dir.path());
+        let interval = Duration::from_secs(3600);
+        let shutdown = CancellationToken::new();
+        let schedule = tokio::spawn(
+            reconciler
+                .clone()
+                .schedule(interval, true, shutdown.clone()),
+        );
+        settle().await;
+        assert_eq!(triggers(&reconciler), ["start"]);
+
+        // Not before the interval has passed; then at most 10% later (jitter).
+        tokio::time::advance(interval - Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(triggers(&reconciler), ["start"]);
+        tokio::time::advance(interval / 10 + Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(triggers(&reconciler), ["start", "schedule"]);
+        tokio::time::advance(interval.mul_f64(1.1)).await;
+        settle().await;
+        assert_eq!(triggers(&reconciler), ["start", "schedule", "schedule"]);
+
+        shutdown.cancel();
+        schedule.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tick_while_a_run_is_in_progress_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let reconciler = unconfigured(dir.path());
+        let held = reconciler.runs.begin("api", false, Utc::now()).unwrap();
+        let interval = Duration::from_secs(60);
+        let shutdown = CancellationToken::new();
+        let schedule = tokio::spawn(
+            reconciler
+                .clone()
+                .schedule(interval, false, shutdown.clone()),
+        );
+        tokio::time::advance(interval.mul_f64(1.1)).await;
+        settle().await;
+        assert_eq!(
+            triggers(&reconciler),
+            ["api"],
+            "the tick found a run in progress"
+        );
+
+        let mut held = held;
+        held.finish(Utc::now());
+        reconciler.runs.update(&held);
+        tokio::time::advance(interval.mul_f64(1.1)).await;
+        settle().await;
+        assert_eq!(triggers(&reconciler), ["api", "schedule"]);
+        shutdown.cancel();
+        schedule.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_interval_runs_only_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let reconciler = unconfigured(dir.path());
+        let shutdown = CancellationToken::new();
+        let schedule = reconciler.clone().schedule(Duration::ZERO, true, shutdown);
+        tokio::time::timeout(Duration::from_secs(1), schedule)
+            .await
+            .expect("a zero interval ends the schedule after the start run");
+        settle().await;
+        assert_eq!(triggers(&reconciler), ["start"]);
+    }
+
     #[test]
     fn a_finished_run_keeps_its_status() {
         let runs = Runs::default();

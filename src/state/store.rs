@@ -1,5 +1,5 @@
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
@@ -139,6 +139,19 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Runs a read on tokio's blocking pool: a read that misses redb's cache waits for the disk,
+    /// and must not hold a runtime thread that other webhooks are served on meanwhile.
+    pub async fn read<T, F>(self: &Arc<Self>, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || read(&store))
+            .await
+            .map_err(|e| self.fail(format!("a read stopped: {e}")))?
     }
 
     pub(super) fn fail(&self, e: impl std::fmt::Display) -> StoreError {

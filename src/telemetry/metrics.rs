@@ -26,6 +26,7 @@ pub const STORE_FAULTS: &str = "netbox_relay_state_write_failures_total";
 pub const STORE_OK: &str = "netbox_relay_state_writable";
 pub const NATS_CONNECTED: &str = "netbox_relay_nats_connected";
 pub const CONNECTIONS: &str = "netbox_relay_http_connections";
+pub const REQUESTS_IN_FLIGHT: &str = "netbox_relay_http_requests_in_flight";
 pub const CONNECTIONS_CLOSED: &str = "netbox_relay_http_connections_closed_total";
 pub const RESTARTS: &str = "netbox_relay_restarts_total";
 
@@ -146,6 +147,11 @@ fn describe() {
     );
     describe_gauge!(NATS_CONNECTED, Unit::Count, "1 while connected to NATS");
     describe_gauge!(CONNECTIONS, Unit::Count, "Open HTTP connections");
+    describe_gauge!(
+        REQUESTS_IN_FLIGHT,
+        Unit::Count,
+        "HTTP requests inside a handler (a scrape of /metrics counts itself)"
+    );
     describe_counter!(
         CONNECTIONS_CLOSED,
         Unit::Count,
@@ -165,6 +171,7 @@ fn describe() {
     }
     counter!(STORE_FAULTS).absolute(0);
     gauge!(STORE_OK).set(1.0);
+    gauge!(REQUESTS_IN_FLIGHT).set(0.0);
 }
 
 /// The `reason` label of [`DEAD_LETTERED`].
@@ -197,6 +204,22 @@ pub fn nats_connected(up: bool) {
 
 pub fn connections(open: usize) {
     gauge!(CONNECTIONS).set(open as f64);
+}
+
+/// Counts a request in [`REQUESTS_IN_FLIGHT`] while it lives, however its handler ends.
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn start() -> InFlight {
+        gauge!(REQUESTS_IN_FLIGHT).increment(1.0);
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!(REQUESTS_IN_FLIGHT).decrement(1.0);
+    }
 }
 
 pub fn connection_closed(reason: &'static str) {

@@ -195,9 +195,11 @@ async fn serve_connection(
         let conn = conn.clone();
         hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             conn.begin();
+            let in_flight = telemetry::InFlight::start();
             let mut router = router.clone();
             let conn = conn.clone();
             async move {
+                let _in_flight = in_flight;
                 let response = router.call(request.map(axum::body::Body::new)).await;
                 conn.end();
                 response

@@ -289,6 +289,28 @@ pub async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
         .expect("metrics text")
 }
 
+/// Waits until the relay has `count` requests inside a handler besides the scrape that asks.
+pub async fn wait_for_requests_in_flight(base: &str, count: u64) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = metrics_text(&client, base).await;
+        let in_flight = text
+            .lines()
+            .find_map(|l| l.strip_prefix("netbox_relay_http_requests_in_flight "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_default() as u64;
+        if in_flight > count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{in_flight} requests in flight (this scrape included), waiting for {count} more"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A `/readyz` body saying that deltas go straight to JetStream.
 pub fn publishing(readyz: &Value) -> bool {
     readyz["nats"] == "connected" && readyz["stream"] == "ready"
@@ -368,6 +390,7 @@ pub async fn wait_for_count(nats_url: &str, count: u64, limit: Duration) {
 pub struct RelayProcess {
     child: Child,
     pub base: String,
+    pub addr: SocketAddr,
 }
 
 impl RelayProcess {
@@ -424,10 +447,12 @@ impl RelayProcess {
             .stderr(stderr)
             .spawn()
             .expect("start the relay binary");
-        wait_for_port(SocketAddr::from(([127, 0, 0, 1], port)));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for_port(addr);
         RelayProcess {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("http://{addr}"),
+            addr,
         }
     }
 
@@ -453,8 +478,17 @@ impl RelayProcess {
 
     /// Sends SIGTERM and waits up to `limit` for the process to exit; true when it did.
     pub fn terminate(&mut self, limit: Duration) -> bool {
+        self.send_sigterm();
+        self.wait_exit(limit)
+    }
+
+    pub fn send_sigterm(&self) {
         // SAFETY: kill only sends a signal to the child this handle owns.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+
+    /// Waits up to `limit` for the process to exit; true when it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if self.child.try_wait().ok().flatten().is_some() {
@@ -463,6 +497,18 @@ impl RelayProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// The process's peak resident memory so far (`VmHWM`), in MiB.
+    pub fn peak_memory_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the relay's /proc status");
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .expect("VmHWM in /proc status");
+        kib / 1024.0
     }
 
     pub fn kill(&mut self) {

@@ -10,6 +10,7 @@ mod expected;
 mod fake_netbox;
 mod hardening;
 mod helpers;
+mod nats_auth;
 mod operations;
 mod reconcile;
 mod schema;
