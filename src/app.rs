@@ -29,9 +29,7 @@ struct Parts {
     state: Arc<AppState>,
     /// Reconcile interval and whether to run at start, when NetBox is configured.
     schedule: Option<(Duration, bool)>,
-    store: Arc<Store>,
-    committer: Committer,
-    spool: Arc<Spool>,
+    pipeline: Pipeline,
     grace: Duration,
     limits: server::Limits,
 }
@@ -42,42 +40,29 @@ impl Relay {
     pub async fn start(config: Config) -> anyhow::Result<Relay> {
         server::raise_open_files_limit();
         let store = Arc::new(Store::open(&config.state.path)?);
-        let stats = store.spool_stats()?;
-        if stats.depth > 0 {
-            tracing::info!(
-                depth = stats.depth,
-                "the spool holds deltas from before; draining them"
-            );
-        }
-        let committer = Committer::start(store.clone(), stats.next_seq);
-        let spool = Arc::new(Spool::new(&stats, config.spool.max_bytes));
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let addr = listener.local_addr()?;
-        let publisher = Arc::new(Publisher::connect(&config.nats).await?);
-        let delivery = Arc::new(Delivery::new(
-            publisher.clone(),
-            store.clone(),
-            committer.clone(),
-            spool.clone(),
-        ));
+        let pipeline = Pipeline::open(&config, store).await?;
+        let delivery = pipeline.delivery.clone();
         let output = Output::Publish(delivery.clone());
-        let reconciler = Reconciler::new(&config, translator(&config)?, store.clone(), output)?;
+        let store = pipeline.store.clone();
+        let reconciler = Reconciler::new(&config, translator(&config)?, store, output)?;
         let state = Arc::new(AppState {
             verifier: Verifier::new(
                 config.webhook.secrets.0.clone(),
                 config.webhook.require_signature,
             ),
             translator: translator(&config)?,
-            publisher,
+            publisher: pipeline.publisher.clone(),
             delivery,
             reconciler: Arc::new(reconciler),
             admin_token: config.api.admin_token.clone(),
             max_body_bytes: config.webhook.max_body_bytes,
             request_timeout: config.server.request_timeout,
             metrics: telemetry::metrics_handle(),
-            store_health: committer.health().clone(),
+            store_health: pipeline.committer.health().clone(),
             clamped_keys: Default::default(),
         });
         if !config.webhook.require_signature {
@@ -95,9 +80,7 @@ impl Relay {
         let parts = Parts {
             state,
             schedule,
-            store,
-            committer,
-            spool,
+            pipeline,
             grace: config.server.shutdown_timeout,
             limits: server::Limits {
                 header_timeout: config.server.header_timeout,
@@ -149,19 +132,7 @@ async fn run(
             async move { publisher.keep_stream(shutdown).await }
         }))
     };
-    let drainer = {
-        let (spool, store, committer) = (parts.spool, parts.store, parts.committer.clone());
-        let (publisher, shutdown) = (publisher.clone(), shutdown.clone());
-        tokio::spawn(supervise("spool drainer", shutdown.clone(), move || {
-            publish::drain(
-                spool.clone(),
-                store.clone(),
-                committer.clone(),
-                publisher.clone(),
-                shutdown.clone(),
-            )
-        }))
-    };
+    let drainer = parts.pipeline.spawn_drainer(shutdown.clone());
     if let Some((interval, on_start)) = parts.schedule {
         let reconciler = parts.state.reconciler.clone();
         let shutdown = shutdown.clone();
@@ -187,8 +158,7 @@ async fn run(
     shutdown.cancel();
     stream_keeper.await.ok();
     drainer.await.ok();
-    parts.committer.close().await;
-    publisher.drain().await;
+    parts.pipeline.close().await;
     tracing::info!("netbox-relay stopped");
     Ok(())
 }
@@ -243,29 +213,15 @@ pub async fn reconcile_once(
         let reconciler = Reconciler::new(&config, translator, store, Output::Print)?;
         return reconciler.run(options).await.map_err(in_progress);
     }
-    let stats = store.spool_stats()?;
-    let committer = Committer::start(store.clone(), stats.next_seq);
-    let spool = Arc::new(Spool::new(&stats, config.spool.max_bytes));
-    let publisher = Arc::new(Publisher::connect(&config.nats).await?);
-    wait_for_stream(&publisher).await;
-    let delivery = Delivery::new(
-        publisher.clone(),
-        store.clone(),
-        committer.clone(),
-        spool.clone(),
-    );
-    let output = Output::Publish(Arc::new(delivery));
-    let reconciler = Reconciler::new(&config, translator, store.clone(), output)?;
+    let pipeline = Pipeline::open(&config, store.clone()).await?;
+    wait_for_stream(&pipeline.publisher).await;
+    let output = Output::Publish(pipeline.delivery.clone());
+    let reconciler = Reconciler::new(&config, translator, store, output)?;
     let report = reconciler.run(options).await.map_err(in_progress);
     // Drain what this run spooled while NATS is there; otherwise the next `serve` drains it.
     let shutdown = CancellationToken::new();
-    let drainer = tokio::spawn(publish::drain(
-        spool.clone(),
-        store,
-        committer.clone(),
-        publisher.clone(),
-        shutdown.clone(),
-    ));
+    let drainer = pipeline.spawn_drainer(shutdown.clone());
+    let (spool, publisher) = (&pipeline.spool, &pipeline.publisher);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while spool.depth() > 0 && publisher.is_connected() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -279,9 +235,67 @@ pub async fn reconcile_once(
             "deltas stay in the spool until `netbox-relay serve` drains them"
         );
     }
-    committer.close().await;
-    publisher.drain().await;
+    pipeline.close().await;
     report
+}
+
+/// The delivery path `serve` and `reconcile` both publish through: the state file, its commit
+/// thread, the spool and the NATS connection.
+struct Pipeline {
+    store: Arc<Store>,
+    committer: Committer,
+    spool: Arc<Spool>,
+    publisher: Arc<Publisher>,
+    delivery: Arc<Delivery>,
+}
+
+impl Pipeline {
+    async fn open(config: &Config, store: Arc<Store>) -> anyhow::Result<Pipeline> {
+        let stats = store.spool_stats()?;
+        if stats.depth > 0 {
+            tracing::info!(
+                depth = stats.depth,
+                "the spool holds deltas from before; draining them"
+            );
+        }
+        let committer = Committer::start(store.clone(), stats.next_seq);
+        let spool = Arc::new(Spool::new(&stats, config.spool.max_bytes));
+        let publisher = Arc::new(Publisher::connect(&config.nats).await?);
+        let delivery = Arc::new(Delivery::new(
+            publisher.clone(),
+            store.clone(),
+            committer.clone(),
+            spool.clone(),
+        ));
+        Ok(Pipeline {
+            store,
+            committer,
+            spool,
+            publisher,
+            delivery,
+        })
+    }
+
+    /// The spool drainer, restarted if it panics, until `shutdown`.
+    fn spawn_drainer(&self, shutdown: CancellationToken) -> JoinHandle<()> {
+        let (spool, store) = (self.spool.clone(), self.store.clone());
+        let (committer, publisher) = (self.committer.clone(), self.publisher.clone());
+        tokio::spawn(supervise("spool drainer", shutdown.clone(), move || {
+            publish::drain(
+                spool.clone(),
+                store.clone(),
+                committer.clone(),
+                publisher.clone(),
+                shutdown.clone(),
+            )
+        }))
+    }
+
+    /// Flushes the state file, then lets NATS deliver what is in flight.
+    async fn close(self) {
+        self.committer.close().await;
+        self.publisher.drain().await;
+    }
 }
 
 /// Gives a fresh connection a moment to reach NATS and find or create the stream.

@@ -245,6 +245,7 @@ mod tests {
         let report = runs.get(run_id).unwrap();
         assert_eq!(report.status, RunStatus::Failed);
         assert!(report.ended_at.is_some());
+        assert!(report.message.unwrap().contains("stopped unexpectedly"));
         assert!(runs.begin("next", false, Utc::now()).is_ok());
     }
 

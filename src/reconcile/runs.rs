@@ -54,6 +54,9 @@ pub struct RunReport {
     pub dry_run: bool,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// Why a run ended other than by finishing its object types.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     pub object_types: BTreeMap<String, TypeReport>,
 }
 
@@ -110,6 +113,7 @@ impl Runs {
             dry_run,
             started_at: now,
             ended_at: None,
+            message: None,
             object_types: BTreeMap::new(),
         };
         inner.running = Some(report.run_id);
@@ -142,6 +146,10 @@ impl Runs {
         if let Some(slot) = inner.reports.iter_mut().find(|r| r.run_id == run_id) {
             slot.status = RunStatus::Failed;
             slot.ended_at = Some(now);
+            slot.message = Some(
+                "the run stopped unexpectedly (a panic in the relay: the log has it under this run_id)"
+                    .to_string(),
+            );
         }
     }
 

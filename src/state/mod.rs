@@ -4,10 +4,12 @@
 
 mod committer;
 mod dead;
+mod letter;
 mod record;
 mod store;
 
 pub use committer::{Committer, Health};
-pub use dead::{key_and_id, DeadLetter, Retried, Selection};
+pub use dead::{Retried, Selection};
+pub use letter::{key_and_id, DeadLetter};
 pub use record::{judge, Record, RecordHead, Verdict};
 pub use store::{encode, Encoded, SpoolStats, SpooledDelta, Store, StoreError, Write};

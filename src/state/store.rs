@@ -8,7 +8,7 @@ use redb::{
 
 use bytes::Bytes;
 
-use super::dead::DeadLetter;
+use super::letter::DeadLetter;
 use super::record::{Record, RecordHead, LEGACY_DELETE};
 use crate::delta::RegistryDelta;
 

@@ -3,8 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 use serde_json::{Map, Value};
 
+use super::TranslateError;
 use crate::delta::Entry;
 
 pub type Object = Map<String, Value>;
@@ -145,9 +149,46 @@ impl EntryBuilder {
     }
 }
 
+/// Prefixes and clusters have a generic scope since NetBox 4.2; the site label applies when the
+/// scope is a site, and older versions carry `site` directly.
+pub fn scoped_site(obj: &Object, builder: &mut EntryBuilder) {
+    if text(obj, "scope_type") == Some("dcim.site") {
+        builder.label_from("site", obj, "scope");
+    } else {
+        builder.label_from("site", obj, "site");
+    }
+}
+
+/// `10.0.0.5/24` -> `10.0.0.5`; IPv6 in its canonical form.
+pub fn without_mask(field: &'static str, address: &str) -> Result<String, TranslateError> {
+    Ok(cidr(field, Some(address))?.addr().to_string())
+}
+
+pub fn cidr(field: &'static str, value: Option<&str>) -> Result<IpNet, TranslateError> {
+    let value = value.ok_or(TranslateError::MissingField(field))?;
+    // NetBox always writes a mask; a bare address is taken as a host.
+    value
+        .parse::<IpNet>()
+        .or_else(|_| value.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| TranslateError::InvalidField {
+            field,
+            expected: "an IP address or CIDR",
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masks_are_dropped_and_ipv6_normalized() {
+        assert_eq!(without_mask("a", "10.10.0.11/24").unwrap(), "10.10.0.11");
+        assert_eq!(
+            without_mask("a", "2001:DB8:10:0::11/64").unwrap(),
+            "2001:db8:10::11"
+        );
+        assert!(without_mask("a", "not-an-ip").is_err());
+    }
     use serde_json::json;
 
     #[test]

@@ -2,14 +2,16 @@
 
 use serde_json::Value;
 
-use super::fields::{label_value, name, nested, nested_text, text, EntryBuilder, Object};
+use super::fields::{
+    label_value, name, nested, nested_text, scoped_site, text, without_mask, EntryBuilder, Object,
+};
 use super::TranslateError;
 
 /// A device or virtual machine: the hosts a monitoring system probes.
 pub fn host(obj: &Object, builder: &mut EntryBuilder) -> Result<(), TranslateError> {
     for field in ["primary_ip4", "primary_ip6", "oob_ip"] {
         if let Some(address) = nested_text(obj, field, "address") {
-            builder.address(super::ipam::without_mask(field, address)?);
+            builder.address(without_mask(field, address)?);
         }
     }
     builder
@@ -105,14 +107,4 @@ pub fn tenant(obj: &Object, builder: &mut EntryBuilder) {
         .label_from("tenant", obj, "slug")
         .attr_from("slug", obj, "slug")
         .text_attr("group", nested_text(obj, "group", "slug"));
-}
-
-/// Prefixes and clusters have a generic scope since NetBox 4.2; the site label applies when the
-/// scope is a site, and older versions carry `site` directly.
-pub fn scoped_site(obj: &Object, builder: &mut EntryBuilder) {
-    if text(obj, "scope_type") == Some("dcim.site") {
-        builder.label_from("site", obj, "scope");
-    } else {
-        builder.label_from("site", obj, "site");
-    }
 }

@@ -1,12 +1,12 @@
 //! Entries of IP addresses, prefixes, VLANs, VRFs and services, and the discovery sweep targets.
 
-use std::net::IpAddr;
-
 use ipnet::IpNet;
 use serde_json::Value;
 
-use super::fields::{label_value, name, nested, nested_text, text, EntryBuilder, Object};
-use super::inventory::scoped_site;
+use super::fields::{
+    cidr, label_value, name, nested, nested_text, scoped_site, text, without_mask, EntryBuilder,
+    Object,
+};
 use super::{SweepOptions, TranslateError};
 use crate::delta::Sweep;
 
@@ -122,23 +122,6 @@ pub fn service(obj: &Object, builder: &mut EntryBuilder) -> Result<(), Translate
     Ok(())
 }
 
-/// `10.0.0.5/24` -> `10.0.0.5`; IPv6 in its canonical form.
-pub fn without_mask(field: &'static str, address: &str) -> Result<String, TranslateError> {
-    Ok(cidr(field, Some(address))?.addr().to_string())
-}
-
-fn cidr(field: &'static str, value: Option<&str>) -> Result<IpNet, TranslateError> {
-    let value = value.ok_or(TranslateError::MissingField(field))?;
-    // NetBox always writes a mask; a bare address is taken as a host.
-    value
-        .parse::<IpNet>()
-        .or_else(|_| value.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| TranslateError::InvalidField {
-            field,
-            expected: "an IP address or CIDR",
-        })
-}
-
 /// The sweep of `net`, listing its hosts only when there are at most `max_hosts` of them.
 fn sweep_of(net: IpNet, max_hosts: usize) -> Sweep {
     let hosts: Vec<String> = net
@@ -159,6 +142,8 @@ fn sweep_of(net: IpNet, max_hosts: usize) -> Sweep {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
 
     #[test]
@@ -178,15 +163,5 @@ mod tests {
         assert!(sweep_of(net, 4096).hosts.is_empty());
         let net: IpNet = "2001:db8::/64".parse().unwrap();
         assert!(sweep_of(net, 4096).hosts.is_empty());
-    }
-
-    #[test]
-    fn masks_are_dropped_and_ipv6_normalized() {
-        assert_eq!(without_mask("a", "10.10.0.11/24").unwrap(), "10.10.0.11");
-        assert_eq!(
-            without_mask("a", "2001:DB8:10:0::11/64").unwrap(),
-            "2001:db8:10::11"
-        );
-        assert!(without_mask("a", "not-an-ip").is_err());
     }
 }
