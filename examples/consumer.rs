@@ -8,7 +8,10 @@
 //!
 //! The durable consumer remembers, on the server, how far this consumer got. A registry kept only
 //! in memory is empty after a restart, so start such a mirror with `--rebuild`: it recreates the
-//! consumer and reads the stream from its first delta.
+//! consumer with the "last per subject" deliver policy. Every registry key has a subject of its
+//! own (`<prefix>.<partition>.<kind>.<object_id>`) and the stream keeps the last few messages of
+//! each, so the consumer first receives the current registry, one delta per key (the entry, or a
+//! delete's tombstone while it lasts), then every change as it comes. No history to replay.
 //!
 //! Deltas of one key arrive in order (the relay publishes them so); each is applied as it comes:
 //! an upsert stores the entry, a delete removes the key. Redelivery is harmless: applying the same
@@ -17,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
 use clap::Parser;
 use futures::StreamExt;
 use netbox_relay::delta::{Entry, Op, RegistryDelta};
@@ -28,13 +31,13 @@ struct Args {
     nats: String,
     #[arg(long, default_value = "NETBOX_REGISTRY")]
     stream: String,
-    /// Subjects to follow, e.g. `netbox.registry.default.device.*`.
+    /// Subjects to follow, e.g. `netbox.registry.default.device.*` (one subject per key).
     #[arg(long, default_value = "netbox.registry.>")]
     subjects: String,
     /// The durable consumer's name: the server remembers how far it got.
     #[arg(long, default_value = "registry-mirror")]
     durable: String,
-    /// Start over from the stream's first delta (recreates the durable consumer).
+    /// Start over from the current registry (recreates the durable consumer).
     #[arg(long)]
     rebuild: bool,
     /// Stop once no delta came for this long, and print the registry as JSON.
@@ -51,12 +54,14 @@ async fn main() -> Result<(), async_nats::Error> {
         // Absent on a first start; that is fine.
         let _ = stream.delete_consumer(&args.durable).await;
     }
+    // A new consumer starts with the last delta of every key: the current registry.
     let consumer = stream
         .get_or_create_consumer(
             &args.durable,
             pull::Config {
                 durable_name: Some(args.durable.clone()),
                 filter_subject: args.subjects.clone(),
+                deliver_policy: DeliverPolicy::LastPerSubject,
                 ack_policy: AckPolicy::Explicit,
                 ..Default::default()
             },

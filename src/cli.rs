@@ -80,8 +80,12 @@ pub enum Command {
         #[arg(long)]
         partition: Option<String>,
         /// Start this far back (e.g. 10m, 1h) instead of with new deltas.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "current")]
         since: Option<std::time::Duration>,
+        /// Start with the current registry: the last delta of every key (a delete's tombstone
+        /// while it lasts), then follow.
+        #[arg(long)]
+        current: bool,
         /// JSON lines even on a terminal.
         #[arg(long)]
         json: bool,

@@ -87,6 +87,11 @@ pub struct NatsConfig {
     #[serde(deserialize_with = "duration")]
     pub duplicate_window: Duration,
     pub replicas: usize,
+    /// Messages kept per registry key (subject): the stream is a compacted log. 0 keeps all.
+    pub history_per_key: u32,
+    /// How long a delete's tombstone stays, where the server supports per-message TTL (2.11+).
+    #[serde(deserialize_with = "duration")]
+    pub tombstone_ttl: Duration,
     /// How long to wait for JetStream's ack of one delta.
     #[serde(deserialize_with = "duration")]
     pub ack_timeout: Duration,
@@ -294,6 +299,10 @@ impl Config {
         if !(1..=5).contains(&self.nats.replicas) {
             return Err(invalid("nats.replicas", "must be between 1 and 5"));
         }
+        if self.nats.tombstone_ttl.as_secs() < 1 {
+            // NATS counts message TTLs in whole seconds.
+            return Err(invalid("nats.tombstone_ttl", "must be at least 1s"));
+        }
         if self.nats.ack_timeout.is_zero() {
             return Err(invalid("nats.ack_timeout", "must be greater than 0"));
         }
@@ -456,6 +465,8 @@ impl Default for NatsConfig {
             subject_prefix: "netbox.registry".to_string(),
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
+            history_per_key: 16,
+            tombstone_ttl: Duration::from_secs(7 * 24 * 3600),
             ack_timeout: Duration::from_secs(5),
         }
     }

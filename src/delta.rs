@@ -12,7 +12,8 @@ use sha2::{Digest, Sha256};
 /// The value of every delta's `schema` field.
 pub const SCHEMA_ID: &str = "netbox-relay/registry-delta/v1";
 
-/// One upsert or delete of one registry entry.
+/// One upsert or delete of one registry entry. Published on its key's own NATS subject,
+/// `<prefix>.<partition>.<kind>.<object_id>`, whose last message is the key's current state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "RegistryDelta")]
 pub struct RegistryDelta {

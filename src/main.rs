@@ -65,12 +65,14 @@ async fn main() -> ExitCode {
             kinds,
             partition,
             since,
+            current,
             json,
         } => {
             let options = TailOptions {
                 kinds,
                 partition,
                 since,
+                current,
                 json,
             };
             match ops::tail::run(&config, &options).await {

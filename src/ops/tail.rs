@@ -1,6 +1,6 @@
 //! `netbox-relay tail`: follows the stream with an ordered consumer (nothing is stored on the
 //! server, nothing acknowledged) and prints each delta: JSON lines, or one readable line per
-//! delta on a terminal.
+//! delta on a terminal. With `--current` it starts with the last delta of every key.
 
 use std::io::Write;
 use std::time::Duration;
@@ -20,6 +20,8 @@ pub struct TailOptions {
     pub partition: Option<String>,
     /// Start this far back; only new deltas when absent.
     pub since: Option<Duration>,
+    /// Start with the last delta of every key (the current registry).
+    pub current: bool,
     /// JSON lines even on a terminal.
     pub json: bool,
 }
@@ -34,11 +36,12 @@ pub async fn run(config: &Config, options: &TailOptions) -> anyhow::Result<()> {
             config.nats.stream
         )
     })?;
-    let deliver_policy = match options.since {
-        Some(since) => DeliverPolicy::ByStartTime {
+    let deliver_policy = match (options.current, options.since) {
+        (true, _) => DeliverPolicy::LastPerSubject,
+        (false, Some(since)) => DeliverPolicy::ByStartTime {
             start_time: chrono::Utc::now() - since,
         },
-        None => DeliverPolicy::New,
+        (false, None) => DeliverPolicy::New,
     };
     let consumer = stream
         .create_consumer(OrderedConfig {
@@ -67,7 +70,7 @@ pub async fn run(config: &Config, options: &TailOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `<prefix>.<partition>.<kind>.<op>` with wildcards for what is not asked for.
+/// `<prefix>.<partition>.<kind>.<object_id>` with wildcards for what is not asked for.
 fn filters(prefix: &str, options: &TailOptions) -> Vec<String> {
     let partition = options.partition.as_deref().unwrap_or("*");
     match options.kinds.is_empty() {

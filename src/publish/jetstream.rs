@@ -5,13 +5,13 @@ use async_nats::connection::State;
 use async_nats::jetstream::context::{ContextBuilder, PublishErrorKind};
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use async_nats::jetstream::{self, publish::PublishAck};
-use async_nats::{Client, ConnectOptions, Event, HeaderMap};
+use async_nats::{header, Client, ConnectOptions, Event, HeaderMap};
 use bytes::Bytes;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NatsConfig;
-use crate::delta::RegistryDelta;
+use crate::delta::{Op, RegistryDelta};
 use crate::telemetry;
 
 /// The stream the relay creates when it is absent.
@@ -21,6 +21,9 @@ pub struct StreamSettings {
     pub subject_prefix: String,
     pub duplicate_window: Duration,
     pub replicas: usize,
+    /// `max_msgs_per_subject`; 0 keeps all.
+    pub history_per_key: u32,
+    pub tombstone_ttl: Duration,
 }
 
 /// Why a delta did not reach JetStream. Messages carry no credentials.
@@ -50,6 +53,9 @@ impl PublishError {
     }
 }
 
+/// The header that carries the delta's `op`, for consumers that filter without parsing.
+pub const OP_HEADER: &str = "Netbox-Relay-Op";
+
 /// What NATS adds to a delta's JSON on the wire: the header block (`NATS/1.0`, `Nats-Msg-Id`
 /// with a 32-character id, `Content-Type`), rounded up. `max_payload` counts it.
 const HEADER_ALLOWANCE: usize = 256;
@@ -59,6 +65,10 @@ pub struct Publisher {
     js: jetstream::Context,
     settings: StreamSettings,
     stream_ready: AtomicBool,
+    /// What the stream allows, as last read from it: a delete rolls up its key's earlier
+    /// messages, and its tombstone carries a TTL.
+    rollups: AtomicBool,
+    message_ttl: AtomicBool,
 }
 
 impl Publisher {
@@ -81,8 +91,12 @@ impl Publisher {
                 subject_prefix: cfg.subject_prefix.clone(),
                 duplicate_window: cfg.duplicate_window,
                 replicas: cfg.replicas,
+                history_per_key: cfg.history_per_key,
+                tombstone_ttl: cfg.tombstone_ttl,
             },
             stream_ready: AtomicBool::new(false),
+            rollups: AtomicBool::new(false),
+            message_ttl: AtomicBool::new(false),
         })
     }
 
@@ -108,10 +122,28 @@ impl Publisher {
         &self.settings
     }
 
-    /// `<prefix>.<partition>.<kind>.<op>`.
+    /// `<prefix>.<partition>.<kind>.<object_id>`: one subject per registry key.
     pub fn subject(&self, delta: &RegistryDelta) -> String {
         let (prefix, partition) = (&self.settings.subject_prefix, &delta.partition);
-        format!("{prefix}.{partition}.{}.{}", delta.kind, delta.op.as_str())
+        format!("{prefix}.{partition}.{}.{}", delta.kind, delta.object_id)
+    }
+
+    /// The headers of a delta's message. A delete replaces its key's earlier messages (a
+    /// rollup), so that the tombstone's expiry cannot bring back an older upsert.
+    fn headers(&self, delta: &RegistryDelta) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::NATS_MESSAGE_ID, delta.delta_id.as_str());
+        headers.insert("Content-Type", "application/json");
+        headers.insert(OP_HEADER, delta.op.as_str());
+        let compacted = self.settings.history_per_key > 0;
+        if delta.op == Op::Delete && compacted && self.rollups.load(Ordering::Relaxed) {
+            headers.insert(header::NATS_ROLLUP, "sub");
+            if self.message_ttl.load(Ordering::Relaxed) {
+                let ttl = self.settings.tombstone_ttl.as_secs().to_string();
+                headers.insert(header::NATS_MESSAGE_TTL, ttl.as_str());
+            }
+        }
+        headers
     }
 
     /// Publishes one delta, `payload` being its JSON, and waits for JetStream's ack.
@@ -123,9 +155,7 @@ impl Publisher {
         if !self.is_connected() {
             return Err(PublishError::NotConnected);
         }
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", delta.delta_id.as_str());
-        headers.insert("Content-Type", "application/json");
+        let headers = self.headers(delta);
         let started = Instant::now();
         let ack = async {
             self.js
@@ -156,42 +186,89 @@ impl Publisher {
         }
     }
 
-    /// Creates the stream if it is absent. An existing stream is left as it is.
+    /// Creates the stream if it is absent, and sets the relay's settings on one that is there
+    /// (history per key, rollups, message TTL, de-duplication window, replicas), keeping the rest
+    /// as the operator set it. What JetStream refuses to change is logged with what to do.
     pub async fn ensure_stream(&self) -> Result<(), PublishError> {
         let s = &self.settings;
-        let subjects = format!("{}.>", s.subject_prefix);
-        let config = StreamConfig {
-            name: s.name.clone(),
-            subjects: vec![subjects.clone()],
-            duplicate_window: s.duplicate_window,
-            num_replicas: s.replicas,
-            storage: StorageType::File,
-            ..Default::default()
-        };
         let stream_error = |message: String| PublishError::Stream {
             stream: s.name.clone(),
             message,
         };
-        let mut stream = self
-            .js
-            .get_or_create_stream(config)
-            .await
-            .map_err(|e| stream_error(e.to_string()))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| stream_error(e.to_string()))?;
-        if !info
-            .config
-            .subjects
-            .iter()
-            .any(|subject| subject == &subjects)
-        {
-            tracing::warn!(stream = %s.name, expected = %subjects, found = ?info.config.subjects,
+        let ttl = supports_message_ttl(&self.client.server_info().version);
+        let config = match self.js.get_stream(&s.name).await {
+            Ok(mut stream) => {
+                let info = stream
+                    .info()
+                    .await
+                    .map_err(|e| stream_error(e.to_string()))?;
+                let config = self.update(info.config.clone(), ttl).await;
+                warn_of_the_old_layout(&stream, &s.subject_prefix).await;
+                config
+            }
+            Err(e) if stream_not_found(e.kind()) => {
+                let wanted = self.wanted(stream_config(s), ttl);
+                self.js
+                    .create_stream(wanted)
+                    .await
+                    .map_err(|e| stream_error(e.to_string()))?
+                    .cached_info()
+                    .config
+                    .clone()
+            }
+            Err(e) => return Err(stream_error(e.to_string())),
+        };
+        let subjects = format!("{}.>", s.subject_prefix);
+        if !config.subjects.iter().any(|subject| subject == &subjects) {
+            tracing::warn!(stream = %s.name, expected = %subjects, found = ?config.subjects,
                 "the existing stream does not capture the relay's subjects as configured");
         }
+        self.rollups.store(config.allow_rollup, Ordering::Relaxed);
+        self.message_ttl
+            .store(config.allow_message_ttl, Ordering::Relaxed);
         self.stream_ready.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// `config` with the relay's settings.
+    fn wanted(&self, mut config: StreamConfig, ttl: bool) -> StreamConfig {
+        let s = &self.settings;
+        config.max_messages_per_subject = match s.history_per_key {
+            0 => -1,
+            n => i64::from(n),
+        };
+        // A stream that keeps every message keeps every delete too: no rollups, no expiry.
+        let compacted = s.history_per_key > 0;
+        config.allow_rollup |= compacted;
+        // Once on, JetStream does not turn message TTLs off again; never ask it to.
+        config.allow_message_ttl |= ttl && compacted;
+        config.duplicate_window = s.duplicate_window;
+        config.num_replicas = s.replicas;
+        config
+    }
+
+    /// Sets the relay's settings on the existing stream; answers the stream's config after.
+    async fn update(&self, current: StreamConfig, ttl: bool) -> StreamConfig {
+        let wanted = self.wanted(current.clone(), ttl);
+        if same_settings(&wanted, &current) {
+            return current;
+        }
+        match self.js.update_stream(&wanted).await {
+            Ok(info) => {
+                tracing::info!(stream = %wanted.name,
+                    history_per_key = wanted.max_messages_per_subject,
+                    allow_message_ttl = wanted.allow_message_ttl,
+                    "JetStream stream settings updated");
+                info.config
+            }
+            Err(e) => {
+                tracing::error!(stream = %wanted.name, error = %e,
+                    "JetStream refused the relay's stream settings; the stream keeps its own. \
+                     Set them with `nats stream edit` (max_msgs_per_subject, allow_rollup_hdrs, \
+                     allow_msg_ttl, replicas) or recreate the stream (README: migration)");
+                current
+            }
+        }
     }
 
     /// Keeps the stream present: creates it once NATS is reachable, and again if it disappears.
@@ -270,6 +347,58 @@ pub async fn probe(cfg: &NatsConfig) -> Result<Probe, PublishError> {
         server_version,
         stream_subjects,
     })
+}
+
+/// The stream the relay creates, before [`Publisher::wanted`] adds its settings.
+fn stream_config(s: &StreamSettings) -> StreamConfig {
+    StreamConfig {
+        name: s.name.clone(),
+        subjects: vec![format!("{}.>", s.subject_prefix)],
+        storage: StorageType::File,
+        ..Default::default()
+    }
+}
+
+fn same_settings(a: &StreamConfig, b: &StreamConfig) -> bool {
+    (
+        a.max_messages_per_subject,
+        a.allow_rollup,
+        a.allow_message_ttl,
+        a.duplicate_window,
+        a.num_replicas,
+    ) == (
+        b.max_messages_per_subject,
+        b.allow_rollup,
+        b.allow_message_ttl,
+        b.duplicate_window,
+        b.num_replicas,
+    )
+}
+
+/// Per-message TTL came with NATS 2.11.
+fn supports_message_ttl(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (2, 11)
+}
+
+/// Messages of the layout before per-key subjects (`<prefix>.<partition>.<kind>.<op>`) are
+/// still in the stream: a consumer reading the last message per subject would take each for a
+/// key of its own.
+async fn warn_of_the_old_layout(stream: &jetstream::stream::Stream, prefix: &str) {
+    use futures::TryStreamExt;
+    for op in ["upsert", "delete"] {
+        let filter = format!("{prefix}.*.*.{op}");
+        let Ok(mut subjects) = stream.info_with_subjects(&filter).await else {
+            continue;
+        };
+        if let Ok(Some((subject, count))) = subjects.try_next().await {
+            tracing::warn!(%subject, count, stream = %stream.cached_info().config.name,
+                "the stream holds deltas of the old subject layout (<kind>.<op>); consumers of the \
+                 current state would read them as keys. Purge them and republish (README: migrating to per-key subjects)");
+            return;
+        }
+    }
 }
 
 fn stream_not_found(kind: jetstream::context::GetStreamErrorKind) -> bool {

@@ -1,5 +1,6 @@
-//! Publishing deltas to NATS JetStream: one message per delta on
-//! `<prefix>.<partition>.<kind>.<op>`, `Nats-Msg-Id` = `delta_id`. A delta counts as delivered
+//! Publishing deltas to NATS JetStream: one message per delta on its key's subject,
+//! `<prefix>.<partition>.<kind>.<object_id>`, `Nats-Msg-Id` = `delta_id`; the stream keeps the
+//! last `nats.history_per_key` messages of each key. A delta counts as delivered
 //! once JetStream acked it or it is fsynced into the spool, which is drained once NATS is back.
 
 mod delivery;

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{fixture, fixture_json, stream_count, test_config, NatsServer, TestRelay};
+use crate::helpers::{fixture, fixture_json, published_count, test_config, NatsServer, TestRelay};
 use netbox_relay::webhook::signature::sign;
 
 const JSON: (&str, &str) = ("content-type", "application/json");
@@ -82,7 +82,11 @@ async fn bad_signatures_are_rejected_with_401() {
         let answer = relay.post_raw(body, &headers).await;
         expect(&relay, case, answer, 401, "bad_signature").await;
     }
-    assert_eq!(stream_count(&nats.url()).await, 0, "nothing was published");
+    assert_eq!(
+        published_count(&nats.url()).await,
+        0,
+        "nothing was published"
+    );
 }
 
 #[tokio::test]
@@ -154,7 +158,11 @@ async fn malformed_payloads_are_rejected_with_400() {
         let answer = relay.post_signed(&body).await;
         expect(&relay, case, answer, 400, "bad_payload").await;
     }
-    assert_eq!(stream_count(&nats.url()).await, 0, "nothing was published");
+    assert_eq!(
+        published_count(&nats.url()).await,
+        0,
+        "nothing was published"
+    );
 }
 
 #[tokio::test]
@@ -187,7 +195,11 @@ async fn well_formed_webhooks_without_a_change_to_publish_are_ignored_with_200()
         let answer = relay.post_signed(&body).await;
         expect(&relay, case, answer, 200, "ignored").await;
     }
-    assert_eq!(stream_count(&nats.url()).await, 0, "nothing was published");
+    assert_eq!(
+        published_count(&nats.url()).await,
+        0,
+        "nothing was published"
+    );
 }
 
 #[tokio::test]
@@ -225,7 +237,7 @@ async fn wrong_media_types_and_oversized_bodies_are_refused() {
         "a body of exactly the limit is accepted: {body}"
     );
     assert_eq!(
-        stream_count(&nats.url()).await,
+        published_count(&nats.url()).await,
         1,
         "only the valid webhook was published"
     );
@@ -259,5 +271,5 @@ async fn any_of_several_secrets_is_accepted_for_rotation() {
         "bad_signature",
     )
     .await;
-    assert_eq!(stream_count(&nats.url()).await, 2);
+    assert_eq!(published_count(&nats.url()).await, 2);
 }

@@ -270,6 +270,8 @@ fn the_example_configuration_mentions_every_key() {
         "nats.subject_prefix",
         "nats.duplicate_window",
         "nats.replicas",
+        "nats.history_per_key",
+        "nats.tombstone_ttl",
         "nats.ack_timeout",
         "registry.partition",
         "registry.object_types",

@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    fixture_json, free_port, metrics_text, signed, stream_count, stream_messages, test_config,
-    wait_for_count, NatsServer, RelayProcess, TestRelay,
+    fixture_json, free_port, metrics_text, published_count, signed, stream_messages, test_config,
+    wait_for_published, NatsServer, RelayProcess, TestRelay,
 };
 
 /// A signed device update shaped like the recorded ones, for device `id` at revision `rev`
@@ -111,7 +111,7 @@ async fn two_thousand_webhooks_during_an_outage_all_arrive_in_key_order() {
     assert_eq!(ready["nats"], "away", "{ready}");
 
     nats.restart();
-    wait_for_count(&nats.url(), 2000, Duration::from_secs(120)).await;
+    wait_for_published(&nats.url(), 2000, Duration::from_secs(120)).await;
     let stored = stream_messages(&nats.url()).await;
     assert_eq!(stored.len(), 2000);
     assert_once_and_in_key_order(&stored);
@@ -234,7 +234,9 @@ async fn stream_messages_or_empty(url: &str) -> Vec<crate::helpers::Stored> {
 #[tokio::test]
 async fn stale_and_repeated_events_are_ignored_but_same_revision_changes_are_published() {
     let nats = NatsServer::start();
-    let config = test_config(&nats);
+    let mut config = test_config(&nats);
+    // Every message kept (no rollup on delete), to read the whole history back.
+    config.nats.history_per_key = 0;
     let relay = TestRelay::start(config.clone()).await;
     // B (050, newer) before A (034, older) for device 1: A is stale.
     assert_eq!(relay.post_fixture("050_device_updated.json").await.0, 202);
@@ -264,7 +266,7 @@ async fn stale_and_repeated_events_are_ignored_but_same_revision_changes_are_pub
         (200, Some("stale")),
         "{body}"
     );
-    assert_eq!(stream_count(&nats.url()).await, 3);
+    assert_eq!(published_count(&nats.url()).await, 3);
 
     // The state survives a restart: the same delete again is a duplicate.
     relay.relay.stop().await.unwrap();
@@ -322,7 +324,7 @@ async fn a_full_spool_answers_503_and_keeps_what_it_accepted() {
     );
 
     nats.restart();
-    wait_for_count(&nats.url(), accepted, Duration::from_secs(30)).await;
+    wait_for_published(&nats.url(), accepted, Duration::from_secs(30)).await;
     let stored = stream_messages(&nats.url()).await;
     let ids: Vec<u64> = stored
         .iter()

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    fixture_json, metrics_text, stream_messages, test_config, wait_for_count, NatsServer, TestRelay,
+    fixture_json, metrics_text, stream_messages, test_config, wait_for_published, NatsServer,
+    TestRelay,
 };
 
 /// A nats-server config file with this `max_payload`, in `dir`.
@@ -81,7 +82,7 @@ async fn a_delta_past_max_payload_is_refused_with_413_or_made_to_fit_and_blocks_
     let (status, _) = relay.post_signed(&small_device(503)).await;
     assert_eq!(status, 202);
 
-    wait_for_count(&nats.url(), 2, Duration::from_secs(10)).await;
+    wait_for_published(&nats.url(), 2, Duration::from_secs(10)).await;
     let stored = stream_messages(&nats.url()).await;
     let sweep = &stored[0].delta["entry"]["sweep"];
     assert_eq!(stored[0].delta["object_id"], 502);
@@ -115,7 +116,7 @@ async fn a_spooled_delta_jetstream_refuses_becomes_a_dead_letter_and_the_rest_dr
     }
     // NATS comes back taking at most 64 KB a message: the prefix is refused, the others drain.
     nats.restart_with(&["-c", &payload_config(scratch.path(), 64 * 1024)]);
-    wait_for_count(&nats.url(), 2, Duration::from_secs(20)).await;
+    wait_for_published(&nats.url(), 2, Duration::from_secs(20)).await;
     let stored = stream_messages(&nats.url()).await;
     let ids: Vec<&Value> = stored.iter().map(|m| &m.delta["object_id"]).collect();
     assert_eq!(ids, [&json!(601), &json!(603)]);
@@ -195,7 +196,7 @@ async fn an_unreadable_spool_row_is_quarantined_and_counted_not_dropped() {
     let relay = TestRelay::start(config).await;
     let (status, _) = relay.post_signed(&small_device(701)).await;
     assert_eq!(status, 202);
-    wait_for_count(&nats.url(), 1, Duration::from_secs(10)).await;
+    wait_for_published(&nats.url(), 1, Duration::from_secs(10)).await;
     let unreadable = r#"netbox_relay_deltas_dead_lettered_total{reason="unreadable"}"#;
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric(&relay, unreadable).await != 1.0 {
@@ -229,7 +230,7 @@ async fn a_revision_from_the_future_is_clamped_and_later_changes_still_publish()
     let (status, answer) = relay.post_signed(&serde_json::to_vec(&body).unwrap()).await;
     assert_eq!(status, 202, "the later change is not stale: {answer}");
 
-    wait_for_count(&nats.url(), 2, Duration::from_secs(10)).await;
+    wait_for_published(&nats.url(), 2, Duration::from_secs(10)).await;
     let stored = stream_messages(&nats.url()).await;
     let first: chrono::DateTime<chrono::Utc> = stored[0].delta["revision"]
         .as_str()

@@ -360,27 +360,37 @@ pub async fn stream_messages(nats_url: &str) -> Vec<Stored> {
     stored
 }
 
-/// How many messages the stream holds.
-pub async fn stream_count(nats_url: &str) -> u64 {
+/// How many deltas the stream has taken: its last sequence. A delete rolls up its key's earlier
+/// messages (compaction), so the messages held can be fewer; these are counted all the same.
+pub async fn published_count(nats_url: &str) -> u64 {
+    stream_state(nats_url).await.last_sequence
+}
+
+/// How many messages the stream holds now (after compaction).
+pub async fn held_count(nats_url: &str) -> u64 {
+    stream_state(nats_url).await.messages
+}
+
+async fn stream_state(nats_url: &str) -> async_nats::jetstream::stream::State {
     let client = async_nats::connect(nats_url)
         .await
         .expect("connect to NATS");
     let js = async_nats::jetstream::new(client);
     let mut stream = js.get_stream(STREAM).await.expect("stream exists");
-    stream.info().await.expect("stream info").state.messages
+    stream.info().await.expect("stream info").state.clone()
 }
 
-/// Polls until the stream holds `count` messages (or fails after `limit`).
-pub async fn wait_for_count(nats_url: &str, count: u64, limit: Duration) {
+/// Polls until the stream has taken `count` deltas (or fails after `limit`).
+pub async fn wait_for_published(nats_url: &str, count: u64, limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {
-        let now = stream_count(nats_url).await;
+        let now = published_count(nats_url).await;
         if now == count {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "stream holds {now} messages, expected {count}"
+            "the stream took {now} deltas, expected {count}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

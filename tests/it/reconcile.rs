@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::fake_netbox::{device_like, FakeNetbox, Fault, TOKEN};
 use crate::helpers::{
-    free_port, stream_count, stream_messages, test_config, NatsServer, RelayProcess, TestRelay,
+    free_port, published_count, stream_messages, test_config, NatsServer, RelayProcess, TestRelay,
 };
 
 const ADMIN: &str = "admin-secret-for-tests";
@@ -128,7 +128,7 @@ async fn a_first_run_publishes_every_object_and_a_second_run_nothing() {
         .iter()
         .find(|m| m.delta["key"] == "netbox/default/dcim.device/4")
         .unwrap();
-    assert_eq!(device.subject, "netbox.registry.default.device.upsert");
+    assert_eq!(device.subject, "netbox.registry.default.device.4");
     assert_eq!(
         device.delta["entry"]["netbox_url"], "/api/dcim/devices/4/",
         "API URLs become relative"
@@ -142,7 +142,7 @@ async fn a_first_run_publishes_every_object_and_a_second_run_nothing() {
         "{second}"
     );
     assert_eq!(total(&second, "unchanged"), 25);
-    assert_eq!(stream_count(&nats.url()).await, 25);
+    assert_eq!(published_count(&nats.url()).await, 25);
 
     // Cursor pagination in id order, never offsets; the pull ends on an empty page.
     let log = fake.with(|s| s.log.clone());
@@ -168,9 +168,12 @@ async fn a_first_run_publishes_every_object_and_a_second_run_nothing() {
 async fn a_change_a_removal_and_an_addition_publish_exactly_three_deltas() {
     let nats = NatsServer::start();
     let fake = fake_with_recorded("4.6.8").await;
-    let relay = TestRelay::start(config(&nats, &fake, 1000)).await;
+    let mut config = config(&nats, &fake, 1000);
+    // Every message kept (no rollup on delete), to read the three new ones back in order.
+    config.nats.history_per_key = 0;
+    let relay = TestRelay::start(config).await;
     reconcile(&relay).await;
-    let before = stream_count(&nats.url()).await;
+    let before = published_count(&nats.url()).await;
 
     fake.with(|s| {
         let devices = s.objects.get_mut("dcim/devices").unwrap();
@@ -226,7 +229,7 @@ async fn a_failed_page_publishes_no_deletes_and_429_is_retried() {
     let fake = fake_with_recorded("4.6.8").await;
     let relay = TestRelay::start(config(&nats, &fake, 1)).await;
     reconcile(&relay).await;
-    let before = stream_count(&nats.url()).await;
+    let before = published_count(&nats.url()).await;
     fake.with(|s| {
         s.objects.get_mut("dcim/devices").unwrap().remove(&7);
         s.requests_reset();
@@ -266,7 +269,7 @@ async fn a_failed_page_publishes_no_deletes_and_429_is_retried() {
         }
     }
     assert_eq!(
-        stream_count(&nats.url()).await,
+        published_count(&nats.url()).await,
         before,
         "no device delete after a failed pull"
     );
@@ -292,11 +295,11 @@ async fn deleting_most_of_a_type_is_withheld_unless_forced() {
         (Some(100), Some(0)),
         "{devices}"
     );
-    assert_eq!(stream_count(&nats.url()).await, 100, "nothing deleted");
+    assert_eq!(published_count(&nats.url()).await, 100, "nothing deleted");
 
     let forced = reconcile_forced(&relay).await;
     assert_eq!(forced["object_types"]["dcim.device"]["deleted"], 100);
-    assert_eq!(stream_count(&nats.url()).await, 200);
+    assert_eq!(published_count(&nats.url()).await, 200);
 }
 
 #[tokio::test]
@@ -419,7 +422,7 @@ async fn a_bad_token_fails_the_run_with_netboxs_reason() {
         !message.contains("not-a-real-secret-value"),
         "the token never appears in errors"
     );
-    assert_eq!(stream_count(&nats.url()).await, 0);
+    assert_eq!(published_count(&nats.url()).await, 0);
 }
 
 /// `netbox-relay reconcile` as a user runs it, configured through the environment.
@@ -477,11 +480,11 @@ async fn the_cli_dry_run_prints_deltas_and_a_real_run_publishes_them() {
         String::from_utf8_lossy(&real.stderr)
     );
     assert!(real.stdout.is_empty(), "a real run prints no deltas");
-    assert_eq!(stream_count(&nats.url()).await, 6);
+    assert_eq!(published_count(&nats.url()).await, 6);
     let again = tokio::task::block_in_place(|| cli(n, f, &["--object-type", "dcim.device"]));
     assert!(again.status.success());
     assert_eq!(
-        stream_count(&nats.url()).await,
+        published_count(&nats.url()).await,
         6,
         "the second run found nothing to publish"
     );
@@ -528,7 +531,7 @@ async fn a_pull_of_sixty_thousand_devices_completes_in_bounded_memory() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         assert_eq!(report["status"], "succeeded", "{report}");
-        assert_eq!(stream_count(&nats.url()).await, count);
+        assert_eq!(published_count(&nats.url()).await, count);
         peaks.push(relay.peak_memory_mib());
     }
     let (small, large) = (peaks[0], peaks[1]);

@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{
-    fixture, free_port, stream_count, wait_for_requests_in_flight, NatsServer, RelayProcess,
+    fixture, free_port, published_count, wait_for_requests_in_flight, NatsServer, RelayProcess,
 };
 
 /// Sends the request head and the first half of the body; the caller sends the rest.
@@ -53,7 +53,7 @@ async fn a_webhook_in_flight_at_shutdown_is_answered_and_published() {
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
     assert!(relay.wait_exit(Duration::from_secs(10)), "the relay exited");
     assert_eq!(
-        stream_count(&nats.url()).await,
+        published_count(&nats.url()).await,
         1,
         "the in-flight delta was published"
     );
@@ -109,7 +109,7 @@ async fn a_closed_log_pipe_stops_neither_work_nor_shutdown() {
         .unwrap()
         .status();
     assert_eq!(status, 202, "a webhook logged into a closed pipe");
-    assert_eq!(stream_count(&nats.url()).await, 1);
+    assert_eq!(published_count(&nats.url()).await, 1);
     assert!(
         relay.terminate(Duration::from_secs(10)),
         "the relay ignored SIGTERM with its log pipe closed"

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::durability::device_update;
-use crate::helpers::{stream_messages, test_config, wait_for_count, NatsServer, TestRelay};
+use crate::helpers::{stream_messages, test_config, wait_for_published, NatsServer, TestRelay};
 
 /// A tmpfs mounted for the test's lifetime (the test runs as root, as CI does).
 struct SmallDisk {
@@ -111,7 +111,7 @@ async fn a_full_disk_answers_503_and_the_relay_recovers_without_a_restart() {
         "{body}"
     );
 
-    wait_for_count(&nats.url(), accepted.len() as u64, Duration::from_secs(20)).await;
+    wait_for_published(&nats.url(), accepted.len() as u64, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stored = stream_messages(&nats.url()).await;
     let ids: Vec<u64> = stored
