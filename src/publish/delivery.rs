@@ -7,11 +7,13 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, MutexGuard};
 
+use bytes::Bytes;
+
 use super::spool::Spool;
-use super::Publisher;
+use super::{PublishError, Publisher};
 use crate::delta::{Op, RegistryDelta};
 use crate::state::{
-    encode, judge, Committer, Encoded, RecordHead, Store, StoreError, Verdict, Write,
+    encode, judge, with_seq, Committer, Encoded, RecordHead, Store, StoreError, Verdict, Write,
 };
 
 /// Where a delta went.
@@ -108,11 +110,18 @@ impl Delivery {
         let key = delta.key.clone();
         // While the spool holds anything, new deltas queue behind it so that per-key order holds.
         if self.spool.depth() == 0 {
-            match self.publisher.publish(&delta, json.clone()).await {
-                Ok(_) => {
-                    let write = Write::Record { key, record };
-                    self.committer.commit(write).await?;
+            // Judged against the key's last message as this relay knows it: published only
+            // while that is still the last one on the stream (another relay may have gone first).
+            let known = head.as_ref().map_or(Some(0), |h| h.seq);
+            match publish_checked(&self.publisher, &delta, &json, known).await {
+                Ok(Checked::Published(seq)) => {
+                    let record = with_seq(&record, seq);
+                    self.committer.commit(Write::Record { key, record }).await?;
                     return Ok(Delivered::Published);
+                }
+                Ok(Checked::Superseded { verdict, latest }) => {
+                    self.committer.commit(latest).await?;
+                    return Ok(Delivered::Dropped(verdict));
                 }
                 // Per delta only at debug: during an outage this is every webhook. The drainer
                 // logs the spool's depth every 10 s instead.
@@ -166,6 +175,66 @@ impl Delivery {
             max_payload: self.publisher.max_payload(),
         })
     }
+}
+
+/// What a checked publish came to.
+pub(super) enum Checked {
+    /// Stored at this stream sequence.
+    Published(u64),
+    /// Another relay published to the key first, and this delta loses to that one (stale or the
+    /// same): not published. `latest` remembers the stream's delta for the key instead.
+    Superseded { verdict: Verdict, latest: Write },
+}
+
+/// Conflicts in a row before the delta is left for later (spooled, or kept in the spool).
+const MAX_CONFLICTS: usize = 5;
+
+/// Publishes `delta` (`json`) only while the key's last message on the stream is the one it was
+/// judged against, whose sequence is `known` (0: the key has none; None: not known, so read it).
+/// On a conflict the key's last message is read from the stream and the delta judged again.
+/// A single relay knows every sequence it published and never reads.
+pub(super) async fn publish_checked(
+    publisher: &Publisher,
+    delta: &RegistryDelta,
+    json: &Bytes,
+    mut known: Option<u64>,
+) -> Result<Checked, PublishError> {
+    for _ in 0..MAX_CONFLICTS {
+        let expected = match known {
+            Some(seq) => seq,
+            None => match publisher.last_of(delta).await? {
+                None => 0,
+                Some((latest, seq)) => {
+                    let head = RecordHead {
+                        seq: Some(seq),
+                        ..RecordHead::of(&latest)
+                    };
+                    let verdict = judge(Some(&head), delta);
+                    if verdict != Verdict::Accept {
+                        let record = encode(&latest)
+                            .map_err(|e| PublishError::Refused(e.to_string()))?
+                            .record;
+                        let key = latest.key;
+                        let latest = Write::Record {
+                            key,
+                            record: with_seq(&record, seq),
+                        };
+                        return Ok(Checked::Superseded { verdict, latest });
+                    }
+                    seq
+                }
+            },
+        };
+        match publisher.publish(delta, json.clone(), Some(expected)).await {
+            Ok(ack) => return Ok(Checked::Published(ack.sequence)),
+            Err(PublishError::Conflict(_)) => known = None,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(PublishError::Conflict(format!(
+        "{} still changing after {MAX_CONFLICTS} attempts",
+        delta.key
+    )))
 }
 
 /// An object seen again at the very revision reconcile deleted it at (it was hidden from the

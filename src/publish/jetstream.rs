@@ -44,6 +44,10 @@ pub enum PublishError {
     /// it again gets the same answer.
     #[error("JetStream refused the delta: {0}")]
     Refused(String),
+    /// The key's last message on the stream is not the one the relay compared against: another
+    /// relay published to the key since.
+    #[error("the key's last message on the stream changed: {0}")]
+    Conflict(String),
 }
 
 impl PublishError {
@@ -146,16 +150,22 @@ impl Publisher {
         headers
     }
 
-    /// Publishes one delta, `payload` being its JSON, and waits for JetStream's ack.
+    /// Publishes one delta, `payload` being its JSON, and waits for JetStream's ack. With
+    /// `expected`, only if the key's last message on the stream has that sequence (0: none).
     pub async fn publish(
         &self,
         delta: &RegistryDelta,
         payload: Bytes,
+        expected: Option<u64>,
     ) -> Result<PublishAck, PublishError> {
         if !self.is_connected() {
             return Err(PublishError::NotConnected);
         }
-        let headers = self.headers(delta);
+        let mut headers = self.headers(delta);
+        if let Some(seq) = expected {
+            let seq = seq.to_string();
+            headers.insert(header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, seq.as_str());
+        }
         let started = Instant::now();
         let ack = async {
             self.js
@@ -179,11 +189,53 @@ impl Publisher {
                 PublishError::NoStream(e.to_string())
             }
             PublishErrorKind::MaxPayloadExceeded => PublishError::Refused(e.to_string()),
+            PublishErrorKind::WrongLastSequence => {
+                telemetry::publish_conflict();
+                PublishError::Conflict(e.to_string())
+            }
             // JetStream answered with an API error (message too large for the stream, bad
             // request, ...): the same message would be refused again.
             PublishErrorKind::Other if answered => PublishError::Refused(e.to_string()),
             _ => PublishError::NoAck(e.to_string()),
         }
+    }
+
+    /// The key's last message on the stream (read from the stream's leader), with its sequence;
+    /// None when the key has none (never published, or its tombstone expired).
+    pub async fn last_of(
+        &self,
+        delta: &RegistryDelta,
+    ) -> Result<Option<(RegistryDelta, u64)>, PublishError> {
+        use jetstream::stream::LastRawMessageErrorKind;
+        let stream = self
+            .js
+            .get_stream_no_info(&self.settings.name)
+            .await
+            .map_err(|e| PublishError::NoStream(e.to_string()))?;
+        let message = match stream
+            .get_last_raw_message_by_subject(&self.subject(delta))
+            .await
+        {
+            Ok(message) => message,
+            Err(e) => {
+                return match e.kind() {
+                    LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                    LastRawMessageErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                    {
+                        self.stream_ready.store(false, Ordering::Relaxed);
+                        Err(PublishError::NoStream(e.to_string()))
+                    }
+                    _ => Err(PublishError::NoAck(format!(
+                        "reading the key's last message: {e}"
+                    ))),
+                }
+            }
+        };
+        let last = serde_json::from_slice::<RegistryDelta>(&message.payload).map_err(|e| {
+            PublishError::Refused(format!("the key's last message is not a delta: {e}"))
+        })?;
+        Ok(Some((last, message.sequence)))
     }
 
     /// Creates the stream if it is absent, and sets the relay's settings on one that is there

@@ -10,6 +10,7 @@ use chrono::Utc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::delivery::{publish_checked, Checked};
 use super::{PublishError, Publisher};
 use crate::delta::RegistryDelta;
 use crate::state::{Committer, DeadLetter, SpoolStats, SpooledDelta, Store, Write};
@@ -208,7 +209,10 @@ impl Drainer<'_> {
             }
         };
         let payload = bytes::Bytes::copy_from_slice(&row.bytes);
-        let mut sent = self.publisher.publish(&delta, payload.clone()).await;
+        // Another relay may have published to the key while this one spooled: the key's last
+        // message on the stream is read, and a delta that loses to it is not published.
+        let publisher = self.publisher;
+        let mut sent = publish_checked(publisher, &delta, &payload, None).await;
         // No stream answered: make sure the stream is there (created again if it was deleted)
         // and try once more; a stream that is there and still does not take the subject
         // refuses it for good.
@@ -216,11 +220,18 @@ impl Drainer<'_> {
         if matches!(sent, Err(PublishError::NoStream(_))) {
             stream_there = self.publisher.ensure_stream().await.is_ok();
             if stream_there {
-                sent = self.publisher.publish(&delta, payload).await;
+                sent = publish_checked(publisher, &delta, &payload, None).await;
             }
         }
         let error = match sent {
-            Ok(_) => return Sent::Acked,
+            Ok(Checked::Published(_)) => return Sent::Acked,
+            Ok(Checked::Superseded { verdict, latest }) => {
+                tracing::debug!(key = %delta.key, reason = verdict.reason(),
+                    "a spooled delta lost to one another relay published; not published");
+                // Only remembered: the spool row goes either way.
+                self.committer.commit(latest).await.ok();
+                return Sent::Acked;
+            }
             Err(e) => e,
         };
         let no_stream = matches!(error, PublishError::NoStream(_));

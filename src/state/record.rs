@@ -32,6 +32,9 @@ pub struct RecordHead {
     /// A delete that reconcile inferred (a complete pull did not return the object), as opposed
     /// to one NetBox reported. It never makes a later sight of the object stale.
     pub inferred: bool,
+    /// The stream sequence of this delta's message, when known: the next delta of the key is
+    /// published only if it is still the key's last message (`Nats-Expected-Last-Subject-Sequence`).
+    pub seq: Option<u64>,
 }
 
 /// The fields of a record's JSON that make its head.
@@ -50,6 +53,7 @@ impl From<HeadFields> for RecordHead {
             revision: f.revision,
             delta_id: f.delta_id,
             op: f.op,
+            seq: None,
         }
     }
 }
@@ -60,6 +64,8 @@ const UPSERT: u8 = 0;
 pub(super) const LEGACY_DELETE: u8 = 1;
 const STATED_DELETE: u8 = 2;
 const INFERRED_DELETE: u8 = 3;
+/// Added to the op byte when the stream sequence follows the revision.
+const WITH_SEQ: u8 = 0x10;
 
 impl RecordHead {
     pub fn deleted(&self) -> bool {
@@ -72,27 +78,33 @@ impl RecordHead {
             delta_id: delta.delta_id.clone(),
             op: delta.op,
             inferred: delta.op == Op::Delete && delta.origin == Origin::Reconcile,
+            seq: None,
         }
     }
 
     /// The heads table's layout: op (1 byte), revision as seconds (8) and nanoseconds (4), big
-    /// endian, then the delta id. Fixed and small, so heads stay in redb's cache and reading one
-    /// parses nothing.
+    /// endian, the stream sequence (8) if the op byte says so, then the delta id. Fixed and
+    /// small, so heads stay in redb's cache and reading one parses nothing.
     pub(super) fn to_bytes(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(13 + self.delta_id.len());
-        bytes.push(match (self.op, self.inferred) {
+        let mut bytes = Vec::with_capacity(21 + self.delta_id.len());
+        let op = match (self.op, self.inferred) {
             (Op::Upsert, _) => UPSERT,
             (Op::Delete, false) => STATED_DELETE,
             (Op::Delete, true) => INFERRED_DELETE,
-        });
+        };
+        bytes.push(op | if self.seq.is_some() { WITH_SEQ } else { 0 });
         bytes.extend(self.revision.timestamp().to_be_bytes());
         bytes.extend(self.revision.timestamp_subsec_nanos().to_be_bytes());
+        if let Some(seq) = self.seq {
+            bytes.extend(seq.to_be_bytes());
+        }
         bytes.extend(self.delta_id.as_bytes());
         bytes
     }
 
     pub(super) fn from_bytes(bytes: &[u8]) -> Option<RecordHead> {
-        let (op, inferred) = match *bytes.first()? {
+        let first = *bytes.first()?;
+        let (op, inferred) = match first & !WITH_SEQ {
             UPSERT => (Op::Upsert, false),
             STATED_DELETE => (Op::Delete, false),
             INFERRED_DELETE => (Op::Delete, true),
@@ -100,11 +112,19 @@ impl RecordHead {
         };
         let secs = i64::from_be_bytes(bytes.get(1..9)?.try_into().ok()?);
         let nanos = u32::from_be_bytes(bytes.get(9..13)?.try_into().ok()?);
+        let (seq, id_start) = match first & WITH_SEQ {
+            0 => (None, 13),
+            _ => (
+                Some(u64::from_be_bytes(bytes.get(13..21)?.try_into().ok()?)),
+                21,
+            ),
+        };
         Some(RecordHead {
             revision: DateTime::from_timestamp(secs, nanos)?,
-            delta_id: String::from_utf8(bytes.get(13..)?.to_vec()).ok()?,
+            delta_id: String::from_utf8(bytes.get(id_start..)?.to_vec()).ok()?,
             op,
             inferred,
+            seq,
         })
     }
 }

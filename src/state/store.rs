@@ -370,6 +370,24 @@ pub fn encode(delta: &RegistryDelta) -> Result<Encoded, serde_json::Error> {
     Ok(Encoded { record, json })
 }
 
+/// `record` (made by [`encode`]) with the stream sequence its delta was stored at.
+pub fn with_seq(record: &Bytes, seq: u64) -> Bytes {
+    let (Some(head), json) = split(record) else {
+        return record.clone();
+    };
+    let Some(mut head) = RecordHead::from_bytes(head) else {
+        return record.clone();
+    };
+    head.seq = Some(seq);
+    let head = head.to_bytes();
+    let mut value = Vec::with_capacity(2 + head.len() + json.len());
+    value.push(HEAD_PREFIX);
+    value.push(head.len() as u8);
+    value.extend_from_slice(&head);
+    value.extend_from_slice(json);
+    Bytes::from(value)
+}
+
 /// A record value's head bytes (if it has them) and its delta JSON.
 pub(super) fn split(value: &[u8]) -> (Option<&[u8]>, &[u8]) {
     match value {
@@ -407,9 +425,35 @@ mod tests {
             delta_id: "00112233445566778899aabbccddeeff".into(),
             op: Op::Delete,
             inferred: false,
+            seq: None,
         };
         assert_eq!(RecordHead::from_bytes(&head.to_bytes()), Some(head.clone()));
         assert_eq!(RecordHead::from_bytes(&[7, 0]), None);
+        // With the stream sequence of its message, and a record that gains one after the ack.
+        let sequenced = RecordHead {
+            seq: Some(1 << 40 | 7),
+            ..head.clone()
+        };
+        assert_eq!(
+            RecordHead::from_bytes(&sequenced.to_bytes()),
+            Some(sequenced.clone())
+        );
+        let device = crate::netbox::ObjectType::from_name("dcim.device").unwrap();
+        let sweep = crate::translate::SweepOptions {
+            expand_subnets: false,
+            max_expanded_hosts: 0,
+        };
+        let translator = crate::translate::Translator::new("default", sweep, &[device]);
+        let delta = translator
+            .reconcile_delete(device, 7, revision, revision)
+            .unwrap();
+        let encoded = encode(&delta).unwrap();
+        let stored = with_seq(&encoded.record, 42);
+        let (head_bytes, json) = split(&stored);
+        assert_eq!(json, &encoded.json[..], "the JSON is kept as it was");
+        let read = RecordHead::from_bytes(head_bytes.unwrap()).unwrap();
+        assert_eq!(read.seq, Some(42));
+        assert_eq!(read.delta_id, delta.delta_id);
 
         // A record as the relay wrote it before the head prefix: the delta's JSON alone.
         let record = serde_json::json!({
@@ -455,6 +499,7 @@ mod tests {
                 delta_id: id.into(),
                 op: Op::Delete,
                 inferred: false,
+                seq: None,
             }
             .to_bytes();
             bytes[0] = LEGACY_DELETE;

@@ -29,6 +29,7 @@ pub const CONNECTIONS: &str = "netbox_relay_http_connections";
 pub const REQUESTS_IN_FLIGHT: &str = "netbox_relay_http_requests_in_flight";
 pub const CONNECTIONS_CLOSED: &str = "netbox_relay_http_connections_closed_total";
 pub const RESTARTS: &str = "netbox_relay_restarts_total";
+pub const CONFLICTS: &str = "netbox_relay_publish_conflicts_total";
 
 /// Webhook answers, by the `result` label: the 202s, the 200s and the errors.
 pub const WEBHOOK_RESULTS: [&str; 11] = [
@@ -172,10 +173,20 @@ fn describe() {
     counter!(STORE_FAULTS).absolute(0);
     gauge!(STORE_OK).set(1.0);
     gauge!(REQUESTS_IN_FLIGHT).set(0.0);
+    describe_counter!(
+        CONFLICTS,
+        Unit::Count,
+        "Publishes JetStream refused because the key's last message had changed (another relay published to it); each is re-read and decided again"
+    );
+    counter!(CONFLICTS).absolute(0);
 }
 
 /// The `reason` label of [`DEAD_LETTERED`].
 pub const DEAD_LETTER_REASONS: [&str; 2] = ["refused", "unreadable"];
+
+pub fn publish_conflict() {
+    counter!(CONFLICTS).increment(1);
+}
 
 pub fn revision_clamped() {
     counter!(REVISIONS_CLAMPED).increment(1);

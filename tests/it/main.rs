@@ -14,6 +14,7 @@ mod helpers;
 mod nats_auth;
 mod operations;
 mod reconcile;
+mod replicas;
 mod schema;
 mod shutdown;
 mod storage;
