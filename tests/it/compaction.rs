@@ -6,41 +6,19 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::helpers::{
-    fixture_json, held_count, published_count, test_config, NatsServer, TestRelay,
-};
+use crate::helpers::{held_count, published_count, test_config, NatsServer, TestRelay};
 use netbox_relay::state::Store;
 
 const KEYS: u64 = 1_000;
 const ROUNDS: u64 = 10;
 const HISTORY: u32 = 4;
 
-/// Device `id` as NetBox sends it when saved at `at`: the recorded update, or the recorded
-/// delete, with another id and time.
 fn body(id: u64, at: DateTime<Utc>, deleted: bool) -> Vec<u8> {
-    let file = match deleted {
-        true => "081_device_deleted.json",
-        false => "034_device_updated.json",
-    };
-    let mut body = fixture_json(file);
-    let time = at.to_rfc3339_opts(SecondsFormat::Micros, true);
-    let data = body["data"].as_object_mut().unwrap();
-    data.insert("id".into(), json!(id));
-    data.insert("url".into(), json!(format!("/api/dcim/devices/{id}/")));
-    data.insert(
-        "name".into(),
-        json!(format!("device-{id}-{}", at.timestamp())),
-    );
-    if !deleted {
-        data.insert("last_updated".into(), json!(time));
-    }
-    body.insert("timestamp".into(), json!(time));
-    body.remove("snapshots");
-    serde_json::to_vec(&body).unwrap()
+    crate::helpers::device_change(id, at, deleted)
 }
 
 /// Ten rounds over 1,000 devices, each round one change per device (rounds in order, so that
@@ -298,7 +276,7 @@ async fn tail_current_starts_with_the_last_delta_of_every_key() {
     let latest = |id, second: i64| {
         format!(
             "device-{id}-{}",
-            (at + chrono::Duration::seconds(second)).timestamp()
+            (at + chrono::Duration::seconds(second)).timestamp_micros()
         )
     };
     let (one, three) = (latest(1, 1), latest(3, 3));

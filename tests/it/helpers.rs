@@ -50,6 +50,29 @@ pub fn fixture_json(file: &str) -> serde_json::Map<String, Value> {
     serde_json::from_slice(&fixture(file).body).expect("fixture body is a JSON object")
 }
 
+/// Device `id` as NetBox sends it when saved at `at`: the recorded update, or the recorded
+/// delete, with another id, name and time.
+pub fn device_change(id: u64, at: chrono::DateTime<chrono::Utc>, deleted: bool) -> Vec<u8> {
+    let file = match deleted {
+        true => "081_device_deleted.json",
+        false => "034_device_updated.json",
+    };
+    let mut body = fixture_json(file);
+    let time = at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let data = body["data"].as_object_mut().unwrap();
+    data.insert("id".into(), serde_json::json!(id));
+    let url = format!("/api/dcim/devices/{id}/");
+    data.insert("url".into(), serde_json::json!(url));
+    let name = format!("device-{id}-{}", at.timestamp_micros());
+    data.insert("name".into(), serde_json::json!(name));
+    if !deleted {
+        data.insert("last_updated".into(), serde_json::json!(time));
+    }
+    body.insert("timestamp".into(), serde_json::json!(time));
+    body.remove("snapshots");
+    serde_json::to_vec(&body).unwrap()
+}
+
 pub fn signed(body: &[u8]) -> String {
     sign(&secret(), body)
 }

@@ -4,25 +4,12 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::helpers::{fixture_json, published_count, test_config, NatsServer, TestRelay};
+use crate::helpers::{published_count, test_config, NatsServer, TestRelay};
 
-/// Device `id` updated at `at`, as NetBox sends it.
 fn update(id: u64, at: DateTime<Utc>) -> Vec<u8> {
-    let mut body = fixture_json("034_device_updated.json");
-    let time = at.to_rfc3339_opts(SecondsFormat::Micros, true);
-    let data = body["data"].as_object_mut().unwrap();
-    data.insert("id".into(), json!(id));
-    data.insert("url".into(), json!(format!("/api/dcim/devices/{id}/")));
-    data.insert(
-        "name".into(),
-        json!(format!("device-{id}-{}", at.timestamp_micros())),
-    );
-    data.insert("last_updated".into(), json!(time));
-    body.insert("timestamp".into(), json!(time));
-    body.remove("snapshots");
-    serde_json::to_vec(&body).unwrap()
+    crate::helpers::device_change(id, at, false)
 }
 
 /// Two relays, each with a state file of its own, on one NATS; every message kept.
