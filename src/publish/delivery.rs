@@ -119,6 +119,11 @@ impl Delivery {
                     self.committer.commit(Write::Record { key, record }).await?;
                     return Ok(Delivered::Published);
                 }
+                Ok(Checked::AlreadyStored(seq)) => {
+                    let record = with_seq(&record, seq);
+                    self.committer.commit(Write::Record { key, record }).await?;
+                    return Ok(Delivered::Dropped(Verdict::Duplicate));
+                }
                 Ok(Checked::Superseded { verdict, latest }) => {
                     self.committer.commit(latest).await?;
                     return Ok(Delivered::Dropped(verdict));
@@ -181,6 +186,9 @@ impl Delivery {
 pub(super) enum Checked {
     /// Stored at this stream sequence.
     Published(u64),
+    /// JetStream had stored this very delta already (its `Nats-Msg-Id`, within the
+    /// de-duplication window), at this sequence: nothing new was stored.
+    AlreadyStored(u64),
     /// Another relay published to the key first, and this delta loses to that one (stale or the
     /// same): not published. `latest` remembers the stream's delta for the key instead.
     Superseded { verdict: Verdict, latest: Write },
@@ -226,6 +234,7 @@ pub(super) async fn publish_checked(
             },
         };
         match publisher.publish(delta, json.clone(), Some(expected)).await {
+            Ok(ack) if ack.duplicate => return Ok(Checked::AlreadyStored(ack.sequence)),
             Ok(ack) => return Ok(Checked::Published(ack.sequence)),
             Err(PublishError::Conflict(_)) => known = None,
             Err(e) => return Err(e),

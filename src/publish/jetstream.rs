@@ -80,7 +80,7 @@ impl Publisher {
     pub async fn connect(cfg: &NatsConfig) -> Result<Publisher, PublishError> {
         let client = logging_events(connect_options(cfg).await?)
             .retry_on_initial_connect()
-            .connect(&cfg.url)
+            .connect(servers(&cfg.url))
             .await
             .map_err(|e| PublishError::Connect(e.to_string()))?;
         let js = ContextBuilder::new()
@@ -368,7 +368,7 @@ pub async fn connect_once(cfg: &NatsConfig) -> Result<Client, PublishError> {
     connect_options(cfg)
         .await?
         .connection_timeout(Duration::from_secs(5))
-        .connect(&cfg.url)
+        .connect(servers(&cfg.url))
         .await
         .map_err(|e| PublishError::Connect(e.to_string()))
 }
@@ -457,6 +457,15 @@ fn stream_not_found(kind: jetstream::context::GetStreamErrorKind) -> bool {
     use jetstream::context::GetStreamErrorKind;
     use jetstream::ErrorCode;
     matches!(kind, GetStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// `nats.url`: one server, or several separated by commas (a cluster's nodes; the client also
+/// learns the others from the server it reaches).
+fn servers(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 async fn connect_options(cfg: &NatsConfig) -> Result<ConnectOptions, PublishError> {

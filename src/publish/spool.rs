@@ -224,7 +224,7 @@ impl Drainer<'_> {
             }
         }
         let error = match sent {
-            Ok(Checked::Published(_)) => return Sent::Acked,
+            Ok(Checked::Published(_) | Checked::AlreadyStored(_)) => return Sent::Acked,
             Ok(Checked::Superseded { verdict, latest }) => {
                 tracing::debug!(key = %delta.key, reason = verdict.reason(),
                     "a spooled delta lost to one another relay published; not published");

@@ -165,6 +165,48 @@ impl Drop for NatsServer {
     }
 }
 
+/// Three `nats-server -js` processes routed into one cluster on loopback, each with a store of
+/// its own; killed on drop.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    pub fn start() -> NatsCluster {
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_list = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = routes
+            .iter()
+            .enumerate()
+            .map(|(i, route)| {
+                let name = format!("n{}", i + 1);
+                let cluster = format!("nats://127.0.0.1:{route}");
+                NatsServer::start_with(&[
+                    "--server_name",
+                    &name,
+                    "--cluster_name",
+                    "relay-test",
+                    "--cluster",
+                    &cluster,
+                    "--routes",
+                    &route_list,
+                ])
+            })
+            .collect();
+        NatsCluster { nodes }
+    }
+
+    /// Every node's client URL, separated by commas (`nats.url`).
+    pub fn urls(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(NatsServer::url).collect();
+        urls.join(",")
+    }
+}
+
 /// `$NATS_SERVER`, else the one `.ci/run` installs into `.venv`, else `nats-server` on PATH.
 fn nats_server_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("NATS_SERVER") {
@@ -312,6 +354,31 @@ pub async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
         .expect("metrics text")
 }
 
+/// Triggers a run through `POST /reconcile` on the relay at `base` and waits for its report.
+pub async fn reconcile_through_api(base: &str, admin_token: &str) -> Value {
+    let http = reqwest::Client::new();
+    let started: Value = http
+        .post(format!("{base}/reconcile"))
+        .bearer_auth(admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = started["run_id"].as_u64().expect("a run id");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let url = format!("{base}/reconcile/runs/{id}");
+        let report: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+        if report["status"] != "running" {
+            return report;
+        }
+        assert!(Instant::now() < deadline, "run {id} did not end: {report}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until the relay has `count` requests inside a handler besides the scrape that asks.
 pub async fn wait_for_requests_in_flight(base: &str, count: u64) {
     let client = reqwest::Client::new();
@@ -419,6 +486,14 @@ pub async fn wait_for_published(nats_url: &str, count: u64, limit: Duration) {
     }
 }
 
+/// The relay's log into the file at `log`, or nowhere.
+fn log_to(log: Option<&Path>) -> Stdio {
+    match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+        None => Stdio::null(),
+    }
+}
+
 /// The relay binary (`serve`), configured through the environment; killed on drop.
 pub struct RelayProcess {
     child: Child,
@@ -439,11 +514,7 @@ impl RelayProcess {
         env: &[(&str, &str)],
         log: Option<&Path>,
     ) -> RelayProcess {
-        let stderr = match log {
-            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
-            None => Stdio::null(),
-        };
-        RelayProcess::spawn(nats, port, env, Stdio::null(), stderr)
+        RelayProcess::spawn(nats, port, env, Stdio::null(), log_to(log))
     }
 
     /// Standard output and the log into pipes: standard output closed at once, the log's
@@ -459,6 +530,21 @@ impl RelayProcess {
         (relay, log)
     }
 
+    /// On `nats_url` (one server, or several separated by commas) with its state file at
+    /// `state`, its log written to `log` if given.
+    pub fn start_on(
+        nats_url: &str,
+        state: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> RelayProcess {
+        let mut env = env.to_vec();
+        env.push(("NETBOX_RELAY_STATE__PATH", state.to_str().unwrap()));
+        env.push(("NETBOX_RELAY_NATS__URL", nats_url));
+        RelayProcess::spawn_with(port, &env, Stdio::null(), log_to(log))
+    }
+
     fn spawn(
         nats: &NatsServer,
         port: u16,
@@ -466,15 +552,20 @@ impl RelayProcess {
         stdout: Stdio,
         stderr: Stdio,
     ) -> RelayProcess {
+        let (url, state) = (nats.url(), nats.scratch().join("relay.redb"));
+        let mut all = vec![
+            ("NETBOX_RELAY_NATS__URL", url.as_str()),
+            ("NETBOX_RELAY_STATE__PATH", state.to_str().unwrap()),
+        ];
+        all.extend(env.iter().copied());
+        RelayProcess::spawn_with(port, &all, stdout, stderr)
+    }
+
+    fn spawn_with(port: u16, env: &[(&str, &str)], stdout: Stdio, stderr: Stdio) -> RelayProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_netbox-relay"))
             .arg("serve")
             .env("NETBOX_RELAY_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("NETBOX_RELAY_NATS__URL", nats.url())
             .env("NETBOX_RELAY_WEBHOOK__SECRETS", secret())
-            .env(
-                "NETBOX_RELAY_STATE__PATH",
-                nats.scratch().join("relay.redb"),
-            )
             .envs(env.iter().copied())
             .stdout(stdout)
             .stderr(stderr)

@@ -49,29 +49,8 @@ async fn post(base: &str, body: Vec<u8>, content_type: &str, signature: &str) ->
         .as_u16()
 }
 
-/// Triggers a run through `POST /reconcile` and waits for its report.
 async fn reconcile(base: &str) -> Value {
-    let http = reqwest::Client::new();
-    let started: Value = http
-        .post(format!("{base}/reconcile"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = started["run_id"].as_u64().expect("a run id");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let url = format!("{base}/reconcile/runs/{id}");
-        let report: Value = http.get(url).send().await.unwrap().json().await.unwrap();
-        if report["status"] != "running" {
-            return report;
-        }
-        assert!(Instant::now() < deadline, "run {id} did not end");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::helpers::reconcile_through_api(base, ADMIN).await
 }
 
 async fn scrape(base: &str) -> Vec<Sample> {

@@ -511,25 +511,7 @@ async fn a_pull_of_sixty_thousand_devices_completes_in_bounded_memory() {
         ];
         let relay = RelayProcess::start_with(&nats, free_port(), &env, None);
         relay.wait_ready().await;
-        let http = reqwest::Client::new();
-        let answer = http
-            .post(format!("{}/reconcile", relay.base))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(answer.status(), 202);
-        let id = answer.json::<Value>().await.unwrap()["run_id"].clone();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let report = loop {
-            let url = format!("{}/reconcile/runs/{id}", relay.base);
-            let report: Value = http.get(url).send().await.unwrap().json().await.unwrap();
-            if report["status"] != "running" {
-                break report;
-            }
-            assert!(Instant::now() < deadline, "the run did not end: {report}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let report = crate::helpers::reconcile_through_api(&relay.base, ADMIN).await;
         assert_eq!(report["status"], "succeeded", "{report}");
         assert_eq!(published_count(&nats.url()).await, count);
         peaks.push(relay.peak_memory_mib());
