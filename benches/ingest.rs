@@ -4,6 +4,7 @@
 //!       body and publishes one JetStream message with the ack awaited, nothing else;
 //!   (b) the relay with a real local `nats-server -js`, every delta acked by JetStream;
 //!   (b0) optionally, another relay binary (`--before PATH`, e.g. an older commit) beside (b);
+//!   (b2) two relays on the same NATS, each with half the connections (several replicas);
 //!   (c) the relay with NATS stopped: every delta fsynced into the spool.
 //! (f), (b) and (b0) run in turns for `--rounds` rounds so that drift of the machine hits each
 //! alike. Reports requests/s, latency p50/p99/p999, errors, the server's CPU time, the ratios to
@@ -117,7 +118,14 @@ async fn run(args: Args) {
         .before
         .as_ref()
         .map(|bin| Server::relay(bin, &nats, &work, "before"));
+    let second = Server::relay(
+        env!("CARGO_BIN_EXE_netbox-relay").as_ref(),
+        &nats,
+        &work,
+        "second",
+    );
     wait_ready(&relay.url).await;
+    wait_ready(&second.url).await;
     if let Some(before) = &before {
         wait_ready(&before.url).await;
     }
@@ -139,6 +147,7 @@ async fn run(args: Args) {
             }
         );
     }
+    let b2 = measure_pair([&relay, &second], &nats, &gen, &args).await;
     let b_rate = measure(&relay, &nats, &gen, &args, Some(args.rate)).await;
     nats.stop();
     let c = measure(&relay, &nats, &gen, &args, None).await;
@@ -146,11 +155,11 @@ async fn run(args: Args) {
         |x: &[Outcome]| -> Vec<f64> { x.iter().zip(&f).map(|(x, f)| x.rps() / f.rps()).collect() };
     let (b_per_round, b0_per_round) = (per_round(&b), per_round(&b0));
     let (f, b, b0) = (Outcome::merge(f), Outcome::merge(b), Outcome::merge(b0));
-    let accepted = b.ok + b0.ok + b_rate.ok + c.ok;
+    let accepted = b.ok + b0.ok + b2.ok + b_rate.ok + c.ok;
     nats.restart();
     let stored = wait_for_stream(&nats.url(), accepted).await;
     let rss = relay.peak_rss_mb();
-    drop((relay, before, floor));
+    drop((relay, before, second, floor));
 
     println!();
     println!(
@@ -164,6 +173,10 @@ async fn run(args: Args) {
     if b0.ok > 0 {
         row("(b0) --before relay, JetStream ack", &b0);
     }
+    row(
+        "(b2) two relays on one NATS, half the connections each",
+        &b2,
+    );
     row(
         &format!("(b') relay, JetStream ack, open loop {} req/s", args.rate),
         &b_rate,
@@ -186,6 +199,11 @@ async fn run(args: Args) {
         } else {
             String::new()
         }
+    );
+    println!(
+        "two relays: b2/b = {:.3} (both relays' CPU per request to one relay's: {:.3})",
+        b2.rps() / b.rps(),
+        (b2.cpu_seconds / b2.ok as f64) / (b.cpu_seconds / b.ok as f64)
     );
     println!(
         "relay peak RSS {rss:.1} MB; baseline peak RSS {:.1} MB",
@@ -219,6 +237,38 @@ async fn measure(
     let mut outcome = load(&server.url, gen, args.concurrency, duration, rate)
         .await
         .with_cpu(server, before);
+    outcome.nats_cpu_seconds = nats.cpu_seconds() - nats_before;
+    outcome
+}
+
+/// One phase of load split between two relays on the same NATS, half the connections each.
+async fn measure_pair(
+    servers: [&Server; 2],
+    nats: &Nats,
+    gen: &Arc<Generator>,
+    args: &Args,
+) -> Outcome {
+    let before: Vec<f64> = servers.iter().map(|s| s.cpu_seconds()).collect();
+    let nats_before = nats.cpu_seconds();
+    let duration = Duration::from_secs(args.seconds);
+    let half = (args.concurrency / 2).max(1);
+    let (one, two) = tokio::join!(
+        load(&servers[0].url, gen, half, duration, None),
+        load(&servers[1].url, gen, half, duration, None),
+    );
+    let mut outcome = Outcome {
+        ok: one.ok + two.ok,
+        errors: one.errors + two.errors,
+        elapsed: one.elapsed.max(two.elapsed),
+        ..Outcome::default()
+    };
+    outcome.latencies_us = [one.latencies_us, two.latencies_us].concat();
+    outcome.latencies_us.sort_unstable();
+    outcome.cpu_seconds = servers
+        .iter()
+        .zip(before)
+        .map(|(s, b)| s.cpu_seconds() - b)
+        .sum();
     outcome.nats_cpu_seconds = nats.cpu_seconds() - nats_before;
     outcome
 }
