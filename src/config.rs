@@ -92,6 +92,8 @@ pub struct NatsConfig {
     /// How long a delete's tombstone stays, where the server supports per-message TTL (2.11+).
     #[serde(deserialize_with = "duration")]
     pub tombstone_ttl: Duration,
+    /// The KV bucket relays on the same NATS share: the reconcile lease and the run reports.
+    pub kv_bucket: String,
     /// How long to wait for JetStream's ack of one delta.
     #[serde(deserialize_with = "duration")]
     pub ack_timeout: Duration,
@@ -113,6 +115,10 @@ pub struct ReconcileConfig {
     pub interval: Duration,
     pub on_start: bool,
     pub max_delete_fraction: f64,
+    /// How long the reconcile lease outlives its last renewal: a relay that dies mid-run holds
+    /// off the others this long.
+    #[serde(deserialize_with = "duration")]
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -296,6 +302,10 @@ impl Config {
             subject_token("nats.subject_prefix", token)?;
         }
         subject_token("nats.stream", &self.nats.stream)?;
+        subject_token("nats.kv_bucket", &self.nats.kv_bucket)?;
+        if self.reconcile.lease_ttl < Duration::from_secs(3) {
+            return Err(invalid("reconcile.lease_ttl", "must be at least 3s"));
+        }
         if !(1..=5).contains(&self.nats.replicas) {
             return Err(invalid("nats.replicas", "must be between 1 and 5"));
         }
@@ -467,6 +477,7 @@ impl Default for NatsConfig {
             replicas: 1,
             history_per_key: 16,
             tombstone_ttl: Duration::from_secs(7 * 24 * 3600),
+            kv_bucket: "NETBOX_RELAY".to_string(),
             ack_timeout: Duration::from_secs(5),
         }
     }
@@ -492,6 +503,7 @@ impl Default for ReconcileConfig {
             interval: Duration::from_secs(3600),
             on_start: true,
             max_delete_fraction: 0.5,
+            lease_ttl: Duration::from_secs(30),
         }
     }
 }

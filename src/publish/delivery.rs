@@ -78,6 +78,11 @@ impl Delivery {
         &self.spool
     }
 
+    /// The JetStream context deltas go through, for the reconcile lease's KV bucket.
+    pub fn jetstream(&self) -> &async_nats::jetstream::Context {
+        self.publisher.jetstream()
+    }
+
     /// Returns once the delta is in JetStream or fsynced in the spool, or judged stale or
     /// duplicate. Deltas of one key are handled one at a time, in arrival order.
     pub async fn deliver(&self, delta: &RegistryDelta) -> Result<Delivered, DeliveryError> {

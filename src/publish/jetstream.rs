@@ -122,6 +122,10 @@ impl Publisher {
         self.max_payload().saturating_sub(HEADER_ALLOWANCE)
     }
 
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
     pub fn settings(&self) -> &StreamSettings {
         &self.settings
     }

@@ -3,6 +3,7 @@
 //! schedule, at start, by `POST /reconcile` and by `netbox-relay reconcile`.
 
 mod diff;
+mod lease;
 /// The pull alone; public so that the benchmark can time downloading against reconciling.
 pub mod pull;
 mod runs;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
+use lease::{Coordination, Lease, Refused};
 pub use runs::{RunReport, RunStatus, Runs, TypeReport};
 
 use crate::config::Config;
@@ -48,6 +50,17 @@ pub struct Reconciler {
     concurrency: usize,
     max_delete_fraction: f64,
     runs: Runs,
+    /// The KV bucket every relay on the same NATS shares (absent for a dry run).
+    shared: Option<Shared>,
+}
+
+/// Where the lease and the run reports live, opened on first use (NATS may be away at start).
+struct Shared {
+    js: async_nats::jetstream::Context,
+    bucket: String,
+    replicas: usize,
+    ttl: Duration,
+    opened: tokio::sync::OnceCell<Coordination>,
 }
 
 impl Reconciler {
@@ -63,6 +76,16 @@ impl Reconciler {
             Err(crate::netbox::client::ApiError::NotConfigured) => None,
             Err(e) => return Err(e.into()),
         };
+        let shared = match &output {
+            Output::Publish(delivery) => Some(Shared {
+                js: delivery.jetstream().clone(),
+                bucket: config.nats.kv_bucket.clone(),
+                replicas: config.nats.replicas,
+                ttl: config.reconcile.lease_ttl,
+                opened: tokio::sync::OnceCell::new(),
+            }),
+            Output::Print => None,
+        };
         Ok(Reconciler {
             client,
             translator,
@@ -73,6 +96,7 @@ impl Reconciler {
             concurrency: config.netbox.concurrency,
             max_delete_fraction: config.reconcile.max_delete_fraction,
             runs: Runs::default(),
+            shared,
         })
     }
 
@@ -85,30 +109,136 @@ impl Reconciler {
         &self.runs
     }
 
-    /// Starts a run in the background; `Err` holds the id of the run already in progress.
-    pub fn spawn(self: &Arc<Self>, options: RunOptions) -> Result<u64, u64> {
-        let report = self
-            .runs
-            .begin(&options.trigger, self.is_dry_run(), Utc::now())?;
+    /// Starts a run in the background; `Err` holds the id of the run already in progress, on this
+    /// relay or on another one sharing the NATS.
+    pub async fn spawn(self: &Arc<Self>, options: RunOptions) -> Result<u64, u64> {
+        let (report, lease) = self.begin(&options).await?;
         let id = report.run_id;
         let this = self.clone();
-        tokio::spawn(async move { this.execute(report, options).await });
+        tokio::spawn(async move { this.execute(report, options, lease).await });
         Ok(id)
     }
 
     /// Runs to the end and answers the report; `Err` holds the id of the run in progress.
     pub async fn run(&self, options: RunOptions) -> Result<RunReport, u64> {
-        let report = self
+        let (report, lease) = self.begin(&options).await?;
+        Ok(self.execute(report, options, lease).await)
+    }
+
+    /// A run's report, from this relay or from the shared bucket.
+    pub async fn report(&self, id: u64) -> Option<RunReport> {
+        match self.runs.get(id) {
+            Some(report) => Some(report),
+            None => self.coordination().await?.report(id).await,
+        }
+    }
+
+    /// The latest run of any relay sharing the NATS (this relay's, when the bucket is away).
+    pub async fn latest(&self) -> Option<RunReport> {
+        let local = self.runs.latest();
+        let shared = match self.coordination().await {
+            Some(c) => c.latest().await,
+            None => None,
+        };
+        match (local, shared) {
+            (Some(l), Some(s)) => Some(if s.run_id > l.run_id { s } else { l }),
+            (l, s) => l.or(s),
+        }
+    }
+
+    /// Registers a run: under the KV lease when the bucket is reachable (one run at a time
+    /// across relays), under this relay's own exclusion otherwise.
+    async fn begin(&self, options: &RunOptions) -> Result<(RunReport, Option<Lease>), u64> {
+        if let Some(running) = self.runs.running() {
+            return Err(running);
+        }
+        let coordination = self.coordination().await;
+        let lease = match coordination {
+            Some(c) => match c.acquire(self.runs.next_id()).await {
+                Ok(lease) => Some(lease),
+                Err(Refused::Held(run_id)) => return Err(run_id),
+                Err(Refused::Unreachable(e)) => {
+                    tracing::warn!(error = %e, "reconcile: the shared lease is out of reach; running under this relay's own exclusion");
+                    None
+                }
+            },
+            None => None,
+        };
+        let at_least = lease.as_ref().map_or(0, |l| l.run_id);
+        let begun = self
             .runs
-            .begin(&options.trigger, self.is_dry_run(), Utc::now())?;
-        Ok(self.execute(report, options).await)
+            .begin_from(&options.trigger, self.is_dry_run(), Utc::now(), at_least);
+        match (begun, coordination, lease) {
+            (Ok(report), Some(c), lease) => {
+                c.record(&report).await;
+                Ok((report, lease))
+            }
+            (Ok(report), None, lease) => Ok((report, lease)),
+            (Err(running), Some(c), Some(lease)) => {
+                c.release(lease).await;
+                Err(running)
+            }
+            (Err(running), _, _) => Err(running),
+        }
+    }
+
+    /// The shared bucket, opened on first use; None for a dry run or while NATS is away.
+    async fn coordination(&self) -> Option<&Coordination> {
+        let shared = self.shared.as_ref()?;
+        let opened = shared
+            .opened
+            .get_or_try_init(|| {
+                Coordination::open(&shared.js, &shared.bucket, shared.replicas, shared.ttl)
+            })
+            .await;
+        match opened {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::debug!(error = %e, "reconcile: the shared KV bucket is out of reach");
+                None
+            }
+        }
+    }
+
+    /// Stores a report where every relay reads it.
+    async fn share(&self, report: &RunReport) {
+        if let Some(c) = self.shared.as_ref().and_then(|s| s.opened.get()) {
+            c.record(report).await;
+        }
     }
 
     fn is_dry_run(&self) -> bool {
         matches!(self.output, Output::Print)
     }
 
-    async fn execute(&self, mut report: RunReport, options: RunOptions) -> RunReport {
+    /// Runs, renewing the lease meanwhile; gives it back at the end.
+    async fn execute(
+        &self,
+        report: RunReport,
+        options: RunOptions,
+        lease: Option<Lease>,
+    ) -> RunReport {
+        let work = self.work(report, options);
+        let (Some(mut lease), Some(c)) = (lease, self.shared.as_ref().and_then(|s| s.opened.get()))
+        else {
+            return work.await;
+        };
+        tokio::pin!(work);
+        let report = loop {
+            tokio::select! {
+                report = &mut work => break report,
+                _ = tokio::time::sleep(c.renew_every()) => {
+                    if !c.renew(&mut lease).await {
+                        tracing::warn!(run_id = lease.run_id, "reconcile: the shared lease could not be renewed; another relay may start a run");
+                    }
+                }
+            }
+        };
+        c.release(lease).await;
+        report
+    }
+
+    async fn work(&self, mut report: RunReport, options: RunOptions) -> RunReport {
         tracing::info!(run_id = report.run_id, trigger = %report.trigger, "reconcile: run started");
         let _unfinished = Unfinished {
             runs: &self.runs,
@@ -146,9 +276,11 @@ impl Reconciler {
                 .object_types
                 .insert(object_type.name.to_string(), type_report);
             self.runs.update(&report);
+            self.share(&report).await;
         }
         report.finish(Utc::now());
         self.runs.update(&report);
+        self.share(&report).await;
         let elapsed = (report.ended_at.unwrap_or(report.started_at) - report.started_at)
             .to_std()
             .unwrap_or_default();
@@ -187,7 +319,7 @@ impl Reconciler {
                 force: false,
                 only: Vec::new(),
             };
-            if let Err(running) = self.spawn(options) {
+            if let Err(running) = self.spawn(options).await {
                 tracing::info!(
                     running,
                     "reconcile: a run is already in progress; skipping this one"

@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Running,
@@ -30,7 +30,7 @@ impl RunStatus {
 }
 
 /// Counts and outcome for one object type.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TypeReport {
     pub fetched: u64,
     pub upserted: u64,
@@ -46,7 +46,7 @@ pub struct TypeReport {
     pub refused: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunReport {
     pub run_id: u64,
     pub status: RunStatus,
@@ -101,11 +101,22 @@ impl Runs {
         dry_run: bool,
         now: DateTime<Utc>,
     ) -> Result<RunReport, u64> {
+        self.begin_from(trigger, dry_run, now, 0)
+    }
+
+    /// As [`Runs::begin`], the run numbered at least `at_least` (the id the KV lease gave it).
+    pub fn begin_from(
+        &self,
+        trigger: &str,
+        dry_run: bool,
+        now: DateTime<Utc>,
+        at_least: u64,
+    ) -> Result<RunReport, u64> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(running) = inner.running {
             return Err(running);
         }
-        inner.next_id += 1;
+        inner.next_id = (inner.next_id + 1).max(at_least);
         let report = RunReport {
             run_id: inner.next_id,
             status: RunStatus::Running,
@@ -151,6 +162,15 @@ impl Runs {
                     .to_string(),
             );
         }
+    }
+
+    /// The id the next run of this relay gets, unless the KV lease numbers it higher.
+    pub fn next_id(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).next_id + 1
+    }
+
+    pub fn running(&self) -> Option<u64> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).running
     }
 
     pub fn get(&self, id: u64) -> Option<RunReport> {

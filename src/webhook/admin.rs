@@ -34,7 +34,7 @@ pub async fn start_run(
         force: query.get("force").is_some_and(|v| v == "true" || v == "1"),
         only: Vec::new(),
     };
-    match app.reconciler.spawn(options) {
+    match app.reconciler.spawn(options).await {
         Ok(run_id) => (
             StatusCode::ACCEPTED,
             Json(json!({"run_id": run_id, "status": "running"})),
@@ -48,12 +48,18 @@ pub async fn start_run(
     }
 }
 
+/// The latest run of any relay sharing the NATS.
 pub async fn latest_run(State(app): State<Arc<AppState>>) -> Response {
-    report(app.reconciler.runs().latest())
+    report(app.reconciler.latest().await)
 }
 
+/// A run of this relay or of another one sharing the NATS.
 pub async fn run_by_id(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    report(id.parse().ok().and_then(|id| app.reconciler.runs().get(id)))
+    let found = match id.parse() {
+        Ok(id) => app.reconciler.report(id).await,
+        Err(_) => None,
+    };
+    report(found)
 }
 
 fn report(report: Option<crate::reconcile::RunReport>) -> Response {

@@ -111,3 +111,146 @@ async fn racing_relays_keep_each_keys_revisions_rising() {
         );
     }
 }
+
+const ADMIN: &str = "admin-secret-for-replica-tests";
+
+/// A relay that reconciles against `fake` on demand only, sharing `nats` (state file `state`).
+fn reconciling(
+    nats: &NatsServer,
+    fake: &crate::fake_netbox::FakeNetbox,
+    state: &str,
+) -> netbox_relay::config::Config {
+    let mut config = test_config(nats);
+    config.state.path = nats.scratch().join(state);
+    config.netbox.url = Some(fake.url.clone());
+    config.netbox.token = Some(secrecy::SecretString::from(crate::fake_netbox::TOKEN));
+    config.api.admin_token = Some(secrecy::SecretString::from(ADMIN));
+    config.reconcile.on_start = false;
+    config.reconcile.interval = std::time::Duration::ZERO;
+    config.reconcile.lease_ttl = std::time::Duration::from_secs(3);
+    config
+}
+
+async fn trigger(base: &str) -> (u16, Value) {
+    let answer = reqwest::Client::new()
+        .post(format!("{base}/reconcile"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    (answer.status().as_u16(), answer.json().await.unwrap())
+}
+
+async fn run_report(base: &str, id: &Value) -> (u16, Value) {
+    let answer = reqwest::get(format!("{base}/reconcile/runs/{id}"))
+        .await
+        .unwrap();
+    (answer.status().as_u16(), answer.json().await.unwrap())
+}
+
+/// A fake NetBox slow enough that a run lasts a few seconds.
+async fn slow_netbox() -> crate::fake_netbox::FakeNetbox {
+    let fake = crate::fake_netbox::FakeNetbox::start("4.6.8").await;
+    fake.generate_devices(1, 2_000);
+    fake.with(|s| s.delay = std::time::Duration::from_millis(300));
+    fake
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_reconcile_at_a_time_whichever_relay_is_asked() {
+    let nats = NatsServer::start();
+    let fake = slow_netbox().await;
+    let a = TestRelay::start(reconciling(&nats, &fake, "a.redb")).await;
+    let b = TestRelay::start(reconciling(&nats, &fake, "b.redb")).await;
+
+    let (status, started) = trigger(&a.base).await;
+    assert_eq!(status, 202, "{started}");
+    let run = started["run_id"].clone();
+    let (status, refused) = trigger(&b.base).await;
+    assert_eq!((status, &refused["run_id"]), (409, &run), "{refused}");
+
+    // B answers for A's run, to its end.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let report = loop {
+        let (status, report) = run_report(&b.base, &run).await;
+        assert_eq!(status, 200, "{report}");
+        if report["status"] != "running" {
+            break report;
+        }
+        assert!(std::time::Instant::now() < deadline, "{report}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(report["object_types"]["dcim.device"]["upserted"], 2_000);
+
+    let (status, next) = trigger(&b.base).await;
+    assert_eq!(status, 202, "B runs once A's run ended: {next}");
+    assert!(
+        next["run_id"].as_u64() > run.as_u64(),
+        "run ids rise across relays: {next}"
+    );
+    let (status, latest) = reqwest::get(format!("{}/reconcile/runs/latest", a.base))
+        .await
+        .map(|r| (r.status().as_u16(), r))
+        .unwrap();
+    assert_eq!(status, 200);
+    let latest: Value = latest.json().await.unwrap();
+    assert_eq!(
+        latest["run_id"], next["run_id"],
+        "A knows B's run as the latest"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_dies_mid_run_lets_another_run_after_its_lease_expires() {
+    let nats = NatsServer::start();
+    let fake = slow_netbox().await;
+    let env = [
+        ("NETBOX_RELAY_LOG__LEVEL", "warn"),
+        ("NETBOX_RELAY_NETBOX__URL", fake.url.as_str()),
+        ("NETBOX_RELAY_NETBOX__TOKEN", crate::fake_netbox::TOKEN),
+        ("NETBOX_RELAY_API__ADMIN_TOKEN", ADMIN),
+        ("NETBOX_RELAY_RECONCILE__ON_START", "false"),
+        ("NETBOX_RELAY_RECONCILE__INTERVAL", "0"),
+        ("NETBOX_RELAY_RECONCILE__LEASE_TTL", "3s"),
+    ];
+    let mut a =
+        crate::helpers::RelayProcess::start_with(&nats, crate::helpers::free_port(), &env, None);
+    a.wait_ready().await;
+    let b = TestRelay::start(reconciling(&nats, &fake, "b.redb")).await;
+    let (status, started) = trigger(&a.base).await;
+    assert_eq!(status, 202, "{started}");
+    let run = started["run_id"].clone();
+    a.kill();
+
+    let (status, refused) = trigger(&b.base).await;
+    assert_eq!(
+        (status, &refused["run_id"]),
+        (409, &run),
+        "the dead relay's lease holds: {refused}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let next = loop {
+        let (status, body) = trigger(&b.base).await;
+        if status == 202 {
+            break body;
+        }
+        assert_eq!(status, 409, "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    assert!(next["run_id"].as_u64() > run.as_u64(), "{next}");
+    let (status, dead) = run_report(&b.base, &run).await;
+    assert_eq!(status, 200, "{dead}");
+    assert_eq!(dead["status"], "failed", "{dead}");
+    assert!(
+        dead["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("lease expired"),
+        "{dead}"
+    );
+}

@@ -1,0 +1,212 @@
+//! One reconcile at a time across relays: a lease in a JetStream KV bucket (`nats.kv_bucket`),
+//! renewed while the run lasts and taken over once it expired (its holder died), and the run
+//! reports, so that every relay answers for every run. JetStream's compare-and-set on the key's
+//! revision is the whole protocol.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::runs::RunReport;
+
+const LEASE: &str = "reconcile.lease";
+const LATEST: &str = "reconcile.latest";
+
+fn run_key(id: u64) -> String {
+    format!("reconcile.runs.{id}")
+}
+
+/// The lease's value.
+#[derive(Serialize, Deserialize)]
+struct Holder {
+    run_id: u64,
+    holder: String,
+    expires_at: DateTime<Utc>,
+}
+
+/// The lease of a run in progress, at its KV revision.
+pub struct Lease {
+    pub run_id: u64,
+    revision: u64,
+}
+
+/// Why no lease was taken.
+pub enum Refused {
+    /// Another relay's run holds it.
+    Held(u64),
+    /// The bucket cannot be reached (NATS away): the caller runs under its own exclusion only.
+    Unreachable(String),
+}
+
+pub struct Coordination {
+    kv: kv::Store,
+    holder: String,
+    ttl: Duration,
+}
+
+impl Coordination {
+    /// Opens the bucket, creating it (one value per key, file storage) when absent.
+    pub async fn open(
+        js: &jetstream::Context,
+        bucket: &str,
+        replicas: usize,
+        ttl: Duration,
+    ) -> Result<Coordination, String> {
+        let kv = match js.get_key_value(bucket).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: bucket.to_string(),
+                    history: 1,
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("KV bucket {bucket}: {e}"))?,
+        };
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "netbox-relay".to_string());
+        Ok(Coordination {
+            kv,
+            holder: format!("{host}:{}", std::process::id()),
+            ttl,
+        })
+    }
+
+    /// Takes the lease for a new run, numbered after every run any relay started and after
+    /// `local_next`.
+    pub async fn acquire(&self, local_next: u64) -> Result<Lease, Refused> {
+        let unreachable = |e: &dyn std::fmt::Display| Refused::Unreachable(e.to_string());
+        let latest = match self.kv.get(LATEST).await {
+            Ok(value) => value.and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok()),
+            Err(e) => return Err(unreachable(&e)),
+        };
+        let run_id = local_next.max(latest.unwrap_or(0) + 1);
+        let value = self.value(run_id);
+        let revision = match self.kv.create(LEASE, value.clone()).await {
+            Ok(revision) => revision,
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                self.take_over(value).await?
+            }
+            Err(e) => return Err(unreachable(&e)),
+        };
+        // Recorded under the lease: the next run anywhere is numbered after this one.
+        if let Err(e) = self.kv.put(LATEST, run_id.to_string().into()).await {
+            tracing::warn!(error = %e, "cannot record the run id in the KV bucket");
+        }
+        Ok(Lease { run_id, revision })
+    }
+
+    /// The lease another relay holds, unless it expired (that relay died mid-run).
+    async fn take_over(&self, value: Bytes) -> Result<u64, Refused> {
+        let unreachable = |e: &dyn std::fmt::Display| Refused::Unreachable(e.to_string());
+        let entry = self.kv.entry(LEASE).await.map_err(|e| unreachable(&e))?;
+        let Some(entry) = entry else {
+            return Err(Refused::Unreachable("the lease vanished".into()));
+        };
+        let held = serde_json::from_slice::<Holder>(&entry.value).ok();
+        let expired = match (&held, entry.operation) {
+            (Some(held), kv::Operation::Put) if held.expires_at > Utc::now() => {
+                return Err(Refused::Held(held.run_id));
+            }
+            (Some(held), kv::Operation::Put) => Some(held.run_id),
+            _ => None,
+        };
+        match self.kv.update(LEASE, value, entry.revision).await {
+            Ok(revision) => {
+                if let Some(run_id) = expired {
+                    self.end_abandoned(run_id).await;
+                }
+                Ok(revision)
+            }
+            // Another relay took it in between.
+            Err(_) => Err(Refused::Held(self.holder_run().await.unwrap_or(0))),
+        }
+    }
+
+    /// The report of a run whose relay died holding the lease ends failed, saying so.
+    async fn end_abandoned(&self, run_id: u64) {
+        let Some(mut report) = self.report(run_id).await else {
+            return;
+        };
+        if report.status != super::RunStatus::Running {
+            return;
+        }
+        tracing::warn!(
+            run_id,
+            "reconcile: the relay running this run stopped renewing its lease; marked failed"
+        );
+        report.status = super::RunStatus::Failed;
+        report.ended_at = Some(Utc::now());
+        report.message = Some("the relay running it stopped (its lease expired)".to_string());
+        self.record(&report).await;
+    }
+
+    async fn holder_run(&self) -> Option<u64> {
+        let value = self.kv.get(LEASE).await.ok()??;
+        Some(serde_json::from_slice::<Holder>(&value).ok()?.run_id)
+    }
+
+    /// Extends the lease; false when it was lost (expired and taken by another relay).
+    pub async fn renew(&self, lease: &mut Lease) -> bool {
+        match self
+            .kv
+            .update(LEASE, self.value(lease.run_id), lease.revision)
+            .await
+        {
+            Ok(revision) => {
+                lease.revision = revision;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Gives the lease back, unless another relay holds it by now.
+    pub async fn release(&self, lease: Lease) {
+        if let Err(e) = self
+            .kv
+            .delete_expect_revision(LEASE, Some(lease.revision))
+            .await
+        {
+            tracing::debug!(error = %e, "the reconcile lease was not released (taken over, or NATS away); it expires");
+        }
+    }
+
+    /// Stores a run's report for every relay to answer with.
+    pub async fn record(&self, report: &RunReport) {
+        let Ok(value) = serde_json::to_vec(report) else {
+            return;
+        };
+        if let Err(e) = self.kv.put(run_key(report.run_id), value.into()).await {
+            tracing::warn!(run_id = report.run_id, error = %e, "cannot store the run report in the KV bucket");
+        }
+    }
+
+    pub async fn report(&self, id: u64) -> Option<RunReport> {
+        let value = self.kv.get(run_key(id)).await.ok()??;
+        serde_json::from_slice(&value).ok()
+    }
+
+    pub async fn latest(&self) -> Option<RunReport> {
+        let value = self.kv.get(LATEST).await.ok()??;
+        self.report(std::str::from_utf8(&value).ok()?.parse().ok()?)
+            .await
+    }
+
+    pub fn renew_every(&self) -> Duration {
+        self.ttl / 3
+    }
+
+    fn value(&self, run_id: u64) -> Bytes {
+        let holder = Holder {
+            run_id,
+            holder: self.holder.clone(),
+            expires_at: Utc::now() + self.ttl,
+        };
+        serde_json::to_vec(&holder).unwrap_or_default().into()
+    }
+}
