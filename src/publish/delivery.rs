@@ -78,6 +78,18 @@ impl Delivery {
         &self.spool
     }
 
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// Remembers a delta read from the stream (another relay published it) as the key's record.
+    pub async fn remember(&self, latest: &RegistryDelta, seq: u64) -> Result<(), DeliveryError> {
+        let record = with_seq(&encode(latest)?.record, seq);
+        let key = latest.key.clone();
+        self.committer.commit(Write::Record { key, record }).await?;
+        Ok(())
+    }
+
     /// The JetStream context deltas go through, for the reconcile lease's KV bucket.
     pub fn jetstream(&self) -> &async_nats::jetstream::Context {
         self.publisher.jetstream()

@@ -11,7 +11,7 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NatsConfig;
-use crate::delta::{Op, RegistryDelta};
+use crate::delta::{Kind, Op, RegistryDelta};
 use crate::telemetry;
 
 /// The stream the relay creates when it is absent.
@@ -210,16 +210,60 @@ impl Publisher {
         &self,
         delta: &RegistryDelta,
     ) -> Result<Option<(RegistryDelta, u64)>, PublishError> {
+        self.last_on(&self.subject(delta)).await
+    }
+
+    /// The key of `kind` `id`'s last message on the stream, as [`Publisher::last_of`].
+    pub async fn last_of_key(
+        &self,
+        partition: &str,
+        kind: Kind,
+        id: u64,
+    ) -> Result<Option<(RegistryDelta, u64)>, PublishError> {
+        let prefix = &self.settings.subject_prefix;
+        self.last_on(&format!("{prefix}.{partition}.{kind}.{id}"))
+            .await
+    }
+
+    /// The object ids of `kind` that have a message on the stream (an entry or a tombstone),
+    /// whichever relay published it.
+    pub async fn ids_on_stream(
+        &self,
+        partition: &str,
+        kind: Kind,
+    ) -> Result<Vec<u64>, PublishError> {
+        use futures::TryStreamExt;
+        let failed = |e: &dyn std::fmt::Display| {
+            PublishError::NoAck(format!("listing the keys of {kind}: {e}"))
+        };
+        let stream = self
+            .js
+            .get_stream_no_info(&self.settings.name)
+            .await
+            .map_err(|e| PublishError::NoStream(e.to_string()))?;
+        let prefix = &self.settings.subject_prefix;
+        let filter = format!("{prefix}.{partition}.{kind}.*");
+        let mut subjects = stream
+            .info_with_subjects(&filter)
+            .await
+            .map_err(|e| failed(&e))?;
+        let mut ids = Vec::new();
+        while let Some((subject, _)) = subjects.try_next().await.map_err(|e| failed(&e))? {
+            if let Some(id) = subject.rsplit('.').next().and_then(|id| id.parse().ok()) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn last_on(&self, subject: &str) -> Result<Option<(RegistryDelta, u64)>, PublishError> {
         use jetstream::stream::LastRawMessageErrorKind;
         let stream = self
             .js
             .get_stream_no_info(&self.settings.name)
             .await
             .map_err(|e| PublishError::NoStream(e.to_string()))?;
-        let message = match stream
-            .get_last_raw_message_by_subject(&self.subject(delta))
-            .await
-        {
+        let message = match stream.get_last_raw_message_by_subject(subject).await {
             Ok(message) => message,
             Err(e) => {
                 return match e.kind() {

@@ -14,7 +14,7 @@ use crate::delta::RegistryDelta;
 use crate::netbox::client::ApiError;
 use crate::netbox::ObjectType;
 use crate::publish::Delivered;
-use crate::state::{Store, StoreError};
+use crate::state::{RecordHead, Store, StoreError};
 use crate::translate::{Object, Translator};
 
 /// Deltas in flight at once. A pull returns each object once, so they are all of different keys
@@ -318,6 +318,60 @@ impl Pass<'_> {
         failure.map_or(Ok(()), Err)
     }
 
+    /// The keys of `object_type` that another relay published and this one has no record of,
+    /// read from the stream (their last message), so that their deletes are inferred too. Each
+    /// is remembered: a later run reads it no more. A single relay knows every key it published
+    /// and reads nothing but the list of the type's subjects.
+    async fn stream_only(
+        &self,
+        object_type: ObjectType,
+        known: &[(String, RecordHead)],
+        seen: &HashSet<u64>,
+    ) -> Vec<(String, RecordHead)> {
+        let Output::Publish(delivery) = self.output else {
+            return Vec::new();
+        };
+        let (publisher, translator) = (delivery.publisher(), &self.reconciler.translator);
+        let (partition, kind) = (translator.partition(), object_type.kind);
+        let prefix = translator.key_prefix(object_type);
+        let known: HashSet<u64> = known
+            .iter()
+            .filter_map(|(key, _)| key[prefix.len()..].parse().ok())
+            .collect();
+        let ids = match publisher.ids_on_stream(partition, kind).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(object_type = object_type.name, error = %e,
+                    "reconcile: cannot list the stream's keys; deletes from this relay's records only");
+                return Vec::new();
+            }
+        };
+        let mut found = Vec::new();
+        for id in ids
+            .into_iter()
+            .filter(|id| !known.contains(id) && !seen.contains(id))
+        {
+            match publisher.last_of_key(partition, kind, id).await {
+                Ok(Some((latest, seq))) => {
+                    if let Err(e) = delivery.remember(&latest, seq).await {
+                        tracing::warn!(key = %latest.key, error = %e, "reconcile: cannot remember a key read from the stream");
+                    }
+                    let head = RecordHead {
+                        seq: Some(seq),
+                        ..RecordHead::of(&latest)
+                    };
+                    found.push((latest.key, head));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconcile: cannot read a key's last message; deletes from this relay's records only");
+                    break;
+                }
+            }
+        }
+        found
+    }
+
     async fn deletes(
         &self,
         object_type: ObjectType,
@@ -327,7 +381,8 @@ impl Pass<'_> {
         let prefix = self.reconciler.translator.key_prefix(object_type);
         let scan = prefix.clone();
         let store = &self.reconciler.store;
-        let heads = store.read(move |s| s.heads_with_prefix(&scan)).await?;
+        let mut heads = store.read(move |s| s.heads_with_prefix(&scan)).await?;
+        heads.extend(self.stream_only(object_type, &heads, seen).await);
         let known = heads.iter().filter(|(_, h)| !h.deleted()).count();
         let gone: Vec<(u64, DateTime<Utc>)> = heads
             .iter()

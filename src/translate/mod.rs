@@ -243,6 +243,10 @@ impl Translator {
     }
 
     /// The key prefix of every entry of `object_type`.
+    pub fn partition(&self) -> &str {
+        &self.partition
+    }
+
     pub fn key_prefix(&self, object_type: ObjectType) -> String {
         format!("netbox/{}/{}/", self.partition, object_type.name)
     }

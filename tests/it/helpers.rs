@@ -366,7 +366,12 @@ pub async fn reconcile_through_api(base: &str, admin_token: &str) -> Value {
         .json()
         .await
         .unwrap();
-    let id = started["run_id"].as_u64().expect("a run id");
+    reconcile_report(base, &started["run_id"]).await
+}
+
+/// Waits for run `id` on the relay at `base` to end; its report.
+pub async fn reconcile_report(base: &str, id: &Value) -> Value {
+    let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let url = format!("{base}/reconcile/runs/{id}");

@@ -254,3 +254,41 @@ async fn a_relay_that_dies_mid_run_lets_another_run_after_its_lease_expires() {
         "{dead}"
     );
 }
+
+/// A device only another relay published, then deleted in NetBox while its webhook was lost: the
+/// relay that reconciles has no record of it, and infers its delete from the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_deletes_keys_only_another_relay_published() {
+    let nats = NatsServer::start();
+    let fake = crate::fake_netbox::FakeNetbox::start("4.6.8").await;
+    fake.load_recorded("dcim_devices.json");
+    let a = TestRelay::start(reconciling(&nats, &fake, "a.redb")).await;
+    let b = TestRelay::start(reconciling(&nats, &fake, "b.redb")).await;
+    let created = Utc::now() - chrono::Duration::minutes(10);
+    assert_eq!(a.post_signed(&update(900_001, created)).await.0, 202);
+
+    let (status, run) = trigger(&b.base).await;
+    assert_eq!(status, 202, "{run}");
+    let report = crate::helpers::reconcile_report(&b.base, &run["run_id"]).await;
+    assert_eq!(
+        report["object_types"]["dcim.device"]["deleted"], 1,
+        "{report}"
+    );
+    let ops: Vec<String> = crate::helpers::stream_messages(&nats.url())
+        .await
+        .iter()
+        .filter(|m| m.delta["object_id"] == 900_001)
+        .map(|m| m.delta["op"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ops, ["delete"], "the tombstone replaced the key's history");
+
+    let before = published_count(&nats.url()).await;
+    let (_, again) = trigger(&b.base).await;
+    let report = crate::helpers::reconcile_report(&b.base, &again["run_id"]).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(
+        published_count(&nats.url()).await,
+        before,
+        "the next run publishes nothing"
+    );
+}
