@@ -182,6 +182,25 @@ impl Reconciler {
         }
     }
 
+    /// Whether another relay sharing the NATS started a run within the last nine tenths of
+    /// `interval`: then this relay's scheduled tick is left out, so that NetBox is pulled about
+    /// once per interval however many relays there are.
+    async fn ran_elsewhere_lately(&self, interval: Duration) -> bool {
+        let Some(latest) = self.coordination().await else {
+            return false;
+        };
+        let Some(latest) = latest.latest().await else {
+            return false;
+        };
+        if self.runs.get(latest.run_id).is_some() {
+            return false;
+        }
+        let since = (Utc::now() - latest.started_at)
+            .to_std()
+            .unwrap_or_default();
+        since < interval.mul_f64(0.9)
+    }
+
     /// The shared bucket, opened on first use; None for a dry run or while NATS is away.
     async fn coordination(&self) -> Option<&Coordination> {
         let shared = self.shared.as_ref()?;
@@ -314,6 +333,10 @@ impl Reconciler {
             } else {
                 "schedule"
             };
+            if trigger == "schedule" && self.ran_elsewhere_lately(interval).await {
+                tracing::debug!("reconcile: another relay ran lately; skipping this tick");
+                continue;
+            }
             let options = RunOptions {
                 trigger: trigger.to_string(),
                 force: false,

@@ -292,3 +292,36 @@ async fn a_reconcile_deletes_keys_only_another_relay_published() {
         "the next run publishes nothing"
     );
 }
+
+/// Two relays on a 2 s schedule: NetBox is pulled about once per interval, not once per relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_runs_are_shared_between_relays() {
+    let nats = NatsServer::start();
+    let fake = crate::fake_netbox::FakeNetbox::start("4.6.8").await;
+    fake.load_recorded("dcim_devices.json");
+    let scheduled = |state| {
+        let mut config = reconciling(&nats, &fake, state);
+        config.reconcile.interval = std::time::Duration::from_secs(2);
+        config
+    };
+    let started = std::time::Instant::now();
+    let a = TestRelay::start(scheduled("a.redb")).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let b = TestRelay::start(scheduled("b.redb")).await;
+    // A ticks at about 2 s and 4 s, B at about 3 s and 5 s: four runs if each relay kept its own
+    // schedule, two when B leaves out the ticks that follow A's runs closely.
+    tokio::time::sleep(std::time::Duration::from_millis(5_800).saturating_sub(started.elapsed()))
+        .await;
+    let latest: Value = reqwest::get(format!("{}/reconcile/runs/latest", b.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let runs = latest["run_id"].as_u64().unwrap_or(0);
+    assert!(
+        (1..=3).contains(&runs),
+        "{runs} scheduled runs in 5.8 s on two relays with a 2 s interval: {latest}"
+    );
+    drop(a);
+}
