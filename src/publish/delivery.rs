@@ -84,7 +84,7 @@ impl Delivery {
 
     /// Remembers a delta read from the stream (another relay published it) as the key's record.
     pub async fn remember(&self, latest: &RegistryDelta, seq: u64) -> Result<(), DeliveryError> {
-        let record = with_seq(&encode(latest)?.record, seq);
+        let record = with_seq(encode(latest)?.record, seq);
         let key = latest.key.clone();
         self.committer.commit(Write::Record { key, record }).await?;
         Ok(())
@@ -131,13 +131,17 @@ impl Delivery {
             // while that is still the last one on the stream (another relay may have gone first).
             let known = head.as_ref().map_or(Some(0), |h| h.seq);
             match publish_checked(&self.publisher, &delta, &json, known).await {
+                // The published JSON shares the record's buffer: dropped first, the sequence is
+                // written into the record in place.
                 Ok(Checked::Published(seq)) => {
-                    let record = with_seq(&record, seq);
+                    drop(json);
+                    let record = with_seq(record, seq);
                     self.committer.commit(Write::Record { key, record }).await?;
                     return Ok(Delivered::Published);
                 }
                 Ok(Checked::AlreadyStored(seq)) => {
-                    let record = with_seq(&record, seq);
+                    drop(json);
+                    let record = with_seq(record, seq);
                     self.committer.commit(Write::Record { key, record }).await?;
                     return Ok(Delivered::Dropped(Verdict::Duplicate));
                 }
@@ -242,7 +246,7 @@ pub(super) async fn publish_checked(
                         let key = latest.key;
                         let latest = Write::Record {
                             key,
-                            record: with_seq(&record, seq),
+                            record: with_seq(record, seq),
                         };
                         return Ok(Checked::Superseded { verdict, latest });
                     }

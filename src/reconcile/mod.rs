@@ -168,17 +168,18 @@ impl Reconciler {
         let begun = self
             .runs
             .begin_from(&options.trigger, self.is_dry_run(), Utc::now(), at_least);
-        match (begun, coordination, lease) {
-            (Ok(report), Some(c), lease) => {
+        match (begun, coordination) {
+            (Ok(report), Some(c)) => {
                 c.record(&report).await;
                 Ok((report, lease))
             }
-            (Ok(report), None, lease) => Ok((report, lease)),
-            (Err(running), Some(c), Some(lease)) => {
-                c.release(lease).await;
+            (Ok(report), None) => Ok((report, lease)),
+            (Err(running), c) => {
+                if let (Some(c), Some(lease)) = (c, lease) {
+                    c.release(lease).await;
+                }
                 Err(running)
             }
-            (Err(running), _, _) => Err(running),
         }
     }
 
@@ -186,10 +187,10 @@ impl Reconciler {
     /// `interval`: then this relay's scheduled tick is left out, so that NetBox is pulled about
     /// once per interval however many relays there are.
     async fn ran_elsewhere_lately(&self, interval: Duration) -> bool {
-        let Some(latest) = self.coordination().await else {
+        let Some(coordination) = self.coordination().await else {
             return false;
         };
-        let Some(latest) = latest.latest().await else {
+        let Some(latest) = coordination.latest().await else {
             return false;
         };
         if self.runs.get(latest.run_id).is_some() {
@@ -201,9 +202,15 @@ impl Reconciler {
         since < interval.mul_f64(0.9)
     }
 
-    /// The shared bucket, opened on first use; None for a dry run or while NATS is away.
+    /// The shared bucket, opened on first use; None for a dry run or while NATS is away (at
+    /// once: a request to an absent server would hold the caller for JetStream's timeout).
     async fn coordination(&self) -> Option<&Coordination> {
         let shared = self.shared.as_ref()?;
+        let connected =
+            shared.js.client().connection_state() == async_nats::connection::State::Connected;
+        if !connected {
+            return None;
+        }
         let opened = shared
             .opened
             .get_or_try_init(|| {

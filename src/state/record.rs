@@ -64,8 +64,13 @@ const UPSERT: u8 = 0;
 pub(super) const LEGACY_DELETE: u8 = 1;
 const STATED_DELETE: u8 = 2;
 const INFERRED_DELETE: u8 = 3;
-/// Added to the op byte when the stream sequence follows the revision.
+/// Added to the op byte when a slot for the stream sequence follows the revision. Heads written
+/// before it have no slot and read as sequence unknown.
 const WITH_SEQ: u8 = 0x10;
+/// Where the sequence slot starts in a head.
+pub(super) const SEQ_AT: usize = 13;
+/// The slot's value until the delta's ack fills it in: sequence unknown.
+const UNKNOWN_SEQ: u64 = u64::MAX;
 
 impl RecordHead {
     pub fn deleted(&self) -> bool {
@@ -83,23 +88,27 @@ impl RecordHead {
     }
 
     /// The heads table's layout: op (1 byte), revision as seconds (8) and nanoseconds (4), big
-    /// endian, the stream sequence (8) if the op byte says so, then the delta id. Fixed and
-    /// small, so heads stay in redb's cache and reading one parses nothing.
+    /// endian, the stream sequence (8, [`UNKNOWN_SEQ`] until known), then the delta id. Fixed
+    /// and small, so heads stay in redb's cache and reading one parses nothing; the sequence has
+    /// a fixed place so that the ack's can be written into an encoded record in place.
     pub(super) fn to_bytes(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(21 + self.delta_id.len());
+        let mut bytes = Vec::with_capacity(SEQ_AT + 8 + self.delta_id.len());
         let op = match (self.op, self.inferred) {
             (Op::Upsert, _) => UPSERT,
             (Op::Delete, false) => STATED_DELETE,
             (Op::Delete, true) => INFERRED_DELETE,
         };
-        bytes.push(op | if self.seq.is_some() { WITH_SEQ } else { 0 });
+        bytes.push(op | WITH_SEQ);
         bytes.extend(self.revision.timestamp().to_be_bytes());
         bytes.extend(self.revision.timestamp_subsec_nanos().to_be_bytes());
-        if let Some(seq) = self.seq {
-            bytes.extend(seq.to_be_bytes());
-        }
+        bytes.extend(self.seq.unwrap_or(UNKNOWN_SEQ).to_be_bytes());
         bytes.extend(self.delta_id.as_bytes());
         bytes
+    }
+
+    /// Whether `head` (bytes of [`RecordHead::to_bytes`]) has a sequence slot at [`SEQ_AT`].
+    pub(super) fn has_seq_slot(head: &[u8]) -> bool {
+        head.first().is_some_and(|op| op & WITH_SEQ != 0) && head.len() >= SEQ_AT + 8
     }
 
     pub(super) fn from_bytes(bytes: &[u8]) -> Option<RecordHead> {
@@ -113,11 +122,12 @@ impl RecordHead {
         let secs = i64::from_be_bytes(bytes.get(1..9)?.try_into().ok()?);
         let nanos = u32::from_be_bytes(bytes.get(9..13)?.try_into().ok()?);
         let (seq, id_start) = match first & WITH_SEQ {
-            0 => (None, 13),
-            _ => (
-                Some(u64::from_be_bytes(bytes.get(13..21)?.try_into().ok()?)),
-                21,
-            ),
+            0 => (None, SEQ_AT),
+            _ => {
+                let slot = bytes.get(SEQ_AT..SEQ_AT + 8)?.try_into().ok()?;
+                let seq = Some(u64::from_be_bytes(slot)).filter(|s| *s != UNKNOWN_SEQ);
+                (seq, SEQ_AT + 8)
+            }
         };
         Some(RecordHead {
             revision: DateTime::from_timestamp(secs, nanos)?,

@@ -6,10 +6,10 @@ use redb::{
     TableDefinition, WriteTransaction,
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::letter::DeadLetter;
-use super::record::{Record, RecordHead, LEGACY_DELETE};
+use super::record::{Record, RecordHead, LEGACY_DELETE, SEQ_AT};
 use crate::delta::RegistryDelta;
 
 /// Registry key -> the last accepted delta, read back as a [`Record`]: a marker byte, the length
@@ -370,22 +370,20 @@ pub fn encode(delta: &RegistryDelta) -> Result<Encoded, serde_json::Error> {
     Ok(Encoded { record, json })
 }
 
-/// `record` (made by [`encode`]) with the stream sequence its delta was stored at.
-pub fn with_seq(record: &Bytes, seq: u64) -> Bytes {
-    let (Some(head), json) = split(record) else {
-        return record.clone();
-    };
-    let Some(mut head) = RecordHead::from_bytes(head) else {
-        return record.clone();
-    };
-    head.seq = Some(seq);
-    let head = head.to_bytes();
-    let mut value = Vec::with_capacity(2 + head.len() + json.len());
-    value.push(HEAD_PREFIX);
-    value.push(head.len() as u8);
-    value.extend_from_slice(&head);
-    value.extend_from_slice(json);
-    Bytes::from(value)
+/// `record` (made by [`encode`]) with the stream sequence its delta was stored at, written into
+/// its head's slot: in place when nothing else holds the buffer (the webhook path drops the
+/// published JSON first), in a copy otherwise.
+pub fn with_seq(record: Bytes, seq: u64) -> Bytes {
+    let slotted = matches!(split(&record), (Some(head), _) if RecordHead::has_seq_slot(head));
+    if !slotted {
+        return record;
+    }
+    let mut bytes = record
+        .try_into_mut()
+        .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+    let at = 2 + SEQ_AT;
+    bytes[at..at + 8].copy_from_slice(&seq.to_be_bytes());
+    bytes.freeze()
 }
 
 /// A record value's head bytes (if it has them) and its delta JSON.
@@ -448,12 +446,32 @@ mod tests {
             .reconcile_delete(device, 7, revision, revision)
             .unwrap();
         let encoded = encode(&delta).unwrap();
-        let stored = with_seq(&encoded.record, 42);
+        let stored = with_seq(encoded.record.clone(), 42);
         let (head_bytes, json) = split(&stored);
         assert_eq!(json, &encoded.json[..], "the JSON is kept as it was");
         let read = RecordHead::from_bytes(head_bytes.unwrap()).unwrap();
         assert_eq!(read.seq, Some(42));
         assert_eq!(read.delta_id, delta.delta_id);
+        // Before its ack a record's sequence is unknown; once the published JSON is gone, the
+        // ack's is written into the same buffer.
+        let Encoded { record, json } = encode(&delta).unwrap();
+        let unacked = RecordHead::from_bytes(split(&record).0.unwrap()).unwrap();
+        assert_eq!(unacked.seq, None);
+        drop(json);
+        let buffer = record.as_ptr();
+        let acked = with_seq(record, 43);
+        assert_eq!(acked.as_ptr(), buffer, "written in place");
+        assert_eq!(
+            RecordHead::from_bytes(split(&acked).0.unwrap())
+                .unwrap()
+                .seq,
+            Some(43)
+        );
+        // A head written before the sequence slot: the id follows the revision directly.
+        let mut old = head.to_bytes();
+        old[0] &= 0x0f;
+        old.drain(13..21);
+        assert_eq!(RecordHead::from_bytes(&old), Some(head.clone()));
 
         // A record as the relay wrote it before the head prefix: the delta's JSON alone.
         let record = serde_json::json!({
