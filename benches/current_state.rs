@@ -11,19 +11,15 @@
 //! `cargo bench --bench current_state -- [--keys 1000000]`
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
 use futures::StreamExt;
 use netbox_relay::delta::{Entry, RegistryDelta};
-use netbox_relay::netbox::ObjectType;
-use netbox_relay::translate::{SweepOptions, Translator};
-use serde_json::{Map, Value};
 
 mod common;
-use common::{free_port, nats_binary, wait_for_port};
+use common::{device_translator, free_port, nats_binary, recorded_device, wait_for_port};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -117,12 +113,7 @@ async fn run(keys: u64) {
 /// Publishes one device delta per key, and for every tenth key an older one first; answers the
 /// messages and bytes published.
 async fn publish(js: &jetstream::Context, keys: u64) -> (u64, u64) {
-    let device = ObjectType::from_name("dcim.device").unwrap();
-    let sweep = SweepOptions {
-        expand_subnets: false,
-        max_expanded_hosts: 0,
-    };
-    let translator = Translator::new("default", sweep, &[device]);
+    let (device, translator) = device_translator();
     let template = recorded_device();
     let now = chrono::Utc::now();
     let (mut messages, mut bytes) = (0u64, 0u64);
@@ -188,14 +179,6 @@ async fn load(
 }
 
 /// The first device of the recorded API answer.
-fn recorded_device() -> Map<String, Value> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/netbox-api/dcim_devices.json");
-    let recorded: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let body: Value = serde_json::from_str(recorded["body"].as_str().unwrap()).unwrap();
-    body["results"][0].as_object().unwrap().clone()
-}
-
 fn rss_mb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status

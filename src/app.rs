@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::publish::{self, Delivery, Publisher, Spool};
-use crate::reconcile::{Output, Reconciler, RunOptions, RunReport};
+use crate::reconcile::{Cascades, Output, Reconciler, RunOptions, RunReport};
+use crate::sd::{self, Discovery, Source};
 use crate::state::{Committer, Store};
 use crate::telemetry;
 use crate::translate::{SweepOptions, Translator};
@@ -39,7 +40,10 @@ impl Relay {
     /// connecting (webhooks go to the spool meanwhile).
     pub async fn start(config: Config) -> anyhow::Result<Relay> {
         server::raise_open_files_limit();
-        let store = Arc::new(Store::open(&config.state.path)?);
+        let store = Arc::new(Store::open_with_cache(
+            &config.state.path,
+            config.state.cache_bytes,
+        )?);
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -48,7 +52,19 @@ impl Relay {
         let delivery = pipeline.delivery.clone();
         let output = Output::Publish(delivery.clone());
         let store = pipeline.store.clone();
-        let reconciler = Reconciler::new(&config, translator(&config)?, store, output)?;
+        let reconciler = Arc::new(Reconciler::new(
+            &config,
+            translator(&config)?,
+            store,
+            output,
+        )?);
+        let cascades = cascades(&config, &reconciler);
+        let shutdown = CancellationToken::new();
+        let discovery = Arc::new(Discovery::new(
+            sd_source(&config, pipeline.publisher.jetstream().clone()),
+            config.sd.token.clone(),
+            shutdown.clone(),
+        ));
         let state = Arc::new(AppState {
             verifier: Verifier::new(
                 config.webhook.secrets.0.clone(),
@@ -57,7 +73,9 @@ impl Relay {
             translator: translator(&config)?,
             publisher: pipeline.publisher.clone(),
             delivery,
-            reconciler: Arc::new(reconciler),
+            reconciler,
+            cascades,
+            discovery,
             admin_token: config.api.admin_token.clone(),
             max_body_bytes: config.webhook.max_body_bytes,
             request_timeout: config.server.request_timeout,
@@ -88,7 +106,6 @@ impl Relay {
                 max_connections: config.server.max_connections,
             },
         };
-        let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(listener, parts, shutdown.clone()));
         tracing::info!(%addr, stream = %config.nats.stream, state = %config.state.path.display(), "netbox-relay listening");
         Ok(Relay {
@@ -133,6 +150,13 @@ async fn run(
         }))
     };
     let drainer = parts.pipeline.spawn_drainer(shutdown.clone());
+    if let Some(cascades) = parts.state.cascades.clone() {
+        let reconciler = parts.state.reconciler.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(supervise("cascades", shutdown.clone(), move || {
+            cascades.clone().run(reconciler.clone(), shutdown.clone())
+        }));
+    }
     if let Some((interval, on_start)) = parts.schedule {
         let reconciler = parts.state.reconciler.clone();
         let shutdown = shutdown.clone();
@@ -161,6 +185,65 @@ async fn run(
     parts.pipeline.close().await;
     tracing::info!("netbox-relay stopped");
     Ok(())
+}
+
+/// `netbox-relay sd`: Prometheus service discovery alone, following the stream, until
+/// `shutdown`. `/readyz` answers 200 once the current registry is loaded.
+pub async fn discovery_only(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.sd.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (sd.listen)", config.sd.listen))?;
+    let client = publish::connect_reader(&config.nats).await?;
+    let js = async_nats::jetstream::new(client);
+    let discovery = Arc::new(Discovery::new(
+        sd_source(&config, js),
+        config.sd.token.clone(),
+        shutdown.clone(),
+    ));
+    discovery.start();
+    let router = sd::router(discovery).layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        config.server.request_timeout,
+    ));
+    tracing::info!(addr = %listener.local_addr()?, stream = %config.nats.stream, "netbox-relay sd listening");
+    let limits = server::Limits {
+        header_timeout: config.server.header_timeout,
+        idle_timeout: config.server.idle_timeout,
+        max_connections: config.server.max_connections,
+    };
+    server::serve(
+        listener,
+        router,
+        limits,
+        shutdown,
+        config.server.shutdown_timeout,
+    )
+    .await;
+    Ok(())
+}
+
+/// Where service discovery reads the registry: the configured stream.
+pub fn sd_source(config: &Config, js: async_nats::jetstream::Context) -> Source {
+    Source {
+        js,
+        stream: config.nats.stream.clone(),
+        subject_prefix: config.nats.subject_prefix.clone(),
+    }
+}
+
+/// The cascade queue, when cascades are on (`cascade.enabled`, by default whenever NetBox's URL
+/// and token are set); says once why they are off.
+fn cascades(config: &Config, reconciler: &Reconciler) -> Option<Arc<Cascades>> {
+    match (config.cascade.enabled, reconciler.is_configured()) {
+        (Some(false), _) => {
+            tracing::info!("cascades off: cascade.enabled = false");
+            None
+        }
+        (_, false) => {
+            tracing::info!("cascades off: netbox.url or netbox.token is not set, so a renamed site, tenant or tag re-labels its dependents only at the next reconcile");
+            None
+        }
+        (_, true) => Some(Cascades::new(config.cascade.debounce)),
+    }
 }
 
 /// Runs a long-lived part until it ends or shutdown; a part that panics is logged, counted
@@ -204,7 +287,7 @@ pub async fn reconcile_once(
     dry_run: bool,
     options: RunOptions,
 ) -> anyhow::Result<RunReport> {
-    let store = Arc::new(Store::open(&config.state.path).context(
+    let store = Arc::new(Store::open_with_cache(&config.state.path, config.state.cache_bytes).context(
         "cannot open the state file (a running `netbox-relay serve` holds it: use POST /reconcile)",
     )?);
     let translator = translator(&config)?;

@@ -47,6 +47,13 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Serve Prometheus HTTP service discovery (`GET /sd/prometheus`) from the registry on the
+    /// stream, without NetBox or a state file: any number may run beside Prometheus.
+    Sd {
+        /// Listen address; overrides sd.listen.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
     /// Print the JSON Schema of the registry delta.
     Schema,
     /// Check the configuration, NetBox (version, token, read permission per object type), NATS
@@ -116,12 +123,17 @@ impl Cli {
             Command::Serve { listen } => listen,
             _ => None,
         };
+        let sd_listen = match self.command {
+            Command::Sd { listen } => listen,
+            _ => None,
+        };
         let no_webhooks = !matches!(
             self.command,
             Command::Serve { .. } | Command::NetboxSetup { .. }
         );
         Overrides {
             listen,
+            sd_listen,
             log_level: self.log_level.clone(),
             no_webhooks,
         }

@@ -21,9 +21,11 @@ pub struct Config {
     pub nats: NatsConfig,
     pub registry: RegistryConfig,
     pub reconcile: ReconcileConfig,
+    pub cascade: CascadeConfig,
     pub state: StateConfig,
     pub spool: SpoolConfig,
     pub api: ApiConfig,
+    pub sd: SdConfig,
     pub log: LogConfig,
 }
 
@@ -110,6 +112,16 @@ pub struct RegistryConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct CascadeConfig {
+    /// Unset: on whenever NetBox's URL and token are (cascades pull through them).
+    pub enabled: Option<bool>,
+    /// How long a parent's change waits for others before its dependents are pulled.
+    #[serde(deserialize_with = "duration")]
+    pub debounce: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ReconcileConfig {
     #[serde(deserialize_with = "duration")]
     pub interval: Duration,
@@ -125,6 +137,8 @@ pub struct ReconcileConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     pub path: PathBuf,
+    /// redb's page cache: the state file's share of the relay's memory.
+    pub cache_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,6 +151,25 @@ pub struct SpoolConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     pub admin_token: Option<SecretString>,
+}
+
+/// Prometheus service discovery: `GET /sd/prometheus` on the relay and `netbox-relay sd`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SdConfig {
+    /// Where `netbox-relay sd` listens.
+    pub listen: SocketAddr,
+    /// A bearer token the endpoint requires, when set.
+    pub token: Option<SecretString>,
+}
+
+impl Default for SdConfig {
+    fn default() -> Self {
+        SdConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8091)),
+            token: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -215,6 +248,8 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
+    /// `netbox-relay sd --listen`.
+    pub sd_listen: Option<SocketAddr>,
     pub log_level: Option<String>,
     /// The command verifies no webhooks (`tail`, `check`, `spool`, `reconcile`): a missing
     /// `webhook.secrets` is no error for it.
@@ -240,6 +275,9 @@ impl Config {
                 .split("__")
                 .ignore(&["config"]),
         );
+        if let Some(listen) = overrides.sd_listen {
+            figment = figment.merge(Serialized::default("sd.listen", listen));
+        }
         if let Some(listen) = overrides.listen {
             figment = figment.merge(Serialized::default("server.listen", listen));
         }
@@ -398,6 +436,9 @@ impl Config {
         if blank(&self.api.admin_token) {
             self.api.admin_token = None;
         }
+        if blank(&self.sd.token) {
+            self.sd.token = None;
+        }
         if blank(&self.nats.token) {
             self.nats.token = None;
         }
@@ -508,10 +549,20 @@ impl Default for ReconcileConfig {
     }
 }
 
+impl Default for CascadeConfig {
+    fn default() -> Self {
+        CascadeConfig {
+            enabled: None,
+            debounce: Duration::from_secs(2),
+        }
+    }
+}
+
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             path: PathBuf::from("./data/netbox-relay.redb"),
+            cache_bytes: crate::state::CACHE_BYTES,
         }
     }
 }

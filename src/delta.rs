@@ -128,6 +128,8 @@ pub enum Op {
 pub enum Origin {
     Webhook,
     Reconcile,
+    // Pulled again because a parent it shows (site, tenant, tag, ...) changed.
+    Cascade,
 }
 
 /// The kinds of registry entry, one per supported NetBox object type.
@@ -162,6 +164,7 @@ impl Origin {
         match self {
             Origin::Webhook => "webhook",
             Origin::Reconcile => "reconcile",
+            Origin::Cascade => "cascade",
         }
     }
 }

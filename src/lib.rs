@@ -13,6 +13,7 @@ pub mod netbox;
 pub mod ops;
 pub mod publish;
 pub mod reconcile;
+pub mod sd;
 pub mod state;
 pub mod telemetry;
 pub mod translate;

@@ -9,6 +9,7 @@ use netbox_relay::ops::{self, setup::SetupOptions, tail::TailOptions};
 use netbox_relay::reconcile::{RunOptions, RunStatus};
 use netbox_relay::{delta, telemetry};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
 
 // Reconciliation parses every NetBox page into many small maps; glibc's allocator was the largest
 // cost in a profile of a 100,000-object run (BENCHMARKS.md).
@@ -83,6 +84,13 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Sd { .. } => match sd(config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "netbox-relay sd failed");
+                ExitCode::FAILURE
+            }
+        },
         Command::Schema | Command::Serve { .. } => match serve(config).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -166,7 +174,17 @@ async fn reconcile(config: Config, dry_run: bool, names: &[String], force: bool)
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let relay = Relay::start(config).await?;
-    let shutdown = relay.shutdown_token();
+    cancel_on_signal(relay.shutdown_token())?;
+    relay.wait().await
+}
+
+async fn sd(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone())?;
+    app::discovery_only(config, shutdown).await
+}
+
+fn cancel_on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     tokio::spawn(async move {
         tokio::select! {
@@ -174,7 +192,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
         shutdown.cancel();
-        tracing::info!("shutting down: finishing in-flight webhooks, then draining NATS");
+        tracing::info!("shutting down: finishing in-flight requests");
     });
-    relay.wait().await
+    Ok(())
 }

@@ -1,4 +1,6 @@
-//! Helpers both benchmarks use: ports, waiting for a server, the nats-server binary.
+//! Helpers the benchmarks share: ports, waiting for a server, the nats-server binary, the
+//! recorded device. Not every benchmark uses every helper.
+#![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -27,4 +29,28 @@ pub fn nats_binary() -> PathBuf {
     std::env::var_os("NATS_SERVER")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/nats-server"))
+}
+
+/// The first device of the recorded API answer (tests/fixtures), as the REST API serializes it.
+pub fn recorded_device() -> serde_json::Map<String, serde_json::Value> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/netbox-api/dcim_devices.json");
+    let text = std::fs::read_to_string(path).unwrap();
+    let recorded: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let body: serde_json::Value = serde_json::from_str(recorded["body"].as_str().unwrap()).unwrap();
+    body["results"][0].as_object().unwrap().clone()
+}
+
+/// The device type and a translator for it alone, hosts only (no subnet expansion).
+pub fn device_translator() -> (
+    netbox_relay::netbox::ObjectType,
+    netbox_relay::translate::Translator,
+) {
+    let device = netbox_relay::netbox::ObjectType::from_name("dcim.device").unwrap();
+    let sweep = netbox_relay::translate::SweepOptions {
+        expand_subnets: false,
+        max_expanded_hosts: 0,
+    };
+    let translator = netbox_relay::translate::Translator::new("default", sweep, &[device]);
+    (device, translator)
 }

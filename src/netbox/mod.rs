@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod object_type;
+pub mod parents;
 pub mod webhook;
 
 pub use object_type::ObjectType;

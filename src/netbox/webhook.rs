@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::object_type::{api_endpoint, ObjectType};
+use super::parents::{Parent, Trigger};
 
 /// A change NetBox reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,13 @@ pub struct WebhookEvent {
 #[derive(Debug)]
 pub enum Parsed {
     Change(Box<WebhookEvent>),
+    /// A change of a parent that is no registry kind (device role, platform, tag, IPAM role):
+    /// the cascade its update calls for, if any.
+    Parent {
+        parent: &'static Parent,
+        object_id: u64,
+        trigger: Option<Trigger>,
+    },
     /// Nothing to translate; the reason is for the 200 answer.
     Ignored(String),
 }
@@ -93,17 +101,9 @@ pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
     };
     let object_type = match object_type(&top, &data)? {
         Ok(t) => t,
-        Err(unsupported) => {
-            let reason = format!("object type {} is not supported", short(&unsupported));
-            return Ok(Parsed::Ignored(reason));
-        }
+        Err(unsupported) => return parent_only(event, &unsupported, &mut top, &data),
     };
-    let object_id = match data.get("id") {
-        Some(id) => id
-            .as_u64()
-            .ok_or(wrong("data.id", "a non-negative integer"))?,
-        None => return Err(PayloadError::Missing("data.id")),
-    };
+    let object_id = object_id(&data)?;
     let (prechange, postchange) = snapshots(&mut top)?;
     Ok(Parsed::Change(Box::new(WebhookEvent {
         event,
@@ -116,6 +116,49 @@ pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
         prechange,
         postchange,
     })))
+}
+
+fn object_id(data: &Map<String, Value>) -> Result<u64, PayloadError> {
+    match data.get("id") {
+        Some(id) => id
+            .as_u64()
+            .ok_or(wrong("data.id", "a non-negative integer")),
+        None => Err(PayloadError::Missing("data.id")),
+    }
+}
+
+/// A type that is no registry kind: a parent only, or not supported at all. `name` is what the
+/// body called it (`object_type`, `model`, or `app/endpoint` of its URL).
+fn parent_only(
+    event: ChangeEvent,
+    name: &str,
+    top: &mut Map<String, Value>,
+    data: &Map<String, Value>,
+) -> Result<Parsed, PayloadError> {
+    let parent = Parent::from_name(name)
+        .or_else(|| Parent::from_model(name))
+        .or_else(|| {
+            data.get("url")
+                .and_then(Value::as_str)
+                .and_then(Parent::from_url)
+        });
+    let Some(parent) = parent.filter(|p| p.trigger_only()) else {
+        let reason = format!("object type {} is not supported", short(name));
+        return Ok(Parsed::Ignored(reason));
+    };
+    let object_id = object_id(data)?;
+    let (prechange, postchange) = snapshots(top)?;
+    let trigger = match event {
+        ChangeEvent::Updated => {
+            parent.trigger(object_id, data, prechange.as_ref(), postchange.as_ref())
+        }
+        ChangeEvent::Created | ChangeEvent::Deleted => None,
+    };
+    Ok(Parsed::Parent {
+        parent,
+        object_id,
+        trigger,
+    })
 }
 
 /// `Ok(Ok(type))` when supported, `Ok(Err(name))` when well named but not supported.

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use crate::config::Config;
 use crate::netbox::client::{ApiError, NetboxClient};
+use crate::netbox::parents::PARENTS;
 use crate::netbox::ObjectType;
 use crate::publish;
 use crate::state::{Store, StoreError};
@@ -30,6 +31,15 @@ impl Line {
     fn ok(what: impl Into<String>, detail: impl Into<String>) -> Line {
         Line {
             status: Status::Ok,
+            what: what.into(),
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    fn skip(what: impl Into<String>, detail: impl Into<String>) -> Line {
+        Line {
+            status: Status::Skip,
             what: what.into(),
             detail: detail.into(),
             fix: None,
@@ -74,12 +84,10 @@ async fn netbox(config: &Config) -> Vec<Line> {
     let client = match NetboxClient::new(&config.netbox) {
         Ok(client) => client.without_retries(),
         Err(ApiError::NotConfigured) => {
-            return vec![Line {
-                status: Status::Skip,
-                what: "netbox".into(),
-                detail: "netbox.url / netbox.token not set: no reconciliation".into(),
-                fix: None,
-            }]
+            return vec![
+                Line::skip("netbox", "netbox.url / netbox.token not set: no reconciliation"),
+                Line::skip("cascade", "netbox.url / netbox.token not set: cascades are off (a renamed site or tag re-labels its dependents at the next reconcile)"),
+            ]
         }
         Err(e) => return vec![Line::fail("netbox", e.to_string(), "correct the named key")],
     };
@@ -112,7 +120,28 @@ async fn netbox(config: &Config) -> Vec<Line> {
     for object_type in types {
         lines.push(can_read(&client, object_type, version).await);
     }
+    lines.push(cascade(config));
     lines
+}
+
+/// Cascades pull the dependents of a changed parent with the read permissions checked above;
+/// the parents themselves arrive by webhook and are never read.
+fn cascade(config: &Config) -> Line {
+    if config.cascade.enabled == Some(false) {
+        return Line::skip("cascade", "cascade.enabled = false");
+    }
+    let triggers: Vec<&str> = PARENTS
+        .iter()
+        .filter(|p| p.trigger_only())
+        .map(|p| p.name)
+        .collect();
+    Line::ok(
+        "cascade",
+        format!(
+            "on: a changed site, tenant, cluster, VRF or VLAN, and {} (listed in the event rule by netbox-setup; no permission on them needed), pull their dependents with the read permissions above",
+            triggers.join(", ")
+        ),
+    )
 }
 
 /// Reads one object of the type, as cheaply as NetBox allows.

@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::Config;
 use crate::netbox::client::{ApiError, NetboxClient};
+use crate::netbox::parents::PARENTS;
 
 /// What the command was asked to do.
 #[derive(Debug, Clone)]
@@ -101,12 +102,18 @@ pub async fn run(config: &Config, options: &SetupOptions) -> Result<Vec<Step>, S
         Change::Created { id } => id,
         Change::Updated { id, .. } | Change::Unchanged { id } => Some(id),
     };
-    let types: Vec<String> = config
+    let mut types: Vec<String> = config
         .object_types()
         .unwrap_or_default()
         .iter()
         .map(|t| t.name.to_string())
         .collect();
+    // Parents that are no registry kind only trigger cascades; NetBox sends their changes
+    // only if the rule lists them.
+    if config.cascade.enabled != Some(false) {
+        let triggers = PARENTS.iter().filter(|p| p.trigger_only());
+        types.extend(triggers.map(|p| p.name.to_string()));
+    }
     let rule = rule_body(&options.name, (major, minor), types, webhook_id);
     let second = setup
         .apply(EVENT_RULES, "event rule", &options.name, rule)

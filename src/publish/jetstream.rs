@@ -232,28 +232,27 @@ impl Publisher {
         partition: &str,
         kind: Kind,
     ) -> Result<Vec<u64>, PublishError> {
-        use futures::TryStreamExt;
-        let failed = |e: &dyn std::fmt::Display| {
-            PublishError::NoAck(format!("listing the keys of {kind}: {e}"))
-        };
-        let stream = self
-            .js
-            .get_stream_no_info(&self.settings.name)
-            .await
-            .map_err(|e| PublishError::NoStream(e.to_string()))?;
         let prefix = &self.settings.subject_prefix;
         let filter = format!("{prefix}.{partition}.{kind}.*");
-        let mut subjects = stream
-            .info_with_subjects(&filter)
-            .await
-            .map_err(|e| failed(&e))?;
+        let api = format!("STREAM.INFO.{}", self.settings.name);
         let mut ids = Vec::new();
-        while let Some((subject, _)) = subjects.try_next().await.map_err(|e| failed(&e))? {
-            if let Some(id) = subject.rsplit('.').next().and_then(|id| id.parse().ok()) {
-                ids.push(id);
+        let mut offset = 0;
+        loop {
+            let request = serde_json::json!({"subjects_filter": filter, "offset": offset});
+            let failed = |e: &dyn std::fmt::Display| {
+                PublishError::NoAck(format!("listing the keys of {kind}: {e}"))
+            };
+            let page: keys::Page = self
+                .js
+                .request(api.clone(), &request)
+                .await
+                .map_err(|e| failed(&e))?;
+            let (listed, total) = page.into_ids(&mut ids).map_err(|e| failed(&e))?;
+            offset += listed;
+            if listed == 0 || offset >= total {
+                return Ok(ids);
             }
         }
-        Ok(ids)
     }
 
     async fn last_on(&self, subject: &str) -> Result<Option<(RegistryDelta, u64)>, PublishError> {
@@ -421,6 +420,16 @@ pub async fn connect_once(cfg: &NatsConfig) -> Result<Client, PublishError> {
         .map_err(|e| PublishError::Connect(e.to_string()))
 }
 
+/// A long-lived connection for reading the stream (`netbox-relay sd`): retried until NATS
+/// answers, reconnecting as the relay's own does.
+pub async fn connect_reader(cfg: &NatsConfig) -> Result<Client, PublishError> {
+    logging_events(connect_options(cfg).await?)
+        .retry_on_initial_connect()
+        .connect(servers(&cfg.url))
+        .await
+        .map_err(|e| PublishError::Connect(e.to_string()))
+}
+
 /// Connects once (no retries), and looks up the configured stream.
 pub async fn probe(cfg: &NatsConfig) -> Result<Probe, PublishError> {
     let client = connect_once(cfg).await?;
@@ -552,4 +561,74 @@ fn logging_events(options: ConnectOptions) -> ConnectOptions {
             other => tracing::debug!(event = %other, "NATS client event"),
         }
     })
+}
+
+/// The stream's answer to a subjects listing (`STREAM.INFO` with `subjects_filter`), read as the
+/// ids its subjects end with. A page lists up to 100,000 subjects; async-nats' own listing holds
+/// two copies of each page as strings, several times what the ids take.
+mod keys {
+    use std::fmt;
+
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub struct Page {
+        #[serde(default)]
+        state: Option<State>,
+        #[serde(default)]
+        total: usize,
+        #[serde(default)]
+        error: Option<ApiError>,
+    }
+
+    #[derive(Deserialize)]
+    struct ApiError {
+        #[serde(default)]
+        description: String,
+    }
+
+    #[derive(Deserialize)]
+    struct State {
+        #[serde(default, deserialize_with = "ids")]
+        subjects: Listed,
+    }
+
+    /// How many subjects the page listed, and the ids of those that end with one.
+    #[derive(Default)]
+    struct Listed(usize, Vec<u64>);
+
+    impl Page {
+        /// Appends the page's ids; returns how many subjects it listed and the total.
+        pub fn into_ids(self, ids: &mut Vec<u64>) -> Result<(usize, usize), String> {
+            if let Some(error) = self.error {
+                return Err(error.description);
+            }
+            let Listed(listed, found) = self.state.map(|s| s.subjects).unwrap_or_default();
+            ids.extend(found);
+            Ok((listed, self.total))
+        }
+    }
+
+    fn ids<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Listed, D::Error> {
+        struct Ids;
+        impl<'de> Visitor<'de> for Ids {
+            type Value = Listed;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of subjects to message counts")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Listed, M::Error> {
+                let mut listed = Listed::default();
+                while let Some(subject) = map.next_key::<String>()? {
+                    map.next_value::<IgnoredAny>()?;
+                    listed.0 += 1;
+                    if let Some(id) = subject.rsplit('.').next().and_then(|id| id.parse().ok()) {
+                        listed.1.push(id);
+                    }
+                }
+                Ok(listed)
+            }
+        }
+        deserializer.deserialize_map(Ids)
+    }
 }

@@ -8,5 +8,7 @@ mod jetstream;
 mod spool;
 
 pub use delivery::{Delivered, Delivery, DeliveryError};
-pub use jetstream::{connect_once, probe, Probe, PublishError, Publisher, StreamSettings};
+pub use jetstream::{
+    connect_once, connect_reader, probe, Probe, PublishError, Publisher, StreamSettings,
+};
 pub use spool::{drain, Spool};

@@ -10,11 +10,11 @@ use tokio::task::JoinHandle;
 
 use super::runs::{RunStatus, TypeReport};
 use super::{Output, Reconciler};
-use crate::delta::RegistryDelta;
+use crate::delta::{Op, RegistryDelta};
 use crate::netbox::client::ApiError;
 use crate::netbox::ObjectType;
 use crate::publish::Delivered;
-use crate::state::{RecordHead, Store, StoreError};
+use crate::state::{Known, Store, StoreError};
 use crate::translate::{Object, Translator};
 
 /// Deltas in flight at once. A pull returns each object once, so they are all of different keys
@@ -27,16 +27,16 @@ const SORTING: usize = 2;
 
 /// One page, translated and compared with the state store.
 #[derive(Default)]
-struct Sorted {
-    ids: Vec<u64>,
-    changed: Vec<RegistryDelta>,
+pub(super) struct Sorted {
+    pub ids: Vec<u64>,
+    pub changed: Vec<RegistryDelta>,
     unchanged: u64,
     errors: u64,
 }
 
 /// Translates a page and keeps the deltas whose entry differs from the stored one (one state
 /// read for the page). CPU work and local reads only: it runs off the async threads.
-fn sort(
+pub(super) fn sort(
     translator: &Translator,
     store: &Store,
     object_type: ObjectType,
@@ -128,24 +128,24 @@ enum Emitted {
 
 /// Counts of emitted deltas.
 #[derive(Default)]
-struct Tally {
-    out: u64,
-    dropped: u64,
-    failed: u64,
+pub(super) struct Tally {
+    pub out: u64,
+    pub dropped: u64,
+    pub failed: u64,
 }
 
 /// Deltas on their way, at most `IN_FLIGHT` at once, each delivered on its own task: delivery
 /// (serializing, publishing, awaiting the ack, recording) runs on the runtime's other threads
 /// while the next page is translated, instead of every page waiting for the last ack of the one
 /// before.
-struct Emitter<'a> {
+pub(super) struct Emitter<'a> {
     output: &'a Output,
     in_flight: FuturesUnordered<JoinHandle<Emitted>>,
     tally: Tally,
 }
 
 impl<'a> Emitter<'a> {
-    fn new(output: &'a Output) -> Self {
+    pub fn new(output: &'a Output) -> Self {
         Emitter {
             output,
             in_flight: FuturesUnordered::new(),
@@ -153,7 +153,7 @@ impl<'a> Emitter<'a> {
         }
     }
 
-    async fn push(&mut self, delta: RegistryDelta) {
+    pub async fn push(&mut self, delta: RegistryDelta) {
         let delivery = match self.output {
             Output::Print => return self.count(Ok(print(&delta))),
             Output::Publish(delivery) => delivery.clone(),
@@ -176,7 +176,7 @@ impl<'a> Emitter<'a> {
     }
 
     /// Waits for every delta still in flight.
-    async fn finish(mut self) -> Tally {
+    pub async fn finish(mut self) -> Tally {
         while let Some(done) = self.in_flight.next().await {
             self.count(done);
         }
@@ -325,19 +325,15 @@ impl Pass<'_> {
     async fn stream_only(
         &self,
         object_type: ObjectType,
-        known: &[(String, RecordHead)],
+        known: &[Known],
         seen: &HashSet<u64>,
-    ) -> Vec<(String, RecordHead)> {
+    ) -> Vec<Known> {
         let Output::Publish(delivery) = self.output else {
             return Vec::new();
         };
         let (publisher, translator) = (delivery.publisher(), &self.reconciler.translator);
         let (partition, kind) = (translator.partition(), object_type.kind);
-        let prefix = translator.key_prefix(object_type);
-        let known: HashSet<u64> = known
-            .iter()
-            .filter_map(|(key, _)| key[prefix.len()..].parse().ok())
-            .collect();
+        let known: HashSet<u64> = known.iter().map(|k| k.id).collect();
         let ids = match publisher.ids_on_stream(partition, kind).await {
             Ok(ids) => ids,
             Err(e) => {
@@ -356,11 +352,11 @@ impl Pass<'_> {
                     if let Err(e) = delivery.remember(&latest, seq).await {
                         tracing::warn!(key = %latest.key, error = %e, "reconcile: cannot remember a key read from the stream");
                     }
-                    let head = RecordHead {
-                        seq: Some(seq),
-                        ..RecordHead::of(&latest)
-                    };
-                    found.push((latest.key, head));
+                    found.push(Known {
+                        id,
+                        revision: latest.revision,
+                        live: latest.op != Op::Delete,
+                    });
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -378,18 +374,17 @@ impl Pass<'_> {
         seen: &HashSet<u64>,
         report: &mut TypeReport,
     ) -> Result<(), StoreError> {
-        let prefix = self.reconciler.translator.key_prefix(object_type);
-        let scan = prefix.clone();
+        let scan = self.reconciler.translator.key_prefix(object_type);
         let store = &self.reconciler.store;
-        let mut heads = store.read(move |s| s.heads_with_prefix(&scan)).await?;
+        let mut heads = store.read(move |s| s.known_under(&scan)).await?;
         heads.extend(self.stream_only(object_type, &heads, seen).await);
-        let known = heads.iter().filter(|(_, h)| !h.deleted()).count();
+        let known = heads.iter().filter(|k| k.live).count();
         let gone: Vec<(u64, DateTime<Utc>)> = heads
             .iter()
-            .filter(|(_, h)| !h.deleted() && h.revision < self.run_start)
-            .filter_map(|(key, h)| Some((key[prefix.len()..].parse::<u64>().ok()?, h.revision)))
-            .filter(|(id, _)| !seen.contains(id))
+            .filter(|k| k.live && k.revision < self.run_start && !seen.contains(&k.id))
+            .map(|k| (k.id, k.revision))
             .collect();
+        drop(heads);
         let fraction = self.reconciler.max_delete_fraction;
         if !self.force && gone.len() as f64 > fraction * known as f64 {
             report.withheld_deletes = gone.len() as u64;

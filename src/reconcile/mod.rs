@@ -2,6 +2,7 @@
 //! exactly as a webhook would, and publish only what differs from the state store. Triggered on a
 //! schedule, at start, by `POST /reconcile` and by `netbox-relay reconcile`.
 
+mod cascade;
 mod diff;
 mod lease;
 /// The pull alone; public so that the benchmark can time downloading against reconciling.
@@ -14,6 +15,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
+pub use cascade::Cascades;
 use lease::{Coordination, Lease, Refused};
 pub use runs::{RunReport, RunStatus, Runs, TypeReport};
 

@@ -92,6 +92,8 @@ pub struct Pager<'a> {
     fields: bool,
     after: Option<u64>,
     below: Option<u64>,
+    /// A NetBox filter such as `site_id=3`, for a cascade.
+    filter: Option<String>,
     done: bool,
 }
 
@@ -112,8 +114,15 @@ impl<'a> Pager<'a> {
             fields: options.version >= (4, 0),
             after,
             below,
+            filter: None,
             done: false,
         }
+    }
+
+    /// Only the objects NetBox's `filter` (`site_id=3`) selects.
+    pub fn filtered(mut self, filter: String) -> Self {
+        self.filter = Some(filter);
+        self
     }
 
     /// The next page, or `None` once NetBox answered an empty one. Only an empty page ends the
@@ -166,6 +175,10 @@ impl<'a> Pager<'a> {
         }
         if let Some(below) = self.below {
             filters.push_str(&format!("&id__lt={below}"));
+        }
+        if let Some(filter) = &self.filter {
+            filters.push('&');
+            filters.push_str(filter);
         }
         match (self.cursor_pagination, self.after) {
             (true, None) => format!("start=0&limit={limit}{filters}"),

@@ -12,4 +12,7 @@ pub use committer::{Committer, Health};
 pub use dead::{Retried, Selection};
 pub use letter::{key_and_id, DeadLetter};
 pub use record::{judge, Record, RecordHead, Verdict};
-pub use store::{encode, with_seq, Encoded, SpoolStats, SpooledDelta, Store, StoreError, Write};
+pub use store::{
+    encode, with_seq, Encoded, Known, SpoolStats, SpooledDelta, Store, StoreError, Write,
+    CACHE_BYTES,
+};

@@ -70,6 +70,14 @@ pub enum StoreError {
     Faulted { path: PathBuf, message: String },
 }
 
+/// One key of a type as its record says: see [`Store::known_under`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Known {
+    pub id: u64,
+    pub revision: chrono::DateTime<chrono::Utc>,
+    pub live: bool,
+}
+
 /// One delta waiting in the spool.
 #[derive(Debug, Clone)]
 pub struct SpooledDelta {
@@ -87,19 +95,26 @@ pub struct SpoolStats {
     pub dead: u64,
 }
 
-/// redb's page cache. Lookups touch one record per webhook and the spool is read from its head,
-/// so a small cache serves; redb's default (1 GiB) only grows the process.
-const CACHE_BYTES: usize = 32 << 20;
+/// redb's page cache by default (`state.cache_bytes`). Lookups touch one record per webhook and
+/// the spool is read from its head, so a small cache serves; redb's default (1 GiB) only grows
+/// the process.
+pub const CACHE_BYTES: usize = 32 << 20;
 
 pub struct Store {
     /// None only while [`Store::reopen`] swaps it: redb refuses a second handle on one file.
     db: RwLock<Option<Database>>,
     path: PathBuf,
+    cache_bytes: usize,
 }
 
 impl Store {
     /// Opens the store, creating the file (and its directory) on first start.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with_cache(path, CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with a page cache of `cache_bytes`.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
         let fail = |e: &dyn std::fmt::Display| StoreError::Db {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -108,8 +123,9 @@ impl Store {
             std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
         }
         let store = Store {
-            db: RwLock::new(Some(create(path)?)),
+            db: RwLock::new(Some(create(path, cache_bytes)?)),
             path: path.to_path_buf(),
+            cache_bytes,
         };
         store.write(&[], &mut 0, true)?;
         Ok(store)
@@ -120,7 +136,7 @@ impl Store {
     pub(super) fn reopen(&self) -> Result<(), StoreError> {
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
         drop(db.take());
-        *db = Some(create(&self.path)?);
+        *db = Some(create(&self.path, self.cache_bytes)?);
         drop(db);
         self.write(&[], &mut 0, true)
     }
@@ -190,21 +206,47 @@ impl Store {
             .collect()
     }
 
-    /// Revision and tombstone of every key starting with `prefix` (not the entries: a reconcile
-    /// of a large type would otherwise hold them all).
+    /// The key and head of every record whose key starts with `prefix`.
     pub fn heads_with_prefix(&self, prefix: &str) -> Result<Vec<(String, RecordHead)>, StoreError> {
+        let mut heads = Vec::new();
+        self.each_head(prefix, |key, head| heads.push((key.to_string(), head)))?;
+        Ok(heads)
+    }
+
+    /// The id, revision and liveness of every key `<prefix><id>`: what reconcile's delete check
+    /// needs, about 24 bytes a key, so that a large type's scan holds neither entries nor keys.
+    pub fn known_under(&self, prefix: &str) -> Result<Vec<Known>, StoreError> {
+        let mut known = Vec::new();
+        self.each_head(prefix, |key, head| {
+            if let Ok(id) = key[prefix.len()..].parse() {
+                known.push(Known {
+                    id,
+                    revision: head.revision,
+                    live: !head.deleted(),
+                });
+            }
+        })?;
+        Ok(known)
+    }
+
+    /// Calls `each` with the key and head of every record whose key starts with `prefix`, in one
+    /// read transaction.
+    fn each_head(
+        &self,
+        prefix: &str,
+        mut each: impl FnMut(&str, RecordHead),
+    ) -> Result<(), StoreError> {
         let tx = self.begin_read()?;
         let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
-        let mut heads = Vec::new();
         for row in table.range(prefix..).map_err(|e| self.fail(e))? {
             let (key, value) = row.map_err(|e| self.fail(e))?;
             let key = key.value();
             if !key.starts_with(prefix) {
                 break;
             }
-            heads.push((key.to_string(), head(key, value.value())?));
+            each(key, head(key, value.value())?);
         }
-        Ok(heads)
+        Ok(())
     }
 
     /// The oldest `limit` spooled deltas, in order.
@@ -302,9 +344,9 @@ impl Store {
 /// What a transaction meets while [`Store::reopen`] swaps the database.
 const REOPENING: &str = "being reopened after a failed write";
 
-fn create(path: &Path) -> Result<Database, StoreError> {
+fn create(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
     redb::Builder::new()
-        .set_cache_size(CACHE_BYTES)
+        .set_cache_size(cache_bytes)
         .create(path)
         .map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
@@ -497,13 +539,19 @@ mod tests {
             store.head("netbox/default/dcim.device/1").unwrap(),
             Some(head)
         );
+        let known = Known {
+            id: 1,
+            revision,
+            live: false,
+        };
         assert_eq!(
-            store
-                .heads_with_prefix("netbox/default/dcim.device/")
-                .unwrap()
-                .len(),
-            1
+            store.known_under("netbox/default/dcim.device/").unwrap(),
+            vec![known]
         );
+        assert!(store
+            .known_under("netbox/default/ipam.prefix/")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -30,11 +30,14 @@ pub const REQUESTS_IN_FLIGHT: &str = "netbox_relay_http_requests_in_flight";
 pub const CONNECTIONS_CLOSED: &str = "netbox_relay_http_connections_closed_total";
 pub const RESTARTS: &str = "netbox_relay_restarts_total";
 pub const CONFLICTS: &str = "netbox_relay_publish_conflicts_total";
+pub const CASCADES: &str = "netbox_relay_cascades_total";
+pub const CASCADE_PULLED: &str = "netbox_relay_cascade_objects_pulled_total";
 
 /// Webhook answers, by the `result` label: the 202s, the 200s and the errors.
-pub const WEBHOOK_RESULTS: [&str; 11] = [
+pub const WEBHOOK_RESULTS: [&str; 12] = [
     "published",
     "spooled",
+    "cascade",
     "ignored",
     "stale",
     "duplicate",
@@ -109,6 +112,16 @@ fn describe() {
         SPOOL_OLDEST,
         Unit::Seconds,
         "Age of the oldest spooled delta"
+    );
+    describe_counter!(
+        CASCADES,
+        Unit::Count,
+        "Cascade pulls of a changed parent's dependents, by result (succeeded, retried, failed)"
+    );
+    describe_counter!(
+        CASCADE_PULLED,
+        Unit::Count,
+        "Objects pulled by cascades (their deltas count in netbox_relay_deltas_published_total{origin=\"cascade\"})"
     );
     describe_counter!(
         RECONCILE_RUNS,
@@ -261,6 +274,11 @@ pub fn spool(depth: u64, oldest_seconds: f64) {
 /// started again.
 pub fn restarted(part: &'static str) {
     counter!(RESTARTS, "part" => part).increment(1);
+}
+
+pub fn cascade_ran(result: &'static str, pulled: u64) {
+    counter!(CASCADES, "result" => result).increment(1);
+    counter!(CASCADE_PULLED).increment(pulled);
 }
 
 pub fn reconcile_ended(result: &'static str, elapsed: Duration) {

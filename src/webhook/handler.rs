@@ -16,7 +16,8 @@ use tracing::{field, Instrument};
 use super::error::WebhookError;
 use super::AppState;
 use crate::delta::RegistryDelta;
-use crate::netbox::webhook::{self, Parsed, WebhookEvent};
+use crate::netbox::parents::{Parent, Trigger};
+use crate::netbox::webhook::{self, ChangeEvent, Parsed, WebhookEvent};
 use crate::publish::Delivered;
 use crate::telemetry;
 use crate::translate::{self, Outcome};
@@ -86,6 +87,16 @@ async fn handle(
     let body = app.verifier.verify(signature, body)?;
     let event = match webhook::parse(body.as_bytes())? {
         Parsed::Change(event) => event,
+        Parsed::Parent {
+            parent,
+            object_id,
+            trigger,
+        } => {
+            let span = tracing::Span::current();
+            span.record("object_type", parent.name);
+            span.record("id", object_id);
+            return Ok(cascade_only(app, trigger));
+        }
         Parsed::Ignored(reason) => return Ok(ignored("ignored", reason)),
     };
     record(&event);
@@ -105,11 +116,49 @@ async fn handle(
         }
     };
     tracing::debug!(delta_id = %delta.delta_id, key = %delta.key, "delta delivered");
+    if let Some(cascades) = &app.cascades {
+        if let Some(trigger) = parent_trigger(&event) {
+            cascades.push(trigger);
+        }
+    }
     Ok(Handled {
         result,
         status: StatusCode::ACCEPTED,
         body: json!({"status": "accepted", "deltas": 1}),
     })
+}
+
+/// A registry kind that is also a parent (site, tenant, cluster, VRF, VLAN): the cascade its
+/// update calls for.
+fn parent_trigger(event: &WebhookEvent) -> Option<Trigger> {
+    let parent = Parent::from_name(event.object_type.name)?;
+    if event.event != ChangeEvent::Updated {
+        return None;
+    }
+    parent.trigger(
+        event.object_id,
+        &event.data,
+        event.prechange.as_ref(),
+        event.postchange.as_ref(),
+    )
+}
+
+/// A parent that is only a trigger (device role, platform, tag, IPAM role): 202 when its
+/// dependents will be pulled, 200 when there is nothing to do.
+fn cascade_only(app: &AppState, trigger: Option<Trigger>) -> Handled {
+    let (Some(cascades), Some(trigger)) = (&app.cascades, trigger) else {
+        let reason = match app.cascades {
+            Some(_) => "no value its dependents show changed",
+            None => "cascades are off",
+        };
+        return ignored("ignored", reason.to_string());
+    };
+    cascades.push(trigger);
+    Handled {
+        result: "cascade",
+        status: StatusCode::ACCEPTED,
+        body: json!({"status": "accepted", "deltas": 0, "cascade": "queued"}),
+    }
 }
 
 /// Counts a clamped revision, and logs it once per key (a bounded set of keys: past it, again).

@@ -21,7 +21,8 @@ use tracing::Level;
 pub use error::WebhookError;
 
 use crate::publish::{Delivery, Publisher};
-use crate::reconcile::Reconciler;
+use crate::reconcile::{Cascades, Reconciler};
+use crate::sd::{self, Discovery};
 use crate::state::Health;
 use crate::translate::Translator;
 use signature::Verifier;
@@ -33,6 +34,10 @@ pub struct AppState {
     pub publisher: Arc<Publisher>,
     pub delivery: Arc<Delivery>,
     pub reconciler: Arc<Reconciler>,
+    /// None when cascades are off.
+    pub cascades: Option<Arc<Cascades>>,
+    /// `GET /sd/prometheus`, following the stream from its first request on.
+    pub discovery: Arc<Discovery>,
     pub admin_token: Option<secrecy::SecretString>,
     pub max_body_bytes: usize,
     /// A request's body must arrive within this time (`server.request_timeout`).
@@ -47,6 +52,9 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.max_body_bytes;
     let body_timeout = state.request_timeout;
+    let discovery = Router::new()
+        .route("/sd/prometheus", get(sd::prometheus))
+        .with_state(state.discovery.clone());
     Router::new()
         .route(
             "/webhooks/netbox",
@@ -58,11 +66,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/reconcile", post(admin::start_run))
         .route("/reconcile/runs/latest", get(admin::latest_run))
         .route("/reconcile/runs/{id}", get(admin::run_by_id))
+        .with_state(state)
+        .merge(discovery)
         // 5xx answers are logged once where they arise (WebhookError); a 503 from /readyz while
         // NATS is away is an answer, not an error worth a line per probe.
         .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
         .layer(RequestBodyTimeoutLayer::new(body_timeout))
-        .with_state(state)
 }
 
 /// Ready while a webhook sent now would be made durable: the state file takes writes, and

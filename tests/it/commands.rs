@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 
 use crate::expected::DELTAS;
 use crate::fake_netbox::{load_recorded_extras, FakeNetbox, TOKEN};
-use crate::helpers::{all_fixture_files, secret, test_config, NatsServer, TestRelay};
+use crate::helpers::{
+    all_fixture_files, free_port, secret, test_config, NatsServer, RelayProcess, TestRelay,
+};
 use crate::operations::fake_with_recorded;
 
 /// `netbox-relay <args>` configured through the environment for `nats` and `fake`.
@@ -59,12 +61,17 @@ async fn check_reports_each_dependency_and_names_a_missing_permission() {
     let report = stdout(&healthy);
     assert!(healthy.status.success(), "{report}");
     let lines: Vec<&str> = report.lines().collect();
-    assert_eq!(lines.len(), 1 + 2 + 12 + 1 + 1, "{report}");
+    assert_eq!(lines.len(), 1 + 2 + 12 + 1 + 1 + 1, "{report}");
     assert!(lines.iter().all(|l| l.starts_with("OK ")), "{report}");
     assert!(line(&report, "netbox reachable").contains("NetBox 4.6"));
     assert!(line(&report, "read virtualization.virtualmachine")
         .contains("virtualization.view_virtualmachine"));
     assert!(line(&report, "nats stream NETBOX_REGISTRY").contains("netbox.registry.>"));
+    let cascade = line(&report, "cascade");
+    assert!(
+        cascade.contains("on:") && cascade.contains("extras.tag"),
+        "{cascade}"
+    );
 
     fake.with(|s| s.denied.push("ipam/ip-addresses".into()));
     let denied = run(&nats, &fake, &["check"]);
@@ -128,12 +135,17 @@ fn expected_bodies(version: &str) -> (Value, Value) {
         "secret": secret(),
         "ssl_verification": true,
     });
+    // The registry's types, and the parents that only trigger cascades.
     let types = [
         "dcim.device",
+        "dcim.devicerole",
         "dcim.interface",
+        "dcim.platform",
         "dcim.site",
+        "extras.tag",
         "ipam.ipaddress",
         "ipam.prefix",
+        "ipam.role",
         "ipam.service",
         "ipam.vlan",
         "ipam.vrf",
@@ -358,4 +370,32 @@ async fn the_example_consumer_ends_with_the_registry_of_creates_updates_and_dele
         "{stderr}"
     );
     relay.relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_netbox_check_and_serve_say_once_that_cascades_are_off() {
+    let nats = NatsServer::start();
+    let fake = FakeNetbox::start("4.6.8").await;
+    create_stream(&nats).await;
+    let mut check = command(&nats, &fake, &["check"]);
+    check.env("NETBOX_RELAY_NETBOX__URL", "");
+    let output = tokio::task::block_in_place(|| check.output().unwrap());
+    let report = stdout(&output);
+    let cascade = line(&report, "cascade");
+    assert!(
+        cascade.starts_with("SKIP") && cascade.contains("cascades are off"),
+        "{report}"
+    );
+
+    let log = nats.scratch().join("relay.log");
+    let env = [("NETBOX_RELAY_LOG__LEVEL", "info")];
+    let relay = RelayProcess::start_with(&nats, free_port(), &env, Some(&log));
+    relay.wait_ready().await;
+    drop(relay);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.matches("cascades off").count(),
+        1,
+        "said once at start:\n{text}"
+    );
 }

@@ -51,11 +51,13 @@ fn defaults_then_file_then_environment_then_flags() {
         assert_eq!(config.server.listen.port(), 9002);
         let flags = Overrides {
             listen: Some("127.0.0.1:9003".parse().unwrap()),
+            sd_listen: Some("127.0.0.1:9004".parse().unwrap()),
             log_level: Some("debug".into()),
             no_webhooks: false,
         };
         let config = load(jail, &flags).unwrap();
         assert_eq!(config.server.listen.port(), 9003, "flags beat env");
+        assert_eq!(config.sd.listen.port(), 9004);
         assert_eq!(config.log.level, "debug");
         Ok(())
     });
@@ -282,7 +284,12 @@ fn the_example_configuration_mentions_every_key() {
         "reconcile.on_start",
         "reconcile.max_delete_fraction",
         "reconcile.lease_ttl",
+        "cascade.enabled",
+        "cascade.debounce",
         "state.path",
+        "state.cache_bytes",
+        "sd.listen",
+        "sd.token",
         "spool.max_bytes",
         "api.admin_token",
         "log.format",

@@ -26,12 +26,18 @@ pub const PAGES: &[&str] = &[
 ];
 
 pub fn api_results(file: &str) -> (ObjectType, Vec<Object>) {
+    let (api_path, results) = recorded_results(file);
+    let object_type = ObjectType::from_url(&api_path).expect("a supported endpoint");
+    (object_type, results)
+}
+
+/// The request path and the `results` of a recorded list answer, of any endpoint.
+pub fn recorded_results(file: &str) -> (String, Vec<Object>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/netbox-api")
         .join(file);
     let recorded: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let api_path = recorded["request"]["path"].as_str().unwrap();
-    let object_type = ObjectType::from_url(api_path).expect("a supported endpoint");
+    let api_path = recorded["request"]["path"].as_str().unwrap().to_string();
     let body: Value = serde_json::from_str(recorded["body"].as_str().unwrap()).unwrap();
     let results = body["results"]
         .as_array()
@@ -39,7 +45,7 @@ pub fn api_results(file: &str) -> (ObjectType, Vec<Object>) {
         .iter()
         .map(|r| r.as_object().unwrap().clone())
         .collect();
-    (object_type, results)
+    (api_path, results)
 }
 
 #[test]

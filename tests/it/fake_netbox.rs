@@ -223,7 +223,9 @@ async fn list(
     let range = objects
         .range(from..below)
         .map(|(_, o)| o.clone())
-        .filter(|o| name.is_none_or(|n| o["name"].as_str() == Some(n)));
+        .filter(|o| name.is_none_or(|n| o["name"].as_str() == Some(n)))
+        .filter(|o| related_filters(&q).all(|(field, id)| relates(o, field, id)))
+        .filter(|o| q.get("tag").is_none_or(|slug| tagged(o, slug)));
     let page: Vec<Value> = match q.get("ordering").map(String::as_str) {
         Some("-id") => range.rev().take(limit).collect(),
         _ => range.take(limit).collect(),
@@ -258,6 +260,40 @@ async fn list(
         json!(objects.len())
     };
     Json(json!({"count": count, "next": next, "previous": null, "results": page})).into_response()
+}
+
+/// The relation filters NetBox's filter sets offer, `site_id=3` -> ("site", 3).
+fn related_filters(q: &HashMap<String, String>) -> impl Iterator<Item = (&str, u64)> {
+    const RELATIONS: [&str; 7] = [
+        "site", "tenant", "cluster", "vrf", "vlan", "role", "platform",
+    ];
+    q.iter().filter_map(|(key, value)| {
+        let field = key.strip_suffix("_id")?;
+        RELATIONS.contains(&field).then_some(())?;
+        Some((field, value.parse().ok()?))
+    })
+}
+
+/// Whether `object` points at `field` number `id`, as NetBox's filter for it reads the relation:
+/// a prefix's or cluster's site through its scope, an interface's VLAN tagged or untagged.
+fn relates(object: &Value, field: &str, id: u64) -> bool {
+    let points = |v: &Value| v["id"].as_u64() == Some(id);
+    match field {
+        "site" if object["scope_type"] == "dcim.site" => points(&object["scope"]),
+        "vlan" if object.get("untagged_vlan").is_some() => {
+            points(&object["untagged_vlan"])
+                || object["tagged_vlans"]
+                    .as_array()
+                    .is_some_and(|vlans| vlans.iter().any(points))
+        }
+        _ => points(&object[field]),
+    }
+}
+
+fn tagged(object: &Value, slug: &str) -> bool {
+    object["tags"]
+        .as_array()
+        .is_some_and(|tags| tags.iter().any(|t| t["slug"] == slug))
 }
 
 /// The recorded webhook and event rule of the NetBox 4.6 the fixtures came from.

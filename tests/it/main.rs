@@ -1,12 +1,14 @@
 //! The integration tests: one binary, shared helpers, recorded NetBox fixtures.
 
 mod bad_input;
+mod cascade;
 mod cluster;
 mod commands;
 mod compaction;
 mod config;
 mod connections;
 mod consistency;
+mod discovery;
 mod durability;
 mod expected;
 mod fake_netbox;

@@ -1,0 +1,241 @@
+//! Parents: the NetBox objects whose name, slug or VLAN id other objects' entries show as a label
+//! (a device's `site`, an IP address's `vrf`, any entry's `tag.<slug>`). NetBox sends no webhook
+//! for the objects pointing at a parent that changed, so the relay pulls them itself, with the
+//! filter NetBox's REST API offers for that relation.
+
+use serde_json::{Map, Value};
+
+use super::object_type::api_endpoint;
+
+type Object = Map<String, Value>;
+
+/// How the dependents of one parent are selected in the REST API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// `<name>=<parent id>`, e.g. `site_id=3`.
+    Id(&'static str),
+    /// `<name>=<parent slug>`, e.g. `tag=critical` (the slug after the change).
+    Slug(&'static str),
+}
+
+/// One kind of parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parent {
+    /// `app_label.model`, e.g. `dcim.devicerole`.
+    pub name: &'static str,
+    /// The REST endpoint below `/api/`: what older webhooks that name no type are known by.
+    pub api_path: &'static str,
+    /// The parent's field that its dependents' entries show.
+    pub shown: &'static str,
+    /// The object types (`app_label.model`) whose entries show it, and how to find them.
+    pub dependents: &'static [(&'static str, Filter)],
+}
+
+impl Parent {
+    pub fn from_name(name: &str) -> Option<&'static Parent> {
+        PARENTS.iter().find(|p| p.name == name)
+    }
+
+    /// A bare model name (`devicerole`), as NetBox up to 4.3 sends it.
+    pub fn from_model(model: &str) -> Option<&'static Parent> {
+        PARENTS
+            .iter()
+            .find(|p| p.name.split_once('.').map(|(_, m)| m) == Some(model))
+    }
+
+    /// An object URL such as `/api/dcim/platforms/2/`.
+    pub fn from_url(url: &str) -> Option<&'static Parent> {
+        let (app, endpoint) = api_endpoint(url)?;
+        PARENTS
+            .iter()
+            .find(|p| p.api_path.split_once('/') == Some((app, endpoint)))
+    }
+
+    /// Whether the parent is only a trigger, not a registry kind of its own.
+    pub fn trigger_only(&self) -> bool {
+        super::ObjectType::from_name(self.name).is_none()
+    }
+
+    /// The cascade an update of parent `id` calls for: one when the shown field differs between
+    /// the snapshots before and after, or when NetBox sent no snapshots to tell.
+    pub fn trigger(
+        &'static self,
+        id: u64,
+        data: &Object,
+        prechange: Option<&Object>,
+        postchange: Option<&Object>,
+    ) -> Option<Trigger> {
+        let changed = match (prechange, postchange) {
+            (Some(before), Some(after)) => before.get(self.shown) != after.get(self.shown),
+            _ => true,
+        };
+        let now = postchange.unwrap_or(data);
+        changed.then(|| Trigger {
+            parent: self,
+            id,
+            slug: now.get("slug").and_then(Value::as_str).map(String::from),
+        })
+    }
+}
+
+/// A parent whose shown value changed: its dependents are to be pulled again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trigger {
+    pub parent: &'static Parent,
+    pub id: u64,
+    /// The slug after the change, for [`Filter::Slug`].
+    pub slug: Option<String>,
+}
+
+impl Trigger {
+    /// The query selecting the dependents that `filter` names, or `None` when it cannot be
+    /// built (a slug filter for a parent that sent no slug).
+    pub fn query(&self, filter: Filter) -> Option<String> {
+        match filter {
+            Filter::Id(name) => Some(format!("{name}={}", self.id)),
+            Filter::Slug(name) => {
+                let slug = self.slug.as_deref()?;
+                let slug: String = form_urlencoded::byte_serialize(slug.as_bytes()).collect();
+                Some(format!("{name}={slug}"))
+            }
+        }
+    }
+}
+
+const fn by_id(object_type: &'static str, filter: &'static str) -> (&'static str, Filter) {
+    (object_type, Filter::Id(filter))
+}
+
+const DEVICE: &str = "dcim.device";
+const VM: &str = "virtualization.virtualmachine";
+const IP: &str = "ipam.ipaddress";
+const PREFIX: &str = "ipam.prefix";
+const INTERFACE: &str = "dcim.interface";
+const VM_INTERFACE: &str = "virtualization.vminterface";
+const VLAN: &str = "ipam.vlan";
+const VRF: &str = "ipam.vrf";
+const CLUSTER: &str = "virtualization.cluster";
+const SITE: &str = "dcim.site";
+
+/// Every parent, with the dependents whose entries show it (see `translate`'s readers). The
+/// filters are those of NetBox's filter sets: a prefix's and a cluster's `site_id` follow their
+/// scope; an interface's `vlan_id` matches tagged and untagged VLANs (a superset of the
+/// untagged one its entry shows). IP addresses show no site, so a site does not reach them.
+pub const PARENTS: [Parent; 9] = [
+    Parent {
+        name: SITE,
+        api_path: "dcim/sites",
+        shown: "slug",
+        dependents: &[
+            by_id(DEVICE, "site_id"),
+            by_id(VM, "site_id"),
+            by_id(PREFIX, "site_id"),
+            by_id(VLAN, "site_id"),
+            by_id(CLUSTER, "site_id"),
+        ],
+    },
+    Parent {
+        name: "tenancy.tenant",
+        api_path: "tenancy/tenants",
+        shown: "slug",
+        dependents: &[
+            by_id(DEVICE, "tenant_id"),
+            by_id(VM, "tenant_id"),
+            by_id(IP, "tenant_id"),
+            by_id(PREFIX, "tenant_id"),
+            by_id(VLAN, "tenant_id"),
+            by_id(VRF, "tenant_id"),
+            by_id(CLUSTER, "tenant_id"),
+            by_id(SITE, "tenant_id"),
+        ],
+    },
+    Parent {
+        name: CLUSTER,
+        api_path: "virtualization/clusters",
+        shown: "name",
+        dependents: &[by_id(VM, "cluster_id"), by_id(DEVICE, "cluster_id")],
+    },
+    Parent {
+        name: VRF,
+        api_path: "ipam/vrfs",
+        shown: "name",
+        dependents: &[
+            by_id(IP, "vrf_id"),
+            by_id(PREFIX, "vrf_id"),
+            by_id(INTERFACE, "vrf_id"),
+            by_id(VM_INTERFACE, "vrf_id"),
+        ],
+    },
+    Parent {
+        name: VLAN,
+        api_path: "ipam/vlans",
+        shown: "vid",
+        dependents: &[
+            by_id(PREFIX, "vlan_id"),
+            by_id(INTERFACE, "vlan_id"),
+            by_id(VM_INTERFACE, "vlan_id"),
+        ],
+    },
+    Parent {
+        name: "dcim.devicerole",
+        api_path: "dcim/device-roles",
+        shown: "slug",
+        dependents: &[by_id(DEVICE, "role_id"), by_id(VM, "role_id")],
+    },
+    Parent {
+        name: "dcim.platform",
+        api_path: "dcim/platforms",
+        shown: "slug",
+        dependents: &[by_id(DEVICE, "platform_id"), by_id(VM, "platform_id")],
+    },
+    Parent {
+        name: "ipam.role",
+        api_path: "ipam/roles",
+        shown: "slug",
+        dependents: &[by_id(PREFIX, "role_id"), by_id(VLAN, "role_id")],
+    },
+    Parent {
+        name: "extras.tag",
+        api_path: "extras/tags",
+        shown: "slug",
+        dependents: &[
+            (DEVICE, Filter::Slug("tag")),
+            (VM, Filter::Slug("tag")),
+            (IP, Filter::Slug("tag")),
+            (PREFIX, Filter::Slug("tag")),
+            (INTERFACE, Filter::Slug("tag")),
+            (VM_INTERFACE, Filter::Slug("tag")),
+            (VLAN, Filter::Slug("tag")),
+            (VRF, Filter::Slug("tag")),
+            (CLUSTER, Filter::Slug("tag")),
+            (SITE, Filter::Slug("tag")),
+            ("tenancy.tenant", Filter::Slug("tag")),
+            ("ipam.service", Filter::Slug("tag")),
+        ],
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netbox::ObjectType;
+
+    #[test]
+    fn every_dependent_is_a_registry_type() {
+        for parent in PARENTS {
+            for (dependent, _) in parent.dependents {
+                assert!(ObjectType::from_name(dependent).is_some(), "{dependent}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_generation_names_a_parent_alike() {
+        let by_name = Parent::from_name("dcim.platform").unwrap();
+        assert_eq!(Parent::from_model("platform"), Some(by_name));
+        assert_eq!(Parent::from_url("/api/dcim/platforms/2/"), Some(by_name));
+        assert!(by_name.trigger_only());
+        assert!(!Parent::from_name("dcim.site").unwrap().trigger_only());
+        assert_eq!(Parent::from_name("dcim.manufacturer"), None);
+    }
+}

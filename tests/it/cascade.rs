@@ -1,0 +1,421 @@
+//! Cascade re-label against the fake NetBox API: a parent's webhook (built from a recorded one of
+//! the same NetBox, with the recorded object's new slug) pulls its dependents with NetBox's
+//! filter and publishes what changed, with origin `cascade`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::fake_netbox::{device_like, FakeNetbox, Fault};
+use crate::helpers::{
+    fixture_json, metrics_text, published_count, stream_messages, wait_for_published, NatsServer,
+    TestRelay,
+};
+use crate::reconcile::{config, fake_with_recorded, reconcile};
+
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// A relay whose registry holds the recorded NetBox (one reconcile run), cascades on.
+async fn relay_with_registry(fake: &FakeNetbox, nats: &NatsServer) -> TestRelay {
+    let mut config = config(nats, fake, 1000);
+    config.cascade.debounce = DEBOUNCE;
+    config.netbox.concurrency = 2;
+    let relay = TestRelay::start(config).await;
+    let report = reconcile(&relay).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    relay
+}
+
+/// The update webhook of `object` (its API form), NetBox's envelope taken from the recorded
+/// update `envelope`, with snapshots saying `field` went from `before` to the object's value.
+fn update_webhook(
+    envelope: &str,
+    object_type: &str,
+    object: &Map<String, Value>,
+    field: &str,
+    before: &Value,
+) -> Vec<u8> {
+    let mut body = fixture_json(envelope);
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut data = object.clone();
+    data.insert("last_updated".into(), json!(now));
+    let mut prechange = data.clone();
+    prechange.insert(field.into(), before.clone());
+    body.insert("object_type".into(), json!(object_type));
+    body.insert("timestamp".into(), json!(now));
+    body.insert("data".into(), Value::Object(data.clone()));
+    body.insert(
+        "snapshots".into(),
+        json!({"prechange": prechange, "postchange": data}),
+    );
+    serde_json::to_vec(&body).unwrap()
+}
+
+/// What NetBox shows after renaming `field` (`site`) number `id`: every object pointing at it
+/// (directly, or through a site scope) carries the new slug and name.
+fn rename_in_fake(fake: &FakeNetbox, field: &str, id: u64, slug: &str, name: &str) {
+    fake.with(|s| {
+        for object in s.objects.values_mut().flat_map(|o| o.values_mut()) {
+            let scope = object["scope_type"] == format!("dcim.{field}");
+            for key in [field, "scope"] {
+                if key == "scope" && !scope {
+                    continue;
+                }
+                let related = &mut object[key];
+                if related["id"].as_u64() == Some(id) {
+                    related["slug"] = json!(slug);
+                    related["name"] = json!(name);
+                    related["display"] = json!(name);
+                }
+            }
+        }
+    });
+}
+
+fn site(fake: &FakeNetbox, id: u64) -> Map<String, Value> {
+    fake.with(|s| s.objects["dcim/sites"][&id].as_object().unwrap().clone())
+}
+
+/// The requests the fake saw that carry `filter`.
+fn requests_with(fake: &FakeNetbox, filter: &str) -> Vec<String> {
+    fake.with(|s| {
+        s.log
+            .iter()
+            .filter(|r| r.split(['?', '&']).any(|p| p == filter))
+            .cloned()
+            .collect()
+    })
+}
+
+/// The cascade deltas published after stream sequence `after`, by key.
+async fn cascaded(nats: &NatsServer, after: u64) -> Vec<Value> {
+    let messages = stream_messages(&nats.url()).await;
+    messages
+        .into_iter()
+        .skip(after as usize)
+        .map(|m| m.delta)
+        .filter(|d| d["origin"] == "cascade")
+        .collect()
+}
+
+fn keys(deltas: &[Value]) -> BTreeSet<String> {
+    deltas
+        .iter()
+        .map(|d| d["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_rename_relabels_exactly_that_sites_dependents() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = relay_with_registry(&fake, &nats).await;
+    let before = published_count(&nats.url()).await;
+
+    // FRA1 (site 1) becomes fra9: NetBox renders its dependents with the new slug.
+    rename_in_fake(&fake, "site", 1, "fra9", "FRA9");
+    fake.with(|s| {
+        let site = s
+            .objects
+            .get_mut("dcim/sites")
+            .unwrap()
+            .get_mut(&1)
+            .unwrap();
+        site["slug"] = json!("fra9");
+        site["name"] = json!("FRA9");
+    });
+    let body = update_webhook(
+        "051_site_updated.json",
+        "dcim.site",
+        &site(&fake, 1),
+        "slug",
+        &json!("fra1"),
+    );
+    let (status, answer) = relay.post_signed(&body).await;
+    assert_eq!(status, 202, "{answer}");
+
+    // The site's own delta, then its two devices, its VM, prefix, VLAN and cluster.
+    wait_for_published(&nats.url(), before + 7, Duration::from_secs(15)).await;
+    tokio::time::sleep(DEBOUNCE * 3).await;
+    assert_eq!(
+        published_count(&nats.url()).await,
+        before + 7,
+        "nothing else"
+    );
+    let deltas = cascaded(&nats, before).await;
+    let expected: BTreeSet<String> = [
+        "dcim.device/2",
+        "dcim.device/3",
+        "virtualization.virtualmachine/2",
+        "ipam.prefix/1",
+        "ipam.vlan/1",
+        "virtualization.cluster/1",
+    ]
+    .iter()
+    .map(|k| format!("netbox/default/{k}"))
+    .collect();
+    assert_eq!(keys(&deltas), expected);
+    for delta in &deltas {
+        assert_eq!(delta["entry"]["labels"]["site"], "fra9", "{delta}");
+        assert_eq!(delta["op"], "upsert");
+    }
+    // Pulled with NetBox's filter, never for the other site; IP addresses show no site.
+    let pulled = requests_with(&fake, "site_id=1");
+    for endpoint in [
+        "dcim/devices",
+        "virtualization/virtual-machines",
+        "ipam/prefixes",
+        "ipam/vlans",
+        "virtualization/clusters",
+    ] {
+        assert!(
+            pulled.iter().any(|r| r.starts_with(endpoint)),
+            "{endpoint} not pulled: {pulled:?}"
+        );
+    }
+    assert!(requests_with(&fake, "site_id=2").is_empty());
+    let metrics = metrics_text(&relay.http, &relay.base).await;
+    assert!(
+        metrics.contains("netbox_relay_cascades_total{result=\"succeeded\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "netbox_relay_deltas_published_total{kind=\"device\",op=\"upsert\",origin=\"cascade\"}"
+        ),
+        "{metrics}"
+    );
+    relay.relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_to_the_same_value_pulls_nothing() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = relay_with_registry(&fake, &nats).await;
+    let before = published_count(&nats.url()).await;
+
+    // A new name, the same slug (which is what entries show): the site alone is published.
+    let mut renamed = site(&fake, 1);
+    renamed.insert("name".into(), json!("Frankfurt 1"));
+    let body = update_webhook(
+        "051_site_updated.json",
+        "dcim.site",
+        &renamed,
+        "slug",
+        &json!("fra1"),
+    );
+    let (status, answer) = relay.post_signed(&body).await;
+    assert_eq!(status, 202, "{answer}");
+    // A device role renamed (name) with its slug kept: no registry kind, nothing to pull.
+    let (_, roles) = crate::consistency::recorded_results("dcim_device-roles.json");
+    let role = roles.iter().find(|r| r["id"] == 1).unwrap();
+    let mut role = role.clone();
+    role.insert("name".into(), json!("Leaf switch"));
+    let body = update_webhook(
+        "052_vlan_updated.json",
+        "dcim.devicerole",
+        &role,
+        "slug",
+        &role["slug"].clone(),
+    );
+    let (status, answer) = relay.post_signed(&body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["reason"], "no value its dependents show changed");
+
+    wait_for_published(&nats.url(), before + 1, Duration::from_secs(10)).await;
+    tokio::time::sleep(DEBOUNCE * 4).await;
+    assert_eq!(published_count(&nats.url()).await, before + 1);
+    assert!(requests_with(&fake, "site_id=1").is_empty());
+    assert!(requests_with(&fake, "role_id=1").is_empty());
+    relay.relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_reslug_relabels_the_tagged_objects_only() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = relay_with_registry(&fake, &nats).await;
+    let before = published_count(&nats.url()).await;
+
+    // The tag as the recorded prefix 1 carries it, re-slugged prod -> production.
+    let mut tag = fake.with(|s| {
+        s.objects["ipam/prefixes"][&1]["tags"][0]
+            .as_object()
+            .unwrap()
+            .clone()
+    });
+    tag.insert("slug".into(), json!("production"));
+    fake.with(|s| {
+        for object in s.objects.values_mut().flat_map(|o| o.values_mut()) {
+            for t in object["tags"].as_array_mut().into_iter().flatten() {
+                if t["id"] == 1 {
+                    t["slug"] = json!("production");
+                }
+            }
+        }
+    });
+    // NetBox up to 4.3 names the type `model: tag`; 4.4+ `object_type: extras.tag`.
+    let mut body: Value = serde_json::from_slice(&update_webhook(
+        "052_vlan_updated.json",
+        "extras.tag",
+        &tag,
+        "slug",
+        &json!("prod"),
+    ))
+    .unwrap();
+    body.as_object_mut().unwrap().remove("object_type");
+    body["model"] = json!("tag");
+    let (status, answer) = relay.post_signed(&serde_json::to_vec(&body).unwrap()).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["cascade"], "queued");
+
+    wait_for_published(&nats.url(), before + 1, Duration::from_secs(15)).await;
+    tokio::time::sleep(DEBOUNCE * 3).await;
+    assert_eq!(
+        published_count(&nats.url()).await,
+        before + 1,
+        "the tagged prefix alone"
+    );
+    let deltas = cascaded(&nats, before).await;
+    assert_eq!(
+        keys(&deltas),
+        BTreeSet::from(["netbox/default/ipam.prefix/1".to_string()])
+    );
+    let labels = &deltas[0]["entry"]["labels"];
+    assert_eq!(labels["tag.production"], "true", "{labels}");
+    assert!(labels.get("tag.prod").is_none(), "{labels}");
+    assert!(!requests_with(&fake, "tag=production").is_empty());
+    relay.relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_renames_pulls_each_parent_once() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    // Fifty more sites shaped like FRA1, two devices each.
+    let template = Value::Object(site(&fake, 1));
+    let (_, devices) = crate::consistency::api_results("dcim_devices.json");
+    let device = Value::Object(devices[0].clone());
+    fake.with(|s| {
+        for k in 0..50u64 {
+            let id = 100 + k;
+            let mut site = template.clone();
+            site["id"] = json!(id);
+            site["slug"] = json!(format!("s{id}"));
+            site["name"] = json!(format!("S{id}"));
+            s.objects.get_mut("dcim/sites").unwrap().insert(id, site);
+            for d in [1000 + 2 * k, 1001 + 2 * k] {
+                let mut device = device_like(&device, d);
+                device["site"] =
+                    json!({"id": id, "slug": format!("s{id}"), "name": format!("S{id}")});
+                s.objects.get_mut("dcim/devices").unwrap().insert(d, device);
+            }
+        }
+    });
+    let relay = relay_with_registry(&fake, &nats).await;
+    let before = published_count(&nats.url()).await;
+
+    // One bulk edit renames all fifty; site 100 twice within the same burst.
+    let mut bodies = Vec::new();
+    for k in 0..50u64 {
+        let id = 100 + k;
+        rename_in_fake(&fake, "site", id, &format!("t{id}"), &format!("T{id}"));
+        let mut renamed = site(&fake, id);
+        renamed.insert("slug".into(), json!(format!("t{id}")));
+        bodies.push(update_webhook(
+            "051_site_updated.json",
+            "dcim.site",
+            &renamed,
+            "slug",
+            &json!(format!("s{id}")),
+        ));
+    }
+    rename_in_fake(&fake, "site", 100, "u100", "U100");
+    let mut again = site(&fake, 100);
+    again.insert("slug".into(), json!("u100"));
+    bodies.push(update_webhook(
+        "051_site_updated.json",
+        "dcim.site",
+        &again,
+        "slug",
+        &json!("t100"),
+    ));
+    let answers = futures::future::join_all(bodies.iter().map(|b| relay.post_signed(b))).await;
+    assert!(
+        answers.iter().all(|(status, _)| *status == 202),
+        "{answers:?}"
+    );
+
+    // 51 site deltas, then each site's two devices once, with the last slug.
+    wait_for_published(&nats.url(), before + 51 + 100, Duration::from_secs(30)).await;
+    tokio::time::sleep(DEBOUNCE * 3).await;
+    assert_eq!(published_count(&nats.url()).await, before + 151);
+    for k in 0..50u64 {
+        let id = 100 + k;
+        let first_pages: Vec<String> = requests_with(&fake, &format!("site_id={id}"))
+            .into_iter()
+            .filter(|r| r.starts_with("dcim/devices") && r.contains("start=0"))
+            .collect();
+        assert_eq!(first_pages.len(), 1, "site {id}: {first_pages:?}");
+    }
+    let deltas = cascaded(&nats, before).await;
+    let site_100 = deltas
+        .iter()
+        .filter(|d| d["entry"]["labels"]["site"] == "u100")
+        .count();
+    assert_eq!(site_100, 2);
+    relay.relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_cascade_is_retried() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = relay_with_registry(&fake, &nats).await;
+    let before = published_count(&nats.url()).await;
+
+    // NetBox fails the devices' pull past the client's retries (5 attempts), then recovers.
+    fake.with(|s| {
+        s.requests_reset();
+        s.faults.push(Fault {
+            endpoint: "dcim/devices".into(),
+            request: 1,
+            times: 5,
+            status: 503,
+            retry_after: Some(0),
+        });
+    });
+    rename_in_fake(&fake, "site", 2, "ams9", "AMS9");
+    let mut renamed = site(&fake, 2);
+    renamed.insert("slug".into(), json!("ams9"));
+    let body = update_webhook(
+        "051_site_updated.json",
+        "dcim.site",
+        &renamed,
+        "slug",
+        &json!("ams1"),
+    );
+    let (status, answer) = relay.post_signed(&body).await;
+    assert_eq!(status, 202, "{answer}");
+
+    // AMS1's four devices, once the retry (after 4 x debounce) succeeds.
+    wait_for_published(&nats.url(), before + 5, Duration::from_secs(20)).await;
+    let deltas = cascaded(&nats, before).await;
+    assert_eq!(deltas.len(), 4);
+    assert!(deltas
+        .iter()
+        .all(|d| d["entry"]["labels"]["site"] == "ams9"));
+    let failed = fake.with(|s| s.log.iter().filter(|r| r.contains("site_id=2")).count());
+    assert!(
+        failed >= 6,
+        "five refused requests and the retry's: {failed}"
+    );
+    let metrics = metrics_text(&relay.http, &relay.base).await;
+    assert!(
+        metrics.contains("netbox_relay_cascades_total{result=\"retried\"}"),
+        "{metrics}"
+    );
+    relay.relay.stop().await.unwrap();
+}
