@@ -16,9 +16,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use subtle::ConstantTimeEq;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 pub use follow::Source;
@@ -29,6 +31,12 @@ pub use targets::{label_name, Selection, Target, Targets, TARGET_KINDS};
 /// (Prometheus keeps its last targets meanwhile and asks again).
 const FIRST_LOAD_WAIT: Duration = Duration::from_secs(10);
 
+/// Answers in memory at once, from building to the last byte sent. One answer of a large
+/// registry is tens of MB (100,000 targets: 49 MB), so requests beyond these wait their turn (up
+/// to `TURN_WAIT`, then 503) rather than each taking that memory.
+const ANSWERS_AT_ONCE: usize = 4;
+const TURN_WAIT: Duration = Duration::from_secs(10);
+
 /// Why an SD request is not answered with targets.
 #[derive(Debug, thiserror::Error)]
 pub enum SdError {
@@ -38,6 +46,8 @@ pub enum SdError {
     Unauthorized,
     #[error("the registry is still loading from the stream")]
     Loading,
+    #[error("too many service-discovery requests at once; ask again")]
+    Busy,
 }
 
 impl IntoResponse for SdError {
@@ -46,6 +56,7 @@ impl IntoResponse for SdError {
             SdError::Query(_) => (StatusCode::BAD_REQUEST, "bad_query"),
             SdError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             SdError::Loading => (StatusCode::SERVICE_UNAVAILABLE, "loading"),
+            SdError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
         };
         let body = json!({"error": code, "message": self.to_string()});
         let mut response = (status, Json(body)).into_response();
@@ -67,6 +78,7 @@ pub struct Discovery {
     source: Source,
     started: Once,
     shutdown: CancellationToken,
+    turns: Turns,
 }
 
 impl Discovery {
@@ -78,6 +90,7 @@ impl Discovery {
             source,
             started: Once::new(),
             shutdown,
+            turns: Turns::new(ANSWERS_AT_ONCE, TURN_WAIT),
         }
     }
 
@@ -104,11 +117,7 @@ impl Discovery {
     }
 
     /// The answer to one request, once the registry is loaded.
-    pub async fn answer(
-        &self,
-        headers: &HeaderMap,
-        query: Option<&str>,
-    ) -> Result<String, SdError> {
+    pub async fn answer(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Bytes, SdError> {
         self.authorize(headers)?;
         let selection = parse_query(query)?;
         self.start();
@@ -119,7 +128,8 @@ impl Discovery {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(self.targets.render(&selection))
+        let turn = self.turns.take().await?;
+        Ok(Answer::bytes(self.targets.render(&selection), turn))
     }
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), SdError> {
@@ -137,6 +147,47 @@ impl Discovery {
             true => Ok(()),
             false => Err(SdError::Unauthorized),
         }
+    }
+}
+
+/// Turns to hold an answer in memory: a few at once, a bounded wait for one.
+struct Turns {
+    free: Arc<Semaphore>,
+    wait: Duration,
+}
+
+impl Turns {
+    fn new(at_once: usize, wait: Duration) -> Turns {
+        Turns {
+            free: Arc::new(Semaphore::new(at_once)),
+            wait,
+        }
+    }
+
+    async fn take(&self) -> Result<OwnedSemaphorePermit, SdError> {
+        let turn = self.free.clone().acquire_owned();
+        match tokio::time::timeout(self.wait, turn).await {
+            Ok(Ok(turn)) => Ok(turn),
+            _ => Err(SdError::Busy),
+        }
+    }
+}
+
+/// An answer's text with the turn it holds until the last byte is sent.
+struct Answer {
+    body: String,
+    _turn: OwnedSemaphorePermit,
+}
+
+impl Answer {
+    fn bytes(body: String, turn: OwnedSemaphorePermit) -> Bytes {
+        Bytes::from_owner(Answer { body, _turn: turn })
+    }
+}
+
+impl AsRef<[u8]> for Answer {
+    fn as_ref(&self) -> &[u8] {
+        self.body.as_bytes()
     }
 }
 
@@ -175,5 +226,25 @@ pub async fn prometheus(
     match discovery.answer(&headers, query.as_deref()).await {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_holds_its_turn_until_it_is_dropped() {
+        let turns = Turns::new(2, Duration::from_secs(10));
+        let first = Answer::bytes("[]".into(), turns.take().await.unwrap());
+        let second = Answer::bytes("[1]".into(), turns.take().await.unwrap());
+        assert_eq!(&second[..], b"[1]");
+        assert!(matches!(turns.take().await, Err(SdError::Busy)));
+        // A clone of the bytes (hyper's write buffer) keeps the turn too.
+        let sending = first.clone();
+        drop(first);
+        assert!(matches!(turns.take().await, Err(SdError::Busy)));
+        drop(sending);
+        assert!(turns.take().await.is_ok());
     }
 }
