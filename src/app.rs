@@ -200,6 +200,8 @@ pub async fn discovery_only(config: Config, shutdown: CancellationToken) -> anyh
         config.sd.token.clone(),
         shutdown.clone(),
     ));
+    // Installed before the first count, which would otherwise go nowhere.
+    telemetry::metrics_handle();
     discovery.start();
     let router = sd::router(discovery).layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
         config.server.request_timeout,

@@ -120,8 +120,10 @@ const SITE: &str = "dcim.site";
 /// Every parent, with the dependents whose entries show it (see `translate`'s readers). The
 /// filters are those of NetBox's filter sets: a prefix's and a cluster's `site_id` follow their
 /// scope; an interface's `vlan_id` matches tagged and untagged VLANs (a superset of the
-/// untagged one its entry shows). IP addresses show no site, so a site does not reach them.
-pub const PARENTS: [Parent; 9] = [
+/// untagged one its entry shows). IP addresses show no site, so a site does not reach them; they
+/// show the device or VM of their interface, which NetBox's `device_id` / `virtual_machine_id`
+/// filters follow.
+pub const PARENTS: [Parent; 11] = [
     Parent {
         name: SITE,
         api_path: "dcim/sites",
@@ -174,6 +176,26 @@ pub const PARENTS: [Parent; 9] = [
             by_id(PREFIX, "vlan_id"),
             by_id(INTERFACE, "vlan_id"),
             by_id(VM_INTERFACE, "vlan_id"),
+        ],
+    },
+    Parent {
+        name: DEVICE,
+        api_path: "dcim/devices",
+        shown: "name",
+        dependents: &[
+            by_id(INTERFACE, "device_id"),
+            by_id(IP, "device_id"),
+            by_id("ipam.service", "device_id"),
+        ],
+    },
+    Parent {
+        name: VM,
+        api_path: "virtualization/virtual-machines",
+        shown: "name",
+        dependents: &[
+            by_id(VM_INTERFACE, "virtual_machine_id"),
+            by_id(IP, "virtual_machine_id"),
+            by_id("ipam.service", "virtual_machine_id"),
         ],
     },
     Parent {

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::targets::{Target, Targets};
 use crate::delta::RegistryDelta;
+use crate::telemetry;
 
 /// Where the registry is read from.
 #[derive(Clone)]
@@ -77,7 +78,10 @@ async fn follow_once(source: &Source, targets: &Targets, loaded: &AtomicBool) ->
         match serde_json::from_slice::<RegistryDelta>(&message.payload) {
             Ok(delta) => match fresh.as_mut() {
                 Some(map) => Targets::apply_to(map, &delta, Target::of(&delta)),
-                None => targets.apply(&delta),
+                None => {
+                    targets.apply(&delta);
+                    telemetry::sd_targets(targets.len());
+                }
             },
             Err(e) => {
                 tracing::warn!(subject = %message.subject, error = %e, "service discovery: a message is not a registry delta; skipped")
@@ -99,6 +103,7 @@ fn finish_load(
     if let Some(map) = fresh.take() {
         let count = map.len();
         targets.replace(map);
+        telemetry::sd_targets(count);
         loaded.store(true, Ordering::Release);
         tracing::info!(
             targets = count,

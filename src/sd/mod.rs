@@ -23,6 +23,8 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::telemetry;
+
 pub use follow::Source;
 pub use query::{parse as parse_query, QueryError};
 pub use targets::{label_name, Selection, Target, Targets, TARGET_KINDS};
@@ -50,13 +52,23 @@ pub enum SdError {
     Busy,
 }
 
+impl SdError {
+    fn code(&self) -> &'static str {
+        match self {
+            SdError::Query(_) => "bad_query",
+            SdError::Unauthorized => "unauthorized",
+            SdError::Loading => "loading",
+            SdError::Busy => "busy",
+        }
+    }
+}
+
 impl IntoResponse for SdError {
     fn into_response(self) -> Response {
         let (status, code) = match &self {
-            SdError::Query(_) => (StatusCode::BAD_REQUEST, "bad_query"),
-            SdError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            SdError::Loading => (StatusCode::SERVICE_UNAVAILABLE, "loading"),
-            SdError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            SdError::Query(_) => (StatusCode::BAD_REQUEST, self.code()),
+            SdError::Unauthorized => (StatusCode::UNAUTHORIZED, self.code()),
+            SdError::Loading | SdError::Busy => (StatusCode::SERVICE_UNAVAILABLE, self.code()),
         };
         let body = json!({"error": code, "message": self.to_string()});
         let mut response = (status, Json(body)).into_response();
@@ -198,6 +210,7 @@ pub fn router(discovery: Arc<Discovery>) -> Router {
         .route("/sd/prometheus", get(prometheus))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(discovery)
 }
 
@@ -217,6 +230,11 @@ async fn readyz(State(discovery): State<Arc<Discovery>>) -> (StatusCode, Json<se
     }
 }
 
+async fn metrics() -> String {
+    let handle = telemetry::metrics_handle();
+    handle.map(|m| m.render()).unwrap_or_default()
+}
+
 /// `GET /sd/prometheus`.
 pub async fn prometheus(
     State(discovery): State<Arc<Discovery>>,
@@ -224,8 +242,14 @@ pub async fn prometheus(
     RawQuery(query): RawQuery,
 ) -> Response {
     match discovery.answer(&headers, query.as_deref()).await {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(e) => e.into_response(),
+        Ok(body) => {
+            telemetry::sd_answered("ok");
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Err(e) => {
+            telemetry::sd_answered(e.code());
+            e.into_response()
+        }
     }
 }
 

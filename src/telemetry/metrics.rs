@@ -31,6 +31,8 @@ pub const CONNECTIONS_CLOSED: &str = "netbox_relay_http_connections_closed_total
 pub const RESTARTS: &str = "netbox_relay_restarts_total";
 pub const CONFLICTS: &str = "netbox_relay_publish_conflicts_total";
 pub const CASCADES: &str = "netbox_relay_cascades_total";
+pub const SD_REQUESTS: &str = "netbox_relay_sd_requests_total";
+pub const SD_TARGETS: &str = "netbox_relay_sd_targets";
 pub const CASCADE_PULLED: &str = "netbox_relay_cascade_objects_pulled_total";
 
 /// Webhook answers, by the `result` label: the 202s, the 200s and the errors.
@@ -112,6 +114,16 @@ fn describe() {
         SPOOL_OLDEST,
         Unit::Seconds,
         "Age of the oldest spooled delta"
+    );
+    describe_counter!(
+        SD_REQUESTS,
+        Unit::Count,
+        "GET /sd/prometheus requests, by result (ok, bad_query, unauthorized, loading, busy)"
+    );
+    describe_gauge!(
+        SD_TARGETS,
+        Unit::Count,
+        "Target groups service discovery holds (entries with an address)"
     );
     describe_counter!(
         CASCADES,
@@ -274,6 +286,14 @@ pub fn spool(depth: u64, oldest_seconds: f64) {
 /// started again.
 pub fn restarted(part: &'static str) {
     counter!(RESTARTS, "part" => part).increment(1);
+}
+
+pub fn sd_answered(result: &'static str) {
+    counter!(SD_REQUESTS, "result" => result).increment(1);
+}
+
+pub fn sd_targets(count: usize) {
+    gauge!(SD_TARGETS).set(count as f64);
 }
 
 pub fn cascade_ran(result: &'static str, pulled: u64) {

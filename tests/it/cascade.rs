@@ -62,7 +62,9 @@ fn rename_in_fake(fake: &FakeNetbox, field: &str, id: u64, slug: &str, name: &st
                 if key == "scope" && !scope {
                     continue;
                 }
-                let related = &mut object[key];
+                let Some(related) = object.get_mut(key).filter(|r| r.is_object()) else {
+                    continue;
+                };
                 if related["id"].as_u64() == Some(id) {
                     related["slug"] = json!(slug);
                     related["name"] = json!(name);
@@ -417,5 +419,61 @@ async fn a_failed_cascade_is_retried() {
         metrics.contains("netbox_relay_cascades_total{result=\"retried\"}"),
         "{metrics}"
     );
+    relay.relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_rename_relabels_its_interfaces_and_addresses() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = relay_with_registry(&fake, &nats).await;
+    let before = published_count(&nats.url()).await;
+
+    // ams1-leaf1 (device 4) is renamed: NetBox shows the new name on its interface and on the
+    // IP address assigned to it.
+    let mut device = fake.with(|s| s.objects["dcim/devices"][&4].as_object().unwrap().clone());
+    let old = device["name"].clone();
+    device.insert("name".into(), json!("ams1-leaf1-renamed"));
+    fake.with(|s| {
+        let renamed = |related: &mut Value| {
+            if related["id"] == 4 {
+                related["name"] = json!("ams1-leaf1-renamed");
+                related["display"] = json!("ams1-leaf1-renamed");
+            }
+        };
+        for object in s.objects.values_mut().flat_map(|o| o.values_mut()) {
+            for path in ["/device", "/assigned_object/device"] {
+                if let Some(related) = object.pointer_mut(path) {
+                    renamed(related);
+                }
+            }
+        }
+    });
+    let body = update_webhook(
+        "034_device_updated.json",
+        "dcim.device",
+        &device,
+        "name",
+        &old,
+    );
+    let (status, answer) = relay.post_signed(&body).await;
+    assert_eq!(status, 202, "{answer}");
+
+    wait_for_published(&nats.url(), before + 3, Duration::from_secs(15)).await;
+    tokio::time::sleep(DEBOUNCE * 3).await;
+    assert_eq!(published_count(&nats.url()).await, before + 3);
+    let deltas = cascaded(&nats, before).await;
+    let expected = BTreeSet::from([
+        "netbox/default/dcim.interface/5".to_string(),
+        "netbox/default/ipam.ipaddress/14".to_string(),
+    ]);
+    assert_eq!(keys(&deltas), expected);
+    for delta in &deltas {
+        assert_eq!(
+            delta["entry"]["attributes"]["device"], "ams1-leaf1-renamed",
+            "{delta}"
+        );
+    }
+    assert!(!requests_with(&fake, "device_id=4").is_empty());
     relay.relay.stop().await.unwrap();
 }

@@ -295,6 +295,21 @@ async fn netbox_relay_sd_alone_answers_as_the_relay_and_follows_changes() {
     assert_eq!((status, content_type.as_str()), (200, "application/json"));
     let (_, _, served) = get_sd(&relay.base, "", Some(SD_TOKEN)).await;
     assert_eq!(alone, served);
+    let metrics = reqwest::get(format!("{}/metrics", sd.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let groups = alone.as_array().unwrap().len();
+    assert!(
+        metrics.contains(&format!("netbox_relay_sd_targets {groups}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("netbox_relay_sd_requests_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
 
     // A device is deleted in NetBox: it leaves both answers.
     let device = groups_by_key(&alone)

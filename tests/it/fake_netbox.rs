@@ -264,8 +264,16 @@ async fn list(
 
 /// The relation filters NetBox's filter sets offer, `site_id=3` -> ("site", 3).
 fn related_filters(q: &HashMap<String, String>) -> impl Iterator<Item = (&str, u64)> {
-    const RELATIONS: [&str; 7] = [
-        "site", "tenant", "cluster", "vrf", "vlan", "role", "platform",
+    const RELATIONS: [&str; 9] = [
+        "site",
+        "tenant",
+        "cluster",
+        "vrf",
+        "vlan",
+        "role",
+        "platform",
+        "device",
+        "virtual_machine",
     ];
     q.iter().filter_map(|(key, value)| {
         let field = key.strip_suffix("_id")?;
@@ -275,7 +283,8 @@ fn related_filters(q: &HashMap<String, String>) -> impl Iterator<Item = (&str, u
 }
 
 /// Whether `object` points at `field` number `id`, as NetBox's filter for it reads the relation:
-/// a prefix's or cluster's site through its scope, an interface's VLAN tagged or untagged.
+/// a prefix's or cluster's site through its scope, an interface's VLAN tagged or untagged, an IP
+/// address's device through its interface.
 fn relates(object: &Value, field: &str, id: u64) -> bool {
     let points = |v: &Value| v["id"].as_u64() == Some(id);
     match field {
@@ -285,6 +294,18 @@ fn relates(object: &Value, field: &str, id: u64) -> bool {
                 || object["tagged_vlans"]
                     .as_array()
                     .is_some_and(|vlans| vlans.iter().any(points))
+        }
+        // An IP address's device or VM is the one of the interface it is assigned to; a
+        // service's is its parent (4.3+).
+        "device" | "virtual_machine" if object["assigned_object"].is_object() => {
+            points(&object["assigned_object"][field])
+        }
+        "device" | "virtual_machine" if object["parent"].is_object() => {
+            let parent_type = match field {
+                "device" => "dcim.device",
+                _ => "virtualization.virtualmachine",
+            };
+            object["parent_object_type"] == parent_type && points(&object["parent"])
         }
         _ => points(&object[field]),
     }
