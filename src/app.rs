@@ -251,7 +251,7 @@ fn cascades(config: &Config, reconciler: &Reconciler) -> Option<Arc<Cascades>> {
 /// Runs a long-lived part until it ends or shutdown; a part that panics is logged, counted
 /// (`netbox_relay_restarts_total{part}`) and started again a second later, instead of leaving
 /// the relay answering while, say, nothing drains.
-async fn supervise<F, Fut>(part: &'static str, shutdown: CancellationToken, start: F)
+pub(crate) async fn supervise<F, Fut>(part: &'static str, shutdown: CancellationToken, start: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,

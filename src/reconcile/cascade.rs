@@ -87,12 +87,15 @@ impl Cascades {
                 std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
             let limit = reconciler.concurrency.max(1);
             let this = &self;
-            stream::iter(batch.into_values())
-                .for_each_concurrent(limit, |queued| {
-                    let reconciler = reconciler.clone();
-                    async move { this.attempt(&reconciler, queued).await }
-                })
-                .await;
+            let pulls = stream::iter(batch.into_values()).for_each_concurrent(limit, |queued| {
+                let reconciler = reconciler.clone();
+                async move { this.attempt(&reconciler, queued).await }
+            });
+            // At shutdown the pipeline closes: pulls in progress are left to the next reconcile.
+            tokio::select! {
+                _ = pulls => {}
+                _ = shutdown.cancelled() => return,
+            }
         }
     }
 

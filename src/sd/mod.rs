@@ -106,16 +106,17 @@ impl Discovery {
         }
     }
 
-    /// Starts following the stream (once).
+    /// Starts following the stream (once), restarted if it panics.
     pub fn start(&self) {
         self.started.call_once(|| {
             let (targets, loaded) = (self.targets.clone(), self.loaded.clone());
-            tokio::spawn(follow::follow(
-                self.source.clone(),
-                targets,
-                loaded,
-                self.shutdown.clone(),
-            ));
+            let (source, shutdown) = (self.source.clone(), self.shutdown.clone());
+            let follower = move || {
+                let (targets, loaded) = (targets.clone(), loaded.clone());
+                follow::follow(source.clone(), targets, loaded, shutdown.clone())
+            };
+            let part = "service discovery";
+            tokio::spawn(crate::app::supervise(part, self.shutdown.clone(), follower));
         });
     }
 
