@@ -15,11 +15,17 @@ use crate::helpers::{
 use crate::reconcile::{config, fake_with_recorded, reconcile};
 
 const DEBOUNCE: Duration = Duration::from_millis(300);
+/// For the burst: long enough that fifty-one webhooks arrive within it on a loaded machine.
+const BURST_DEBOUNCE: Duration = Duration::from_secs(3);
 
 /// A relay whose registry holds the recorded NetBox (one reconcile run), cascades on.
 async fn relay_with_registry(fake: &FakeNetbox, nats: &NatsServer) -> TestRelay {
+    relay_debounced(fake, nats, DEBOUNCE).await
+}
+
+async fn relay_debounced(fake: &FakeNetbox, nats: &NatsServer, debounce: Duration) -> TestRelay {
     let mut config = config(nats, fake, 1000);
-    config.cascade.debounce = DEBOUNCE;
+    config.cascade.debounce = debounce;
     config.netbox.concurrency = 2;
     let relay = TestRelay::start(config).await;
     let report = reconcile(&relay).await;
@@ -316,7 +322,7 @@ async fn a_burst_of_renames_pulls_each_parent_once() {
             }
         }
     });
-    let relay = relay_with_registry(&fake, &nats).await;
+    let relay = relay_debounced(&fake, &nats, BURST_DEBOUNCE).await;
     let before = published_count(&nats.url()).await;
 
     // One bulk edit renames all fifty; site 100 twice within the same burst.
@@ -352,7 +358,8 @@ async fn a_burst_of_renames_pulls_each_parent_once() {
 
     // 51 site deltas, then each site's two devices once, with the last slug.
     wait_for_published(&nats.url(), before + 51 + 100, Duration::from_secs(30)).await;
-    tokio::time::sleep(DEBOUNCE * 3).await;
+    // A second batch, had the burst been split, would pull after another debounce.
+    tokio::time::sleep(BURST_DEBOUNCE * 2).await;
     assert_eq!(published_count(&nats.url()).await, before + 151);
     for k in 0..50u64 {
         let id = 100 + k;
