@@ -148,17 +148,45 @@ fn parent_only(
     };
     let object_id = object_id(data)?;
     let (prechange, postchange) = snapshots(top)?;
-    let trigger = match event {
-        ChangeEvent::Updated => {
-            parent.trigger(object_id, data, prechange.as_ref(), postchange.as_ref())
-        }
-        ChangeEvent::Created | ChangeEvent::Deleted => None,
-    };
+    let trigger = cascade_of(parent, event, object_id, data, &prechange, &postchange);
     Ok(Parsed::Parent {
         parent,
         object_id,
         trigger,
     })
+}
+
+impl WebhookEvent {
+    /// The cascade this change calls for, when its object is also a parent (site, tenant,
+    /// cluster, VRF, VLAN, device, VM).
+    pub fn cascade(&self) -> Option<Trigger> {
+        let parent = Parent::from_name(self.object_type.name)?;
+        let data = &self.data;
+        cascade_of(
+            parent,
+            self.event,
+            self.object_id,
+            data,
+            &self.prechange,
+            &self.postchange,
+        )
+    }
+}
+
+/// Only an update can change what a parent's dependents show: nothing points at a new object,
+/// and a deleted one's references are cleared or protected by NetBox.
+fn cascade_of(
+    parent: &'static Parent,
+    event: ChangeEvent,
+    id: u64,
+    data: &Map<String, Value>,
+    prechange: &Snapshot,
+    postchange: &Snapshot,
+) -> Option<Trigger> {
+    match event {
+        ChangeEvent::Updated => parent.trigger(id, data, prechange.as_ref(), postchange.as_ref()),
+        ChangeEvent::Created | ChangeEvent::Deleted => None,
+    }
 }
 
 /// `Ok(Ok(type))` when supported, `Ok(Err(name))` when well named but not supported.

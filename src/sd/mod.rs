@@ -27,7 +27,7 @@ use crate::telemetry;
 
 pub use follow::Source;
 pub use query::{parse as parse_query, QueryError};
-pub use targets::{label_name, Selection, Target, Targets, TARGET_KINDS};
+pub use targets::{Selection, Targets};
 
 /// How long the relay's first request waits for the registry to load before answering 503
 /// (Prometheus keeps its last targets meanwhile and asks again).

@@ -276,7 +276,7 @@ fn attribute_text(value: &Value) -> Option<String> {
 }
 
 /// `__meta_netbox_<name>`, with what a Prometheus label name cannot hold made `_`.
-pub fn label_name(name: &str) -> String {
+fn label_name(name: &str) -> String {
     let safe: String = name
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })

@@ -206,13 +206,6 @@ impl Store {
             .collect()
     }
 
-    /// The key and head of every record whose key starts with `prefix`.
-    pub fn heads_with_prefix(&self, prefix: &str) -> Result<Vec<(String, RecordHead)>, StoreError> {
-        let mut heads = Vec::new();
-        self.each_head(prefix, |key, head| heads.push((key.to_string(), head)))?;
-        Ok(heads)
-    }
-
     /// The id, revision and liveness of every key `<prefix><id>`: what reconcile's delete check
     /// needs, about 24 bytes a key, so that a large type's scan holds neither entries nor keys.
     pub fn known_under(&self, prefix: &str) -> Result<Vec<Known>, StoreError> {
@@ -231,7 +224,7 @@ impl Store {
 
     /// Calls `each` with the key and head of every record whose key starts with `prefix`, in one
     /// read transaction.
-    fn each_head(
+    pub fn each_head(
         &self,
         prefix: &str,
         mut each: impl FnMut(&str, RecordHead),

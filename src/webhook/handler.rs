@@ -16,8 +16,8 @@ use tracing::{field, Instrument};
 use super::error::WebhookError;
 use super::AppState;
 use crate::delta::RegistryDelta;
-use crate::netbox::parents::{Parent, Trigger};
-use crate::netbox::webhook::{self, ChangeEvent, Parsed, WebhookEvent};
+use crate::netbox::parents::Trigger;
+use crate::netbox::webhook::{self, Parsed, WebhookEvent};
 use crate::publish::Delivered;
 use crate::telemetry;
 use crate::translate::{self, Outcome};
@@ -117,7 +117,7 @@ async fn handle(
     };
     tracing::debug!(delta_id = %delta.delta_id, key = %delta.key, "delta delivered");
     if let Some(cascades) = &app.cascades {
-        if let Some(trigger) = parent_trigger(&event) {
+        if let Some(trigger) = event.cascade() {
             cascades.push(trigger);
         }
     }
@@ -126,21 +126,6 @@ async fn handle(
         status: StatusCode::ACCEPTED,
         body: json!({"status": "accepted", "deltas": 1}),
     })
-}
-
-/// A registry kind that is also a parent (site, tenant, cluster, VRF, VLAN): the cascade its
-/// update calls for.
-fn parent_trigger(event: &WebhookEvent) -> Option<Trigger> {
-    let parent = Parent::from_name(event.object_type.name)?;
-    if event.event != ChangeEvent::Updated {
-        return None;
-    }
-    parent.trigger(
-        event.object_id,
-        &event.data,
-        event.prechange.as_ref(),
-        event.postchange.as_ref(),
-    )
 }
 
 /// A parent that is only a trigger (device role, platform, tag, IPAM role): 202 when its

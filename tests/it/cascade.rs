@@ -33,6 +33,34 @@ async fn relay_debounced(fake: &FakeNetbox, nats: &NatsServer, debounce: Duratio
     relay
 }
 
+/// A relay over the recorded NetBox, with how many deltas the stream took before the test acts.
+struct Lab {
+    nats: NatsServer,
+    fake: FakeNetbox,
+    relay: TestRelay,
+    before: u64,
+}
+
+async fn lab() -> Lab {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = relay_with_registry(&fake, &nats).await;
+    let before = published_count(&nats.url()).await;
+    Lab {
+        nats,
+        fake,
+        relay,
+        before,
+    }
+}
+
+/// Waits until the stream took `count` deltas, lets `quiet` pass, and checks no more came.
+async fn published_exactly(nats: &NatsServer, count: u64, quiet: Duration) {
+    wait_for_published(&nats.url(), count, Duration::from_secs(30)).await;
+    tokio::time::sleep(quiet).await;
+    assert_eq!(published_count(&nats.url()).await, count, "nothing more");
+}
+
 /// The update webhook of `object` (its API form), NetBox's envelope taken from the recorded
 /// update `envelope`, with snapshots saying `field` went from `before` to the object's value.
 fn update_webhook(
@@ -116,10 +144,12 @@ fn keys(deltas: &[Value]) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_rename_relabels_exactly_that_sites_dependents() {
-    let nats = NatsServer::start();
-    let fake = fake_with_recorded("4.6.8").await;
-    let relay = relay_with_registry(&fake, &nats).await;
-    let before = published_count(&nats.url()).await;
+    let Lab {
+        nats,
+        fake,
+        relay,
+        before,
+    } = lab().await;
 
     // FRA1 (site 1) becomes fra9: NetBox renders its dependents with the new slug.
     rename_in_fake(&fake, "site", 1, "fra9", "FRA9");
@@ -144,13 +174,7 @@ async fn a_site_rename_relabels_exactly_that_sites_dependents() {
     assert_eq!(status, 202, "{answer}");
 
     // The site's own delta, then its two devices, its VM, prefix, VLAN and cluster.
-    wait_for_published(&nats.url(), before + 7, Duration::from_secs(15)).await;
-    tokio::time::sleep(DEBOUNCE * 3).await;
-    assert_eq!(
-        published_count(&nats.url()).await,
-        before + 7,
-        "nothing else"
-    );
+    published_exactly(&nats, before + 7, DEBOUNCE * 3).await;
     let deltas = cascaded(&nats, before).await;
     let expected: BTreeSet<String> = [
         "dcim.device/2",
@@ -199,10 +223,12 @@ async fn a_site_rename_relabels_exactly_that_sites_dependents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rename_to_the_same_value_pulls_nothing() {
-    let nats = NatsServer::start();
-    let fake = fake_with_recorded("4.6.8").await;
-    let relay = relay_with_registry(&fake, &nats).await;
-    let before = published_count(&nats.url()).await;
+    let Lab {
+        nats,
+        fake,
+        relay,
+        before,
+    } = lab().await;
 
     // A new name, the same slug (which is what entries show): the site alone is published.
     let mut renamed = site(&fake, 1);
@@ -232,9 +258,7 @@ async fn a_rename_to_the_same_value_pulls_nothing() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["reason"], "no value its dependents show changed");
 
-    wait_for_published(&nats.url(), before + 1, Duration::from_secs(10)).await;
-    tokio::time::sleep(DEBOUNCE * 4).await;
-    assert_eq!(published_count(&nats.url()).await, before + 1);
+    published_exactly(&nats, before + 1, DEBOUNCE * 4).await;
     assert!(requests_with(&fake, "site_id=1").is_empty());
     assert!(requests_with(&fake, "role_id=1").is_empty());
     relay.relay.stop().await.unwrap();
@@ -242,10 +266,12 @@ async fn a_rename_to_the_same_value_pulls_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_reslug_relabels_the_tagged_objects_only() {
-    let nats = NatsServer::start();
-    let fake = fake_with_recorded("4.6.8").await;
-    let relay = relay_with_registry(&fake, &nats).await;
-    let before = published_count(&nats.url()).await;
+    let Lab {
+        nats,
+        fake,
+        relay,
+        before,
+    } = lab().await;
 
     // The tag as the recorded prefix 1 carries it, re-slugged prod -> production.
     let mut tag = fake.with(|s| {
@@ -279,13 +305,7 @@ async fn a_tag_reslug_relabels_the_tagged_objects_only() {
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["cascade"], "queued");
 
-    wait_for_published(&nats.url(), before + 1, Duration::from_secs(15)).await;
-    tokio::time::sleep(DEBOUNCE * 3).await;
-    assert_eq!(
-        published_count(&nats.url()).await,
-        before + 1,
-        "the tagged prefix alone"
-    );
+    published_exactly(&nats, before + 1, DEBOUNCE * 3).await;
     let deltas = cascaded(&nats, before).await;
     assert_eq!(
         keys(&deltas),
@@ -357,10 +377,8 @@ async fn a_burst_of_renames_pulls_each_parent_once() {
     );
 
     // 51 site deltas, then each site's two devices once, with the last slug.
-    wait_for_published(&nats.url(), before + 51 + 100, Duration::from_secs(30)).await;
     // A second batch, had the burst been split, would pull after another debounce.
-    tokio::time::sleep(BURST_DEBOUNCE * 2).await;
-    assert_eq!(published_count(&nats.url()).await, before + 151);
+    published_exactly(&nats, before + 51 + 100, BURST_DEBOUNCE * 2).await;
     for k in 0..50u64 {
         let id = 100 + k;
         let first_pages: Vec<String> = requests_with(&fake, &format!("site_id={id}"))
@@ -380,10 +398,12 @@ async fn a_burst_of_renames_pulls_each_parent_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_cascade_is_retried() {
-    let nats = NatsServer::start();
-    let fake = fake_with_recorded("4.6.8").await;
-    let relay = relay_with_registry(&fake, &nats).await;
-    let before = published_count(&nats.url()).await;
+    let Lab {
+        nats,
+        fake,
+        relay,
+        before,
+    } = lab().await;
 
     // NetBox fails the devices' pull past the client's retries (5 attempts), then recovers.
     fake.with(|s| {
@@ -431,10 +451,12 @@ async fn a_failed_cascade_is_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_rename_relabels_its_interfaces_and_addresses() {
-    let nats = NatsServer::start();
-    let fake = fake_with_recorded("4.6.8").await;
-    let relay = relay_with_registry(&fake, &nats).await;
-    let before = published_count(&nats.url()).await;
+    let Lab {
+        nats,
+        fake,
+        relay,
+        before,
+    } = lab().await;
 
     // ams1-leaf1 (device 4) is renamed: NetBox shows the new name on its interface and on the
     // IP address assigned to it.
@@ -466,9 +488,7 @@ async fn a_device_rename_relabels_its_interfaces_and_addresses() {
     let (status, answer) = relay.post_signed(&body).await;
     assert_eq!(status, 202, "{answer}");
 
-    wait_for_published(&nats.url(), before + 3, Duration::from_secs(15)).await;
-    tokio::time::sleep(DEBOUNCE * 3).await;
-    assert_eq!(published_count(&nats.url()).await, before + 3);
+    published_exactly(&nats, before + 3, DEBOUNCE * 3).await;
     let deltas = cascaded(&nats, before).await;
     let expected = BTreeSet::from([
         "netbox/default/dcim.interface/5".to_string(),

@@ -115,15 +115,13 @@ async fn a_new_consumer_gets_the_current_registry_in_one_step() {
     let view = current_view(&nats.url()).await;
     // The relay's own record of the registry: the head of every key in its state file.
     let store = Store::open(&config.state.path).unwrap();
-    let record: BTreeMap<String, (String, String)> = store
-        .heads_with_prefix("")
-        .unwrap()
-        .into_iter()
-        .map(|(key, head)| {
+    let mut record = BTreeMap::new();
+    store
+        .each_head("", |key, head| {
             let op = if head.deleted() { "delete" } else { "upsert" };
-            (key, (op.to_string(), head.delta_id))
+            record.insert(key.to_string(), (op.to_string(), head.delta_id));
         })
-        .collect();
+        .unwrap();
     assert_eq!(view.len() as u64, KEYS, "one message per key");
     assert_eq!(
         view, record,

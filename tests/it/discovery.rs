@@ -242,33 +242,29 @@ async fn the_query_filters_by_kind_status_labels_and_sets_the_port() {
 
 /// `netbox-relay sd` on its own, reading the stream a relay writes.
 struct SdProcess {
-    child: Child,
-    base: String,
+    server: Server,
 }
 
 impl SdProcess {
     fn start(nats: &NatsServer, token: &str) -> SdProcess {
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_netbox-relay"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_netbox-relay"));
+        command
             .args(["sd", "--listen", &format!("127.0.0.1:{port}")])
             .env("NETBOX_RELAY_NATS__URL", nats.url())
             .env("NETBOX_RELAY_SD__TOKEN", token)
-            .env("NETBOX_RELAY_LOG__LEVEL", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("netbox-relay sd starts");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_for_port(addr);
+            .env("NETBOX_RELAY_LOG__LEVEL", "warn");
         SdProcess {
-            child,
-            base: format!("http://{addr}"),
+            server: Server::spawn(command, port, "netbox-relay sd"),
         }
     }
 
     async fn wait_loaded(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let ready = reqwest::get(format!("{}/readyz", self.base)).await.unwrap();
+            let ready = reqwest::get(format!("{}/readyz", self.server.base))
+                .await
+                .unwrap();
             if ready.status() == 200 {
                 return;
             }
@@ -278,7 +274,29 @@ impl SdProcess {
     }
 }
 
-impl Drop for SdProcess {
+/// A server process the test started, on `port` of loopback; killed when dropped.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn spawn(mut command: Command, port: u16, what: &str) -> Server {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what} does not start: {e}"));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for_port(addr);
+        Server {
+            child,
+            base: format!("http://{addr}"),
+        }
+    }
+}
+
+impl Drop for Server {
     fn drop(&mut self) {
         self.child.kill().ok();
         self.child.wait().ok();
@@ -291,11 +309,11 @@ async fn netbox_relay_sd_alone_answers_as_the_relay_and_follows_changes() {
     let relay = relay_with_recorded(&nats, Some(SD_TOKEN)).await;
     let sd = SdProcess::start(&nats, SD_TOKEN);
     sd.wait_loaded().await;
-    let (status, content_type, alone) = get_sd(&sd.base, "", Some(SD_TOKEN)).await;
+    let (status, content_type, alone) = get_sd(&sd.server.base, "", Some(SD_TOKEN)).await;
     assert_eq!((status, content_type.as_str()), (200, "application/json"));
     let (_, _, served) = get_sd(&relay.base, "", Some(SD_TOKEN)).await;
     assert_eq!(alone, served);
-    let metrics = reqwest::get(format!("{}/metrics", sd.base))
+    let metrics = reqwest::get(format!("{}/metrics", sd.server.base))
         .await
         .unwrap()
         .text()
@@ -329,7 +347,7 @@ async fn netbox_relay_sd_alone_answers_as_the_relay_and_follows_changes() {
         .as_str()
         .unwrap()
         .to_string();
-    for base in [&sd.base, &relay.base] {
+    for base in [&sd.server.base, &relay.base] {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let (_, _, now) = get_sd(base, "", Some(SD_TOKEN)).await;
@@ -345,8 +363,7 @@ async fn netbox_relay_sd_alone_answers_as_the_relay_and_follows_changes() {
 
 /// A real Prometheus, scraping nothing, discovering through `http_sd_configs`.
 struct Prometheus {
-    child: Child,
-    base: String,
+    server: Server,
     _dir: tempfile::TempDir,
 }
 
@@ -361,7 +378,8 @@ impl Prometheus {
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
         let port = free_port();
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        command
             .arg(format!(
                 "--config.file={}",
                 dir.path().join("prometheus.yml").display()
@@ -370,28 +388,20 @@ impl Prometheus {
                 "--storage.tsdb.path={}",
                 dir.path().join("data").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{} does not start ({e}): run deploy/local/ensure-prometheus.sh",
-                    binary.display()
-                )
-            });
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_for_port(addr);
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        let what = format!(
+            "{} (run deploy/local/ensure-prometheus.sh)",
+            binary.display()
+        );
         Prometheus {
-            child,
-            base: format!("http://{addr}"),
+            server: Server::spawn(command, port, &what),
             _dir: dir,
         }
     }
 
     /// The discovered labels of each active target, by `__address__`.
     async fn targets(&self) -> BTreeMap<String, Value> {
-        let url = format!("{}/api/v1/targets?state=active", self.base);
+        let url = format!("{}/api/v1/targets?state=active", self.server.base);
         let Ok(response) = reqwest::get(url).await else {
             return BTreeMap::new();
         };
@@ -432,13 +442,6 @@ impl Prometheus {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
     }
 }
 
