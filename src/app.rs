@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::publish::{self, Delivery, Publisher, Spool};
-use crate::reconcile::{Cascades, Output, Reconciler, RunOptions, RunReport};
+use crate::reconcile::{Cascades, Confirmer, Output, Reconciler, RunOptions, RunReport};
 use crate::sd::{self, Discovery, Source};
 use crate::state::{Committer, Store};
 use crate::telemetry;
@@ -59,6 +59,13 @@ impl Relay {
             output,
         )?);
         let cascades = cascades(&config, &reconciler);
+        let confirmer = Arc::new(Confirmer::new(
+            &config,
+            reconciler.client(),
+            translator(&config)?,
+            pipeline.store.clone(),
+            pipeline.committer.clone(),
+        )?);
         let shutdown = CancellationToken::new();
         let discovery = Arc::new(Discovery::new(
             sd_source(&config, pipeline.publisher.jetstream().clone()),
@@ -75,6 +82,7 @@ impl Relay {
             delivery,
             reconciler,
             cascades,
+            confirmer,
             discovery,
             admin_token: config.api.admin_token.clone(),
             max_body_bytes: config.webhook.max_body_bytes,
@@ -150,6 +158,13 @@ async fn run(
         }))
     };
     let drainer = parts.pipeline.spawn_drainer(shutdown.clone());
+    let confirmer = {
+        let (confirmer, delivery) = (parts.state.confirmer.clone(), parts.state.delivery.clone());
+        tokio::spawn(supervise("confirmer", shutdown.clone(), {
+            let shutdown = shutdown.clone();
+            move || confirmer.clone().run(delivery.clone(), shutdown.clone())
+        }))
+    };
     if let Some(cascades) = parts.state.cascades.clone() {
         let reconciler = parts.state.reconciler.clone();
         let shutdown = shutdown.clone();
@@ -181,6 +196,7 @@ async fn run(
     .await;
     shutdown.cancel();
     stream_keeper.await.ok();
+    confirmer.await.ok();
     drainer.await.ok();
     parts.pipeline.close().await;
     tracing::info!("netbox-relay stopped");

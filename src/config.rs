@@ -59,6 +59,27 @@ pub struct WebhookConfig {
     /// How far a revision may be ahead of the relay's clock before it is clamped.
     #[serde(deserialize_with = "duration")]
     pub max_clock_skew: Duration,
+    /// Whether a webhook that does not say where its change was made is first checked against
+    /// NetBox's main (netbox-branching sends branch changes through the same event rules).
+    pub confirm: Confirm,
+    /// How long a webhook waits for NetBox's answer before it is held and confirmed later.
+    #[serde(deserialize_with = "duration")]
+    pub confirm_timeout: Duration,
+    /// Webhooks held for confirmation at most; past it a webhook that needs one gets 503.
+    pub max_held: u64,
+}
+
+/// `webhook.confirm`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Confirm {
+    /// When NetBox has the netbox-branching plugin (its `/api/status/` says so).
+    #[default]
+    Auto,
+    /// Always, whatever NetBox's plugins.
+    Always,
+    /// Never: every signed webhook not marked as a branch change is trusted.
+    Never,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -325,6 +346,15 @@ impl Config {
                 "at least one secret is required unless webhook.require_signature = false";
             return Err(invalid("webhook.secrets", message));
         }
+        if webhooks && self.webhook.confirm == Confirm::Always && self.netbox.url.is_none() {
+            return Err(invalid(
+                "webhook.confirm",
+                "`always` asks NetBox: set netbox.url and netbox.token (or use auto)",
+            ));
+        }
+        if self.webhook.confirm_timeout.is_zero() {
+            return Err(invalid("webhook.confirm_timeout", "must be greater than 0"));
+        }
         if self.webhook.max_body_bytes == 0 {
             return Err(invalid("webhook.max_body_bytes", "must be greater than 0"));
         }
@@ -484,6 +514,9 @@ impl Default for WebhookConfig {
             require_signature: true,
             max_body_bytes: 4 * 1024 * 1024,
             max_clock_skew: Duration::from_secs(300),
+            confirm: Confirm::Auto,
+            confirm_timeout: Duration::from_secs(5),
+            max_held: 100_000,
         }
     }
 }

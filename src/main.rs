@@ -114,10 +114,11 @@ async fn check(config: &Config) -> ExitCode {
 
 async fn netbox_setup(config: &Config, options: &SetupOptions) -> ExitCode {
     match ops::setup::run(config, options).await {
-        Ok(steps) => {
-            for step in steps {
+        Ok(report) => {
+            for step in report.steps {
                 println!("{step}");
             }
+            println!("branching: {}", report.branching);
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -16,6 +16,8 @@ pub enum Filter {
     Id(&'static str),
     /// `<name>=<parent slug>`, e.g. `tag=critical` (the slug after the change).
     Slug(&'static str),
+    /// `id=<host id>`: the device or VM (`app_label.model`) an IP address is assigned to.
+    Host(&'static str),
 }
 
 /// One kind of parent.
@@ -25,8 +27,8 @@ pub struct Parent {
     pub name: &'static str,
     /// The REST endpoint below `/api/`: what older webhooks that name no type are known by.
     pub api_path: &'static str,
-    /// The parent's field that its dependents' entries show.
-    pub shown: &'static str,
+    /// The parent's fields that its dependents' entries show.
+    pub shown: &'static [&'static str],
     /// The object types (`app_label.model`) whose entries show it, and how to find them.
     pub dependents: &'static [(&'static str, Filter)],
 }
@@ -66,7 +68,9 @@ impl Parent {
         postchange: Option<&Object>,
     ) -> Option<Trigger> {
         let changed = match (prechange, postchange) {
-            (Some(before), Some(after)) => before.get(self.shown) != after.get(self.shown),
+            (Some(before), Some(after)) => {
+                self.shown.iter().any(|f| before.get(*f) != after.get(*f))
+            }
             _ => true,
         };
         let now = postchange.unwrap_or(data);
@@ -74,6 +78,7 @@ impl Parent {
             parent: self,
             id,
             slug: now.get("slug").and_then(Value::as_str).map(String::from),
+            hosts: assigned_host(data).into_iter().collect(),
         })
     }
 }
@@ -85,6 +90,8 @@ pub struct Trigger {
     pub id: u64,
     /// The slug after the change, for [`Filter::Slug`].
     pub slug: Option<String>,
+    /// The device or VM an IP address is assigned to, for [`Filter::Host`].
+    pub hosts: Vec<(&'static str, u64)>,
 }
 
 impl Trigger {
@@ -98,8 +105,25 @@ impl Trigger {
                 let slug: String = form_urlencoded::byte_serialize(slug.as_bytes()).collect();
                 Some(format!("{name}={slug}"))
             }
+            Filter::Host(host_type) => {
+                let ids = self.hosts.iter().filter(|(t, _)| *t == host_type);
+                let query: Vec<String> = ids.map(|(_, id)| format!("id={id}")).collect();
+                (!query.is_empty()).then(|| query.join("&"))
+            }
         }
     }
+}
+
+/// The device or VM of the interface an IP address is assigned to, as the webhook's `data`
+/// names it (`assigned_object.device` or `assigned_object.virtual_machine`).
+fn assigned_host(data: &Object) -> Option<(&'static str, u64)> {
+    let assigned = data.get("assigned_object")?;
+    [(DEVICE, "device"), (VM, "virtual_machine")]
+        .into_iter()
+        .find_map(|(host_type, field)| {
+            let id = assigned.get(field)?.get("id")?.as_u64()?;
+            Some((host_type, id))
+        })
 }
 
 const fn by_id(object_type: &'static str, filter: &'static str) -> (&'static str, Filter) {
@@ -123,11 +147,11 @@ const SITE: &str = "dcim.site";
 /// untagged one its entry shows). IP addresses show no site, so a site does not reach them; they
 /// show the device or VM of their interface, which NetBox's `device_id` / `virtual_machine_id`
 /// filters follow.
-pub const PARENTS: [Parent; 11] = [
+pub const PARENTS: [Parent; 12] = [
     Parent {
         name: SITE,
         api_path: "dcim/sites",
-        shown: "slug",
+        shown: &["slug"],
         dependents: &[
             by_id(DEVICE, "site_id"),
             by_id(VM, "site_id"),
@@ -139,7 +163,7 @@ pub const PARENTS: [Parent; 11] = [
     Parent {
         name: "tenancy.tenant",
         api_path: "tenancy/tenants",
-        shown: "slug",
+        shown: &["slug"],
         dependents: &[
             by_id(DEVICE, "tenant_id"),
             by_id(VM, "tenant_id"),
@@ -154,13 +178,13 @@ pub const PARENTS: [Parent; 11] = [
     Parent {
         name: CLUSTER,
         api_path: "virtualization/clusters",
-        shown: "name",
+        shown: &["name"],
         dependents: &[by_id(VM, "cluster_id"), by_id(DEVICE, "cluster_id")],
     },
     Parent {
         name: VRF,
         api_path: "ipam/vrfs",
-        shown: "name",
+        shown: &["name"],
         dependents: &[
             by_id(IP, "vrf_id"),
             by_id(PREFIX, "vrf_id"),
@@ -171,7 +195,7 @@ pub const PARENTS: [Parent; 11] = [
     Parent {
         name: VLAN,
         api_path: "ipam/vlans",
-        shown: "vid",
+        shown: &["vid"],
         dependents: &[
             by_id(PREFIX, "vlan_id"),
             by_id(INTERFACE, "vlan_id"),
@@ -181,7 +205,7 @@ pub const PARENTS: [Parent; 11] = [
     Parent {
         name: DEVICE,
         api_path: "dcim/devices",
-        shown: "name",
+        shown: &["name"],
         dependents: &[
             by_id(INTERFACE, "device_id"),
             by_id(IP, "device_id"),
@@ -191,35 +215,53 @@ pub const PARENTS: [Parent; 11] = [
     Parent {
         name: VM,
         api_path: "virtualization/virtual-machines",
-        shown: "name",
+        shown: &["name"],
         dependents: &[
             by_id(VM_INTERFACE, "virtual_machine_id"),
             by_id(IP, "virtual_machine_id"),
             by_id("ipam.service", "virtual_machine_id"),
         ],
     },
+    // A renumbered IP address sends no webhook for the device or VM whose primary or OOB IP it is,
+    // nor for the services that list it. Its host is the one it is assigned to after the change:
+    // NetBox refuses to reassign or unassign an IP address that is its host's primary or OOB IP.
+    Parent {
+        name: IP,
+        api_path: "ipam/ip-addresses",
+        shown: &[
+            "address",
+            "assigned_object_type",
+            "assigned_object_id",
+            "status",
+        ],
+        dependents: &[
+            (DEVICE, Filter::Host(DEVICE)),
+            (VM, Filter::Host(VM)),
+            by_id("ipam.service", "ip_address_id"),
+        ],
+    },
     Parent {
         name: "dcim.devicerole",
         api_path: "dcim/device-roles",
-        shown: "slug",
+        shown: &["slug"],
         dependents: &[by_id(DEVICE, "role_id"), by_id(VM, "role_id")],
     },
     Parent {
         name: "dcim.platform",
         api_path: "dcim/platforms",
-        shown: "slug",
+        shown: &["slug"],
         dependents: &[by_id(DEVICE, "platform_id"), by_id(VM, "platform_id")],
     },
     Parent {
         name: "ipam.role",
         api_path: "ipam/roles",
-        shown: "slug",
+        shown: &["slug"],
         dependents: &[by_id(PREFIX, "role_id"), by_id(VLAN, "role_id")],
     },
     Parent {
         name: "extras.tag",
         api_path: "extras/tags",
-        shown: "slug",
+        shown: &["slug"],
         dependents: &[
             (DEVICE, Filter::Slug("tag")),
             (VM, Filter::Slug("tag")),

@@ -40,6 +40,9 @@ pub struct WebhookEvent {
     pub user: Option<String>,
     pub prechange: Option<Map<String, Value>>,
     pub postchange: Option<Map<String, Value>>,
+    /// The body says the change was made on main (`data.active_branch: null`, sent when NetBox's
+    /// `EVENTS_PIPELINE` has netbox-branching's `add_branch_context`); otherwise it does not say.
+    pub on_main: bool,
 }
 
 /// What a well-formed webhook body asks of us.
@@ -55,6 +58,8 @@ pub enum Parsed {
     },
     /// Nothing to translate; the reason is for the 200 answer.
     Ignored(String),
+    /// A change made in a netbox-branching branch (named), which never reaches the registry.
+    Branch(String),
 }
 
 /// Why a body is not a usable webhook. Messages name the key and never echo the body.
@@ -99,6 +104,10 @@ pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
         Some(_) => return Err(wrong("data", "an object")),
         None => return Err(PayloadError::Missing("data")),
     };
+    if let Some(branch) = branch(&top, &data) {
+        return Ok(Parsed::Branch(branch));
+    }
+    let on_main = data.get("active_branch").is_some_and(Value::is_null);
     let object_type = match object_type(&top, &data)? {
         Ok(t) => t,
         Err(unsupported) => return parent_only(event, &unsupported, &mut top, &data),
@@ -115,7 +124,31 @@ pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
         data,
         prechange,
         postchange,
+        on_main,
     })))
+}
+
+/// The branch a body says its change was made in: netbox-branching's `context.active_branch`
+/// (changes made in the web UI) or `data.active_branch` (with its `add_branch_context` event
+/// pipeline step), each `{id, name, schema_id}` for a branch and null or absent for main.
+fn branch(top: &Map<String, Value>, data: &Map<String, Value>) -> Option<String> {
+    let context = top.get("context").and_then(|c| c.get("active_branch"));
+    let marked = [context, data.get("active_branch")]
+        .into_iter()
+        .flatten()
+        .find(|b| !b.is_null())?;
+    let name = match marked {
+        Value::Object(b) => b.get("name").and_then(Value::as_str).map(short),
+        Value::String(s) => Some(short(s)),
+        _ => None,
+    };
+    let id = marked.get("id").and_then(Value::as_u64);
+    Some(match (name, id) {
+        (Some(name), Some(id)) => format!("{name} (id {id})"),
+        (Some(name), None) => name.to_string(),
+        (None, Some(id)) => format!("id {id}"),
+        (None, None) => "unnamed".to_string(),
+    })
 }
 
 fn object_id(data: &Map<String, Value>) -> Result<u64, PayloadError> {
@@ -288,5 +321,64 @@ fn short(s: &str) -> &str {
     match s.char_indices().nth(64) {
         Some((i, _)) => &s[..i],
         None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parsed(body: Value) -> Parsed {
+        parse(&serde_json::to_vec(&body).unwrap()).unwrap()
+    }
+
+    fn device(extra_data: Value, context: Option<Value>) -> Value {
+        let mut data = json!({"id": 7, "url": "/api/dcim/devices/7/", "name": "d7",
+            "last_updated": "2026-12-04T10:00:00Z"});
+        for (k, v) in extra_data.as_object().unwrap() {
+            data[k] = v.clone();
+        }
+        let mut body = json!({"event": "updated", "timestamp": "2026-12-04T10:00:01+00:00",
+            "model": "device", "data": data});
+        if let Some(context) = context {
+            body["context"] = context;
+        }
+        body
+    }
+
+    #[test]
+    fn a_branch_named_in_context_or_data_is_refused_whatever_the_generation() {
+        let branch = json!({"id": 3, "name": "planning", "schema_id": "abc"});
+        let marked = [
+            device(json!({}), Some(json!({"active_branch": branch}))),
+            device(json!({"active_branch": branch}), None),
+            device(
+                json!({"active_branch": "planning"}),
+                Some(json!({"active_branch": null})),
+            ),
+        ];
+        for body in marked {
+            match parsed(body) {
+                Parsed::Branch(name) => assert!(name.starts_with("planning"), "{name}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn only_data_active_branch_null_says_main() {
+        let main = parsed(device(json!({"active_branch": null}), None));
+        let unmarked = parsed(device(json!({}), Some(json!({"active_branch": null}))));
+        match (main, unmarked) {
+            (Parsed::Change(main), Parsed::Change(unmarked)) => {
+                assert!(main.on_main);
+                assert!(
+                    !unmarked.on_main,
+                    "the REST API's branch header sends context null"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

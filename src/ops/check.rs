@@ -3,11 +3,12 @@
 use std::fmt;
 use std::path::Path;
 
-use crate::config::Config;
+use crate::config::{Config, Confirm};
 use crate::netbox::client::{ApiError, NetboxClient};
 use crate::netbox::parents::PARENTS;
 use crate::netbox::ObjectType;
 use crate::publish;
+use crate::reconcile::NetboxStatus;
 use crate::state::{Store, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,8 +93,12 @@ async fn netbox(config: &Config) -> Vec<Line> {
         Err(e) => return vec![Line::fail("netbox", e.to_string(), "correct the named key")],
     };
     let url = client.base_url().to_string();
-    let version = match client.version().await {
-        Ok(version) => version,
+    let status = client
+        .get("/api/status/", "the status endpoint", "")
+        .await
+        .and_then(|s| NetboxStatus::of(&s));
+    let (version, branching_plugin) = match status {
+        Ok(status) => (status.version, status.branching),
         Err(ApiError::Forbidden { detail, .. }) => {
             return vec![
                 Line::ok("netbox reachable", format!("{url} answers")),
@@ -121,7 +126,31 @@ async fn netbox(config: &Config) -> Vec<Line> {
         lines.push(can_read(&client, object_type, version).await);
     }
     lines.push(cascade(config));
+    lines.push(branching(config, branching_plugin.as_deref()));
     lines
+}
+
+/// How branch changes (netbox-branching) will be told from main's: what `check` says on its
+/// `branching` line and `netbox-setup` after its steps.
+pub fn branching(config: &Config, plugin: Option<&str>) -> Line {
+    const PIPELINE: &str = "add \"netbox_branching.events.add_branch_context\" to NetBox's EVENTS_PIPELINE (after \"extras.events.process_event_queue\"), so that every webhook says whether it comes from a branch and the relay asks nothing";
+    let Some(version) = plugin else {
+        return Line::ok(
+            "branching",
+            "NetBox has no netbox-branching: every webhook describes main",
+        );
+    };
+    let found = format!("NetBox has netbox-branching {version}");
+    match config.webhook.confirm {
+        Confirm::Never => Line::ok(
+            "branching",
+            format!("{found}; webhook.confirm = never: webhooks marked as a branch change are refused, unmarked ones trusted, which is right only if {PIPELINE}"),
+        ),
+        Confirm::Auto | Confirm::Always => Line::ok(
+            "branching",
+            format!("{found}: webhooks marked as a branch change are refused; the others are confirmed against main (one API request each, with this token) unless their body says they come from main. Recommended: {PIPELINE}"),
+        ),
+    }
 }
 
 /// Cascades pull the dependents of a changed parent with the read permissions checked above;

@@ -9,6 +9,8 @@ use serde_json::{json, Map, Value};
 use crate::config::Config;
 use crate::netbox::client::{ApiError, NetboxClient};
 use crate::netbox::parents::PARENTS;
+use crate::ops::check;
+use crate::reconcile::NetboxStatus;
 
 /// What the command was asked to do.
 #[derive(Debug, Clone)]
@@ -79,9 +81,19 @@ const EVENT_RULES: &str = "/api/extras/event-rules/";
 const PERMISSIONS: &str = "a write-enabled token with extras.{view,add,change}_webhook and \
                            extras.{view,add,change}_eventrule";
 
-pub async fn run(config: &Config, options: &SetupOptions) -> Result<Vec<Step>, SetupError> {
+/// What `netbox-setup` did, and how branch changes will be told from main's.
+pub struct SetupReport {
+    pub steps: Vec<Step>,
+    pub branching: String,
+}
+
+pub async fn run(config: &Config, options: &SetupOptions) -> Result<SetupReport, SetupError> {
     let client = NetboxClient::new(&config.netbox)?;
-    let (major, minor) = client.version().await?;
+    let status = client
+        .get("/api/status/", "the status endpoint", "")
+        .await?;
+    let status = NetboxStatus::of(&status)?;
+    let (major, minor) = status.version;
     if (major, minor) < (3, 7) {
         return Err(SetupError::TooOld(major, minor));
     }
@@ -118,7 +130,11 @@ pub async fn run(config: &Config, options: &SetupOptions) -> Result<Vec<Step>, S
     let second = setup
         .apply(EVENT_RULES, "event rule", &options.name, rule)
         .await?;
-    Ok(vec![first, second])
+    let branching = check::branching(config, status.branching.as_deref());
+    Ok(SetupReport {
+        steps: vec![first, second],
+        branching: branching.detail,
+    })
 }
 
 fn webhook_body(options: &SetupOptions, secret: String) -> Result<Map<String, Value>, SetupError> {

@@ -3,6 +3,7 @@
 //! schedule, at start, by `POST /reconcile` and by `netbox-relay reconcile`.
 
 mod cascade;
+mod confirm;
 mod diff;
 mod lease;
 /// The pull alone; public so that the benchmark can time downloading against reconciling.
@@ -16,6 +17,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 pub use cascade::Cascades;
+pub use confirm::{Confirmed, Confirmer, HoldError, NetboxStatus};
 use lease::{Coordination, Lease, Refused};
 pub use runs::{RunReport, RunStatus, Runs, TypeReport};
 
@@ -100,6 +102,11 @@ impl Reconciler {
             runs: Runs::default(),
             shared,
         })
+    }
+
+    /// The NetBox client, when NetBox's URL and token are set.
+    pub fn client(&self) -> Option<Arc<NetboxClient>> {
+        self.client.clone()
     }
 
     /// Whether NetBox's URL and token are set, so that a run can pull at all.

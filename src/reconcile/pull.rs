@@ -160,19 +160,7 @@ impl<'a> Pager<'a> {
 
     fn query(&self) -> String {
         let limit = self.limit;
-        let mut filters = String::new();
-        if self.fields {
-            // Only what translation reads: a recorded NetBox 4.6 served IP addresses 1.7 times
-            // faster this way.
-            filters.push_str("&fields=");
-            filters.push_str(&fields_read(self.object_type.kind).join(","));
-        } else if matches!(
-            self.object_type.name,
-            "dcim.device" | "virtualization.virtualmachine"
-        ) {
-            // config_context is the costliest field NetBox renders, and translation never reads it.
-            filters.push_str("&exclude=config_context");
-        }
+        let mut filters = selection(self.object_type, self.fields);
         if let Some(below) = self.below {
             filters.push_str(&format!("&id__lt={below}"));
         }
@@ -193,5 +181,19 @@ impl<'a> Pager<'a> {
             what: self.object_type.name.into(),
             message,
         }
+    }
+}
+
+/// What of each object to ask for (`&fields=...`, or `&exclude=config_context` before NetBox 4.0,
+/// which has no `fields=`): only what translation reads.
+pub(super) fn selection(object_type: ObjectType, fields: bool) -> String {
+    if fields {
+        // A recorded NetBox 4.6 served IP addresses 1.7 times faster this way.
+        return format!("&fields={}", fields_read(object_type.kind).join(","));
+    }
+    match object_type.name {
+        // config_context is the costliest field NetBox renders, and translation never reads it.
+        "dcim.device" | "virtualization.virtualmachine" => "&exclude=config_context".to_string(),
+        _ => String::new(),
     }
 }

@@ -22,6 +22,8 @@ pub(super) const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spoo
 /// Spool sequence -> a delta JetStream refused, or a spool row that could not be read, with why
 /// ([`DeadLetter`]); kept until `netbox-relay spool retry|drop`.
 pub(super) const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+/// Hold number -> a verified webhook body waiting to be confirmed against NetBox's main.
+pub(super) const HELD: TableDefinition<u64, &[u8]> = TableDefinition::new("held_webhooks");
 
 /// One change to the store, applied by the commit thread ([`super::Committer`]). A `record` is
 /// made by [`encode`] before it comes here, so that the commit thread, which every webhook waits
@@ -43,6 +45,10 @@ pub enum Write {
         seqs: Vec<u64>,
         dead: Vec<DeadLetter>,
     },
+    /// Hold a webhook body until NetBox's main confirms it, durably.
+    Hold { id: u64, body: Bytes },
+    /// Forget held webhooks whose outcome is durable.
+    Release { ids: Vec<u64> },
     /// Persist everything written so far.
     Flush,
     /// Persist everything and stop the commit thread.
@@ -257,6 +263,32 @@ impl Store {
         .collect()
     }
 
+    /// The oldest `limit` held webhooks after hold number `after`, in order.
+    pub fn held_after(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let tx = self.begin_read()?;
+        let table = tx.open_table(HELD).map_err(|e| self.fail(e))?;
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        let rows = table.range(from..).map_err(|e| self.fail(e))?.take(limit);
+        rows.map(|row| {
+            let (id, body) = row.map_err(|e| self.fail(e))?;
+            Ok((id.value(), body.value().to_vec()))
+        })
+        .collect()
+    }
+
+    /// How many webhooks are held, and the next free hold number.
+    pub fn held_stats(&self) -> Result<(u64, u64), StoreError> {
+        let tx = self.begin_read()?;
+        let table = tx.open_table(HELD).map_err(|e| self.fail(e))?;
+        let count = table.len().map_err(|e| self.fail(e))?;
+        let last = table.last().map_err(|e| self.fail(e))?;
+        Ok((count, last.map_or(0, |(id, _)| id.value() + 1)))
+    }
+
     pub fn spool_stats(&self) -> Result<SpoolStats, StoreError> {
         let tx = self.begin_read()?;
         let table = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
@@ -297,6 +329,7 @@ impl Store {
             let mut records = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
             let mut spool = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
             let mut dead = tx.open_table(DEAD).map_err(|e| self.fail(e))?;
+            let mut held = tx.open_table(HELD).map_err(|e| self.fail(e))?;
             for write in writes {
                 match write {
                     Write::Record { key, record } | Write::Spool { key, record, .. } => {
@@ -316,6 +349,14 @@ impl Store {
                             dead.insert(letter.seq, letter.to_bytes().as_slice())
                                 .map_err(|e| self.fail(e))?;
                             forget(&mut records, letter).map_err(|e| self.fail(e))?;
+                        }
+                    }
+                    Write::Hold { id, body } => {
+                        held.insert(*id, body.as_ref()).map_err(|e| self.fail(e))?;
+                    }
+                    Write::Release { ids } => {
+                        for id in ids {
+                            held.remove(*id).map_err(|e| self.fail(e))?;
                         }
                     }
                     Write::Flush | Write::Close => {}

@@ -34,13 +34,18 @@ pub const CASCADES: &str = "netbox_relay_cascades_total";
 pub const SD_REQUESTS: &str = "netbox_relay_sd_requests_total";
 pub const SD_TARGETS: &str = "netbox_relay_sd_targets";
 pub const CASCADE_PULLED: &str = "netbox_relay_cascade_objects_pulled_total";
+pub const CONFIRMATIONS: &str = "netbox_relay_confirmations_total";
+pub const HELD: &str = "netbox_relay_webhooks_held";
 
 /// Webhook answers, by the `result` label: the 202s, the 200s and the errors.
-pub const WEBHOOK_RESULTS: [&str; 12] = [
+pub const WEBHOOK_RESULTS: [&str; 15] = [
     "published",
     "spooled",
     "cascade",
+    "held",
     "ignored",
+    "branch",
+    "not_on_main",
     "stale",
     "duplicate",
     "bad_signature",
@@ -204,6 +209,31 @@ fn describe() {
         "Publishes JetStream refused because the key's last message had changed (another relay published to it); each is re-read and decided again"
     );
     counter!(CONFLICTS).absolute(0);
+    describe_counter!(
+        CONFIRMATIONS,
+        Unit::Count,
+        "Webhooks checked against NetBox's main (webhook.confirm), by result (on_main, not_on_main, failed)"
+    );
+    for result in CONFIRMATION_RESULTS {
+        counter!(CONFIRMATIONS, "result" => result).absolute(0);
+    }
+    describe_gauge!(
+        HELD,
+        Unit::Count,
+        "Webhooks held until NetBox's main can confirm them (NetBox did not answer in time)"
+    );
+    gauge!(HELD).set(0.0);
+}
+
+/// The `result` label of [`CONFIRMATIONS`].
+pub const CONFIRMATION_RESULTS: [&str; 3] = ["on_main", "not_on_main", "failed"];
+
+pub fn confirmed(result: &'static str) {
+    counter!(CONFIRMATIONS, "result" => result).increment(1);
+}
+
+pub fn held(count: u64) {
+    gauge!(HELD).set(count as f64);
 }
 
 /// The `reason` label of [`DEAD_LETTERED`].

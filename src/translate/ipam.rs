@@ -107,12 +107,8 @@ pub fn service(obj: &Object, builder: &mut EntryBuilder) -> Result<(), Translate
             nested(obj, "virtual_machine"),
         ),
     };
+    ports(obj, builder);
     builder
-        .attr(
-            "protocol",
-            label_value(obj.get("protocol")).map(Value::String),
-        )
-        .attr_from("ports", obj, "ports")
         .text_attr("parent_object_type", parent_type)
         .attr(
             "parent_object_id",
@@ -120,6 +116,43 @@ pub fn service(obj: &Object, builder: &mut EntryBuilder) -> Result<(), Translate
         )
         .text_attr("parent", parent.map(name).as_deref());
     Ok(())
+}
+
+/// A service's `protocol` and `ports`. NetBox 4.7 lists `port_mappings` (`["tcp/53", "udp/53"]`)
+/// and leaves `protocol` and `ports` null when they span several protocols: then `ports` are
+/// those of every mapping and `port_mappings` says which protocol each has. A single-protocol
+/// service has the same entry in every version.
+fn ports(obj: &Object, builder: &mut EntryBuilder) {
+    let protocol = label_value(obj.get("protocol"));
+    let mappings = obj.get("port_mappings").and_then(Value::as_array);
+    let (Some(mappings), None) = (mappings, &protocol) else {
+        builder
+            .attr("protocol", protocol.map(Value::String))
+            .attr_from("ports", obj, "ports");
+        return;
+    };
+    let mut protocols = Vec::new();
+    let mut ports = Vec::new();
+    for (proto, port) in mappings.iter().filter_map(|m| port_mapping(m.as_str()?)) {
+        if !protocols.contains(&proto) {
+            protocols.push(proto);
+        }
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    let single = (protocols.len() == 1).then(|| Value::String(protocols[0].to_string()));
+    let listed = (protocols.len() > 1).then(|| mappings.clone());
+    builder
+        .attr("protocol", single)
+        .attr("ports", (!ports.is_empty()).then(|| Value::from(ports)))
+        .attr("port_mappings", listed.map(Value::Array));
+}
+
+/// `tcp/53` -> ("tcp", 53).
+fn port_mapping(text: &str) -> Option<(&str, u64)> {
+    let (protocol, port) = text.split_once('/')?;
+    Some((protocol, port.trim().parse().ok()?))
 }
 
 /// The sweep of `net`, listing its hosts only when there are at most `max_hosts` of them.

@@ -328,6 +328,7 @@ pub fn fields_read(kind: Kind) -> Vec<&'static str> {
             "virtual_machine",
             "protocol",
             "ports",
+            "port_mappings",
         ],
     };
     let shared: &[&'static str] = match kind {

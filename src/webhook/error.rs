@@ -8,6 +8,7 @@ use serde_json::json;
 use super::signature::SignatureError;
 use crate::netbox::webhook::PayloadError;
 use crate::publish::DeliveryError;
+use crate::reconcile::HoldError;
 use crate::translate::TranslateError;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,9 @@ pub enum WebhookError {
     /// The delta cannot fit in one NATS message: nothing was published or spooled.
     #[error("{0}")]
     DeltaTooLarge(DeliveryError),
+    /// NetBox's main did not confirm in time and the webhook could not be held.
+    #[error("the webhook could not be held for confirmation: {0}")]
+    NotHeld(HoldError),
 }
 
 impl From<DeliveryError> for WebhookError {
@@ -54,7 +58,9 @@ impl WebhookError {
             }
             WebhookError::Signature(_) => StatusCode::UNAUTHORIZED,
             WebhookError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            WebhookError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            WebhookError::Unavailable(_) | WebhookError::NotHeld(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -68,7 +74,7 @@ impl WebhookError {
             }
             WebhookError::Signature(_) => "bad_signature",
             WebhookError::BodyTimeout(_) => "timeout",
-            WebhookError::Unavailable(_) => "unavailable",
+            WebhookError::Unavailable(_) | WebhookError::NotHeld(_) => "unavailable",
         }
     }
 }

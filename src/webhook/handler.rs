@@ -14,11 +14,13 @@ use serde_json::json;
 use tracing::{field, Instrument};
 
 use super::error::WebhookError;
+use super::signature::VerifiedBody;
 use super::AppState;
 use crate::delta::RegistryDelta;
 use crate::netbox::parents::Trigger;
 use crate::netbox::webhook::{self, Parsed, WebhookEvent};
 use crate::publish::Delivered;
+use crate::reconcile::Confirmed;
 use crate::telemetry;
 use crate::translate::{self, Outcome};
 
@@ -98,19 +100,35 @@ async fn handle(
             return Ok(cascade_only(app, trigger));
         }
         Parsed::Ignored(reason) => return Ok(ignored("ignored", reason)),
+        Parsed::Branch(branch) => {
+            let reason =
+                format!("made in branch {branch}: only NetBox's main reaches the registry");
+            return Ok(ignored("branch", reason));
+        }
     };
     record(&event);
     let now = Utc::now();
-    let delta = match app.translator.webhook(&event, now)? {
+    let mut delta = match app.translator.webhook(&event, now)? {
         Outcome::Publish(delta) => delta,
         Outcome::Ignore(reason) => return Ok(ignored("ignored", reason)),
     };
+    // Why main does not show this change, when main's object is delivered in its place.
+    let mut not_on_main = None;
+    if app.confirmer.needed(&event) {
+        (delta, not_on_main) = match confirm(app, &event, delta, &body).await? {
+            Ok(confirmed) => confirmed,
+            Err(handled) => return Ok(handled),
+        };
+    }
     if let Some(stated) = translate::clamped_from(&app.translator, &event, &delta, now) {
         clamped(app, &delta, stated);
     }
     let result = match app.delivery.deliver(&delta).await? {
         Delivered::Published => "published",
         Delivered::Spooled => "spooled",
+        Delivered::Dropped(_) if not_on_main.is_some() => {
+            return Ok(ignored("not_on_main", not_on_main.unwrap_or_default()))
+        }
         Delivered::Dropped(verdict) => {
             return Ok(ignored(verdict.reason(), verdict.reason().to_string()))
         }
@@ -126,6 +144,39 @@ async fn handle(
         status: StatusCode::ACCEPTED,
         body: json!({"status": "accepted", "deltas": 1}),
     })
+}
+
+/// Asks NetBox's main about a webhook that does not say where its change was made: the delta to
+/// deliver, or the answer when there is none (not on main; held because NetBox did not answer
+/// within `webhook.confirm_timeout`).
+async fn confirm(
+    app: &AppState,
+    event: &WebhookEvent,
+    delta: Box<RegistryDelta>,
+    body: &VerifiedBody,
+) -> Result<Result<(Box<RegistryDelta>, Option<String>), Handled>, WebhookError> {
+    let confirmer = &app.confirmer;
+    let asked = tokio::time::timeout(confirmer.timeout(), confirmer.confirm(event, *delta)).await;
+    let why = match asked {
+        Ok(Ok(Confirmed::Publish(delta, differs))) => return Ok(Ok((delta, differs))),
+        Ok(Ok(Confirmed::Trusted(delta))) => return Ok(Ok((delta, None))),
+        Ok(Ok(Confirmed::NotOnMain(reason))) => return Ok(Err(ignored("not_on_main", reason))),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!(
+            "no answer within {:?} (webhook.confirm_timeout)",
+            confirmer.timeout()
+        ),
+    };
+    confirmer
+        .hold(body.bytes())
+        .await
+        .map_err(WebhookError::NotHeld)?;
+    tracing::warn!(reason = %why, "NetBox's main could not confirm the webhook now; held");
+    Ok(Err(Handled {
+        result: "held",
+        status: StatusCode::ACCEPTED,
+        body: json!({"status": "accepted", "deltas": 0, "confirm": "held"}),
+    }))
 }
 
 /// A parent that is only a trigger (device role, platform, tag, IPAM role): 202 when its

@@ -21,7 +21,7 @@ use tracing::Level;
 pub use error::WebhookError;
 
 use crate::publish::{Delivery, Publisher};
-use crate::reconcile::{Cascades, Reconciler};
+use crate::reconcile::{Cascades, Confirmer, Reconciler};
 use crate::sd::{self, Discovery};
 use crate::state::Health;
 use crate::translate::Translator;
@@ -36,6 +36,8 @@ pub struct AppState {
     pub reconciler: Arc<Reconciler>,
     /// None when cascades are off.
     pub cascades: Option<Arc<Cascades>>,
+    /// Checks webhooks that may come from a netbox-branching branch against NetBox's main.
+    pub confirmer: Arc<Confirmer>,
     /// `GET /sd/prometheus`, following the stream from its first request on.
     pub discovery: Arc<Discovery>,
     pub admin_token: Option<secrecy::SecretString>,
@@ -97,6 +99,7 @@ async fn readyz(State(app): State<Arc<AppState>>) -> (StatusCode, Json<serde_jso
         "nats": if connected { "connected" } else { "away" },
         "stream": if stream { "ready" } else { "not_ready" },
         "spool_depth": spool.depth(),
+        "held_webhooks": app.confirmer.held(),
         "dead_letters": spool.dead(),
     });
     let status = match reason {

@@ -17,6 +17,11 @@ impl VerifiedBody {
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// The body itself, to be held until NetBox's main confirms it.
+    pub fn bytes(&self) -> Bytes {
+        self.0.clone()
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -61,7 +61,12 @@ async fn check_reports_each_dependency_and_names_a_missing_permission() {
     let report = stdout(&healthy);
     assert!(healthy.status.success(), "{report}");
     let lines: Vec<&str> = report.lines().collect();
-    assert_eq!(lines.len(), 1 + 2 + 12 + 1 + 1 + 1, "{report}");
+    // configuration, NetBox and its token, 12 types, cascade, branching, NATS, state.
+    assert_eq!(lines.len(), 1 + 2 + 12 + 1 + 1 + 1 + 1, "{report}");
+    assert!(
+        line(&report, "branching").contains("no netbox-branching"),
+        "{report}"
+    );
     assert!(lines.iter().all(|l| l.starts_with("OK ")), "{report}");
     assert!(line(&report, "netbox reachable").contains("NetBox 4.6"));
     assert!(line(&report, "read virtualization.virtualmachine")
@@ -85,6 +90,43 @@ async fn check_reports_each_dependency_and_names_a_missing_permission() {
     );
     let fails = report.lines().filter(|l| l.starts_with("FAIL")).count();
     assert_eq!(fails, 1, "only that line fails:\n{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_netbox_setup_say_how_branch_changes_are_told_apart() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    fake.with(|s| s.plugins = json!({"netbox_branching": "1.1.2"}));
+    let report = stdout(&run(&nats, &fake, &["check"]));
+    let branching = line(&report, "branching");
+    assert!(branching.starts_with("OK"), "{branching}");
+    for says in [
+        "netbox-branching 1.1.2",
+        "confirmed against main",
+        "add_branch_context",
+    ] {
+        assert!(branching.contains(says), "{says}: {branching}");
+    }
+    let mut never = command(&nats, &fake, &["check"]);
+    never.env("NETBOX_RELAY_WEBHOOK__CONFIRM", "never");
+    let output = tokio::task::block_in_place(|| never.output().unwrap());
+    let branching = line(&stdout(&output), "branching").to_string();
+    assert!(
+        branching.contains("webhook.confirm = never") && branching.contains("right only if"),
+        "{branching}"
+    );
+
+    let setup = [
+        "netbox-setup",
+        "--relay-url",
+        "https://relay.example.net:8090",
+        "--dry-run",
+    ];
+    let printed = stdout(&run(&nats, &fake, &setup));
+    assert!(
+        printed.contains("branching: NetBox has netbox-branching 1.1.2"),
+        "{printed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

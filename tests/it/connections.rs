@@ -8,7 +8,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::helpers::{fixture, free_port, test_config, NatsServer, RelayProcess, TestRelay};
+use crate::helpers::{
+    fixture, free_port, post_fixture_to, test_config, NatsServer, RelayProcess, TestRelay,
+};
 
 /// `count` connections: three in four send half a request head, the rest nothing at all.
 async fn crowd(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
@@ -99,15 +101,7 @@ async fn sigterm_does_not_wait_for_idle_or_stalled_clients() {
     let mut buf = [0u8; 256];
     assert!(idle.read(&mut buf).await.unwrap() > 0);
     let f = fixture("020_device_created.json");
-    let status = reqwest::Client::new()
-        .post(format!("{}/webhooks/netbox", relay.base))
-        .header("content-type", "application/json")
-        .header("x-hook-signature", f.signature)
-        .body(f.body)
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = post_fixture_to(&relay.base, f).await;
     assert_eq!(status, 202);
     let exited = tokio::task::block_in_place(|| relay.terminate(Duration::from_secs(5)));
     assert!(exited, "SIGTERM waited for idle or stalled clients");

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch};
@@ -43,6 +43,13 @@ pub struct FakeState {
     pub log: Vec<String>,
     /// Every POST and PATCH: (method, path, body).
     pub writes: Vec<(String, String, Value)>,
+    /// `/api/status/`'s `plugins`, e.g. `{"netbox_branching": "1.1.2"}`.
+    pub plugins: Value,
+    /// Every request answers 503, as a NetBox behind a proxy whose backend is down.
+    pub down: bool,
+    /// List requests being answered now, and the most there ever were at once.
+    pub in_flight: usize,
+    pub max_in_flight: usize,
     requests: HashMap<String, usize>,
 }
 
@@ -129,8 +136,20 @@ async fn status(State(state): State<Arc<Mutex<FakeState>>>, headers: HeaderMap) 
     if let Some(denied) = refusal(&headers) {
         return denied;
     }
-    let version = state.lock().unwrap().version.clone();
-    Json(json!({"netbox-version": version, "django-version": "6.0.8"})).into_response()
+    let s = state.lock().unwrap();
+    if s.down {
+        return unavailable();
+    }
+    let plugins = match &s.plugins {
+        Value::Null => json!({}),
+        plugins => plugins.clone(),
+    };
+    Json(json!({"netbox-version": s.version, "django-version": "6.0.8", "plugins": plugins}))
+        .into_response()
+}
+
+fn unavailable() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable").into_response()
 }
 
 fn forbidden(detail: &str) -> Response {
@@ -154,21 +173,33 @@ async fn list(
     State(state): State<Arc<Mutex<FakeState>>>,
     Path((app, endpoint)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     if let Some(denied) = refusal(&headers) {
         return denied;
     }
+    // `id=` may be repeated; NetBox answers the objects with any of them.
+    let ids: Vec<u64> = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == "id")
+        .filter_map(|(_, v)| v.parse().ok())
+        .collect();
     let endpoint = format!("{app}/{endpoint}");
     let delay = {
         let mut s = state.lock().unwrap();
         let mut query: Vec<_> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
         query.sort();
         s.log.push(format!("{endpoint}?{}", query.join("&")));
+        s.in_flight += 1;
+        s.max_in_flight = s.max_in_flight.max(s.in_flight);
         s.delay
     };
     tokio::time::sleep(delay).await;
     let mut s = state.lock().unwrap();
+    s.in_flight -= 1;
+    if s.down {
+        return unavailable();
+    }
     if s.denied.contains(&endpoint) {
         return forbidden("You do not have permission to perform this action.");
     }
@@ -224,6 +255,7 @@ async fn list(
         .range(from..below)
         .map(|(_, o)| o.clone())
         .filter(|o| name.is_none_or(|n| o["name"].as_str() == Some(n)))
+        .filter(|o| ids.is_empty() || o["id"].as_u64().is_some_and(|id| ids.contains(&id)))
         .filter(|o| related_filters(&q).all(|(field, id)| relates(o, field, id)))
         .filter(|o| q.get("tag").is_none_or(|slug| tagged(o, slug)));
     let page: Vec<Value> = match q.get("ordering").map(String::as_str) {
@@ -264,7 +296,7 @@ async fn list(
 
 /// The relation filters NetBox's filter sets offer, `site_id=3` -> ("site", 3).
 fn related_filters(q: &HashMap<String, String>) -> impl Iterator<Item = (&str, u64)> {
-    const RELATIONS: [&str; 9] = [
+    const RELATIONS: [&str; 10] = [
         "site",
         "tenant",
         "cluster",
@@ -274,6 +306,7 @@ fn related_filters(q: &HashMap<String, String>) -> impl Iterator<Item = (&str, u
         "platform",
         "device",
         "virtual_machine",
+        "ip_address",
     ];
     q.iter().filter_map(|(key, value)| {
         let field = key.strip_suffix("_id")?;
@@ -288,6 +321,10 @@ fn related_filters(q: &HashMap<String, String>) -> impl Iterator<Item = (&str, u
 fn relates(object: &Value, field: &str, id: u64) -> bool {
     let points = |v: &Value| v["id"].as_u64() == Some(id);
     match field {
+        // A service's IP addresses.
+        "ip_address" => object["ipaddresses"]
+            .as_array()
+            .is_some_and(|ips| ips.iter().any(points)),
         "site" if object["scope_type"] == "dcim.site" => points(&object["scope"]),
         "vlan" if object.get("untagged_vlan").is_some() => {
             points(&object["untagged_vlan"])

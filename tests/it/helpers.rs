@@ -33,8 +33,22 @@ pub struct Fixture {
 }
 
 pub fn fixture(file: &str) -> Fixture {
-    let path = fixtures_dir().join(file);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    fixture_at(&fixtures_dir().join(file))
+}
+
+/// A recorded webhook of another recording under `tests/fixtures/` (`netbox-branching`,
+/// `netbox-4.7`); signed with the same secret.
+pub fn fixture_in(dir: &str, file: &str) -> Fixture {
+    fixture_at(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(dir)
+            .join(file),
+    )
+}
+
+fn fixture_at(path: &Path) -> Fixture {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let recorded: Value = serde_json::from_str(&text).expect("fixture is JSON");
     Fixture {
         body: recorded["body"].as_str().expect("body").as_bytes().to_vec(),
@@ -43,6 +57,19 @@ pub fn fixture(file: &str) -> Fixture {
             .expect("signature")
             .to_string(),
     }
+}
+
+/// POSTs a recorded webhook to the relay at `base` as NetBox sends it; answers the status.
+pub async fn post_fixture_to(base: &str, f: Fixture) -> u16 {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/webhooks/netbox"))
+        .header("content-type", "application/json")
+        .header("x-hook-signature", f.signature)
+        .body(f.body)
+        .send()
+        .await
+        .expect("POST");
+    response.status().as_u16()
 }
 
 /// The fixture's body as a JSON object, to derive other payload generations from.

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, shared helpers, recorded NetBox fixtures.
 
 mod bad_input;
+mod branching;
 mod cascade;
 mod cluster;
 mod commands;
@@ -15,6 +16,7 @@ mod fake_netbox;
 mod hardening;
 mod helpers;
 mod nats_auth;
+mod netbox47;
 mod operations;
 mod reconcile;
 mod replicas;

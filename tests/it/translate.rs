@@ -31,6 +31,7 @@ fn translate_with(translator: &Translator, body: &[u8]) -> Outcome {
             Outcome::Ignore(format!("{} is a parent only", parent.name))
         }
         Parsed::Ignored(reason) => Outcome::Ignore(reason),
+        Parsed::Branch(branch) => panic!("a recorded main webhook read as made in {branch}"),
     }
 }
 
