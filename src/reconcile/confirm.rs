@@ -172,8 +172,11 @@ impl Confirmer {
             (Some(object), _) => {
                 let main = self.as_main(event, &delta, &object);
                 // Main shows the change when it shows its entry, saved then or later (a merge
-                // saves again); an older save means the change never reached main.
-                let shown = main.entry == delta.entry && main.revision >= delta.revision;
+                // saves again); an older save means the change never reached main. A merge's
+                // creates are not stamped at all.
+                let unstamped = object.get("last_updated").is_none_or(Value::is_null);
+                let shown =
+                    main.entry == delta.entry && (main.revision >= delta.revision || unstamped);
                 let differs = (!shown).then(|| {
                     format!(
                         "NetBox's main does not show this change of {what} {id}: made in a branch"

@@ -191,7 +191,11 @@ impl Translator {
             .get("id")
             .and_then(Value::as_u64)
             .ok_or(TranslateError::MissingField("id"))?;
-        let revision = revision(obj).ok_or(TranslateError::NoRevision)?;
+        // An object a netbox-branching merge created has no `last_updated` on main (NetBox 4.7.3,
+        // netbox-branching 1.2.2): its `created` stands for it.
+        let revision = revision(obj)
+            .or_else(|| fields::text(obj, "created").and_then(parse_timestamp))
+            .ok_or(TranslateError::NoRevision)?;
         let revision = self.clamp(revision, None, now);
         let entry = self.entry(object_type, obj)?;
         self.assemble(object_type, id, Op::Upsert, revision, Some(entry), now)
@@ -262,6 +266,7 @@ pub fn fields_read(kind: Kind) -> Vec<&'static str> {
         "display",
         "name",
         "last_updated",
+        "created",
         "status",
         "tags",
     ];

@@ -15,6 +15,7 @@ mod expected;
 mod fake_netbox;
 mod hardening;
 mod helpers;
+mod live;
 mod nats_auth;
 mod netbox47;
 mod operations;
