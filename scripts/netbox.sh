@@ -59,7 +59,7 @@ free_port() {
 
 # PostgreSQL refuses to run as root: the cluster belongs to an unprivileged user.
 as_pg() {
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  if [ "$(id -u)" -eq 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 venv() {

@@ -52,12 +52,11 @@ impl Relay {
         let delivery = pipeline.delivery.clone();
         let output = Output::Publish(delivery.clone());
         let store = pipeline.store.clone();
-        let reconciler = Arc::new(Reconciler::new(
-            &config,
-            translator(&config)?,
-            store,
-            output,
-        )?);
+        let shutdown = CancellationToken::new();
+        let reconciler = Arc::new(
+            Reconciler::new(&config, translator(&config)?, store, output)?
+                .stopping_with(shutdown.clone()),
+        );
         let cascades = cascades(&config, &reconciler);
         let confirmer = Arc::new(Confirmer::new(
             &config,
@@ -66,7 +65,6 @@ impl Relay {
             pipeline.store.clone(),
             pipeline.committer.clone(),
         )?);
-        let shutdown = CancellationToken::new();
         let discovery = Arc::new(Discovery::new(
             sd_source(&config, pipeline.publisher.jetstream().clone()),
             config.sd.token.clone(),
@@ -165,17 +163,20 @@ async fn run(
             move || confirmer.clone().run(delivery.clone(), shutdown.clone())
         }))
     };
+    let mut parts_to_await = Vec::new();
     if let Some(cascades) = parts.state.cascades.clone() {
         let reconciler = parts.state.reconciler.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(supervise("cascades", shutdown.clone(), move || {
-            cascades.clone().run(reconciler.clone(), shutdown.clone())
-        }));
+        parts_to_await.push(tokio::spawn(supervise(
+            "cascades",
+            shutdown.clone(),
+            move || cascades.clone().run(reconciler.clone(), shutdown.clone()),
+        )));
     }
     if let Some((interval, on_start)) = parts.schedule {
         let reconciler = parts.state.reconciler.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(supervise(
+        parts_to_await.push(tokio::spawn(supervise(
             "reconcile schedule",
             shutdown.clone(),
             move || {
@@ -183,8 +184,9 @@ async fn run(
                     .clone()
                     .schedule(interval, on_start, shutdown.clone())
             },
-        ));
+        )));
     }
+    let reconciler = parts.state.reconciler.clone();
     let router = webhook::router(parts.state);
     server::serve(
         listener,
@@ -195,6 +197,11 @@ async fn run(
     )
     .await;
     shutdown.cancel();
+    // A run in progress stops, records its end and gives the lease back while NATS is there.
+    for part in parts_to_await {
+        part.await.ok();
+    }
+    reconciler.wait_stopped().await;
     stream_keeper.await.ok();
     confirmer.await.ok();
     drainer.await.ok();

@@ -151,11 +151,14 @@ fn branch(top: &Map<String, Value>, data: &Map<String, Value>) -> Option<String>
     })
 }
 
+/// NetBox's ids are PostgreSQL `bigint`s: never above the signed 64-bit maximum, and JSON
+/// consumers would lose precision on one that was.
 fn object_id(data: &Map<String, Value>) -> Result<u64, PayloadError> {
     match data.get("id") {
         Some(id) => id
             .as_u64()
-            .ok_or(wrong("data.id", "a non-negative integer")),
+            .filter(|id| *id <= i64::MAX as u64)
+            .ok_or(wrong("data.id", "an integer from 0 to 2^63-1")),
         None => Err(PayloadError::Missing("data.id")),
     }
 }

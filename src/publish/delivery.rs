@@ -9,12 +9,14 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+use super::jetstream::Last;
 use super::spool::Spool;
 use super::{PublishError, Publisher};
 use crate::delta::{Op, RegistryDelta};
 use crate::state::{
     encode, judge, with_seq, Committer, Encoded, RecordHead, Store, StoreError, Verdict, Write,
 };
+use crate::telemetry;
 
 /// Where a delta went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,7 +235,15 @@ pub(super) async fn publish_checked(
             Some(seq) => seq,
             None => match publisher.last_of(delta).await? {
                 None => 0,
-                Some((latest, seq)) => {
+                // Not ours: published over, so that the key's history stays in order and the
+                // registry follows NetBox again.
+                Some(Last::Foreign(seq)) => {
+                    telemetry::foreign_message();
+                    tracing::warn!(key = %delta.key, stream_seq = seq,
+                        "the key's last message on the stream is no delta (published by hand or by another tool); publishing over it");
+                    seq
+                }
+                Some(Last::Delta(latest, seq)) => {
                     let head = RecordHead {
                         seq: Some(seq),
                         ..RecordHead::of(&latest)
@@ -241,7 +251,7 @@ pub(super) async fn publish_checked(
                     let verdict = judge(Some(&head), delta);
                     if verdict != Verdict::Accept {
                         let record = encode(&latest)
-                            .map_err(|e| PublishError::Refused(e.to_string()))?
+                            .map_err(|e| PublishError::Encode(e.to_string()))?
                             .record;
                         let key = latest.key;
                         let latest = Write::Record {

@@ -48,6 +48,21 @@ pub enum PublishError {
     /// relay published to the key since.
     #[error("the key's last message on the stream changed: {0}")]
     Conflict(String),
+    /// Reading the stream (a key's last message, the keys of a kind) failed.
+    #[error("reading the stream: {0}")]
+    Read(String),
+    /// A delta read from the stream could not be encoded again (a bug, never the message's fault).
+    #[error("encoding a delta: {0}")]
+    Encode(String),
+}
+
+/// A key's last message on the stream.
+#[derive(Debug)]
+pub enum Last {
+    /// A delta, at this stream sequence.
+    Delta(Box<RegistryDelta>, u64),
+    /// A message that is no delta (published by hand, or by another tool), at this sequence.
+    Foreign(u64),
 }
 
 impl PublishError {
@@ -206,10 +221,7 @@ impl Publisher {
 
     /// The key's last message on the stream (read from the stream's leader), with its sequence;
     /// None when the key has none (never published, or its tombstone expired).
-    pub async fn last_of(
-        &self,
-        delta: &RegistryDelta,
-    ) -> Result<Option<(RegistryDelta, u64)>, PublishError> {
+    pub async fn last_of(&self, delta: &RegistryDelta) -> Result<Option<Last>, PublishError> {
         self.last_on(&self.subject(delta)).await
     }
 
@@ -219,7 +231,7 @@ impl Publisher {
         partition: &str,
         kind: Kind,
         id: u64,
-    ) -> Result<Option<(RegistryDelta, u64)>, PublishError> {
+    ) -> Result<Option<Last>, PublishError> {
         let prefix = &self.settings.subject_prefix;
         self.last_on(&format!("{prefix}.{partition}.{kind}.{id}"))
             .await
@@ -240,7 +252,7 @@ impl Publisher {
         loop {
             let request = serde_json::json!({"subjects_filter": filter, "offset": offset});
             let failed = |e: &dyn std::fmt::Display| {
-                PublishError::NoAck(format!("listing the keys of {kind}: {e}"))
+                PublishError::Read(format!("listing the keys of {kind}: {e}"))
             };
             let page: keys::Page = self
                 .js
@@ -255,7 +267,7 @@ impl Publisher {
         }
     }
 
-    async fn last_on(&self, subject: &str) -> Result<Option<(RegistryDelta, u64)>, PublishError> {
+    async fn last_on(&self, subject: &str) -> Result<Option<Last>, PublishError> {
         use jetstream::stream::LastRawMessageErrorKind;
         let stream = self
             .js
@@ -273,16 +285,18 @@ impl Publisher {
                         self.stream_ready.store(false, Ordering::Relaxed);
                         Err(PublishError::NoStream(e.to_string()))
                     }
-                    _ => Err(PublishError::NoAck(format!(
+                    _ => Err(PublishError::Read(format!(
                         "reading the key's last message: {e}"
                     ))),
                 }
             }
         };
-        let last = serde_json::from_slice::<RegistryDelta>(&message.payload).map_err(|e| {
-            PublishError::Refused(format!("the key's last message is not a delta: {e}"))
-        })?;
-        Ok(Some((last, message.sequence)))
+        Ok(Some(
+            match serde_json::from_slice::<RegistryDelta>(&message.payload) {
+                Ok(last) => Last::Delta(Box::new(last), message.sequence),
+                Err(_) => Last::Foreign(message.sequence),
+            },
+        ))
     }
 
     /// Creates the stream if it is absent, and sets the relay's settings on one that is there

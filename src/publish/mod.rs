@@ -9,6 +9,6 @@ mod spool;
 
 pub use delivery::{Delivered, Delivery, DeliveryError};
 pub use jetstream::{
-    connect_once, connect_reader, probe, Probe, PublishError, Publisher, StreamSettings,
+    connect_once, connect_reader, probe, Last, Probe, PublishError, Publisher, StreamSettings,
 };
 pub use spool::{drain, Spool};

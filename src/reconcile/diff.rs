@@ -13,7 +13,7 @@ use super::{Output, Reconciler};
 use crate::delta::{Op, RegistryDelta};
 use crate::netbox::client::ApiError;
 use crate::netbox::ObjectType;
-use crate::publish::Delivered;
+use crate::publish::{Delivered, Last};
 use crate::state::{Known, Store, StoreError};
 use crate::translate::{Object, Translator};
 
@@ -348,7 +348,7 @@ impl Pass<'_> {
             .filter(|id| !known.contains(id) && !seen.contains(id))
         {
             match publisher.last_of_key(partition, kind, id).await {
-                Ok(Some((latest, seq))) => {
+                Ok(Some(Last::Delta(latest, seq))) => {
                     if let Err(e) = delivery.remember(&latest, seq).await {
                         tracing::warn!(key = %latest.key, error = %e, "reconcile: cannot remember a key read from the stream");
                     }
@@ -358,7 +358,8 @@ impl Pass<'_> {
                         live: latest.op != Op::Delete,
                     });
                 }
-                Ok(None) => {}
+                // Not a delta (published by hand): no key of ours to delete.
+                Ok(Some(Last::Foreign(_)) | None) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "reconcile: cannot read a key's last message; deletes from this relay's records only");
                     break;

@@ -56,6 +56,10 @@ pub struct Reconciler {
     runs: Runs,
     /// The KV bucket every relay on the same NATS shares (absent for a dry run).
     shared: Option<Shared>,
+    /// Cancelled at shutdown: a run in progress stops.
+    stop: CancellationToken,
+    /// Runs started in the background, awaited at shutdown.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// Where the lease and the run reports live, opened on first use (NATS may be away at start).
@@ -101,6 +105,8 @@ impl Reconciler {
             max_delete_fraction: config.reconcile.max_delete_fraction,
             runs: Runs::default(),
             shared,
+            stop: CancellationToken::new(),
+            tasks: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -124,7 +130,8 @@ impl Reconciler {
         let (report, lease) = self.begin(&options).await?;
         let id = report.run_id;
         let this = self.clone();
-        tokio::spawn(async move { this.execute(report, options, lease).await });
+        self.tasks
+            .spawn(async move { this.execute(report, options, lease).await });
         Ok(id)
     }
 
@@ -253,15 +260,26 @@ impl Reconciler {
         options: RunOptions,
         lease: Option<Lease>,
     ) -> RunReport {
+        let run_id = report.run_id;
         let work = self.work(report, options);
         let (Some(mut lease), Some(c)) = (lease, self.shared.as_ref().and_then(|s| s.opened.get()))
         else {
-            return work.await;
+            let finished = tokio::select! {
+                report = work => Some(report),
+                _ = self.stop.cancelled() => None,
+            };
+            return finished.unwrap_or_else(|| {
+                self.runs
+                    .get(run_id)
+                    .unwrap_or_else(|| RunReport::stopped(run_id))
+            });
         };
-        tokio::pin!(work);
-        let report = loop {
+        // Boxed, so that dropping it ends the run here (its guard marks it stopped).
+        let mut work = Box::pin(work);
+        let finished = loop {
             tokio::select! {
-                report = &mut work => break report,
+                report = &mut work => break Some(report),
+                _ = self.stop.cancelled() => break None,
                 _ = tokio::time::sleep(c.renew_every()) => {
                     if !c.renew(&mut lease).await {
                         tracing::warn!(run_id = lease.run_id, "reconcile: the shared lease could not be renewed; another relay may start a run");
@@ -269,8 +287,35 @@ impl Reconciler {
                 }
             }
         };
+        let report = match finished {
+            Some(report) => report,
+            None => {
+                // Dropping the run ends it as stopped; its report and the lease are given back
+                // while NATS is still there, so that another relay may run at once.
+                drop(work);
+                tracing::warn!(run_id, "reconcile: run stopped at shutdown");
+                let report = self.runs.get(run_id);
+                if let Some(report) = &report {
+                    c.record(report).await;
+                }
+                report.unwrap_or_else(|| RunReport::stopped(run_id))
+            }
+        };
         c.release(lease).await;
         report
+    }
+
+    /// Waits for the runs in progress to end; they stop at once when the relay shuts down
+    /// ([`Reconciler::stopping_with`]).
+    pub async fn wait_stopped(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    /// Runs watch `shutdown`: a run in progress stops, records its end and gives the lease back.
+    pub fn stopping_with(mut self, shutdown: CancellationToken) -> Self {
+        self.stop = shutdown;
+        self
     }
 
     async fn work(&self, mut report: RunReport, options: RunOptions) -> RunReport {
@@ -377,16 +422,24 @@ struct Unfinished<'a> {
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        let why = if std::thread::panicking() {
             tracing::error!(
                 run_id = self.run_id,
                 "reconcile: the run stopped unexpectedly; marked failed"
             );
+            "the run stopped unexpectedly (a panic in the relay: the log has it under this run_id)"
+        } else {
+            STOPPED
+        };
+        if self.runs.running() == Some(self.run_id) {
             telemetry::reconcile_ended("failed", self.started.elapsed());
         }
-        self.runs.abandon(self.run_id, Utc::now());
+        self.runs.abandon(self.run_id, Utc::now(), why);
     }
 }
+
+/// The report's message of a run the relay's shutdown stopped.
+const STOPPED: &str = "the run was stopped: the relay shut down before it ended";
 
 fn jitter(interval: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()

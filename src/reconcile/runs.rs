@@ -61,6 +61,21 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// What is known of a run that was stopped before this relay kept its report.
+    pub fn stopped(run_id: u64) -> RunReport {
+        let now = Utc::now();
+        RunReport {
+            run_id,
+            status: RunStatus::Failed,
+            trigger: String::new(),
+            dry_run: false,
+            started_at: now,
+            ended_at: Some(now),
+            message: Some(super::STOPPED.to_string()),
+            object_types: BTreeMap::new(),
+        }
+    }
+
     /// The run's status from its object types': failed beats partial beats succeeded.
     /// A run in which NetBox refused every type pulled nothing: failed.
     pub fn finish(&mut self, now: DateTime<Utc>) {
@@ -146,9 +161,10 @@ impl Runs {
         }
     }
 
-    /// Ends a run that stopped without its final report (its task panicked or was dropped):
-    /// failed, so that the next trigger is not refused for a run that no longer exists.
-    pub fn abandon(&self, run_id: u64, now: DateTime<Utc>) {
+    /// Ends a run that stopped without its final report (its task panicked, or the relay shut
+    /// down): failed, saying `why`, so that the next trigger is not refused for a run that no
+    /// longer exists.
+    pub fn abandon(&self, run_id: u64, now: DateTime<Utc>, why: &str) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner.running != Some(run_id) {
             return;
@@ -157,10 +173,7 @@ impl Runs {
         if let Some(slot) = inner.reports.iter_mut().find(|r| r.run_id == run_id) {
             slot.status = RunStatus::Failed;
             slot.ended_at = Some(now);
-            slot.message = Some(
-                "the run stopped unexpectedly (a panic in the relay: the log has it under this run_id)"
-                    .to_string(),
-            );
+            slot.message = Some(why.to_string());
         }
     }
 

@@ -95,6 +95,10 @@ pub struct Discovery {
 
 impl Discovery {
     pub fn new(source: Source, token: Option<SecretString>, shutdown: CancellationToken) -> Self {
+        // An empty NETBOX_RELAY_SD__TOKEN (a variable left unset in a template) counts as none.
+        if token.is_none() {
+            tracing::warn!("sd.token is not set (or empty): /sd/prometheus answers anyone who reaches the port with the registry's addresses");
+        }
         Discovery {
             targets: Arc::new(Targets::default()),
             loaded: Arc::new(AtomicBool::new(false)),
@@ -151,11 +155,10 @@ impl Discovery {
         };
         // `Bearer <token>`, or the token alone: what Prometheus 2.x sends for an `authorization`
         // of http_sd_configs that names no `type`.
-        let given = headers
+        let bare = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.strip_prefix("Bearer ").unwrap_or(v))
-            .unwrap_or_default();
+            .and_then(|v| v.to_str().ok());
+        let given = crate::bearer::token(headers).or(bare).unwrap_or_default();
         match bool::from(given.as_bytes().ct_eq(token.expose_secret().as_bytes())) {
             true => Ok(()),
             false => Err(SdError::Unauthorized),

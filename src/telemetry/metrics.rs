@@ -36,6 +36,7 @@ pub const SD_TARGETS: &str = "netbox_relay_sd_targets";
 pub const CASCADE_PULLED: &str = "netbox_relay_cascade_objects_pulled_total";
 pub const CONFIRMATIONS: &str = "netbox_relay_confirmations_total";
 pub const HELD: &str = "netbox_relay_webhooks_held";
+pub const FOREIGN: &str = "netbox_relay_foreign_messages_total";
 
 /// Webhook answers, by the `result` label: the 202s, the 200s and the errors.
 pub const WEBHOOK_RESULTS: [&str; 15] = [
@@ -223,6 +224,16 @@ fn describe() {
         "Webhooks held until NetBox's main can confirm them (NetBox did not answer in time)"
     );
     gauge!(HELD).set(0.0);
+    describe_counter!(
+        FOREIGN,
+        Unit::Count,
+        "Keys whose last message on the stream was no delta (published by hand or by another tool), published over"
+    );
+    counter!(FOREIGN).absolute(0);
+}
+
+pub fn foreign_message() {
+    counter!(FOREIGN).increment(1);
 }
 
 /// The `result` label of [`CONFIRMATIONS`].

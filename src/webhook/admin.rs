@@ -79,11 +79,7 @@ fn refusal(app: &AppState, headers: &HeaderMap) -> Option<Response> {
         let body = json!({"error": "forbidden", "message": "api.admin_token is not configured"});
         return Some((StatusCode::FORBIDDEN, Json(body)).into_response());
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
+    let given = crate::bearer::token(headers).unwrap_or_default();
     if bool::from(given.as_bytes().ct_eq(expected.expose_secret().as_bytes())) {
         return None;
     }

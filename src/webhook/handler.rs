@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -33,11 +33,7 @@ struct Handled {
 
 /// Every webhook gets one log line (request id, object type, id, event, result, latency) and is
 /// counted by result; lines logged while handling it carry its request id through the span.
-pub async fn receive(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+pub async fn receive(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     // NetBox's request id once the body is read; until then, and for bodies without one, ours.
     let span = tracing::info_span!(
@@ -70,21 +66,11 @@ pub async fn receive(
     }
 }
 
-async fn handle(
-    app: &AppState,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Handled, WebhookError> {
+async fn handle(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Handled, WebhookError> {
     if !is_json(headers) {
         return Err(WebhookError::UnsupportedMediaType);
     }
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => WebhookError::TooLarge {
-            limit: app.max_body_bytes,
-        },
-        _ if timed_out(&rejection) => WebhookError::BodyTimeout(app.request_timeout),
-        _ => WebhookError::Body(rejection.body_text()),
-    })?;
+    let body = read_body(app, body).await?;
     let signature = headers.get("x-hook-signature").map(|v| v.as_bytes());
     let body = app.verifier.verify(signature, body)?;
     let event = match webhook::parse(body.as_bytes())? {
@@ -210,11 +196,30 @@ fn clamped(app: &AppState, delta: &RegistryDelta, stated: DateTime<Utc>) {
     }
 }
 
-/// The body did not arrive within `server.request_timeout`.
-fn timed_out(rejection: &BytesRejection) -> bool {
-    let mut source: Option<&dyn std::error::Error> = Some(rejection);
+/// The whole body, within `webhook.max_body_bytes` and `server.request_timeout`. The timeout
+/// bounds the whole body: tower-http's body timeout starts again at every frame, so a body sent
+/// one byte every second would otherwise hold its connection for ever.
+async fn read_body(app: &AppState, body: Body) -> Result<Bytes, WebhookError> {
+    let read = axum::body::to_bytes(body, app.max_body_bytes);
+    match tokio::time::timeout(app.request_timeout, read).await {
+        Err(_) => Err(WebhookError::BodyTimeout(app.request_timeout)),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if caused_by::<http_body_util::LengthLimitError>(&e) => {
+            Err(WebhookError::TooLarge {
+                limit: app.max_body_bytes,
+            })
+        }
+        Ok(Err(e)) if caused_by::<tower_http::timeout::TimeoutError>(&e) => {
+            Err(WebhookError::BodyTimeout(app.request_timeout))
+        }
+        Ok(Err(e)) => Err(WebhookError::Body(e.to_string())),
+    }
+}
+
+fn caused_by<E: std::error::Error + 'static>(error: &axum::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(error);
     while let Some(error) = source {
-        if error.is::<tower_http::timeout::TimeoutError>() {
+        if error.is::<E>() {
             return true;
         }
         source = error.source();

@@ -126,6 +126,17 @@ async fn malformed_payloads_are_rejected_with_400() {
                 )
             }),
         ),
+        (
+            "data.id past a bigint",
+            edited(|b| {
+                drop(
+                    b["data"]
+                        .as_object_mut()
+                        .unwrap()
+                        .insert("id".into(), json!(9_223_372_036_854_775_808u64)),
+                )
+            }),
+        ),
         ("event missing", edited(|b| drop(b.remove("event")))),
         (
             "event a number",

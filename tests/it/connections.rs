@@ -84,6 +84,29 @@ async fn slow_and_idle_clients_are_closed_and_never_lock_out_probes_or_webhooks(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_is_cut_off_at_the_request_timeout() {
+    let nats = NatsServer::start();
+    let mut config = test_config(&nats);
+    config.server.request_timeout = Duration::from_secs(1);
+    let relay = TestRelay::start(config).await;
+    let mut stream = TcpStream::connect(relay.relay.addr()).await.unwrap();
+    let head = "POST /webhooks/netbox HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nX-Hook-Signature: 00\r\nContent-Length: 100\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // One byte every 300 ms: each arrives well within the timeout, the whole body never does.
+    // The answer must come while the body is still trickling (40 bytes take 12 s).
+    let mut answer = vec![0u8; 512];
+    for _ in 0..40 {
+        stream.write_all(b" ").await.ok();
+        if let Ok(read) = timeout(Duration::from_millis(300), stream.read(&mut answer)).await {
+            let answer = String::from_utf8_lossy(&answer[..read.unwrap_or(0)]).into_owned();
+            assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+            return;
+        }
+    }
+    panic!("a body sent one byte at a time held its connection past the request timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_does_not_wait_for_idle_or_stalled_clients() {
     netbox_relay::webhook::server::raise_open_files_limit();
     let nats = NatsServer::start();

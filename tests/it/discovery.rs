@@ -237,7 +237,35 @@ async fn the_query_filters_by_kind_status_labels_and_sets_the_port() {
         .await
         .unwrap();
     assert_eq!(bare.status().as_u16(), 200);
+    // The scheme is case-insensitive (RFC 9110).
+    let lowercase = reqwest::Client::new()
+        .get(format!("{base}/sd/prometheus"))
+        .header("authorization", format!("bearer {SD_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lowercase.status().as_u16(), 200);
     relay.relay.stop().await.unwrap();
+}
+
+#[test]
+fn an_empty_sd_token_is_said_to_leave_the_endpoint_open() {
+    let nats = NatsServer::start();
+    let port = free_port();
+    let mut sd = Command::new(env!("CARGO_BIN_EXE_netbox-relay"))
+        .args(["sd", "--listen", &format!("127.0.0.1:{port}")])
+        .env("NETBOX_RELAY_NATS__URL", nats.url())
+        .env("NETBOX_RELAY_SD__TOKEN", "")
+        .env("NETBOX_RELAY_LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_port(SocketAddr::from(([127, 0, 0, 1], port)));
+    sd.kill().unwrap();
+    let output = sd.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("sd.token is not set (or empty)"), "{log}");
 }
 
 /// `netbox-relay sd` on its own, reading the stream a relay writes.

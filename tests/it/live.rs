@@ -180,9 +180,19 @@ impl Live {
 
     /// A reconcile through the relay's API, to its report.
     async fn reconcile(&self) -> Value {
+        self.reconcile_at("reconcile").await
+    }
+
+    /// A forced one: deletes past `reconcile.max_delete_fraction` applied (deleting the only
+    /// service there is would be withheld otherwise).
+    async fn reconcile_forced(&self) -> Value {
+        self.reconcile_at("reconcile?force=true").await
+    }
+
+    async fn reconcile_at(&self, path: &str) -> Value {
         let started: Value = self
             .http
-            .post(format!("{}/reconcile", self.relay.base))
+            .post(format!("{}/{path}", self.relay.base))
             .bearer_auth(ADMIN)
             .send()
             .await
@@ -583,7 +593,7 @@ async fn reconcile_repairs_what_a_disabled_rule_missed_and_cascades_follow_netbo
         &[],
     )
     .await;
-    let report = live.reconcile().await;
+    let report = live.reconcile_forced().await;
     live.api(
         "PATCH",
         &format!("extras/event-rules/{rule}/"),

@@ -61,6 +61,48 @@ async fn a_relay_that_missed_a_change_reads_the_key_and_decides_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_message_on_a_key_is_published_over() {
+    let nats = NatsServer::start();
+    let relay = TestRelay::start(test_config(&nats)).await;
+    let start = Utc::now() - chrono::Duration::hours(1);
+    let (status, _) = relay.post_signed(&update(7, start)).await;
+    assert_eq!(status, 202);
+    // An operator's tool publishes to the key's subject by hand.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let subject = "netbox.registry.default.device.7";
+    js.publish(subject, "not a delta".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let later = start + chrono::Duration::minutes(1);
+    let (status, answer) = relay.post_signed(&update(7, later)).await;
+    assert_eq!(status, 202, "{answer}");
+    let stream = js.get_stream(crate::helpers::STREAM).await.unwrap();
+    let last = stream
+        .get_last_raw_message_by_subject(subject)
+        .await
+        .unwrap();
+    let delta: Value =
+        serde_json::from_slice(&last.payload).expect("our delta is the last message");
+    assert_eq!(
+        delta["revision"],
+        later.to_rfc3339_opts(SecondsFormat::Micros, true)
+    );
+    let (_, ready) = relay.get("/readyz").await;
+    assert_eq!(ready["dead_letters"], 0, "{ready}");
+    let metrics = crate::helpers::metrics_text(&relay.http, &relay.base).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("netbox_relay_foreign_messages_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_relays_keep_each_keys_revisions_rising() {
     let nats = NatsServer::start();
     let (a, b) = two_relays(&nats).await;
@@ -201,10 +243,13 @@ async fn one_reconcile_at_a_time_whichever_relay_is_asked() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_that_dies_mid_run_lets_another_run_after_its_lease_expires() {
-    let nats = NatsServer::start();
-    let fake = slow_netbox().await;
+/// Relay A (the binary, lease TTL `ttl`) in the middle of a run over a slow NetBox, and relay B
+/// (in this process) on the same NATS; with the run's id.
+async fn a_running(
+    nats: &NatsServer,
+    fake: &crate::fake_netbox::FakeNetbox,
+    ttl: &str,
+) -> (crate::helpers::RelayProcess, TestRelay, Value) {
     let env = [
         ("NETBOX_RELAY_LOG__LEVEL", "warn"),
         ("NETBOX_RELAY_NETBOX__URL", fake.url.as_str()),
@@ -212,15 +257,21 @@ async fn a_relay_that_dies_mid_run_lets_another_run_after_its_lease_expires() {
         ("NETBOX_RELAY_API__ADMIN_TOKEN", ADMIN),
         ("NETBOX_RELAY_RECONCILE__ON_START", "false"),
         ("NETBOX_RELAY_RECONCILE__INTERVAL", "0"),
-        ("NETBOX_RELAY_RECONCILE__LEASE_TTL", "3s"),
+        ("NETBOX_RELAY_RECONCILE__LEASE_TTL", ttl),
     ];
-    let mut a =
-        crate::helpers::RelayProcess::start_with(&nats, crate::helpers::free_port(), &env, None);
+    let a = crate::helpers::RelayProcess::start_with(nats, crate::helpers::free_port(), &env, None);
     a.wait_ready().await;
-    let b = TestRelay::start(reconciling(&nats, &fake, "b.redb")).await;
+    let b = TestRelay::start(reconciling(nats, fake, "b.redb")).await;
     let (status, started) = trigger(&a.base).await;
     assert_eq!(status, 202, "{started}");
-    let run = started["run_id"].clone();
+    (a, b, started["run_id"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_dies_mid_run_lets_another_run_after_its_lease_expires() {
+    let nats = NatsServer::start();
+    let fake = slow_netbox().await;
+    let (mut a, b, run) = a_running(&nats, &fake, "3s").await;
     a.kill();
 
     let (status, refused) = trigger(&b.base).await;
@@ -252,6 +303,31 @@ async fn a_relay_that_dies_mid_run_lets_another_run_after_its_lease_expires() {
             .unwrap_or_default()
             .contains("lease expired"),
         "{dead}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_stopped_mid_run_gives_the_lease_back() {
+    let nats = NatsServer::start();
+    let fake = slow_netbox().await;
+    // Long enough that only a lease given back lets B run at once.
+    let (mut a, b, run) = a_running(&nats, &fake, "120s").await;
+    let (status, _) = trigger(&b.base).await;
+    assert_eq!(status, 409, "A's run holds the lease");
+
+    let exited = tokio::task::block_in_place(|| a.terminate(std::time::Duration::from_secs(20)));
+    assert!(exited, "SIGTERM stopped the relay");
+    let (status, next) = trigger(&b.base).await;
+    assert_eq!(status, 202, "the stopped relay gave the lease back: {next}");
+    let (status, stopped) = run_report(&b.base, &run).await;
+    assert_eq!(status, 200, "{stopped}");
+    assert_eq!(stopped["status"], "failed", "{stopped}");
+    assert!(
+        stopped["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("shut down"),
+        "{stopped}"
     );
 }
 
