@@ -391,11 +391,11 @@ impl Config {
                 "must be between 0 and 1",
             ));
         }
-        if self.netbox.page_size == 0 || self.netbox.concurrency == 0 {
-            return Err(invalid(
-                "netbox.page_size",
-                "page_size and concurrency must be at least 1",
-            ));
+        if self.netbox.page_size == 0 {
+            return Err(invalid("netbox.page_size", "must be at least 1"));
+        }
+        if self.netbox.concurrency == 0 {
+            return Err(invalid("netbox.concurrency", "must be at least 1"));
         }
         if !matches!(
             self.log.level.as_str(),

@@ -47,7 +47,13 @@ pub struct NetboxClient {
     http: reqwest::Client,
     base: String,
     attempts: u32,
+    /// `/api/status/`'s last answer and when it came: asked again after [`STATUS_TTL`].
+    status: std::sync::Mutex<Option<(std::time::Instant, Map<String, Value>)>>,
 }
+
+/// How long NetBox's version and plugins are taken as they were last said: runs, cascades and
+/// webhook confirmations all ask, and one answer serves them all.
+const STATUS_TTL: Duration = Duration::from_secs(300);
 
 /// Attempts per request: the first and up to four retries.
 const ATTEMPTS: u32 = 5;
@@ -95,6 +101,7 @@ impl NetboxClient {
             http,
             base: url.trim_end_matches('/').to_string(),
             attempts: ATTEMPTS,
+            status: std::sync::Mutex::new(None),
         })
     }
 
@@ -110,8 +117,20 @@ impl NetboxClient {
 
     /// NetBox's version as (major, minor), from `/api/status/`.
     pub async fn version(&self) -> Result<(u32, u32), ApiError> {
+        parse_version(&self.status().await?)
+    }
+
+    /// `/api/status/` (version, plugins), asked at most every five minutes.
+    pub async fn status(&self) -> Result<Map<String, Value>, ApiError> {
+        if let Some((at, status)) = &*self.status.lock().unwrap_or_else(|e| e.into_inner()) {
+            if at.elapsed() < STATUS_TTL {
+                return Ok(status.clone());
+            }
+        }
         let status = self.get("/api/status/", "the status endpoint", "").await?;
-        parse_version(&status)
+        let now = std::time::Instant::now();
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, status.clone()));
+        Ok(status)
     }
 
     /// `GET path` (with its query) on the API; `what` and `permission` name it in errors.

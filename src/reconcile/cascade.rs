@@ -3,7 +3,8 @@
 //! reconcile does and publish what changed, with origin `cascade`.
 //!
 //! Triggers wait `cascade.debounce` and are coalesced per parent, so a bulk edit of fifty sites
-//! pulls each site's dependents once; at most `netbox.concurrency` parents are pulled at a time.
+//! pulls each site's dependents once; at most `netbox.concurrency` parents are pulled at a time,
+//! each on its own, so that a slow one delays no other.
 //! Pending triggers live in memory: a relay that stops with some queued leaves them to the next
 //! reconcile, as it does a cascade that failed `ATTEMPTS` times.
 
@@ -11,9 +12,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::stream::{self, StreamExt};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::diff::{sort, Emitter};
 use super::pull::{Pager, PullOptions};
@@ -71,32 +72,46 @@ impl Cascades {
         self.wake.notify_one();
     }
 
-    /// Runs queued cascades until shutdown.
+    /// Runs queued cascades until shutdown. Each parent's pull is a task of its own, at most
+    /// `netbox.concurrency` at once: one slow parent (NetBox answering 429 with a long
+    /// `Retry-After`) holds one of them, never the parents queued after it.
     pub async fn run(self: Arc<Self>, reconciler: Arc<Reconciler>, shutdown: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(reconciler.concurrency.max(1)));
+        let pulls = TaskTracker::new();
         loop {
             tokio::select! {
                 _ = self.wake.notified() => {}
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
             }
             // Let the burst that woke us finish arriving.
             tokio::select! {
                 _ = tokio::time::sleep(self.debounce) => {}
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
             }
             let batch =
                 std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-            let limit = reconciler.concurrency.max(1);
-            let this = &self;
-            let pulls = stream::iter(batch.into_values()).for_each_concurrent(limit, |queued| {
-                let reconciler = reconciler.clone();
-                async move { this.attempt(&reconciler, queued).await }
-            });
-            // At shutdown the pipeline closes: pulls in progress are left to the next reconcile.
-            tokio::select! {
-                _ = pulls => {}
-                _ = shutdown.cancelled() => return,
+            for queued in batch.into_values() {
+                let (this, reconciler) = (self.clone(), reconciler.clone());
+                let (permits, shutdown) = (permits.clone(), shutdown.clone());
+                pulls.spawn(async move {
+                    // At shutdown the pipeline closes: pulls in progress are left to the next
+                    // reconcile.
+                    tokio::select! {
+                        _ = this.pull(&reconciler, &permits, queued) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                });
             }
         }
+        pulls.close();
+        pulls.wait().await;
+    }
+
+    async fn pull(self: &Arc<Self>, reconciler: &Reconciler, permits: &Semaphore, queued: Queued) {
+        let Ok(_permit) = permits.acquire().await else {
+            return;
+        };
+        self.attempt(reconciler, queued).await;
     }
 
     async fn attempt(self: &Arc<Self>, reconciler: &Reconciler, queued: Queued) {

@@ -204,7 +204,7 @@ impl Confirmer {
             }
         }
         let asked = client
-            .get("/api/status/", "the status endpoint", "")
+            .status()
             .await
             .and_then(|answer| NetboxStatus::of(&answer));
         let status = match (asked, known) {

@@ -192,6 +192,8 @@ async fn a_site_rename_relabels_exactly_that_sites_dependents() {
         assert_eq!(delta["entry"]["labels"]["site"], "fra9", "{delta}");
         assert_eq!(delta["op"], "upsert");
     }
+    // NetBox's version was asked once, for the reconcile; the webhook and its cascade asked no more.
+    assert_eq!(fake.with(|s| s.status_requests), 1);
     // Pulled with NetBox's filter, never for the other site; IP addresses show no site.
     let pulled = requests_with(&fake, "site_id=1");
     for endpoint in [
@@ -274,31 +276,8 @@ async fn a_tag_reslug_relabels_the_tagged_objects_only() {
     } = lab().await;
 
     // The tag as the recorded prefix 1 carries it, re-slugged prod -> production.
-    let mut tag = fake.with(|s| {
-        s.objects["ipam/prefixes"][&1]["tags"][0]
-            .as_object()
-            .unwrap()
-            .clone()
-    });
-    tag.insert("slug".into(), json!("production"));
-    fake.with(|s| {
-        for object in s.objects.values_mut().flat_map(|o| o.values_mut()) {
-            for t in object["tags"].as_array_mut().into_iter().flatten() {
-                if t["id"] == 1 {
-                    t["slug"] = json!("production");
-                }
-            }
-        }
-    });
     // NetBox up to 4.3 names the type `model: tag`; 4.4+ `object_type: extras.tag`.
-    let mut body: Value = serde_json::from_slice(&update_webhook(
-        "052_vlan_updated.json",
-        "extras.tag",
-        &tag,
-        "slug",
-        &json!("prod"),
-    ))
-    .unwrap();
+    let mut body: Value = serde_json::from_slice(&tag_reslugged(&fake)).unwrap();
     body.as_object_mut().unwrap().remove("object_type");
     body["model"] = json!("tag");
     let (status, answer) = relay.post_signed(&serde_json::to_vec(&body).unwrap()).await;
@@ -315,6 +294,92 @@ async fn a_tag_reslug_relabels_the_tagged_objects_only() {
     assert_eq!(labels["tag.production"], "true", "{labels}");
     assert!(labels.get("tag.prod").is_none(), "{labels}");
     assert!(!requests_with(&fake, "tag=production").is_empty());
+    relay.relay.stop().await.unwrap();
+}
+
+/// The tag webhook of the recorded tag 1 re-slugged prod -> production, NetBox showing it so.
+fn tag_reslugged(fake: &FakeNetbox) -> Vec<u8> {
+    let mut tag = fake.with(|s| {
+        s.objects["ipam/prefixes"][&1]["tags"][0]
+            .as_object()
+            .unwrap()
+            .clone()
+    });
+    tag.insert("slug".into(), json!("production"));
+    fake.with(|s| {
+        for object in s.objects.values_mut().flat_map(|o| o.values_mut()) {
+            for t in object["tags"].as_array_mut().into_iter().flatten() {
+                if t["id"] == 1 {
+                    t["slug"] = json!("production");
+                }
+            }
+        }
+    });
+    update_webhook(
+        "052_vlan_updated.json",
+        "extras.tag",
+        &tag,
+        "slug",
+        &json!("prod"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slow_parent_holds_no_other_parents_cascade() {
+    let Lab {
+        nats, fake, relay, ..
+    } = lab().await;
+    // The site's last pull (its clusters) is answered 429, come back in 30 s.
+    fake.with(|s| {
+        s.requests_reset();
+        s.faults.push(Fault {
+            endpoint: "virtualization/clusters".into(),
+            request: 1,
+            times: 1,
+            status: 429,
+            retry_after: Some(30),
+        });
+    });
+    rename_in_fake(&fake, "site", 1, "fra9", "FRA9");
+    let mut renamed = site(&fake, 1);
+    renamed.insert("slug".into(), json!("fra9"));
+    let body = update_webhook(
+        "051_site_updated.json",
+        "dcim.site",
+        &renamed,
+        "slug",
+        &json!("fra1"),
+    );
+    assert_eq!(relay.post_signed(&body).await.0, 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !requests_with(&fake, "site_id=1")
+        .iter()
+        .any(|r| r.starts_with("virtualization/clusters"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the site's cascade never reached its clusters"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // While the site waits out its Retry-After, a tag's cascade runs to its end.
+    assert_eq!(relay.post_signed(&tag_reslugged(&fake)).await.0, 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let relabelled = cascaded(&nats, 0).await.iter().any(|d| {
+            d["key"] == "netbox/default/ipam.prefix/1"
+                && d["entry"]["labels"]["tag.production"] == "true"
+        });
+        if relabelled {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tag's cascade waited for the site's"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     relay.relay.stop().await.unwrap();
 }
 

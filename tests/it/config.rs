@@ -149,6 +149,18 @@ fn invalid_values_stop_the_start_naming_the_key() {
             "later",
             "max_clock_skew",
         ),
+        ("NETBOX_RELAY_NETBOX__PAGE_SIZE", "0", "netbox.page_size"),
+        (
+            "NETBOX_RELAY_NETBOX__CONCURRENCY",
+            "0",
+            "netbox.concurrency",
+        ),
+        ("NETBOX_RELAY_WEBHOOK__CONFIRM", "sometimes", "confirm"),
+        (
+            "NETBOX_RELAY_WEBHOOK__CONFIRM_TIMEOUT",
+            "0",
+            "webhook.confirm_timeout",
+        ),
     ];
     for (var, value, key) in cases {
         Jail::expect_with(|jail| {

@@ -47,6 +47,8 @@ pub struct FakeState {
     pub plugins: Value,
     /// Every request answers 503, as a NetBox behind a proxy whose backend is down.
     pub down: bool,
+    /// `/api/status/` requests answered.
+    pub status_requests: usize,
     /// List requests being answered now, and the most there ever were at once.
     pub in_flight: usize,
     pub max_in_flight: usize,
@@ -136,10 +138,11 @@ async fn status(State(state): State<Arc<Mutex<FakeState>>>, headers: HeaderMap) 
     if let Some(denied) = refusal(&headers) {
         return denied;
     }
-    let s = state.lock().unwrap();
+    let mut s = state.lock().unwrap();
     if s.down {
         return unavailable();
     }
+    s.status_requests += 1;
     let plugins = match &s.plugins {
         Value::Null => json!({}),
         plugins => plugins.clone(),

@@ -178,9 +178,9 @@ async fn metrics_count_webhooks_deltas_reconcile_runs_and_netbox_requests() {
         value(&m, "netbox_relay_reconcile_duration_seconds", &[]),
         1.0
     );
-    // One status request per run, one for the webhook (does NetBox have netbox-branching?
-    // webhook.confirm = auto asks once, then every 5 minutes), then the pages the fake served.
-    let requests = fake.with(|s| s.log.len()) as f64 + 2.0;
+    // One status request (the run's version, and whether NetBox has netbox-branching for the
+    // webhook: one answer serves both for 5 minutes), then the pages the fake served.
+    let requests = fake.with(|s| s.log.len()) as f64 + 1.0;
     let by_status = [("status", "200")];
     assert_eq!(
         value(&m, "netbox_relay_netbox_requests_total", &by_status),
