@@ -2,6 +2,11 @@
 //! renewed while the run lasts and taken over once it expired (its holder died), and the run
 //! reports, so that every relay answers for every run. JetStream's compare-and-set on the key's
 //! revision is the whole protocol.
+//!
+//! Expiry is judged on no host's wall clock: a lease has expired when the relay that wants it has
+//! seen the same revision of it, unrenewed, for `reconcile.lease_ttl` on its own monotonic clock.
+//! A holder whose clock runs years ahead or behind, or who wrote something unreadable, holds the
+//! lease exactly as long as it renews it.
 
 use std::time::Duration;
 
@@ -19,7 +24,7 @@ fn run_key(id: u64) -> String {
     format!("reconcile.runs.{id}")
 }
 
-/// The lease's value.
+/// The lease's value. `expires_at` is written for relays of earlier versions, never read.
 #[derive(Serialize, Deserialize)]
 struct Holder {
     run_id: u64,
@@ -45,6 +50,8 @@ pub struct Coordination {
     kv: kv::Store,
     holder: String,
     ttl: Duration,
+    /// The lease's revision as this relay last saw it held, and since when.
+    seen: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
 }
 
 impl Coordination {
@@ -71,8 +78,9 @@ impl Coordination {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "netbox-relay".to_string());
         Ok(Coordination {
             kv,
-            holder: format!("{host}:{}", std::process::id()),
+            holder: format!("{host}:{}:{}", std::process::id(), uuid::Uuid::new_v4()),
             ttl,
+            seen: std::sync::Mutex::new(None),
         })
     }
 
@@ -108,11 +116,13 @@ impl Coordination {
             return Err(Refused::Unreachable("the lease vanished".into()));
         };
         let held = serde_json::from_slice::<Holder>(&entry.value).ok();
-        let expired = match (&held, entry.operation) {
-            (Some(held), kv::Operation::Put) if held.expires_at > Utc::now() => {
-                return Err(Refused::Held(held.run_id));
+        let run_id = held.as_ref().map_or(0, |h| h.run_id);
+        let expired = match entry.operation {
+            kv::Operation::Put if !self.unrenewed(entry.revision) => {
+                return Err(Refused::Held(run_id));
             }
-            (Some(held), kv::Operation::Put) => Some(held.run_id),
+            kv::Operation::Put => held.map(|h| h.run_id),
+            // Given back.
             _ => None,
         };
         match self.kv.update(LEASE, value, entry.revision).await {
@@ -145,13 +155,38 @@ impl Coordination {
         self.record(&report).await;
     }
 
+    /// Whether the lease at `revision` has gone unrenewed for the TTL, as this relay has seen it.
+    fn unrenewed(&self, revision: u64) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match *seen {
+            Some((rev, since)) if rev == revision => since.elapsed() >= self.ttl,
+            _ => {
+                *seen = Some((revision, std::time::Instant::now()));
+                false
+            }
+        }
+    }
+
     async fn holder_run(&self) -> Option<u64> {
         let value = self.kv.get(LEASE).await.ok()??;
         Some(serde_json::from_slice::<Holder>(&value).ok()?.run_id)
     }
 
-    /// Extends the lease; false when it was lost (expired and taken by another relay).
+    /// Extends the lease; false when it was lost (expired and taken by another relay) or cannot
+    /// be renewed. The holder is checked, not only the revision: a bucket made anew numbers its
+    /// revisions from 1 again.
     pub async fn renew(&self, lease: &mut Lease) -> bool {
+        let ours = match self.kv.entry(LEASE).await {
+            Ok(Some(entry)) => {
+                entry.revision == lease.revision
+                    && serde_json::from_slice::<Holder>(&entry.value)
+                        .is_ok_and(|h| h.holder == self.holder && h.run_id == lease.run_id)
+            }
+            _ => false,
+        };
+        if !ours {
+            return false;
+        }
         match self
             .kv
             .update(LEASE, self.value(lease.run_id), lease.revision)

@@ -278,22 +278,23 @@ impl Reconciler {
         let mut work = Box::pin(work);
         let finished = loop {
             tokio::select! {
-                report = &mut work => break Some(report),
-                _ = self.stop.cancelled() => break None,
+                report = &mut work => break Ok(report),
+                _ = self.stop.cancelled() => break Err(STOPPED),
                 _ = tokio::time::sleep(c.renew_every()) => {
                     if !c.renew(&mut lease).await {
-                        tracing::warn!(run_id = lease.run_id, "reconcile: the shared lease could not be renewed; another relay may start a run");
+                        break Err(LEASE_LOST);
                     }
                 }
             }
         };
         let report = match finished {
-            Some(report) => report,
-            None => {
-                // Dropping the run ends it as stopped; its report and the lease are given back
-                // while NATS is still there, so that another relay may run at once.
+            Ok(report) => report,
+            Err(why) => {
+                // Dropping the run ends it; its report and the lease are given back while NATS
+                // is still there, so that another relay may run at once.
                 drop(work);
-                tracing::warn!(run_id, "reconcile: run stopped at shutdown");
+                self.runs.explain(run_id, why);
+                tracing::warn!(run_id, reason = why, "reconcile: run stopped");
                 let report = self.runs.get(run_id);
                 if let Some(report) = &report {
                     c.record(report).await;
@@ -440,6 +441,9 @@ impl Drop for Unfinished<'_> {
 
 /// The report's message of a run the relay's shutdown stopped.
 const STOPPED: &str = "the run was stopped: the relay shut down before it ended";
+/// The report's message of a run whose lease could not be renewed: another relay may run now.
+const LEASE_LOST: &str =
+    "the run was stopped: its lease could not be renewed (NATS away, or the relay was paused past reconcile.lease_ttl and another relay took it)";
 
 fn jitter(interval: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()

@@ -177,6 +177,14 @@ impl Runs {
         }
     }
 
+    /// Says why an ended run ended, in place of what its report said.
+    pub fn explain(&self, run_id: u64, why: &str) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = inner.reports.iter_mut().find(|r| r.run_id == run_id) {
+            slot.message = Some(why.to_string());
+        }
+    }
+
     /// The id the next run of this relay gets, unless the KV lease numbers it higher.
     pub fn next_id(&self) -> u64 {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).next_id + 1

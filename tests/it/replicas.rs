@@ -331,6 +331,72 @@ async fn a_relay_stopped_mid_run_gives_the_lease_back() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_expires_by_renewals_seen_not_by_the_holders_clock() {
+    use async_nats::jetstream::kv;
+    let nats = NatsServer::start();
+    let fake = crate::fake_netbox::FakeNetbox::start("4.6.8").await;
+    // Lease TTL 3 s.
+    let b = TestRelay::start(reconciling(&nats, &fake, "b.redb")).await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let config = kv::Config {
+        bucket: "NETBOX_RELAY".into(),
+        history: 1,
+        ..Default::default()
+    };
+    let bucket = js.create_key_value(config).await.unwrap();
+    let lease = |expires_at: chrono::DateTime<Utc>| -> bytes::Bytes {
+        let value =
+            serde_json::json!({"run_id": 77, "holder": "skewed:1", "expires_at": expires_at});
+        serde_json::to_vec(&value).unwrap().into()
+    };
+    // Another relay, its clock ten minutes behind, renews every second: by B's clock its lease
+    // looks expired at once. Once it writes something unreadable: still a renewal.
+    let behind = Utc::now() - chrono::Duration::minutes(10);
+    let mut revision = bucket
+        .create("reconcile.lease", lease(behind))
+        .await
+        .unwrap();
+    for round in 0..5 {
+        let (status, body) = trigger(&b.base).await;
+        assert_eq!(status, 409, "round {round}: {body}");
+        // An unreadable lease names no run.
+        let run = if round == 3 { 0 } else { 77 };
+        assert_eq!(body["run_id"], run, "round {round}: {body}");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let value = match round {
+            2 => bytes::Bytes::from_static(b"garbage"),
+            _ => lease(behind),
+        };
+        revision = bucket
+            .update("reconcile.lease", value, revision)
+            .await
+            .unwrap();
+    }
+    // Then it writes an expiry in 2099 and dies: B runs once it has seen the lease unrenewed for
+    // the TTL.
+    let far = Utc::now() + chrono::Duration::days(365 * 70);
+    bucket
+        .update("reconcile.lease", lease(far), revision)
+        .await
+        .unwrap();
+    let (status, _) = trigger(&b.base).await;
+    assert_eq!(status, 409, "a renewal just seen holds");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (status, body) = trigger(&b.base).await;
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 409, "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a lease dated 2099 held for ever"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 /// A device only another relay published, then deleted in NetBox while its webhook was lost: the
 /// relay that reconciles has no record of it, and infers its delete from the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
