@@ -359,7 +359,8 @@ struct Pipeline {
 
 impl Pipeline {
     async fn open(config: &Config, store: Arc<Store>) -> anyhow::Result<Pipeline> {
-        let stats = store.spool_stats()?;
+        // The spool may hold up to spool.max_bytes: walked off the runtime's threads.
+        let stats = store.read(|s| s.spool_stats()).await?;
         if stats.depth > 0 {
             tracing::info!(
                 depth = stats.depth,

@@ -335,3 +335,11 @@ fn the_enabled_object_types_choose_what_is_translated() {
     assert_eq!(device.key, "netbox/lab/dcim.device/1");
     assert_eq!(device.partition, "lab");
 }
+
+/// The delta id is the `Nats-Msg-Id` that de-duplicates across relays and across versions: a
+/// change of the scheme (what is hashed, how) must be a decision, so it is pinned here.
+#[test]
+fn the_delta_id_of_a_recorded_webhook_is_pinned() {
+    let delta = delta_of(&fixture("020_device_created.json").body);
+    assert_eq!(delta.delta_id, "872526c92c51fe8260918e57d4b3fae2");
+}
