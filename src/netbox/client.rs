@@ -289,7 +289,22 @@ fn causes(e: reqwest::Error) -> String {
 
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    retry_after_value(value, chrono::Utc::now())
+}
+
+/// `Retry-After` in both of its forms (RFC 9110): seconds, or an HTTP date (`Wed, 21 Oct 2015
+/// 07:28:00 GMT`), the wait until then (none for a date already past).
+fn retry_after_value(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some(
+        (at.with_timezone(&chrono::Utc) - now)
+            .to_std()
+            .unwrap_or_default(),
+    )
 }
 
 /// NetBox's reason: `{"detail": "..."}`, a list of messages, or the text, kept short.
@@ -307,4 +322,25 @@ fn detail(text: String) -> String {
             .map_or(reason.len(), |(i, _)| i),
     );
     reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_as_an_http_date() {
+        let now = chrono::DateTime::parse_from_rfc3339("2015-10-21T07:27:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(
+            retry_after_value("120", now),
+            Some(Duration::from_secs(120))
+        );
+        let date = "Wed, 21 Oct 2015 07:28:00 GMT";
+        assert_eq!(retry_after_value(date, now), Some(Duration::from_secs(60)));
+        let past = "Wed, 21 Oct 2015 07:00:00 GMT";
+        assert_eq!(retry_after_value(past, now), Some(Duration::ZERO));
+        assert_eq!(retry_after_value("soon", now), None);
+    }
 }
