@@ -68,6 +68,7 @@ impl Relay {
         let discovery = Arc::new(Discovery::new(
             sd_source(&config, pipeline.publisher.jetstream().clone()),
             config.sd.token.clone(),
+            config.server.request_timeout,
             shutdown.clone(),
         ));
         let state = Arc::new(AppState {
@@ -221,6 +222,7 @@ pub async fn discovery_only(config: Config, shutdown: CancellationToken) -> anyh
     let discovery = Arc::new(Discovery::new(
         sd_source(&config, js),
         config.sd.token.clone(),
+        config.server.request_timeout,
         shutdown.clone(),
     ));
     // Installed before the first count, which would otherwise go nowhere.

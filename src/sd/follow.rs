@@ -79,7 +79,7 @@ async fn follow_once(source: &Source, targets: &Targets, loaded: &AtomicBool) ->
             Ok(delta) => match fresh.as_mut() {
                 Some(map) => Targets::apply_to(map, &delta, Target::of(&delta)),
                 None => {
-                    targets.apply(&delta);
+                    off_the_runtime(|| targets.apply(&delta));
                     telemetry::sd_targets(targets.len());
                 }
             },
@@ -102,12 +102,22 @@ fn finish_load(
 ) {
     if let Some(map) = fresh.take() {
         let count = map.len();
-        targets.replace(map);
+        off_the_runtime(|| targets.replace(map));
         telemetry::sd_targets(count);
         loaded.store(true, Ordering::Release);
         tracing::info!(
             targets = count,
             "service discovery: current registry loaded"
         );
+    }
+}
+
+/// Runs `f`, which may wait for the targets' lock while answers are rendered from them, without
+/// holding up the other tasks of this runtime thread (webhooks, probes).
+fn off_the_runtime<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use subtle::ConstantTimeEq;
+use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +35,8 @@ pub use targets::{Selection, Targets};
 /// (Prometheus keeps its last targets meanwhile and asks again).
 const FIRST_LOAD_WAIT: Duration = Duration::from_secs(10);
 
-/// Answers in memory at once, from building to the last byte sent. One answer of a large
+/// Answers in memory at once, from building until the last part is handed to the connection (or
+/// the client, not reading, is given up on after the write timeout). One answer of a large
 /// registry is tens of MB (100,000 targets: 49 MB), so requests beyond these wait their turn (up
 /// to `TURN_WAIT`, then 503) rather than each taking that memory.
 const ANSWERS_AT_ONCE: usize = 4;
@@ -91,10 +94,18 @@ pub struct Discovery {
     started: Once,
     shutdown: CancellationToken,
     turns: Turns,
+    write_timeout: Duration,
 }
 
 impl Discovery {
-    pub fn new(source: Source, token: Option<SecretString>, shutdown: CancellationToken) -> Self {
+    /// `write_timeout`: how long a client may take to accept each part of an answer before the
+    /// answer is abandoned (`server.request_timeout`).
+    pub fn new(
+        source: Source,
+        token: Option<SecretString>,
+        write_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
         // An empty NETBOX_RELAY_SD__TOKEN (a variable left unset in a template) counts as none.
         if token.is_none() {
             tracing::warn!("sd.token is not set (or empty): /sd/prometheus answers anyone who reaches the port with the registry's addresses");
@@ -107,6 +118,7 @@ impl Discovery {
             started: Once::new(),
             shutdown,
             turns: Turns::new(ANSWERS_AT_ONCE, TURN_WAIT),
+            write_timeout,
         }
     }
 
@@ -146,7 +158,12 @@ impl Discovery {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let turn = self.turns.take().await?;
-        Ok(Answer::bytes(self.targets.render(&selection), turn))
+        // Rendering a large registry takes a while: not on the threads webhooks are served on.
+        let targets = self.targets.clone();
+        let body = tokio::task::spawn_blocking(move || targets.render(&selection))
+            .await
+            .map_err(|_| SdError::Busy)?;
+        Ok(Answer::bytes(body, turn))
     }
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), SdError> {
@@ -207,6 +224,50 @@ impl AsRef<[u8]> for Answer {
     }
 }
 
+/// A part of an answer handed to the connection at a time.
+const CHUNK: usize = 64 << 10;
+
+/// The answer (which holds its turn) sent in parts, each copied out, so that the connection's
+/// buffers never share the answer's memory. A part the connection does not take within
+/// `write_timeout` (a client that does not read) abandons the answer: its memory and its turn
+/// are given back, and the connection is closed at its next write.
+fn streamed(answer: Bytes, write_timeout: Duration) -> Body {
+    let (parts, received) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let abandoned = CancellationToken::new();
+    let abandon = abandoned.clone();
+    tokio::spawn(async move {
+        for start in (0..answer.len()).step_by(CHUNK) {
+            let part = Bytes::copy_from_slice(&answer[start..(start + CHUNK).min(answer.len())]);
+            match parts.send_timeout(part, write_timeout).await {
+                Ok(()) => {}
+                Err(SendTimeoutError::Timeout(_)) => {
+                    telemetry::sd_answered("write_timeout");
+                    abandon.cancel();
+                    return;
+                }
+                Err(SendTimeoutError::Closed(_)) => return,
+            }
+        }
+    });
+    let parts = futures::stream::unfold(
+        (received, abandoned, false),
+        |(mut received, abandoned, ended)| async move {
+            if ended {
+                return None;
+            }
+            match received.recv().await {
+                Some(part) => Some((Ok(part), (received, abandoned, false))),
+                None if abandoned.is_cancelled() => {
+                    let error = std::io::Error::other("the client did not read the answer in time");
+                    Some((Err(error), (received, abandoned, true)))
+                }
+                None => None,
+            }
+        },
+    );
+    Body::from_stream(parts)
+}
+
 /// The standalone server's routes: the endpoint, `/healthz`, and `/readyz` (200 once the
 /// registry is loaded).
 pub fn router(discovery: Arc<Discovery>) -> Router {
@@ -248,6 +309,7 @@ pub async fn prometheus(
     match discovery.answer(&headers, query.as_deref()).await {
         Ok(body) => {
             telemetry::sd_answered("ok");
+            let body = streamed(body, discovery.write_timeout);
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         Err(e) => {
@@ -273,6 +335,49 @@ mod tests {
         drop(first);
         assert!(matches!(turns.take().await, Err(SdError::Busy)));
         drop(sending);
+        assert!(turns.take().await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_nobody_reads_gives_its_turn_back_after_the_write_timeout() {
+        use http_body_util::BodyExt;
+        let turns = Turns::new(1, Duration::from_secs(1));
+        let large = "x".repeat(10 * CHUNK);
+        let answer = Answer::bytes(large.clone(), turns.take().await.unwrap());
+        let mut body = streamed(answer, Duration::from_secs(5));
+        // The client reads one part, then stops reading.
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.len(), CHUNK);
+        assert!(
+            matches!(turns.take().await, Err(SdError::Busy)),
+            "the answer holds its turn"
+        );
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(turns.take().await.is_ok(), "the turn came back");
+        // What is left is one part already handed over, then an error that closes the connection.
+        let mut rest = Vec::new();
+        let error = loop {
+            match body.frame().await {
+                Some(Ok(frame)) => rest.extend(frame.into_data().unwrap()),
+                Some(Err(e)) => break e,
+                None => panic!("an abandoned answer must not end as if complete"),
+            }
+        };
+        assert!(rest.len() <= CHUNK, "{}", rest.len());
+        assert!(error.to_string().contains("did not read"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_read_at_once_arrives_whole() {
+        use http_body_util::BodyExt;
+        let turns = Turns::new(1, Duration::from_secs(1));
+        let large: String = (0..3 * CHUNK + 7)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let answer = Answer::bytes(large.clone(), turns.take().await.unwrap());
+        let body = streamed(answer, Duration::from_secs(5));
+        let whole = body.collect().await.unwrap().to_bytes();
+        assert_eq!(whole, large.as_bytes());
         assert!(turns.take().await.is_ok());
     }
 }

@@ -124,7 +124,7 @@ fn describe() {
     describe_counter!(
         SD_REQUESTS,
         Unit::Count,
-        "GET /sd/prometheus requests, by result (ok, bad_query, unauthorized, loading, busy)"
+        "GET /sd/prometheus requests, by result (ok, bad_query, unauthorized, loading, busy), and answers abandoned because the client did not read them (write_timeout)"
     );
     describe_gauge!(
         SD_TARGETS,
