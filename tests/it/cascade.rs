@@ -113,6 +113,20 @@ fn site(fake: &FakeNetbox, id: u64) -> Map<String, Value> {
     fake.with(|s| s.objects["dcim/sites"][&id].as_object().unwrap().clone())
 }
 
+/// Site `id` re-slugged from `old` to `new` (named `name`) in NetBox, and its update webhook.
+fn site_reslugged(fake: &FakeNetbox, id: u64, old: &str, new: &str, name: &str) -> Vec<u8> {
+    rename_in_fake(fake, "site", id, new, name);
+    let mut renamed = site(fake, id);
+    renamed.insert("slug".into(), json!(new));
+    update_webhook(
+        "051_site_updated.json",
+        "dcim.site",
+        &renamed,
+        "slug",
+        &json!(old),
+    )
+}
+
 /// The requests the fake saw that carry `filter`.
 fn requests_with(fake: &FakeNetbox, filter: &str) -> Vec<String> {
     fake.with(|s| {
@@ -340,16 +354,7 @@ async fn one_slow_parent_holds_no_other_parents_cascade() {
             retry_after: Some(30),
         });
     });
-    rename_in_fake(&fake, "site", 1, "fra9", "FRA9");
-    let mut renamed = site(&fake, 1);
-    renamed.insert("slug".into(), json!("fra9"));
-    let body = update_webhook(
-        "051_site_updated.json",
-        "dcim.site",
-        &renamed,
-        "slug",
-        &json!("fra1"),
-    );
+    let body = site_reslugged(&fake, 1, "fra1", "fra9", "FRA9");
     assert_eq!(relay.post_signed(&body).await.0, 202);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !requests_with(&fake, "site_id=1")
@@ -481,16 +486,7 @@ async fn a_failed_cascade_is_retried() {
             retry_after: Some(0),
         });
     });
-    rename_in_fake(&fake, "site", 2, "ams9", "AMS9");
-    let mut renamed = site(&fake, 2);
-    renamed.insert("slug".into(), json!("ams9"));
-    let body = update_webhook(
-        "051_site_updated.json",
-        "dcim.site",
-        &renamed,
-        "slug",
-        &json!("ams1"),
-    );
+    let body = site_reslugged(&fake, 2, "ams1", "ams9", "AMS9");
     let (status, answer) = relay.post_signed(&body).await;
     assert_eq!(status, 202, "{answer}");
 

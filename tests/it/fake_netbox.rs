@@ -87,6 +87,15 @@ impl FakeNetbox {
         }
     }
 
+    /// A fake of `version` serving every recorded page of `tests/fixtures/netbox-api`.
+    pub async fn with_recorded(version: &str) -> FakeNetbox {
+        let fake = FakeNetbox::start(version).await;
+        for file in crate::consistency::PAGES {
+            fake.load_recorded(file);
+        }
+        fake
+    }
+
     pub fn with<R>(&self, f: impl FnOnce(&mut FakeState) -> R) -> R {
         f(&mut self.state.lock().unwrap())
     }

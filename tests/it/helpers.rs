@@ -397,6 +397,24 @@ pub async fn reconcile_through_api(base: &str, admin_token: &str) -> Value {
 }
 
 /// Waits for run `id` on the relay at `base` to end; its report.
+/// `POST <base>/<path>` (`reconcile`, `reconcile?force=true`) with the admin token if given.
+pub async fn trigger_run(base: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::Client::new().post(format!("{base}/{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("POST /reconcile");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The sum of `field` (`upserted`, `deleted`, ...) over a run report's object types.
+pub fn report_total(report: &Value, field: &str) -> u64 {
+    let types = report["object_types"].as_object().expect("object_types");
+    types.values().map(|t| t[field].as_u64().unwrap_or(0)).sum()
+}
+
+/// Polls a run's report until the run ended.
 pub async fn reconcile_report(base: &str, id: &Value) -> Value {
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -190,17 +190,29 @@ impl Live {
     }
 
     async fn reconcile_at(&self, path: &str) -> Value {
-        let started: Value = self
-            .http
-            .post(format!("{}/{path}", self.relay.base))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (status, started) =
+            crate::helpers::trigger_run(&self.relay.base, path, Some(ADMIN)).await;
+        assert_eq!(status, 202, "{started}");
         crate::helpers::reconcile_report(&self.relay.base, &started["run_id"]).await
+    }
+
+    /// This run's addresses are 10.<octet>.0.0/24.
+    fn octet(&self) -> u64 {
+        self.run.parse::<u64>().unwrap() % 200 + 20
+    }
+
+    /// Makes the IP address the device's primary IPv4 and waits for the device's entry to show
+    /// it; answers the address.
+    async fn make_primary(&self, made: &Made) -> String {
+        let body = json!({"primary_ip4": made.ip});
+        let path = format!("dcim/devices/{}/", made.device);
+        self.api("PATCH", &path, body, &[]).await;
+        let address = format!("10.{}.0.10", self.octet());
+        self.wait_for("device", made.device, "with its primary IP", |d| {
+            d["entry"]["addresses"] == json!([address])
+        })
+        .await;
+        address
     }
 
     async fn published(&self) -> u64 {
@@ -230,11 +242,8 @@ impl Live {
 }
 
 fn upserted_count(report: &Value) -> u64 {
-    let types = report["object_types"].as_object().unwrap();
-    types
-        .values()
-        .map(|t| t["upserted"].as_u64().unwrap() + t["deleted"].as_u64().unwrap())
-        .sum()
+    crate::helpers::report_total(report, "upserted")
+        + crate::helpers::report_total(report, "deleted")
 }
 
 /// Objects of all 12 registry kinds, made through the API.
@@ -306,7 +315,7 @@ async fn make_all(live: &Live) -> Made {
             json!({"vid": vid, "name": n("vlan"), "status": "active"}),
         )
         .await;
-    let octet = live.run.parse::<u64>().unwrap() % 200 + 20;
+    let octet = live.octet();
     let prefix = live
         .create(
             "ipam/prefixes/",
@@ -463,19 +472,7 @@ async fn every_kind_created_updated_and_deleted_in_netbox_reaches_the_stream() {
     assert_eq!(live.published().await, before);
 
     // Service discovery answers what NetBox holds: the device's primary IP.
-    live.api(
-        "PATCH",
-        &format!("dcim/devices/{}/", made.device),
-        json!({"primary_ip4": made.ip}),
-        &[],
-    )
-    .await;
-    let octet = live.run.parse::<u64>().unwrap() % 200 + 20;
-    let address = format!("10.{octet}.0.10");
-    live.wait_for("device", made.device, "with its primary IP", |d| {
-        d["entry"]["addresses"] == json!([address])
-    })
-    .await;
+    let address = live.make_primary(&made).await;
     let sd: Value = reqwest::get(format!("{}/sd/prometheus?kind=device", live.relay.base))
         .await
         .unwrap()
@@ -527,20 +524,8 @@ async fn reconcile_repairs_what_a_disabled_rule_missed_and_cascades_follow_netbo
     assert_eq!(device["origin"], "cascade");
 
     // A renumbered primary IP: one webhook, for the IP; the device and the service follow.
-    live.api(
-        "PATCH",
-        &format!("dcim/devices/{}/", made.device),
-        json!({"primary_ip4": made.ip}),
-        &[],
-    )
-    .await;
-    let octet = live.run.parse::<u64>().unwrap() % 200 + 20;
-    let old = format!("10.{octet}.0.10");
-    live.wait_for("device", made.device, "with its IP", |d| {
-        d["entry"]["addresses"] == json!([old])
-    })
-    .await;
-    let new = format!("10.{octet}.0.210");
+    live.make_primary(&made).await;
+    let new = format!("10.{}.0.210", live.octet());
     live.api(
         "PATCH",
         &format!("ipam/ip-addresses/{}/", made.ip),

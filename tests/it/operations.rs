@@ -15,11 +15,7 @@ use crate::helpers::{
 pub const ADMIN: &str = "operations-admin-token";
 
 pub async fn fake_with_recorded(version: &str) -> FakeNetbox {
-    let fake = FakeNetbox::start(version).await;
-    for file in crate::consistency::PAGES {
-        fake.load_recorded(file);
-    }
-    fake
+    FakeNetbox::with_recorded(version).await
 }
 
 /// The relay binary aimed at `fake`, logging at `level` into `log`.
@@ -82,8 +78,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 fn total(report: &Value, field: &str) -> u64 {
-    let types = report["object_types"].as_object().unwrap().values();
-    types.map(|t| t[field].as_u64().unwrap()).sum()
+    crate::helpers::report_total(report, field)
 }
 
 /// The sum over every label set of `name`.

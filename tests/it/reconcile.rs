@@ -15,11 +15,7 @@ use crate::helpers::{
 const ADMIN: &str = "admin-secret-for-tests";
 
 pub(crate) async fn fake_with_recorded(version: &str) -> FakeNetbox {
-    let fake = FakeNetbox::start(version).await;
-    for file in crate::consistency::PAGES {
-        fake.load_recorded(file);
-    }
-    fake
+    FakeNetbox::with_recorded(version).await
 }
 
 pub(crate) fn config(nats: &NatsServer, fake: &FakeNetbox, page_size: u32) -> Config {
@@ -36,13 +32,7 @@ pub(crate) fn config(nats: &NatsServer, fake: &FakeNetbox, page_size: u32) -> Co
 }
 
 async fn trigger(relay: &TestRelay, token: Option<&str>) -> (u16, Value) {
-    let mut request = relay.http.post(format!("{}/reconcile", relay.base));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    crate::helpers::trigger_run(&relay.base, "reconcile", token).await
 }
 
 /// Starts a run and waits for its report.
@@ -54,38 +44,18 @@ pub(crate) async fn reconcile(relay: &TestRelay) -> Value {
 
 /// A forced run (deletes past `max_delete_fraction` applied), to its report.
 async fn reconcile_forced(relay: &TestRelay) -> Value {
-    let response = relay
-        .http
-        .post(format!("{}/reconcile?force=true", relay.base))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 202);
-    run_report(relay, response.json().await.unwrap()).await
+    let (status, body) =
+        crate::helpers::trigger_run(&relay.base, "reconcile?force=true", Some(ADMIN)).await;
+    assert_eq!(status, 202, "{body}");
+    run_report(relay, body).await
 }
 
 async fn run_report(relay: &TestRelay, body: Value) -> Value {
-    let id = body["run_id"].as_u64().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (status, report) = relay.get(&format!("/reconcile/runs/{id}")).await;
-        assert_eq!(status, 200, "{report}");
-        if report["status"] != "running" {
-            return report;
-        }
-        assert!(Instant::now() < deadline, "run {id} did not end: {report}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::helpers::reconcile_report(&relay.base, &body["run_id"]).await
 }
 
 fn total(report: &Value, field: &str) -> u64 {
-    report["object_types"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|t| t[field].as_u64().unwrap())
-        .sum()
+    crate::helpers::report_total(report, field)
 }
 
 #[tokio::test]

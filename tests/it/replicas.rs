@@ -174,13 +174,7 @@ fn reconciling(
 }
 
 async fn trigger(base: &str) -> (u16, Value) {
-    let answer = reqwest::Client::new()
-        .post(format!("{base}/reconcile"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    (answer.status().as_u16(), answer.json().await.unwrap())
+    crate::helpers::trigger_run(base, "reconcile", Some(ADMIN)).await
 }
 
 async fn run_report(base: &str, id: &Value) -> (u16, Value) {

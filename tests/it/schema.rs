@@ -17,18 +17,20 @@ fn the_schema_names_every_kind_and_the_schema_id() {
     let schema: serde_json::Value =
         serde_json::from_str(&netbox_relay::delta::json_schema()).unwrap();
     let kinds = &schema["$defs"]["Kind"]["enum"];
-    for kind in [
-        "device",
-        "virtual_machine",
-        "ip_address",
-        "vm_interface",
-        "service",
-    ] {
-        assert!(
-            kinds.as_array().unwrap().iter().any(|k| k == kind),
-            "{kind} in {kinds}"
-        );
-    }
+    let mut named: Vec<&str> = kinds
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    named.sort();
+    let mut every: Vec<&str> = netbox_relay::netbox::object_type::ALL
+        .iter()
+        .map(|t| t.kind.as_str())
+        .collect();
+    every.sort();
+    assert_eq!(named, every, "the schema names every kind, and only those");
+    assert_eq!(every.len(), 12);
     assert_eq!(
         schema["properties"]["schema"]["const"],
         "netbox-relay/registry-delta/v1"
