@@ -14,6 +14,7 @@ use crate::publish::{self, Delivery, Publisher, Spool};
 use crate::reconcile::{Cascades, Confirmer, Output, Reconciler, RunOptions, RunReport};
 use crate::sd::{self, Discovery, Source};
 use crate::state::{Committer, Store};
+use crate::supervise::supervise;
 use crate::telemetry;
 use crate::translate::{SweepOptions, Translator};
 use crate::webhook::{self, server, signature::Verifier, AppState};
@@ -28,6 +29,8 @@ pub struct Relay {
 /// What runs in the background and must be stopped in order.
 struct Parts {
     state: Arc<AppState>,
+    /// `GET /sd/prometheus`, following the stream from its first request on.
+    discovery: Arc<Discovery>,
     /// Reconcile interval and whether to run at start, when NetBox is configured.
     schedule: Option<(Duration, bool)>,
     pipeline: Pipeline,
@@ -82,7 +85,6 @@ impl Relay {
             reconciler,
             cascades,
             confirmer,
-            discovery,
             admin_token: config.api.admin_token.clone(),
             max_body_bytes: config.webhook.max_body_bytes,
             request_timeout: config.server.request_timeout,
@@ -104,6 +106,7 @@ impl Relay {
         };
         let parts = Parts {
             state,
+            discovery,
             schedule,
             pipeline,
             grace: config.server.shutdown_timeout,
@@ -188,7 +191,7 @@ async fn run(
         )));
     }
     let reconciler = parts.state.reconciler.clone();
-    let router = webhook::router(parts.state);
+    let router = webhook::router(parts.state, sd::endpoint(parts.discovery));
     server::serve(
         listener,
         router,
@@ -270,29 +273,6 @@ fn cascades(config: &Config, reconciler: &Reconciler) -> Option<Arc<Cascades>> {
             None
         }
         (_, true) => Some(Cascades::new(config.cascade.debounce)),
-    }
-}
-
-/// Runs a long-lived part until it ends or shutdown; a part that panics is logged, counted
-/// (`netbox_relay_restarts_total{part}`) and started again a second later, instead of leaving
-/// the relay answering while, say, nothing drains.
-pub(crate) async fn supervise<F, Fut>(part: &'static str, shutdown: CancellationToken, start: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    loop {
-        let ended = tokio::spawn(start()).await;
-        let Err(e) = ended else { return };
-        if shutdown.is_cancelled() || !e.is_panic() {
-            return;
-        }
-        tracing::error!(part, error = %e, "a background part panicked; starting it again");
-        telemetry::restarted(part);
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.cancelled() => return,
-        }
     }
 }
 
@@ -417,23 +397,5 @@ async fn wait_for_stream(publisher: &Publisher) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    #[tokio::test]
-    async fn a_part_that_panics_is_started_again_until_it_ends() {
-        let starts = Arc::new(AtomicU32::new(0));
-        let counted = starts.clone();
-        supervise("test part", CancellationToken::new(), move || {
-            let n = counted.fetch_add(1, Ordering::SeqCst);
-            async move { assert!(n >= 1, "the first start fails") }
-        })
-        .await;
-        assert_eq!(starts.load(Ordering::SeqCst), 2);
     }
 }

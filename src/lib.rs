@@ -16,6 +16,7 @@ pub mod publish;
 pub mod reconcile;
 pub mod sd;
 pub mod state;
+pub mod supervise;
 pub mod telemetry;
 pub mod translate;
 pub mod webhook;

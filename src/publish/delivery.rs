@@ -7,16 +7,13 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, MutexGuard};
 
-use bytes::Bytes;
-
-use super::jetstream::Last;
+use super::order::{publish_checked, Checked};
 use super::spool::Spool;
-use super::{PublishError, Publisher};
+use super::Publisher;
 use crate::delta::{Op, RegistryDelta};
 use crate::state::{
     encode, judge, with_seq, Committer, Encoded, RecordHead, Store, StoreError, Verdict, Write,
 };
-use crate::telemetry;
 
 /// Where a delta went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,78 +200,6 @@ impl Delivery {
             max_payload: self.publisher.max_payload(),
         })
     }
-}
-
-/// What a checked publish came to.
-pub(super) enum Checked {
-    /// Stored at this stream sequence.
-    Published(u64),
-    /// JetStream had stored this very delta already (its `Nats-Msg-Id`, within the
-    /// de-duplication window), at this sequence: nothing new was stored.
-    AlreadyStored(u64),
-    /// Another relay published to the key first, and this delta loses to that one (stale or the
-    /// same): not published. `latest` remembers the stream's delta for the key instead.
-    Superseded { verdict: Verdict, latest: Write },
-}
-
-/// Conflicts in a row before the delta is left for later (spooled, or kept in the spool).
-const MAX_CONFLICTS: usize = 5;
-
-/// Publishes `delta` (`json`) only while the key's last message on the stream is the one it was
-/// judged against, whose sequence is `known` (0: the key has none; None: not known, so read it).
-/// On a conflict the key's last message is read from the stream and the delta judged again.
-/// A single relay knows every sequence it published and never reads.
-pub(super) async fn publish_checked(
-    publisher: &Publisher,
-    delta: &RegistryDelta,
-    json: &Bytes,
-    mut known: Option<u64>,
-) -> Result<Checked, PublishError> {
-    for _ in 0..MAX_CONFLICTS {
-        let expected = match known {
-            Some(seq) => seq,
-            None => match publisher.last_of(delta).await? {
-                None => 0,
-                // Not ours: published over, so that the key's history stays in order and the
-                // registry follows NetBox again.
-                Some(Last::Foreign(seq)) => {
-                    telemetry::foreign_message();
-                    tracing::warn!(key = %delta.key, stream_seq = seq,
-                        "the key's last message on the stream is no delta (published by hand or by another tool); publishing over it");
-                    seq
-                }
-                Some(Last::Delta(latest, seq)) => {
-                    let head = RecordHead {
-                        seq: Some(seq),
-                        ..RecordHead::of(&latest)
-                    };
-                    let verdict = judge(Some(&head), delta);
-                    if verdict != Verdict::Accept {
-                        let record = encode(&latest)
-                            .map_err(|e| PublishError::Encode(e.to_string()))?
-                            .record;
-                        let key = latest.key;
-                        let latest = Write::Record {
-                            key,
-                            record: with_seq(record, seq),
-                        };
-                        return Ok(Checked::Superseded { verdict, latest });
-                    }
-                    seq
-                }
-            },
-        };
-        match publisher.publish(delta, json.clone(), Some(expected)).await {
-            Ok(ack) if ack.duplicate => return Ok(Checked::AlreadyStored(ack.sequence)),
-            Ok(ack) => return Ok(Checked::Published(ack.sequence)),
-            Err(PublishError::Conflict(_)) => known = None,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(PublishError::Conflict(format!(
-        "{} still changing after {MAX_CONFLICTS} attempts",
-        delta.key
-    )))
 }
 
 /// An object seen again at the very revision reconcile deleted it at (it was hidden from the

@@ -4,11 +4,14 @@
 //! once JetStream acked it or it is fsynced into the spool, which is drained once NATS is back.
 
 mod delivery;
+mod drain;
 mod jetstream;
+mod order;
 mod spool;
 
 pub use delivery::{Delivered, Delivery, DeliveryError};
+pub use drain::drain;
 pub use jetstream::{
     connect_once, connect_reader, probe, Last, Probe, PublishError, Publisher, StreamSettings,
 };
-pub use spool::{drain, Spool};
+pub use spool::Spool;

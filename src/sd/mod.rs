@@ -132,7 +132,11 @@ impl Discovery {
                 follow::follow(source.clone(), targets, loaded, shutdown.clone())
             };
             let part = "service discovery";
-            tokio::spawn(crate::app::supervise(part, self.shutdown.clone(), follower));
+            tokio::spawn(crate::supervise::supervise(
+                part,
+                self.shutdown.clone(),
+                follower,
+            ));
         });
     }
 
@@ -266,6 +270,13 @@ fn streamed(answer: Bytes, write_timeout: Duration) -> Body {
         },
     );
     Body::from_stream(parts)
+}
+
+/// The endpoint alone, for the relay to serve beside its own routes.
+pub fn endpoint(discovery: Arc<Discovery>) -> Router {
+    Router::new()
+        .route("/sd/prometheus", get(prometheus))
+        .with_state(discovery)
 }
 
 /// The standalone server's routes: the endpoint, `/healthz`, and `/readyz` (200 once the

@@ -22,7 +22,6 @@ pub use error::WebhookError;
 
 use crate::publish::{Delivery, Publisher};
 use crate::reconcile::{Cascades, Confirmer, Reconciler};
-use crate::sd::{self, Discovery};
 use crate::state::Health;
 use crate::translate::Translator;
 use signature::Verifier;
@@ -38,8 +37,6 @@ pub struct AppState {
     pub cascades: Option<Arc<Cascades>>,
     /// Checks webhooks that may come from a netbox-branching branch against NetBox's main.
     pub confirmer: Arc<Confirmer>,
-    /// `GET /sd/prometheus`, following the stream from its first request on.
-    pub discovery: Arc<Discovery>,
     pub admin_token: Option<secrecy::SecretString>,
     pub max_body_bytes: usize,
     /// A request's body must arrive within this time (`server.request_timeout`).
@@ -51,12 +48,11 @@ pub struct AppState {
     pub clamped_keys: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
+/// The relay's routes, with `others` (service discovery's endpoint) mounted beside them under the
+/// same limits and tracing.
+pub fn router(state: Arc<AppState>, others: Router) -> Router {
     let limit = state.max_body_bytes;
     let body_timeout = state.request_timeout;
-    let discovery = Router::new()
-        .route("/sd/prometheus", get(sd::prometheus))
-        .with_state(state.discovery.clone());
     Router::new()
         .route(
             "/webhooks/netbox",
@@ -69,7 +65,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/reconcile/runs/latest", get(admin::latest_run))
         .route("/reconcile/runs/{id}", get(admin::run_by_id))
         .with_state(state)
-        .merge(discovery)
+        .merge(others)
         // 5xx answers are logged once where they arise (WebhookError); a 503 from /readyz while
         // NATS is away is an answer, not an error worth a line per probe.
         .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))

@@ -1,0 +1,220 @@
+//! The spool drainer: spooled deltas into JetStream, in order, with back-off, once NATS is back;
+//! what JetStream refuses for good goes to the dead letters.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use super::order::{publish_checked, Checked};
+use super::spool::Spool;
+use super::{PublishError, Publisher};
+use crate::delta::RegistryDelta;
+use crate::state::{Committer, DeadLetter, SpooledDelta, Store, Write};
+use crate::telemetry;
+
+/// Deltas taken from the head of the spool per round.
+const ROUND: usize = 512;
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Drains the spool into JetStream until shutdown. One delta at a time, each after the previous
+/// one's ack, so that a failure never lets a later delta of a key overtake an earlier one. A delta
+/// JetStream refuses for good, or a row that cannot be read, moves to the dead letters and the
+/// rest drains on.
+pub async fn drain(
+    spool: Arc<Spool>,
+    store: Arc<Store>,
+    committer: Committer,
+    publisher: Arc<Publisher>,
+    shutdown: CancellationToken,
+) {
+    let mut drainer = Drainer {
+        spool: &spool,
+        store: &store,
+        committer: &committer,
+        publisher: &publisher,
+        acked: BTreeSet::new(),
+    };
+    let mut backoff = MIN_BACKOFF;
+    let mut last_log = Instant::now();
+    loop {
+        report(&spool, &store, &mut last_log).await;
+        if spool.depth() == 0 {
+            tokio::select! {
+                _ = spool.wake.notified() => continue,
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        let progressed =
+            publisher.is_connected() && publisher.stream_ready() && drainer.round().await;
+        if progressed {
+            backoff = MIN_BACKOFF;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(MAX_BACKOFF),
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+struct Drainer<'a> {
+    spool: &'a Spool,
+    store: &'a Arc<Store>,
+    committer: &'a Committer,
+    publisher: &'a Publisher,
+    /// Rows JetStream acknowledged whose removal from the spool has not been committed (the
+    /// state file failed): they are removed, never published again, once it takes writes.
+    acked: BTreeSet<u64>,
+}
+
+impl Drainer<'_> {
+    /// Publishes the head of the spool; true when the whole round went out.
+    async fn round(&mut self) -> bool {
+        let head = match self.store.read(|store| store.spool_head(ROUND)).await {
+            Ok(head) => head,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the spool");
+                return false;
+            }
+        };
+        let (mut drained, mut letters, mut reasons) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut bytes, mut complete) = (0, true);
+        for row in &head {
+            let sent = match self.acked.contains(&row.seq) {
+                true => Sent::Acked,
+                false => self.publish(row).await,
+            };
+            match sent {
+                Sent::Acked => drained.push(row.seq),
+                Sent::Dead(letter, reason) => {
+                    letters.push(letter);
+                    reasons.push(reason);
+                }
+                Sent::Paused => {
+                    complete = false;
+                    break;
+                }
+            }
+            bytes += row.bytes.len() as u64;
+        }
+        let count = (drained.len() + letters.len()) as u64;
+        if count == 0 {
+            return false;
+        }
+        self.acked.extend(drained.iter().copied());
+        let unspool = Write::Unspool {
+            seqs: drained.clone(),
+            dead: letters,
+        };
+        match self.committer.commit(unspool).await {
+            Ok(()) => {
+                for seq in &drained {
+                    self.acked.remove(seq);
+                }
+                self.spool.drained(count, bytes);
+                self.spool.dead_lettered(reasons.len() as u64);
+                for reason in reasons {
+                    telemetry::dead_lettered(reason);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot remove drained deltas from the spool; they are not published again");
+                return false;
+            }
+        }
+        complete
+    }
+
+    /// Publishes one row; a refusal or an unreadable row makes a dead letter.
+    async fn publish(&self, row: &SpooledDelta) -> Sent {
+        let delta = match serde_json::from_slice::<RegistryDelta>(&row.bytes) {
+            Ok(delta) => delta,
+            Err(e) => {
+                tracing::error!(seq = row.seq, error = %e, "an unreadable spool row moved to the dead letters");
+                return Sent::Dead(letter(row, format!("unreadable: {e}")), "unreadable");
+            }
+        };
+        let payload = bytes::Bytes::copy_from_slice(&row.bytes);
+        // Another relay may have published to the key while this one spooled: the key's last
+        // message on the stream is read, and a delta that loses to it is not published.
+        let publisher = self.publisher;
+        let mut sent = publish_checked(publisher, &delta, &payload, None).await;
+        // No stream answered: make sure the stream is there (created again if it was deleted)
+        // and try once more; a stream that is there and still does not take the subject
+        // refuses it for good.
+        let mut stream_there = false;
+        if matches!(sent, Err(PublishError::NoStream(_))) {
+            stream_there = self.publisher.ensure_stream().await.is_ok();
+            if stream_there {
+                sent = publish_checked(publisher, &delta, &payload, None).await;
+            }
+        }
+        let error = match sent {
+            Ok(Checked::Published(_) | Checked::AlreadyStored(_)) => return Sent::Acked,
+            Ok(Checked::Superseded { verdict, latest }) => {
+                tracing::debug!(key = %delta.key, reason = verdict.reason(),
+                    "a spooled delta lost to one another relay published; not published");
+                // Only remembered: the spool row goes either way.
+                self.committer.commit(latest).await.ok();
+                return Sent::Acked;
+            }
+            Err(e) => e,
+        };
+        let no_stream = matches!(error, PublishError::NoStream(_));
+        let refused = error.is_refusal() || (no_stream && stream_there);
+        if !refused {
+            tracing::warn!(error = %error, depth = self.spool.depth(), "spool drain paused");
+            return Sent::Paused;
+        }
+        tracing::error!(key = %delta.key, delta_id = %delta.delta_id, error = %error,
+            "JetStream refused a spooled delta; moved to the dead letters (netbox-relay spool)");
+        Sent::Dead(letter(row, error.to_string()), "refused")
+    }
+}
+
+enum Sent {
+    Acked,
+    /// The letter, and the reason label of its metric.
+    Dead(DeadLetter, &'static str),
+    Paused,
+}
+
+fn letter(row: &SpooledDelta, reason: String) -> DeadLetter {
+    DeadLetter {
+        seq: row.seq,
+        reason,
+        dead_at: Utc::now(),
+        bytes: row.bytes.clone(),
+    }
+}
+
+/// Sets the spool gauges, and logs them while the spool is not empty.
+async fn report(spool: &Spool, store: &Arc<Store>, last_log: &mut Instant) {
+    let depth = spool.depth();
+    let oldest = match depth {
+        0 => 0.0,
+        _ => store
+            .read(|store| store.spool_head(1))
+            .await
+            .ok()
+            .and_then(|head| serde_json::from_slice::<RegistryDelta>(&head.first()?.bytes).ok())
+            .map_or(0.0, |d| {
+                (Utc::now() - d.observed_at).num_milliseconds().max(0) as f64 / 1000.0
+            }),
+    };
+    telemetry::spool(depth, oldest);
+    telemetry::dead_letters(spool.dead());
+    if depth > 0 && last_log.elapsed() >= LOG_EVERY {
+        tracing::warn!(
+            depth,
+            oldest_seconds = oldest,
+            "deltas are waiting in the spool for NATS"
+        );
+        *last_log = Instant::now();
+    }
+}
