@@ -1,3 +1,6 @@
+//! The `netbox-relay` binary: parses the command line, loads the configuration, starts logging and
+//! runs the subcommand; its exit code says how it ended (0, 1, 2 bad configuration, 3 partial).
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::publish::connect_once;
+use crate::publish::subject;
 
 #[derive(Debug, Clone, Default)]
 pub struct TailOptions {
@@ -74,11 +75,11 @@ pub async fn run(config: &Config, options: &TailOptions) -> anyhow::Result<()> {
 fn filters(prefix: &str, options: &TailOptions) -> Vec<String> {
     let partition = options.partition.as_deref().unwrap_or("*");
     match options.kinds.is_empty() {
-        true => vec![format!("{prefix}.{partition}.*.*")],
+        true => vec![subject::keys_of(prefix, partition, None)],
         false => options
             .kinds
             .iter()
-            .map(|kind| format!("{prefix}.{partition}.{kind}.*"))
+            .map(|kind| subject::keys_of(prefix, partition, Some(kind)))
             .collect(),
     }
 }

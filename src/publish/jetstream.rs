@@ -1,3 +1,8 @@
+//! The NATS side of publishing: the connection (credentials, reconnects, events), the stream's
+//! settings (created or updated at start, kept by the stream keeper), one publish with its
+//! headers and the per-key expectation, and the reads of the stream (a key's last message, the
+//! keys of a kind).
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -10,6 +15,7 @@ use bytes::Bytes;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
+use super::subject;
 use crate::config::NatsConfig;
 use crate::delta::{Kind, Op, RegistryDelta};
 use crate::telemetry;
@@ -147,8 +153,8 @@ impl Publisher {
 
     /// `<prefix>.<partition>.<kind>.<object_id>`: one subject per registry key.
     pub fn subject(&self, delta: &RegistryDelta) -> String {
-        let (prefix, partition) = (&self.settings.subject_prefix, &delta.partition);
-        format!("{prefix}.{partition}.{}.{}", delta.kind, delta.object_id)
+        let prefix = &self.settings.subject_prefix;
+        subject::key(prefix, &delta.partition, delta.kind, delta.object_id)
     }
 
     /// The headers of a delta's message. A delete replaces its key's earlier messages (a
@@ -233,7 +239,7 @@ impl Publisher {
         id: u64,
     ) -> Result<Option<Last>, PublishError> {
         let prefix = &self.settings.subject_prefix;
-        self.last_on(&format!("{prefix}.{partition}.{kind}.{id}"))
+        self.last_on(&subject::key(prefix, partition, kind, id))
             .await
     }
 
@@ -245,7 +251,7 @@ impl Publisher {
         kind: Kind,
     ) -> Result<Vec<u64>, PublishError> {
         let prefix = &self.settings.subject_prefix;
-        let filter = format!("{prefix}.{partition}.{kind}.*");
+        let filter = subject::keys_of(prefix, partition, Some(&kind));
         let api = format!("STREAM.INFO.{}", self.settings.name);
         let mut ids = Vec::new();
         let mut offset = 0;
@@ -331,7 +337,7 @@ impl Publisher {
             }
             Err(e) => return Err(stream_error(e.to_string())),
         };
-        let subjects = format!("{}.>", s.subject_prefix);
+        let subjects = subject::all(&s.subject_prefix);
         if !config.subjects.iter().any(|subject| subject == &subjects) {
             tracing::warn!(stream = %s.name, expected = %subjects, found = ?config.subjects,
                 "the existing stream does not capture the relay's subjects as configured");
@@ -476,7 +482,7 @@ pub async fn probe(cfg: &NatsConfig) -> Result<Probe, PublishError> {
 fn stream_config(s: &StreamSettings) -> StreamConfig {
     StreamConfig {
         name: s.name.clone(),
-        subjects: vec![format!("{}.>", s.subject_prefix)],
+        subjects: vec![subject::all(&s.subject_prefix)],
         storage: StorageType::File,
         ..Default::default()
     }
@@ -511,7 +517,7 @@ fn supports_message_ttl(version: &str) -> bool {
 async fn warn_of_the_old_layout(stream: &jetstream::stream::Stream, prefix: &str) {
     use futures::TryStreamExt;
     for op in ["upsert", "delete"] {
-        let filter = format!("{prefix}.*.*.{op}");
+        let filter = subject::old_layout(prefix, op);
         let Ok(mut subjects) = stream.info_with_subjects(&filter).await else {
             continue;
         };

@@ -8,6 +8,7 @@ mod drain;
 mod jetstream;
 mod order;
 mod spool;
+pub mod subject;
 
 pub use delivery::{Delivered, Delivery, DeliveryError};
 pub use drain::drain;

@@ -53,7 +53,7 @@ async fn follow_once(source: &Source, targets: &Targets, loaded: &AtomicBool) ->
         Err(e) => return format!("stream {}: {e}", source.stream),
     };
     let config = OrderedConfig {
-        filter_subjects: vec![format!("{}.>", source.subject_prefix)],
+        filter_subjects: vec![crate::publish::subject::all(&source.subject_prefix)],
         deliver_policy: DeliverPolicy::LastPerSubject,
         ..Default::default()
     };

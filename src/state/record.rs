@@ -1,3 +1,7 @@
+//! A key's record: what the relay last accepted for it (its head: op, revision, delta id, stream
+//! sequence; then the delta), and the rule that judges a new delta against it (stale, duplicate,
+//! accept).
+
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 

@@ -1,3 +1,6 @@
+//! The redb file: its tables (records, spool, dead letters, held webhooks), the reads the pipeline
+//! makes and the one write transaction the commit thread applies; the record codec.
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
