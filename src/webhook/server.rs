@@ -313,23 +313,15 @@ impl AsyncWrite for Watched {
 /// Raises the soft limit of open files to the hard one: the connection cap, NATS, the state
 /// file and the NetBox client all need descriptors, and 1,024 is a common soft default.
 pub fn raise_open_files_limit() {
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            let before = limit.rlim_cur;
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                tracing::debug!(
-                    before,
-                    after = limit.rlim_cur,
-                    "raised the open files limit"
-                );
-            }
+    let before = rlimit::Resource::NOFILE
+        .get()
+        .map(|(soft, _)| soft)
+        .unwrap_or(0);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(after) if after > before => {
+            tracing::debug!(before, after, "raised the open files limit")
         }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "the open files limit could not be raised"),
     }
 }
