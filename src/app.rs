@@ -298,16 +298,15 @@ pub async fn reconcile_once(
         "cannot open the state file (a running `netbox-relay serve` holds it: use POST /reconcile)",
     )?);
     let translator = translator(&config)?;
-    let in_progress = |running| anyhow::anyhow!("run {running} is in progress");
     if dry_run {
         let reconciler = Reconciler::new(&config, translator, store, Output::Print)?;
-        return reconciler.run(options).await.map_err(in_progress);
+        return Ok(reconciler.run(options).await?);
     }
     let pipeline = Pipeline::open(&config, store.clone()).await?;
     wait_for_stream(&pipeline.publisher).await;
     let output = Output::Publish(pipeline.delivery.clone());
     let reconciler = Reconciler::new(&config, translator, store, output)?;
-    let report = reconciler.run(options).await.map_err(in_progress);
+    let report = reconciler.run(options).await.map_err(anyhow::Error::from);
     // Drain what this run spooled while NATS is there; otherwise the next `serve` drains it.
     let shutdown = CancellationToken::new();
     let drainer = pipeline.spawn_drainer(shutdown.clone());

@@ -20,6 +20,7 @@ use super::diff::{sort, Emitter};
 use super::pull::{Pager, PullOptions};
 use super::Reconciler;
 use crate::delta::Origin;
+use crate::netbox::client::ApiError;
 use crate::netbox::parents::Trigger;
 use crate::netbox::ObjectType;
 use crate::telemetry;
@@ -147,14 +148,30 @@ impl Cascades {
     }
 }
 
+/// Why a cascade did not run to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum CascadeError {
+    #[error("netbox.url or netbox.token is not configured")]
+    NotConfigured,
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("translating a page failed: {0}")]
+    Translate(String),
+    #[error("{0} deltas not delivered")]
+    NotDelivered(u64),
+}
+
 /// Pulls the dependents of one parent, type by type (the enabled ones), and publishes the
 /// entries that changed.
-pub async fn cascade(reconciler: &Reconciler, trigger: &Trigger) -> Result<CascadeTally, String> {
+pub async fn cascade(
+    reconciler: &Reconciler,
+    trigger: &Trigger,
+) -> Result<CascadeTally, CascadeError> {
     let client = reconciler
         .client
         .clone()
-        .ok_or("netbox.url or netbox.token is not configured")?;
-    let version = client.version().await.map_err(|e| e.to_string())?;
+        .ok_or(CascadeError::NotConfigured)?;
+    let version = client.version().await?;
     let options = PullOptions {
         version,
         page_size: reconciler.page_size,
@@ -179,7 +196,7 @@ pub async fn cascade(reconciler: &Reconciler, trigger: &Trigger) -> Result<Casca
                 Ok(Some(page)) => page,
                 Ok(None) => break,
                 Err(e) => {
-                    failure = Some(e.to_string());
+                    failure = Some(CascadeError::Api(e));
                     break;
                 }
             };
@@ -187,7 +204,7 @@ pub async fn cascade(reconciler: &Reconciler, trigger: &Trigger) -> Result<Casca
             let sorted =
                 tokio::task::spawn_blocking(move || sort(&translator, &store, object_type, page))
                     .await
-                    .map_err(|e| format!("translating a page failed: {e}"))?;
+                    .map_err(|e| CascadeError::Translate(e.to_string()))?;
             tally.pulled += sorted.ids.len() as u64;
             for mut delta in sorted.changed {
                 delta.origin = Origin::Cascade;
@@ -197,7 +214,7 @@ pub async fn cascade(reconciler: &Reconciler, trigger: &Trigger) -> Result<Casca
         let sent = emitter.finish().await;
         tally.published += sent.out;
         if let Some(e) =
-            failure.or((sent.failed > 0).then(|| format!("{} deltas not delivered", sent.failed)))
+            failure.or((sent.failed > 0).then_some(CascadeError::NotDelivered(sent.failed)))
         {
             return Err(e);
         }

@@ -25,7 +25,7 @@ use crate::config::{Config, Confirm};
 use crate::delta::{Origin, RegistryDelta};
 use crate::netbox::client::{parse_version, ApiError, NetboxClient};
 use crate::netbox::webhook::{self, ChangeEvent, Parsed, WebhookEvent};
-use crate::publish::{Delivered, Delivery};
+use crate::publish::{Delivered, Delivery, DeliveryError};
 use crate::state::{Committer, Store, StoreError, Write};
 use crate::telemetry;
 use crate::translate::{Outcome, Translator};
@@ -328,19 +328,16 @@ impl Confirmer {
 
     /// Confirms every held webhook once, oldest first, a few at a time. Stops at the first
     /// batch NetBox did not answer for.
-    async fn round(&self, delivery: &Delivery) -> Result<(), String> {
+    async fn round(&self, delivery: &Delivery) -> Result<(), ConfirmError> {
         let mut after = None;
         loop {
             let store = self.store.clone();
-            let rows = store
-                .read(move |s| s.held_after(after, BATCH))
-                .await
-                .map_err(|e| e.to_string())?;
+            let rows = store.read(move |s| s.held_after(after, BATCH)).await?;
             let Some((last, _)) = rows.last() else {
                 return Ok(());
             };
             after = Some(*last);
-            let outcomes: Vec<(u64, Result<(), String>)> = stream::iter(rows)
+            let outcomes: Vec<(u64, Result<(), ConfirmError>)> = stream::iter(rows)
                 .map(|(id, body)| async move { (id, self.settle(delivery, &body).await) })
                 .buffer_unordered(self.concurrency)
                 .collect()
@@ -357,8 +354,7 @@ impl Confirmer {
                 let count = settled.len() as u64;
                 self.committer
                     .commit(Write::Release { ids: settled })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 telemetry::held(self.held.fetch_sub(count, Ordering::SeqCst) - count);
             }
             if let Some(e) = failure {
@@ -368,7 +364,7 @@ impl Confirmer {
     }
 
     /// Confirms one held body and delivers what main has; `Ok` once its outcome is durable.
-    async fn settle(&self, delivery: &Delivery, body: &[u8]) -> Result<(), String> {
+    async fn settle(&self, delivery: &Delivery, body: &[u8]) -> Result<(), ConfirmError> {
         // The body was verified, parsed and translated before it was held; one that no longer
         // is (a relay of another version wrote it) is dropped, the next reconcile repairs it.
         let event = match webhook::parse(body) {
@@ -388,13 +384,9 @@ impl Confirmer {
             }
         };
         let key = delta.key.clone();
-        match self
-            .confirm(&event, delta)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        match self.confirm(&event, delta).await? {
             Confirmed::Publish(delta, _) | Confirmed::Trusted(delta) => {
-                let delivered = delivery.deliver(&delta).await.map_err(|e| e.to_string())?;
+                let delivered = delivery.deliver(&delta).await?;
                 let outcome = match delivered {
                     Delivered::Published => "published",
                     Delivered::Spooled => "spooled",
@@ -408,6 +400,17 @@ impl Confirmer {
         }
         Ok(())
     }
+}
+
+/// Why held webhooks could not be confirmed now.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfirmError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
 }
 
 /// Why a webhook could not be held.

@@ -24,6 +24,14 @@ fn run_key(id: u64) -> String {
     format!("reconcile.runs.{id}")
 }
 
+/// The shared KV bucket could not be opened or created.
+#[derive(Debug, thiserror::Error)]
+#[error("KV bucket {bucket}: {message}")]
+pub struct BucketError {
+    bucket: String,
+    message: String,
+}
+
 /// The lease's value. `expires_at` is written for relays of earlier versions, never read.
 #[derive(Serialize, Deserialize)]
 struct Holder {
@@ -61,7 +69,7 @@ impl Coordination {
         bucket: &str,
         replicas: usize,
         ttl: Duration,
-    ) -> Result<Coordination, String> {
+    ) -> Result<Coordination, BucketError> {
         let kv = match js.get_key_value(bucket).await {
             Ok(kv) => kv,
             Err(_) => js
@@ -73,7 +81,10 @@ impl Coordination {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| format!("KV bucket {bucket}: {e}"))?,
+                .map_err(|e| BucketError {
+                    bucket: bucket.to_string(),
+                    message: e.to_string(),
+                })?,
         };
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "netbox-relay".to_string());
         Ok(Coordination {

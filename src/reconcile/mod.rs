@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub use cascade::Cascades;
 pub use confirm::{Confirmed, Confirmer, HoldError, NetboxStatus};
 use lease::{Coordination, Lease, Refused};
-pub use runs::{RunReport, RunStatus, Runs, TypeReport};
+pub use runs::{InProgress, RunReport, RunStatus, Runs, TypeReport};
 
 use crate::config::Config;
 use crate::netbox::client::NetboxClient;
@@ -126,7 +126,7 @@ impl Reconciler {
 
     /// Starts a run in the background; `Err` holds the id of the run already in progress, on this
     /// relay or on another one sharing the NATS.
-    pub async fn spawn(self: &Arc<Self>, options: RunOptions) -> Result<u64, u64> {
+    pub async fn spawn(self: &Arc<Self>, options: RunOptions) -> Result<u64, InProgress> {
         let (report, lease) = self.begin(&options).await?;
         let id = report.run_id;
         let this = self.clone();
@@ -136,7 +136,7 @@ impl Reconciler {
     }
 
     /// Runs to the end and answers the report; `Err` holds the id of the run in progress.
-    pub async fn run(&self, options: RunOptions) -> Result<RunReport, u64> {
+    pub async fn run(&self, options: RunOptions) -> Result<RunReport, InProgress> {
         let (report, lease) = self.begin(&options).await?;
         Ok(self.execute(report, options, lease).await)
     }
@@ -164,15 +164,15 @@ impl Reconciler {
 
     /// Registers a run: under the KV lease when the bucket is reachable (one run at a time
     /// across relays), under this relay's own exclusion otherwise.
-    async fn begin(&self, options: &RunOptions) -> Result<(RunReport, Option<Lease>), u64> {
+    async fn begin(&self, options: &RunOptions) -> Result<(RunReport, Option<Lease>), InProgress> {
         if let Some(running) = self.runs.running() {
-            return Err(running);
+            return Err(InProgress(running));
         }
         let coordination = self.coordination().await;
         let lease = match coordination {
             Some(c) => match c.acquire(self.runs.next_id()).await {
                 Ok(lease) => Some(lease),
-                Err(Refused::Held(run_id)) => return Err(run_id),
+                Err(Refused::Held(run_id)) => return Err(InProgress(run_id)),
                 Err(Refused::Unreachable(e)) => {
                     tracing::warn!(error = %e, "reconcile: the shared lease is out of reach; running under this relay's own exclusion");
                     None
@@ -404,7 +404,7 @@ impl Reconciler {
                 force: false,
                 only: Vec::new(),
             };
-            if let Err(running) = self.spawn(options).await {
+            if let Err(InProgress(running)) = self.spawn(options).await {
                 tracing::info!(
                     running,
                     "reconcile: a run is already in progress; skipping this one"

@@ -108,6 +108,11 @@ struct Inner {
 /// Reports kept for `GET /reconcile/runs/<id>`.
 const KEEP: usize = 50;
 
+/// A run could not start: the run with this id is in progress, on this relay or another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("run {0} is in progress")]
+pub struct InProgress(pub u64);
+
 impl Runs {
     /// Registers a new run, or answers the id of the one in progress.
     pub fn begin(
@@ -115,7 +120,7 @@ impl Runs {
         trigger: &str,
         dry_run: bool,
         now: DateTime<Utc>,
-    ) -> Result<RunReport, u64> {
+    ) -> Result<RunReport, InProgress> {
         self.begin_from(trigger, dry_run, now, 0)
     }
 
@@ -126,10 +131,10 @@ impl Runs {
         dry_run: bool,
         now: DateTime<Utc>,
         at_least: u64,
-    ) -> Result<RunReport, u64> {
+    ) -> Result<RunReport, InProgress> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(running) = inner.running {
-            return Err(running);
+            return Err(InProgress(running));
         }
         inner.next_id = (inner.next_id + 1).max(at_least);
         let report = RunReport {

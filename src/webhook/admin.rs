@@ -41,8 +41,8 @@ pub async fn start_run(
         )
             .into_response(),
         Err(running) => {
-            let message = format!("run {running} is in progress");
-            let body = json!({"error": "conflict", "run_id": running, "message": message});
+            let body =
+                json!({"error": "conflict", "run_id": running.0, "message": running.to_string()});
             (StatusCode::CONFLICT, Json(body)).into_response()
         }
     }
