@@ -6,6 +6,7 @@
 //! 202 only after JetStream acked. [`config`] holds every setting; [`app`] wires the stages.
 
 pub mod app;
+pub mod backoff;
 pub mod bearer;
 pub mod cli;
 pub mod config;

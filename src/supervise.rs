@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::telemetry;
 
 /// Runs a long-lived part until it ends or shutdown; a part that panics is logged, counted
@@ -14,16 +15,24 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    // A part that keeps panicking is started again less and less often; one that ran a while
+    // before it panicked starts from the first wait again.
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
+        let started = tokio::time::Instant::now();
         let ended = tokio::spawn(start()).await;
         let Err(e) = ended else { return };
         if shutdown.is_cancelled() || !e.is_panic() {
             return;
         }
-        tracing::error!(part, error = %e, "a background part panicked; starting it again");
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff.reset();
+        }
+        let wait = backoff.next_wait();
+        tracing::error!(part, error = %e, restart_in = ?wait, "a background part panicked; starting it again");
         telemetry::restarted(part);
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => return,
         }
     }

@@ -9,6 +9,7 @@ use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
 
 use super::ObjectType;
+use crate::backoff::Backoff;
 use crate::config::NetboxConfig;
 use crate::telemetry;
 
@@ -194,6 +195,7 @@ impl NetboxClient {
             1
         };
         let mut attempt = 0;
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
         loop {
             attempt += 1;
             let mut request = self.http.request(method.clone(), &url);
@@ -250,8 +252,9 @@ impl NetboxClient {
             if attempt >= attempts {
                 return Err(error);
             }
-            let backoff = Duration::from_millis(500 << (attempt - 1));
-            let wait = wait.unwrap_or(backoff).min(Duration::from_secs(60));
+            let wait = wait
+                .unwrap_or_else(|| backoff.next_wait())
+                .min(Duration::from_secs(60));
             tracing::warn!(%error, attempt, retry_in = ?wait, "NetBox request failed; retrying");
             tokio::time::sleep(wait).await;
         }

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::order::{publish_checked, Checked};
 use super::spool::Spool;
 use super::{PublishError, Publisher};
+use crate::backoff::Backoff;
 use crate::delta::RegistryDelta;
 use crate::state::{Committer, DeadLetter, SpooledDelta, Store, Write};
 use crate::telemetry;
@@ -39,7 +40,7 @@ pub async fn drain(
         publisher: &publisher,
         acked: BTreeSet::new(),
     };
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     let mut last_log = Instant::now();
     loop {
         report(&spool, &store, &mut last_log).await;
@@ -52,11 +53,11 @@ pub async fn drain(
         let progressed =
             publisher.is_connected() && publisher.stream_ready() && drainer.round().await;
         if progressed {
-            backoff = MIN_BACKOFF;
+            backoff.reset();
             continue;
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(MAX_BACKOFF),
+            _ = tokio::time::sleep(backoff.next_wait()) => {}
             _ = shutdown.cancelled() => return,
         }
     }

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use super::diff::{sort, Emitter};
 use super::pull::{Pager, PullOptions};
 use super::Reconciler;
+use crate::backoff::Backoff;
 use crate::delta::Origin;
 use crate::netbox::client::ApiError;
 use crate::netbox::parents::Trigger;
@@ -131,7 +132,8 @@ impl Cascades {
             }
             Err(e) if attempt + 1 < ATTEMPTS => {
                 telemetry::cascade_ran("retried", 0);
-                let wait = self.debounce * 4u32.pow(attempt + 1);
+                let (first, most) = (self.debounce * 4, self.debounce * 4u32.pow(ATTEMPTS));
+                let wait = Backoff::nth_wait(first, most, 4.0, attempt as usize);
                 tracing::warn!(parent, id, error = %e, retry_in = ?wait, "cascade: failed; retrying");
                 let this = self.clone();
                 tokio::spawn(async move {

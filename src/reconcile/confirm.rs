@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::pull::selection;
+use crate::backoff::Backoff;
 use crate::config::{Config, Confirm};
 use crate::delta::{Origin, RegistryDelta};
 use crate::netbox::client::{parse_version, ApiError, NetboxClient};
@@ -295,7 +296,7 @@ impl Confirmer {
     /// round NetBox did not answer.
     pub async fn run(self: Arc<Self>, delivery: Arc<Delivery>, shutdown: CancellationToken) {
         telemetry::held(self.held());
-        let mut backoff = Duration::from_secs(1);
+        let mut backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
         loop {
             if self.held() == 0 {
                 tokio::select! {
@@ -309,16 +310,16 @@ impl Confirmer {
             };
             let wait = match done {
                 Ok(()) => {
-                    backoff = Duration::from_secs(1);
+                    backoff.reset();
                     continue;
                 }
                 Err(e) => {
-                    tracing::warn!(held = self.held(), error = %e, retry_in = ?backoff,
+                    let wait = backoff.next_wait();
+                    tracing::warn!(held = self.held(), error = %e, retry_in = ?wait,
                         "held webhooks wait: NetBox's main cannot confirm them yet");
-                    backoff
+                    wait
                 }
             };
-            backoff = (backoff * 2).min(MAX_BACKOFF);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => return,
