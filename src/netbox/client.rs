@@ -48,8 +48,29 @@ pub struct NetboxClient {
     http: reqwest::Client,
     base: String,
     attempts: u32,
-    /// `/api/status/`'s last answer and when it came: asked again after [`STATUS_TTL`].
-    status: std::sync::Mutex<Option<(std::time::Instant, Map<String, Value>)>>,
+    /// `/api/status/`'s last answer and when it came (or was last kept through a failure).
+    status: std::sync::Mutex<Option<(std::time::Instant, NetboxStatus)>>,
+}
+
+/// What NetBox's `/api/status/` says that the relay needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetboxStatus {
+    pub version: (u32, u32),
+    /// The netbox-branching plugin's version, when it is installed.
+    pub branching: Option<String>,
+}
+
+impl NetboxStatus {
+    pub fn of(status: &Map<String, Value>) -> Result<NetboxStatus, ApiError> {
+        let branching = status
+            .get("plugins")
+            .and_then(|p| p.get("netbox_branching"))
+            .map(|v| v.as_str().unwrap_or("installed").to_string());
+        Ok(NetboxStatus {
+            version: parse_version(status)?,
+            branching,
+        })
+    }
 }
 
 /// How long NetBox's version and plugins are taken as they were last said: runs, cascades and
@@ -118,20 +139,59 @@ impl NetboxClient {
 
     /// NetBox's version as (major, minor), from `/api/status/`.
     pub async fn version(&self) -> Result<(u32, u32), ApiError> {
-        parse_version(&self.status().await?)
+        Ok(self.status().await?.version)
     }
 
-    /// `/api/status/` (version, plugins), asked at most every five minutes.
-    pub async fn status(&self) -> Result<Map<String, Value>, ApiError> {
-        if let Some((at, status)) = &*self.status.lock().unwrap_or_else(|e| e.into_inner()) {
+    /// `/api/status/` (version, plugins), asked at most every five minutes. Once NetBox has
+    /// answered, its answer stands while it does not answer again (a NetBox without
+    /// netbox-branching stays trusted through an outage), and is asked again five minutes later.
+    pub async fn status(&self) -> Result<NetboxStatus, ApiError> {
+        let known = self.known_status();
+        if let Some((at, status)) = &known {
             if at.elapsed() < STATUS_TTL {
                 return Ok(status.clone());
             }
         }
-        let status = self.get("/api/status/", "the status endpoint", "").await?;
+        let asked = self
+            .get("/api/status/", "the status endpoint", "")
+            .await
+            .and_then(|answer| NetboxStatus::of(&answer));
+        let status = match (asked, known) {
+            (Ok(status), known) => {
+                if known.as_ref().map(|(_, s)| &s.branching) != Some(&status.branching) {
+                    match &status.branching {
+                        Some(v) => {
+                            tracing::info!(plugin_version = %v, "NetBox has netbox-branching")
+                        }
+                        None => tracing::info!("NetBox has no netbox-branching"),
+                    }
+                }
+                status
+            }
+            (Err(e), Some((_, status))) => {
+                tracing::warn!(error = %e, "NetBox's status could not be asked again; taken as it was");
+                status
+            }
+            (Err(e), None) => return Err(e),
+        };
         let now = std::time::Instant::now();
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, status.clone()));
         Ok(status)
+    }
+
+    /// Whether NetBox has netbox-branching, when its status was asked within five minutes:
+    /// read on every webhook, so it takes a lock and clones nothing.
+    pub fn has_branching(&self) -> Option<bool> {
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, status) = status.as_ref()?;
+        (at.elapsed() < STATUS_TTL).then_some(status.branching.is_some())
+    }
+
+    fn known_status(&self) -> Option<(std::time::Instant, NetboxStatus)> {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// `GET path` (with its query) on the API; `what` and `permission` name it in errors.

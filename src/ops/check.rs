@@ -8,7 +8,6 @@ use crate::netbox::client::{ApiError, NetboxClient};
 use crate::netbox::parents::PARENTS;
 use crate::netbox::ObjectType;
 use crate::publish;
-use crate::reconcile::NetboxStatus;
 use crate::state::{Store, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,11 +92,7 @@ async fn netbox(config: &Config) -> Vec<Line> {
         Err(e) => return vec![Line::fail("netbox", e.to_string(), "correct the named key")],
     };
     let url = client.base_url().to_string();
-    let status = client
-        .get("/api/status/", "the status endpoint", "")
-        .await
-        .and_then(|s| NetboxStatus::of(&s));
-    let (version, branching_plugin) = match status {
+    let (version, branching_plugin) = match client.status().await {
         Ok(status) => (status.version, status.branching),
         Err(ApiError::Forbidden { detail, .. }) => {
             return vec![

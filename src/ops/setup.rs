@@ -10,7 +10,6 @@ use crate::config::Config;
 use crate::netbox::client::{ApiError, NetboxClient};
 use crate::netbox::parents::PARENTS;
 use crate::ops::check;
-use crate::reconcile::NetboxStatus;
 
 /// What the command was asked to do.
 #[derive(Debug, Clone)]
@@ -89,10 +88,7 @@ pub struct SetupReport {
 
 pub async fn run(config: &Config, options: &SetupOptions) -> Result<SetupReport, SetupError> {
     let client = NetboxClient::new(&config.netbox)?;
-    let status = client
-        .get("/api/status/", "the status endpoint", "")
-        .await?;
-    let status = NetboxStatus::of(&status)?;
+    let status = client.status().await?;
     let (major, minor) = status.version;
     if (major, minor) < (3, 7) {
         return Err(SetupError::TooOld(major, minor));

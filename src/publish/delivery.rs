@@ -174,6 +174,11 @@ impl Delivery {
         Ok(Delivered::Spooled)
     }
 
+    /// Whether `delta` can be made to fit one NATS message (see [`Delivery::deliver`]).
+    pub fn fits(&self, delta: &RegistryDelta) -> Result<(), DeliveryError> {
+        self.fit(delta).map(drop)
+    }
+
     /// The delta as it will be published, made to fit in one NATS message: a prefix's host
     /// list is dropped (its CIDR stays, and the sweep says how many hosts were left out).
     /// A delta that cannot be made to fit is never accepted: JetStream would refuse it.

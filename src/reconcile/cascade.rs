@@ -109,14 +109,23 @@ impl Cascades {
         pulls.wait().await;
     }
 
+    /// One try of a parent's cascade; a failed one waits its back-off here, inside the task
+    /// shutdown cancels, then is queued again (taking a newer trigger of the same parent along).
     async fn pull(self: &Arc<Self>, reconciler: &Reconciler, permits: &Semaphore, queued: Queued) {
-        let Ok(_permit) = permits.acquire().await else {
-            return;
+        let retry = {
+            let Ok(_permit) = permits.acquire().await else {
+                return;
+            };
+            self.attempt(reconciler, queued).await
         };
-        self.attempt(reconciler, queued).await;
+        if let Some((wait, again)) = retry {
+            tokio::time::sleep(wait).await;
+            self.queue(again.trigger, again.attempt);
+        }
     }
 
-    async fn attempt(self: &Arc<Self>, reconciler: &Reconciler, queued: Queued) {
+    /// Runs one cascade; when it is to be tried again, how long to wait and what to queue.
+    async fn attempt(&self, reconciler: &Reconciler, queued: Queued) -> Option<(Duration, Queued)> {
         let Queued { trigger, attempt } = queued;
         let (parent, id) = (trigger.parent.name, trigger.id);
         match cascade(reconciler, &trigger).await {
@@ -135,11 +144,8 @@ impl Cascades {
                 let (first, most) = (self.debounce * 4, self.debounce * 4u32.pow(ATTEMPTS));
                 let wait = Backoff::nth_wait(first, most, 4.0, attempt as usize);
                 tracing::warn!(parent, id, error = %e, retry_in = ?wait, "cascade: failed; retrying");
-                let this = self.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    this.queue(trigger, attempt + 1);
-                });
+                let attempt = attempt + 1;
+                return Some((wait, Queued { trigger, attempt }));
             }
             Err(e) => {
                 telemetry::cascade_ran("failed", 0);
@@ -147,6 +153,7 @@ impl Cascades {
                     "cascade: failed for good; the next reconcile re-labels what it missed");
             }
         }
+        None
     }
 }
 

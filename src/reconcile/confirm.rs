@@ -10,8 +10,8 @@
 //! and [`Confirmer::run`] confirms it once NetBox answers, after a restart too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
@@ -24,50 +24,28 @@ use super::pull::selection;
 use crate::backoff::Backoff;
 use crate::config::{Config, Confirm};
 use crate::delta::{Origin, RegistryDelta};
-use crate::netbox::client::{parse_version, ApiError, NetboxClient};
+use crate::netbox::client::{ApiError, NetboxClient};
 use crate::netbox::webhook::{self, ChangeEvent, Parsed, WebhookEvent};
 use crate::publish::{Delivered, Delivery, DeliveryError};
 use crate::state::{Committer, Store, StoreError, Write};
 use crate::telemetry;
 use crate::translate::{Outcome, Translator};
 
-/// How long NetBox's plugin list is trusted before it is asked again.
-const STATUS_TTL: Duration = Duration::from_secs(300);
 /// Held webhooks read from the state file at a time.
 const BATCH: usize = 64;
 /// The longest wait between two tries to confirm held webhooks.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// What NetBox's `/api/status/` says that confirmation needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetboxStatus {
-    pub version: (u32, u32),
-    /// The netbox-branching plugin's version, when it is installed.
-    pub branching: Option<String>,
-}
-
-impl NetboxStatus {
-    pub fn of(status: &serde_json::Map<String, Value>) -> Result<NetboxStatus, ApiError> {
-        let branching = status
-            .get("plugins")
-            .and_then(|p| p.get("netbox_branching"))
-            .map(|v| v.as_str().unwrap_or("installed").to_string());
-        Ok(NetboxStatus {
-            version: parse_version(status)?,
-            branching,
-        })
-    }
-}
-
 /// What main says of one webhook.
 #[derive(Debug)]
 pub enum Confirmed {
-    /// Publish this delta: main's object (or the webhook's delete, main lacking the object);
-    /// with a reason when main's entry differs from the webhook's (the change is not on main,
-    /// and main's object is published only if the registry does not show it yet).
-    Publish(Box<RegistryDelta>, Option<String>),
-    /// NetBox has no netbox-branching (`auto`): publish the webhook's own delta.
-    Trusted(Box<RegistryDelta>),
+    /// Publish the webhook's own delta: NetBox has no netbox-branching (`auto`), or main lacks
+    /// the object the webhook deletes.
+    AsSent,
+    /// Publish main's object in its place; with a reason when main's entry differs from the
+    /// webhook's (the change is not on main, and main's object is published only if the
+    /// registry does not show it yet).
+    Main(Box<RegistryDelta>, Option<String>),
     /// Main does not show the change; the reason is for the 200 answer.
     NotOnMain(String),
 }
@@ -81,7 +59,6 @@ pub struct Confirmer {
     timeout: Duration,
     max_held: u64,
     concurrency: usize,
-    status: Mutex<Option<(Instant, NetboxStatus)>>,
     held: AtomicU64,
     next_id: AtomicU64,
     wake: Notify,
@@ -116,18 +93,25 @@ impl Confirmer {
             timeout: config.webhook.confirm_timeout,
             max_held: config.webhook.max_held,
             concurrency: config.netbox.concurrency.max(1),
-            status: Mutex::new(None),
             held: AtomicU64::new(held),
             next_id: AtomicU64::new(next_id),
             wake: Notify::new(),
         })
     }
 
-    /// Whether `event` is to be checked against main before it is published. A body that says
-    /// it comes from main needs no check; in `auto` mode the answer may still be "no" once
-    /// NetBox's plugins are known ([`Confirmer::confirm`] tells).
+    /// Whether `event` is to be checked against main before it is published: not when its body
+    /// says it comes from main, nor (`auto`) while NetBox is known to have no netbox-branching,
+    /// so that most relays ask nothing per webhook.
     pub fn needed(&self, event: &WebhookEvent) -> bool {
-        self.mode != Confirm::Never && self.client.is_some() && !event.on_main
+        let Some(client) = &self.client else {
+            return false;
+        };
+        match self.mode {
+            Confirm::Never => false,
+            _ if event.on_main => false,
+            Confirm::Auto => client.has_branching() != Some(false),
+            Confirm::Always => true,
+        }
     }
 
     pub fn timeout(&self) -> Duration {
@@ -143,35 +127,40 @@ impl Confirmer {
     pub async fn confirm(
         &self,
         event: &WebhookEvent,
-        delta: RegistryDelta,
+        delta: &RegistryDelta,
     ) -> Result<Confirmed, ApiError> {
-        let confirmed = self.ask(event, delta).await;
-        let result = match &confirmed {
-            Ok(Confirmed::Trusted(_)) => return confirmed,
-            Ok(Confirmed::Publish(_, None)) => "on_main",
-            Ok(Confirmed::Publish(_, Some(_))) => "not_on_main",
-            Ok(Confirmed::NotOnMain(_)) => "not_on_main",
+        let client = self.client.as_ref().ok_or(ApiError::NotConfigured)?;
+        let status = client.status().await?;
+        if self.mode == Confirm::Auto && status.branching.is_none() {
+            return Ok(Confirmed::AsSent);
+        }
+        let confirmed = self.ask(client, status.version, event, delta).await;
+        telemetry::confirmed(match &confirmed {
+            Ok(Confirmed::AsSent | Confirmed::Main(_, None)) => "on_main",
+            Ok(Confirmed::Main(_, Some(_)) | Confirmed::NotOnMain(_)) => "not_on_main",
             Err(_) => "failed",
-        };
-        telemetry::confirmed(result);
+        });
         confirmed
     }
 
-    async fn ask(&self, event: &WebhookEvent, delta: RegistryDelta) -> Result<Confirmed, ApiError> {
-        let client = self.client.as_ref().ok_or(ApiError::NotConfigured)?;
-        let status = self.status(client).await?;
-        if self.mode == Confirm::Auto && status.branching.is_none() {
-            return Ok(Confirmed::Trusted(Box::new(delta)));
-        }
-        let main = self.on_main(client, event, status.version).await?;
+    async fn ask(
+        &self,
+        client: &NetboxClient,
+        version: (u32, u32),
+        event: &WebhookEvent,
+        delta: &RegistryDelta,
+    ) -> Result<Confirmed, ApiError> {
+        let main = self.on_main(client, event, version).await?;
         let (what, id) = (event.object_type.name, event.object_id);
         Ok(match (main, event.event) {
             (Some(_), ChangeEvent::Deleted) => Confirmed::NotOnMain(format!(
                 "{what} {id} is still on NetBox's main: a delete made in a branch"
             )),
-            (None, ChangeEvent::Deleted) => Confirmed::Publish(Box::new(delta), None),
+            (None, ChangeEvent::Deleted) => Confirmed::AsSent,
             (Some(object), _) => {
-                let main = self.as_main(event, &delta, &object);
+                let Some(main) = self.as_main(event, delta, &object) else {
+                    return Ok(Confirmed::AsSent);
+                };
                 // Main shows the change when it shows its entry, saved then or later (a merge
                 // saves again); an older save means the change never reached main. A merge's
                 // creates are not stamped at all.
@@ -183,52 +172,12 @@ impl Confirmer {
                         "NetBox's main does not show this change of {what} {id}: made in a branch"
                     )
                 });
-                Confirmed::Publish(Box::new(main), differs)
+                Confirmed::Main(Box::new(main), differs)
             }
             (None, _) => Confirmed::NotOnMain(format!(
                 "{what} {id} is not on NetBox's main: a change made in a branch"
             )),
         })
-    }
-
-    /// NetBox's status, asked again after [`STATUS_TTL`]; the last answer stands while NetBox
-    /// does not give a new one (a NetBox without the plugin stays trusted through an outage).
-    async fn status(&self, client: &NetboxClient) -> Result<NetboxStatus, ApiError> {
-        let known = self
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some((at, status)) = &known {
-            if at.elapsed() < STATUS_TTL {
-                return Ok(status.clone());
-            }
-        }
-        let asked = client
-            .status()
-            .await
-            .and_then(|answer| NetboxStatus::of(&answer));
-        let status = match (asked, known) {
-            (Ok(status), _) => status,
-            (Err(e), Some((_, status))) => {
-                tracing::warn!(error = %e, "NetBox's status could not be asked again; its plugins are taken as they were");
-                let mut cached = self.status.lock().unwrap_or_else(|e| e.into_inner());
-                *cached = Some((Instant::now(), status.clone()));
-                return Ok(status);
-            }
-            (Err(e), None) => return Err(e),
-        };
-        let mut cached = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        if cached.as_ref().map(|(_, s)| &s.branching) != Some(&status.branching) {
-            match &status.branching {
-                Some(v) => {
-                    tracing::info!(plugin_version = %v, "NetBox has netbox-branching: webhooks that do not say they come from main are confirmed against main")
-                }
-                None => tracing::info!("NetBox has no netbox-branching: webhooks are trusted"),
-            }
-        }
-        *cached = Some((Instant::now(), status.clone()));
-        Ok(status)
     }
 
     /// The object as main has it, or `None` when main does not have it.
@@ -256,7 +205,7 @@ impl Confirmer {
         event: &WebhookEvent,
         delta: &RegistryDelta,
         object: &serde_json::Map<String, Value>,
-    ) -> RegistryDelta {
+    ) -> Option<RegistryDelta> {
         let main = self
             .translator
             .reconcile_upsert(event.object_type, object, Utc::now());
@@ -264,7 +213,7 @@ impl Confirmer {
             Ok(main) => main,
             Err(e) => {
                 tracing::warn!(error = %e, "main's object does not translate; the webhook's is published");
-                return delta.clone();
+                return None;
             }
         };
         main.origin = Origin::Webhook;
@@ -274,7 +223,7 @@ impl Confirmer {
         if main.entry == delta.entry {
             main.changed_fields.clone_from(&delta.changed_fields);
         }
-        main
+        Some(main)
     }
 
     /// Keeps a verified body until main can confirm it; durable when it returns `Ok`.
@@ -327,8 +276,9 @@ impl Confirmer {
         }
     }
 
-    /// Confirms every held webhook once, oldest first, a few at a time. Stops at the first
-    /// batch NetBox did not answer for.
+    /// Confirms every held webhook once, oldest first, a few at a time. Stops after the first
+    /// batch NetBox did not answer for: what fails here (NetBox away or refusing, the state file)
+    /// fails for every webhook alike, and a delta that can never be published is dropped.
     async fn round(&self, delivery: &Delivery) -> Result<(), ConfirmError> {
         let mut after = None;
         loop {
@@ -385,20 +335,26 @@ impl Confirmer {
             }
         };
         let key = delta.key.clone();
-        match self.confirm(&event, delta).await? {
-            Confirmed::Publish(delta, _) | Confirmed::Trusted(delta) => {
-                let delivered = delivery.deliver(&delta).await?;
-                let outcome = match delivered {
-                    Delivered::Published => "published",
-                    Delivered::Spooled => "spooled",
-                    Delivered::Dropped(verdict) => verdict.reason(),
-                };
-                tracing::info!(%key, outcome, "held webhook confirmed by NetBox's main");
-            }
+        let main = match self.confirm(&event, &delta).await? {
+            Confirmed::AsSent => None,
+            Confirmed::Main(main, _) => Some(main),
             Confirmed::NotOnMain(reason) => {
                 tracing::info!(%key, %reason, "held webhook not published");
+                return Ok(());
             }
-        }
+        };
+        let outcome = match delivery.deliver(main.as_deref().unwrap_or(&delta)).await {
+            Ok(Delivered::Published) => "published",
+            Ok(Delivered::Spooled) => "spooled",
+            Ok(Delivered::Dropped(verdict)) => verdict.reason(),
+            // Never publishable (the webhook's own delta was checked before it was held).
+            Err(e @ DeliveryError::TooLarge { .. }) => {
+                tracing::error!(%key, error = %e, "a held webhook's delta cannot be published; dropped");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tracing::info!(%key, outcome, "held webhook confirmed by NetBox's main");
         Ok(())
     }
 }

@@ -18,7 +18,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 pub use cascade::Cascades;
-pub use confirm::{Confirmed, Confirmer, HoldError, NetboxStatus};
+pub use confirm::{Confirmed, Confirmer, HoldError};
 use lease::{Coordination, Lease, Refused};
 pub use runs::{InProgress, RunReport, RunStatus, Runs, TypeReport};
 

@@ -109,13 +109,11 @@ async fn handle(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Handl
     if let Some(stated) = translate::clamped_from(&app.translator, &event, &delta, now) {
         clamped(app, &delta, stated);
     }
-    let result = match app.delivery.deliver(&delta).await? {
-        Delivered::Published => "published",
-        Delivered::Spooled => "spooled",
-        Delivered::Dropped(_) if not_on_main.is_some() => {
-            return Ok(ignored("not_on_main", not_on_main.unwrap_or_default()))
-        }
-        Delivered::Dropped(verdict) => {
+    let result = match (app.delivery.deliver(&delta).await?, not_on_main) {
+        (Delivered::Published, _) => "published",
+        (Delivered::Spooled, _) => "spooled",
+        (Delivered::Dropped(_), Some(reason)) => return Ok(ignored("not_on_main", reason)),
+        (Delivered::Dropped(verdict), None) => {
             return Ok(ignored(verdict.reason(), verdict.reason().to_string()))
         }
     };
@@ -142,10 +140,10 @@ async fn confirm(
     body: &VerifiedBody,
 ) -> Result<Result<(Box<RegistryDelta>, Option<String>), Handled>, WebhookError> {
     let confirmer = &app.confirmer;
-    let asked = tokio::time::timeout(confirmer.timeout(), confirmer.confirm(event, *delta)).await;
+    let asked = tokio::time::timeout(confirmer.timeout(), confirmer.confirm(event, &delta)).await;
     let why = match asked {
-        Ok(Ok(Confirmed::Publish(delta, differs))) => return Ok(Ok((delta, differs))),
-        Ok(Ok(Confirmed::Trusted(delta))) => return Ok(Ok((delta, None))),
+        Ok(Ok(Confirmed::AsSent)) => return Ok(Ok((delta, None))),
+        Ok(Ok(Confirmed::Main(main, differs))) => return Ok(Ok((main, differs))),
         Ok(Ok(Confirmed::NotOnMain(reason))) => return Ok(Err(ignored("not_on_main", reason))),
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!(
@@ -153,6 +151,8 @@ async fn confirm(
             confirmer.timeout()
         ),
     };
+    // A 202 promises publication: one that could never fit a NATS message is answered 413 now.
+    app.delivery.fits(&delta)?;
     confirmer
         .hold(body.bytes())
         .await

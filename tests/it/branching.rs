@@ -318,6 +318,11 @@ async fn marked_branch_webhooks_are_refused_without_asking_netbox() {
     }
     assert_eq!(count, 3);
     assert!(fake.with(|s| s.log.is_empty()), "NetBox was asked");
+    assert_eq!(
+        fake.with(|s| s.status_requests),
+        0,
+        "NetBox's status was asked"
+    );
     assert_eq!(published_count(&nats.url()).await, 0);
 }
 

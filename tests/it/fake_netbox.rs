@@ -47,7 +47,7 @@ pub struct FakeState {
     pub plugins: Value,
     /// Every request answers 503, as a NetBox behind a proxy whose backend is down.
     pub down: bool,
-    /// `/api/status/` requests answered.
+    /// `/api/status/` requests, answered or not.
     pub status_requests: usize,
     /// List requests being answered now, and the most there ever were at once.
     pub in_flight: usize,
@@ -148,10 +148,10 @@ async fn status(State(state): State<Arc<Mutex<FakeState>>>, headers: HeaderMap) 
         return denied;
     }
     let mut s = state.lock().unwrap();
+    s.status_requests += 1;
     if s.down {
         return unavailable();
     }
-    s.status_requests += 1;
     let plugins = match &s.plugins {
         Value::Null => json!({}),
         plugins => plugins.clone(),

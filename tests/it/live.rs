@@ -215,6 +215,14 @@ impl Live {
         address
     }
 
+    /// Deletes `objects` (kind, id, path) in NetBox, children first, as listed.
+    async fn delete(&self, objects: &[(&str, u64, &str)]) {
+        for (_, id, path) in objects {
+            let path = format!("{path}/{id}/");
+            self.api("DELETE", &path, Value::Null, &[]).await;
+        }
+    }
+
     async fn published(&self) -> u64 {
         crate::helpers::published_count(&self.nats.url()).await
     }
@@ -597,10 +605,8 @@ async fn reconcile_repairs_what_a_disabled_rule_missed_and_cascades_follow_netbo
     );
     live.upserted("virtual_machine", made.vm, &renamed).await;
     live.deleted("service", made.service).await;
-    for (_, id, path) in made.all().into_iter().skip(1) {
-        live.api("DELETE", &format!("{path}/{id}/"), Value::Null, &[])
-            .await;
-    }
+    // The service is gone already.
+    live.delete(&made.all()[1..]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -720,10 +726,7 @@ async fn changes_in_a_branch_stay_out_until_the_merge_and_the_merge_arrives() {
         &[],
     )
     .await;
-    for (_, id, path) in made.all() {
-        live.api("DELETE", &format!("{path}/{id}/"), Value::Null, &[])
-            .await;
-    }
+    live.delete(&made.all()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
