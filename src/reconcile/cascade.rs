@@ -9,6 +9,7 @@
 //! reconcile, as it does a cascade that failed `ATTEMPTS` times.
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +30,30 @@ use crate::telemetry;
 /// Tries of one cascade before it is left to the next reconcile; the n-th retry waits
 /// `debounce * 4^n`.
 const ATTEMPTS: u32 = 4;
+
+/// What the queue needs to run a cascade; the reconciler is the one implementation outside tests.
+pub trait Dependents: Send + Sync + 'static {
+    /// How many parents are pulled at once.
+    fn concurrency(&self) -> usize;
+    /// Pulls one parent's dependents and publishes what changed.
+    fn cascade(
+        &self,
+        trigger: &Trigger,
+    ) -> impl Future<Output = Result<CascadeTally, CascadeError>> + Send;
+}
+
+impl Dependents for Reconciler {
+    fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    fn cascade(
+        &self,
+        trigger: &Trigger,
+    ) -> impl Future<Output = Result<CascadeTally, CascadeError>> + Send {
+        cascade(self, trigger)
+    }
+}
 
 /// The queue of cascades and the task that runs them.
 pub struct Cascades {
@@ -77,8 +102,12 @@ impl Cascades {
     /// Runs queued cascades until shutdown. Each parent's pull is a task of its own, at most
     /// `netbox.concurrency` at once: one slow parent (NetBox answering 429 with a long
     /// `Retry-After`) holds one of them, never the parents queued after it.
-    pub async fn run(self: Arc<Self>, reconciler: Arc<Reconciler>, shutdown: CancellationToken) {
-        let permits = Arc::new(Semaphore::new(reconciler.concurrency.max(1)));
+    pub async fn run(
+        self: Arc<Self>,
+        reconciler: Arc<impl Dependents>,
+        shutdown: CancellationToken,
+    ) {
+        let permits = Arc::new(Semaphore::new(reconciler.concurrency().max(1)));
         let pulls = TaskTracker::new();
         loop {
             tokio::select! {
@@ -99,7 +128,7 @@ impl Cascades {
                     // At shutdown the pipeline closes: pulls in progress are left to the next
                     // reconcile.
                     tokio::select! {
-                        _ = this.pull(&reconciler, &permits, queued) => {}
+                        _ = this.pull(&*reconciler, &permits, queued) => {}
                         _ = shutdown.cancelled() => {}
                     }
                 });
@@ -111,7 +140,12 @@ impl Cascades {
 
     /// One try of a parent's cascade; a failed one waits its back-off here, inside the task
     /// shutdown cancels, then is queued again (taking a newer trigger of the same parent along).
-    async fn pull(self: &Arc<Self>, reconciler: &Reconciler, permits: &Semaphore, queued: Queued) {
+    async fn pull(
+        self: &Arc<Self>,
+        reconciler: &impl Dependents,
+        permits: &Semaphore,
+        queued: Queued,
+    ) {
         let retry = {
             let Ok(_permit) = permits.acquire().await else {
                 return;
@@ -125,10 +159,14 @@ impl Cascades {
     }
 
     /// Runs one cascade; when it is to be tried again, how long to wait and what to queue.
-    async fn attempt(&self, reconciler: &Reconciler, queued: Queued) -> Option<(Duration, Queued)> {
+    async fn attempt(
+        &self,
+        reconciler: &impl Dependents,
+        queued: Queued,
+    ) -> Option<(Duration, Queued)> {
         let Queued { trigger, attempt } = queued;
         let (parent, id) = (trigger.parent.name, trigger.id);
-        match cascade(reconciler, &trigger).await {
+        match reconciler.cascade(&trigger).await {
             Ok(tally) => {
                 telemetry::cascade_ran("succeeded", tally.pulled);
                 tracing::info!(
@@ -229,4 +267,116 @@ pub async fn cascade(
         }
     }
     Ok(tally)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netbox::parents::Parent;
+    use tokio::time::Instant;
+
+    /// Records each pull and the paused clock's time; the parents in `failing` always fail.
+    struct Recorder {
+        epoch: Instant,
+        pulls: Mutex<Vec<(u64, Option<String>, Duration)>>,
+        failing: Vec<u64>,
+    }
+
+    impl Dependents for Recorder {
+        fn concurrency(&self) -> usize {
+            4
+        }
+
+        async fn cascade(&self, trigger: &Trigger) -> Result<CascadeTally, CascadeError> {
+            let at = self.epoch.elapsed();
+            let pull = (trigger.id, trigger.slug.clone(), at);
+            self.pulls.lock().unwrap().push(pull);
+            if self.failing.contains(&trigger.id) {
+                return Err(CascadeError::NotDelivered(1));
+            }
+            Ok(CascadeTally::default())
+        }
+    }
+
+    fn site(id: u64, slug: &str) -> Trigger {
+        Trigger {
+            parent: Parent::from_name("dcim.site").unwrap(),
+            id,
+            slug: Some(slug.to_string()),
+            hosts: Vec::new(),
+        }
+    }
+
+    fn started(failing: Vec<u64>) -> (Arc<Cascades>, Arc<Recorder>, CancellationToken) {
+        let cascades = Cascades::new(Duration::from_secs(2));
+        let recorder = Arc::new(Recorder {
+            epoch: Instant::now(),
+            pulls: Mutex::new(Vec::new()),
+            failing,
+        });
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cascades.clone().run(recorder.clone(), shutdown.clone()));
+        (cascades, recorder, shutdown)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_pulls_each_parent_once_with_its_last_slug_one_debounce_after_it_began() {
+        let (cascades, recorder, shutdown) = started(Vec::new());
+        tokio::task::yield_now().await;
+        // Fifty sites renamed over 1.5 s, site 7 twice.
+        for id in 1..=50 {
+            cascades.push(site(id, &format!("site-{id}")));
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        cascades.push(site(7, "site-7-again"));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        shutdown.cancel();
+
+        let mut pulls = recorder.pulls.lock().unwrap().clone();
+        pulls.sort();
+        let expected: Vec<_> = (1..=50)
+            .map(|id| {
+                let slug = if id == 7 {
+                    "site-7-again".to_string()
+                } else {
+                    format!("site-{id}")
+                };
+                (id, Some(slug), Duration::from_secs(2))
+            })
+            .collect();
+        assert_eq!(pulls, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_parent_is_tried_four_times_and_holds_no_other() {
+        let (cascades, recorder, shutdown) = started(vec![1]);
+        tokio::task::yield_now().await;
+        cascades.push(site(1, "failing"));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cascades.push(site(2, "healthy"));
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        shutdown.cancel();
+
+        let pulls = recorder.pulls.lock().unwrap().clone();
+        let healthy: Vec<_> = pulls.iter().filter(|p| p.0 == 2).map(|p| p.2).collect();
+        assert_eq!(
+            healthy,
+            [Duration::from_secs(5)],
+            "one debounce after it was queued"
+        );
+        let tries: Vec<_> = pulls.iter().filter(|p| p.0 == 1).map(|p| p.2).collect();
+        assert_eq!(tries.len(), 4, "{tries:?}");
+        // Each retry waits 4, 16, 64 debounces (up to twice that with jitter), then the debounce
+        // of the queue it joins again.
+        let debounce = Duration::from_secs(2);
+        assert_eq!(tries[0], debounce);
+        for (n, pair) in tries.windows(2).enumerate() {
+            let floor = debounce * 4u32.pow(n as u32 + 1) + debounce;
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap >= floor && gap <= floor * 2,
+                "retry {n}: {gap:?}, floor {floor:?}"
+            );
+        }
+    }
 }

@@ -429,7 +429,8 @@ async fn a_reconcile_deletes_keys_only_another_relay_published() {
     );
 }
 
-/// Two relays on a 2 s schedule: NetBox is pulled about once per interval, not once per relay.
+/// Two relays on a 4 s schedule sharing a real KV bucket: NetBox is pulled once per interval,
+/// not once per relay. (The exact timing is pinned on a paused clock in `reconcile::schedule`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_runs_are_shared_between_relays() {
     let nats = NatsServer::start();
@@ -437,16 +438,16 @@ async fn scheduled_runs_are_shared_between_relays() {
     fake.load_recorded("dcim_devices.json");
     let scheduled = |state| {
         let mut config = reconciling(&nats, &fake, state);
-        config.reconcile.interval = std::time::Duration::from_secs(2);
+        config.reconcile.interval = std::time::Duration::from_secs(4);
         config
     };
     let started = std::time::Instant::now();
     let a = TestRelay::start(scheduled("a.redb")).await;
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let b = TestRelay::start(scheduled("b.redb")).await;
-    // A ticks at about 2 s and 4 s, B at about 3 s and 5 s: four runs if each relay kept its own
-    // schedule, two when B leaves out the ticks that follow A's runs closely.
-    tokio::time::sleep(std::time::Duration::from_millis(5_800).saturating_sub(started.elapsed()))
+    // A ticks at about 4 s and 8 s, B at about 5 s and 9 s: four runs if each relay kept its own
+    // schedule; two when B leaves out the ticks that follow a run of A's since its last one.
+    tokio::time::sleep(std::time::Duration::from_millis(10_500).saturating_sub(started.elapsed()))
         .await;
     let latest: Value = reqwest::get(format!("{}/reconcile/runs/latest", b.base))
         .await
@@ -454,10 +455,11 @@ async fn scheduled_runs_are_shared_between_relays() {
         .json()
         .await
         .unwrap();
-    let runs = latest["run_id"].as_u64().unwrap_or(0);
-    assert!(
-        (1..=3).contains(&runs),
-        "{runs} scheduled runs in 5.8 s on two relays with a 2 s interval: {latest}"
+    assert_eq!(
+        latest["run_id"], 2,
+        "two runs in 10.5 s on two relays: {latest}"
     );
+    let (_, first) = run_report(&b.base, &serde_json::json!(1)).await;
+    assert_eq!(first["trigger"], "schedule", "{first}");
     drop(a);
 }
