@@ -52,10 +52,16 @@ pub enum Refused {
     Held(u64),
     /// The bucket cannot be reached (NATS away): the caller runs under its own exclusion only.
     Unreachable(String),
+    /// `reconcile.latest` holds the last run id there is.
+    Exhausted(u64),
 }
+
+/// Run ids stay exact for JSON readers that hold numbers as doubles.
+const MAX_RUN_ID: u64 = (1 << 53) - 1;
 
 pub struct Coordination {
     kv: kv::Store,
+    bucket: String,
     holder: String,
     ttl: Duration,
     /// The lease's revision as this relay last saw it held, and since when.
@@ -89,6 +95,7 @@ impl Coordination {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "netbox-relay".to_string());
         Ok(Coordination {
             kv,
+            bucket: bucket.to_string(),
             holder: format!("{host}:{}:{}", std::process::id(), uuid::Uuid::new_v4()),
             ttl,
             seen: std::sync::Mutex::new(None),
@@ -103,7 +110,11 @@ impl Coordination {
             Ok(value) => value.and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok()),
             Err(e) => return Err(unreachable(&e)),
         };
-        let run_id = local_next.max(latest.unwrap_or(0) + 1);
+        let latest = latest.unwrap_or(0).max(local_next.saturating_sub(1));
+        if latest >= MAX_RUN_ID {
+            return Err(Refused::Exhausted(latest));
+        }
+        let run_id = latest + 1;
         let value = self.value(run_id);
         let revision = match self.kv.create(LEASE, value.clone()).await {
             Ok(revision) => revision,
@@ -241,6 +252,10 @@ impl Coordination {
         let value = self.kv.get(LATEST).await.ok()??;
         self.report(std::str::from_utf8(&value).ok()?.parse().ok()?)
             .await
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
     }
 
     pub fn renew_every(&self) -> Duration {

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 pub use cascade::Cascades;
 pub use confirm::{Confirmed, Confirmer, HoldError};
 use lease::{Coordination, Lease, Refused};
-pub use runs::{InProgress, RunReport, RunStatus, Runs, TypeReport};
+pub use runs::{InProgress, NotStarted, RunReport, RunStatus, Runs, TypeReport};
 
 use crate::config::Config;
 use crate::netbox::client::NetboxClient;
@@ -127,7 +127,7 @@ impl Reconciler {
 
     /// Starts a run in the background; `Err` holds the id of the run already in progress, on this
     /// relay or on another one sharing the NATS.
-    pub async fn spawn(self: &Arc<Self>, options: RunOptions) -> Result<u64, InProgress> {
+    pub async fn spawn(self: &Arc<Self>, options: RunOptions) -> Result<u64, NotStarted> {
         let (report, lease) = self.begin(&options).await?;
         let id = report.run_id;
         let this = self.clone();
@@ -137,7 +137,7 @@ impl Reconciler {
     }
 
     /// Runs to the end and answers the report; `Err` holds the id of the run in progress.
-    pub async fn run(&self, options: RunOptions) -> Result<RunReport, InProgress> {
+    pub async fn run(&self, options: RunOptions) -> Result<RunReport, NotStarted> {
         let (report, lease) = self.begin(&options).await?;
         Ok(self.execute(report, options, lease).await)
     }
@@ -165,15 +165,19 @@ impl Reconciler {
 
     /// Registers a run: under the KV lease when the bucket is reachable (one run at a time
     /// across relays), under this relay's own exclusion otherwise.
-    async fn begin(&self, options: &RunOptions) -> Result<(RunReport, Option<Lease>), InProgress> {
+    async fn begin(&self, options: &RunOptions) -> Result<(RunReport, Option<Lease>), NotStarted> {
         if let Some(running) = self.runs.running() {
-            return Err(InProgress(running));
+            return Err(InProgress(running).into());
         }
         let coordination = self.coordination().await;
         let lease = match coordination {
             Some(c) => match c.acquire(self.runs.next_id()).await {
                 Ok(lease) => Some(lease),
-                Err(Refused::Held(run_id)) => return Err(InProgress(run_id)),
+                Err(Refused::Held(run_id)) => return Err(InProgress(run_id).into()),
+                Err(Refused::Exhausted(latest)) => {
+                    let bucket = c.bucket().to_string();
+                    return Err(NotStarted::IdsExhausted { bucket, latest });
+                }
                 Err(Refused::Unreachable(e)) => {
                     tracing::warn!(error = %e, "reconcile: the shared lease is out of reach; running under this relay's own exclusion");
                     None
@@ -195,7 +199,7 @@ impl Reconciler {
                 if let (Some(c), Some(lease)) = (c, lease) {
                     c.release(lease).await;
                 }
-                Err(running)
+                Err(running.into())
             }
         }
     }

@@ -113,6 +113,16 @@ const KEEP: usize = 50;
 #[error("run {0} is in progress")]
 pub struct InProgress(pub u64);
 
+/// Why a run was not started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotStarted {
+    #[error(transparent)]
+    InProgress(#[from] InProgress),
+    /// The shared run counter is at its end: numbering past it would overwrite old reports.
+    #[error("reconcile.latest in KV bucket {bucket} is {latest}: no run id is left after it (ids stay below 2^53 for JSON readers); delete the key (`nats kv del {bucket} reconcile.latest`) and restart the relays to number runs from 1 again")]
+    IdsExhausted { bucket: String, latest: u64 },
+}
+
 impl Runs {
     /// Registers a new run, or answers the id of the one in progress.
     pub fn begin(

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{InProgress, Reconciler, RunOptions};
+use super::{InProgress, NotStarted, Reconciler, RunOptions};
 
 /// What the schedule needs of a relay; the reconciler is the one implementation outside tests.
 pub(crate) trait Scheduled {
@@ -22,7 +22,7 @@ pub(crate) trait Scheduled {
     /// Whether this relay has started a run since it began.
     fn has_run(&self) -> bool;
     /// Starts a run in the background.
-    async fn start(&self, trigger: &'static str) -> Result<u64, InProgress>;
+    async fn start(&self, trigger: &'static str) -> Result<u64, NotStarted>;
 }
 
 /// Runs on `interval` (plus `jitter`), and once at start when `on_start`. A zero interval
@@ -62,11 +62,13 @@ pub(crate) async fn run_schedule(
             );
             continue;
         }
-        if let Err(InProgress(running)) = relay.start(trigger).await {
-            tracing::info!(
+        match relay.start(trigger).await {
+            Ok(_) => {}
+            Err(NotStarted::InProgress(InProgress(running))) => tracing::info!(
                 running,
                 "reconcile: a run is already in progress; skipping this one"
-            );
+            ),
+            Err(e) => tracing::error!(error = %e, "reconcile: the scheduled run did not start"),
         }
     }
 }
@@ -84,7 +86,7 @@ impl Scheduled for Arc<Reconciler> {
         self.runs.latest().is_some()
     }
 
-    async fn start(&self, trigger: &'static str) -> Result<u64, InProgress> {
+    async fn start(&self, trigger: &'static str) -> Result<u64, NotStarted> {
         self.spawn(RunOptions {
             trigger: trigger.to_string(),
             force: false,
@@ -140,7 +142,7 @@ mod tests {
                 .any(|(by, _)| *by == self.name)
         }
 
-        async fn start(&self, _trigger: &'static str) -> Result<u64, InProgress> {
+        async fn start(&self, _trigger: &'static str) -> Result<u64, NotStarted> {
             let mut log = self.log.lock().unwrap();
             log.push((self.name, self.epoch.elapsed()));
             Ok(log.len() as u64)

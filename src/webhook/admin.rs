@@ -12,7 +12,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::AppState;
-use crate::reconcile::RunOptions;
+use crate::reconcile::{NotStarted, RunOptions};
 
 pub async fn start_run(
     State(app): State<Arc<AppState>>,
@@ -40,10 +40,14 @@ pub async fn start_run(
             Json(json!({"run_id": run_id, "status": "running"})),
         )
             .into_response(),
-        Err(running) => {
+        Err(NotStarted::InProgress(running)) => {
             let body =
                 json!({"error": "conflict", "run_id": running.0, "message": running.to_string()});
             (StatusCode::CONFLICT, Json(body)).into_response()
+        }
+        Err(e @ NotStarted::IdsExhausted { .. }) => {
+            let body = json!({"error": "run_ids_exhausted", "message": e.to_string()});
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }
 }

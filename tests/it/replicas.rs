@@ -463,3 +463,65 @@ async fn scheduled_runs_are_shared_between_relays() {
     assert_eq!(first["trigger"], "schedule", "{first}");
     drop(a);
 }
+
+/// A run counter at its end (a stranger's write, or 2^53 runs) refuses the run and says what to do,
+/// instead of numbering from 0 again over old reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_counter_at_its_end_refuses_runs_instead_of_wrapping() {
+    let nats = NatsServer::start();
+    let fake = crate::fake_netbox::FakeNetbox::start("4.6.8").await;
+    fake.load_recorded("dcim_devices.json");
+    let relay = TestRelay::start(reconciling(&nats, &fake, "a.redb")).await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let config = async_nats::jetstream::kv::Config {
+        bucket: "NETBOX_RELAY".into(),
+        history: 1,
+        ..Default::default()
+    };
+    let bucket = js.create_key_value(config).await.unwrap();
+    let old = br#"{"run_id":1,"status":"succeeded","trigger":"api"}"#;
+    bucket
+        .put("reconcile.runs.1", old.as_slice().into())
+        .await
+        .unwrap();
+    for latest in [u64::MAX, (1 << 53) - 1] {
+        bucket
+            .put("reconcile.latest", latest.to_string().into())
+            .await
+            .unwrap();
+        let (status, body) = trigger(&relay.base).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"], "run_ids_exhausted", "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains(&latest.to_string())
+                && message.contains("nats kv del NETBOX_RELAY reconcile.latest"),
+            "{message}"
+        );
+        let kept = bucket.get("reconcile.runs.1").await.unwrap().unwrap();
+        assert_eq!(kept.as_ref(), old, "run 1's report is kept");
+    }
+    // One below the end: the last id is given.
+    let last = (1u64 << 53) - 2;
+    bucket
+        .put("reconcile.latest", last.to_string().into())
+        .await
+        .unwrap();
+    let (status, body) = trigger(&relay.base).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["run_id"], last + 1, "{body}");
+    let report = crate::helpers::reconcile_report(&relay.base, &body["run_id"]).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    // The operator deletes the key and restarts the relays, as told: runs are numbered from 1.
+    bucket.delete("reconcile.latest").await.unwrap();
+    let (status, body) = trigger(&relay.base).await;
+    assert_eq!(
+        status, 503,
+        "this relay's own counter is at the end too: {body}"
+    );
+    drop(relay);
+    let relay = TestRelay::start(reconciling(&nats, &fake, "b.redb")).await;
+    let (status, body) = trigger(&relay.base).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["run_id"], 1, "{body}");
+}
