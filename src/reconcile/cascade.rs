@@ -203,7 +203,7 @@ pub enum CascadeError {
     #[error(transparent)]
     Api(#[from] ApiError),
     #[error("translating a page failed: {0}")]
-    Translate(String),
+    Translate(#[from] tokio::task::JoinError),
     #[error("{0} deltas not delivered")]
     NotDelivered(u64),
 }
@@ -250,8 +250,7 @@ pub async fn cascade(
             let (translator, store) = (reconciler.translator.clone(), reconciler.store.clone());
             let sorted =
                 tokio::task::spawn_blocking(move || sort(&translator, &store, object_type, page))
-                    .await
-                    .map_err(|e| CascadeError::Translate(e.to_string()))?;
+                    .await?;
             tally.pulled += sorted.ids.len() as u64;
             for mut delta in sorted.changed {
                 delta.origin = Origin::Cascade;

@@ -77,8 +77,8 @@ async fn take(
     report: &mut TypeReport,
     seen: &mut HashSet<u64>,
     emitter: &mut Emitter<'_>,
-) -> Result<(), String> {
-    let sorted = sorted.map_err(|e| format!("translating a page failed: {e}"))?;
+) -> Result<(), PullFailure> {
+    let sorted = sorted?;
     report.fetched += sorted.ids.len() as u64;
     seen.extend(sorted.ids);
     report.unchanged += sorted.unchanged;
@@ -204,18 +204,20 @@ fn print(delta: &RegistryDelta) -> Emitted {
 }
 
 /// Why a pull ended early.
-struct PullFailure {
-    message: String,
-    /// NetBox refused to show the type (403: the token lacks its view permission).
-    refused: bool,
+#[derive(Debug, thiserror::Error)]
+enum PullFailure {
+    #[error("netbox.url or netbox.token is not configured")]
+    NotConfigured,
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("translating a page failed: {0}")]
+    Translate(#[from] tokio::task::JoinError),
 }
 
-impl From<String> for PullFailure {
-    fn from(message: String) -> Self {
-        PullFailure {
-            message,
-            refused: false,
-        }
+impl PullFailure {
+    /// NetBox refused to show the type (403: the token lacks its view permission).
+    fn refused(&self) -> bool {
+        matches!(self, PullFailure::Api(ApiError::Forbidden { .. }))
     }
 }
 
@@ -233,14 +235,14 @@ impl Pass<'_> {
         let mut report = TypeReport::default();
         let mut seen = HashSet::new();
         if let Err(failure) = self.pull(object_type, &mut report, &mut seen).await {
-            tracing::error!(object_type = object_type.name, error = %failure.message, "reconcile: pull failed; no deletes");
+            tracing::error!(object_type = object_type.name, error = %failure, "reconcile: pull failed; no deletes");
             // NetBox refusing a type (no view permission) leaves the others complete: partial.
-            report.refused = failure.refused;
-            report.status = Some(match failure.refused {
+            report.refused = failure.refused();
+            report.status = Some(match failure.refused() {
                 true => RunStatus::Partial,
                 false => RunStatus::Failed,
             });
-            report.message = Some(failure.message);
+            report.message = Some(failure.to_string());
             return report;
         }
         if let Err(e) = self.deletes(object_type, &seen, &mut report).await {
@@ -266,9 +268,7 @@ impl Pass<'_> {
         seen: &mut HashSet<u64>,
     ) -> Result<(), PullFailure> {
         let client = self.reconciler.client.clone();
-        let client = client.ok_or_else(|| {
-            PullFailure::from("netbox.url or netbox.token is not configured".to_string())
-        })?;
+        let client = client.ok_or(PullFailure::NotConfigured)?;
         let options = super::pull::PullOptions {
             version: self.version,
             page_size: self.reconciler.page_size,
@@ -282,17 +282,14 @@ impl Pass<'_> {
             let page = match page {
                 Ok(page) => page,
                 Err(e) => {
-                    failure = Some(PullFailure {
-                        refused: matches!(e, ApiError::Forbidden { .. }),
-                        message: e.to_string(),
-                    });
+                    failure = Some(e.into());
                     break;
                 }
             };
             if sorting.len() >= SORTING {
                 if let Some(sorted) = sorting.next().await {
                     if let Err(e) = take(sorted, report, seen, &mut emitter).await {
-                        failure = Some(e.into());
+                        failure = Some(e);
                         break;
                     }
                 }
@@ -307,7 +304,7 @@ impl Pass<'_> {
         }
         while let Some(sorted) = sorting.next().await {
             if let Err(e) = take(sorted, report, seen, &mut emitter).await {
-                failure.get_or_insert(e.into());
+                failure.get_or_insert(e);
             }
         }
         // What was sent stays sent, and counted, even when the pull failed part way.
