@@ -311,9 +311,10 @@ pub async fn reconcile_once(
     let shutdown = CancellationToken::new();
     let drainer = pipeline.spawn_drainer(shutdown.clone());
     let (spool, publisher) = (&pipeline.spool, &pipeline.publisher);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while spool.depth() > 0 && publisher.is_connected() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::select! {
+        _ = spool.empty() => {}
+        _ = publisher.disconnected() => {}
+        _ = tokio::time::sleep(Duration::from_secs(30)) => {}
     }
     shutdown.cancel();
     drainer.await.ok();
@@ -391,10 +392,11 @@ impl Pipeline {
 /// Gives a fresh connection a moment to reach NATS and find or create the stream.
 async fn wait_for_stream(publisher: &Publisher) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::time::Instant::now() < deadline {
-        if publisher.is_connected() && publisher.ensure_stream().await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if !publisher.connected_within(Duration::from_secs(10)).await {
+        return;
+    }
+    // A cluster may still be electing the stream's leader: try again for the rest of the time.
+    while publisher.ensure_stream().await.is_err() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -3,16 +3,19 @@
 //! last `nats.history_per_key` messages of each key. A delta counts as delivered
 //! once JetStream acked it or it is fsynced into the spool, which is drained once NATS is back.
 
+mod connect;
 mod delivery;
 mod drain;
 mod jetstream;
 mod order;
+mod reads;
 mod spool;
+mod stream;
 pub mod subject;
 
+pub use connect::{connect_once, connect_reader, probe, Probe};
 pub use delivery::{Delivered, Delivery, DeliveryError};
 pub use drain::drain;
-pub use jetstream::{
-    connect_once, connect_reader, probe, Last, Probe, PublishError, Publisher, StreamSettings,
-};
+pub use jetstream::{Last, PublishError, Publisher};
 pub use spool::Spool;
+pub use stream::StreamSettings;

@@ -15,6 +15,8 @@ pub struct Spool {
     /// Dead letters in the state file, waiting for an operator.
     dead: AtomicU64,
     pub(super) wake: Notify,
+    /// Told when a drain leaves the spool empty.
+    emptied: Notify,
 }
 
 impl Spool {
@@ -25,6 +27,7 @@ impl Spool {
             max_bytes,
             dead: AtomicU64::new(stats.dead),
             wake: Notify::new(),
+            emptied: Notify::new(),
         }
     }
 
@@ -70,7 +73,21 @@ impl Spool {
     }
 
     pub(super) fn drained(&self, count: u64, bytes: u64) {
-        self.depth.fetch_sub(count, Ordering::SeqCst);
+        let before = self.depth.fetch_sub(count, Ordering::SeqCst);
         self.bytes.fetch_sub(bytes, Ordering::SeqCst);
+        if before == count {
+            self.emptied.notify_waiters();
+        }
+    }
+
+    /// Returns once the spool is empty.
+    pub async fn empty(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            if self.depth() == 0 {
+                return;
+            }
+            emptied.await;
+        }
     }
 }

@@ -8,6 +8,7 @@ mod diff;
 mod lease;
 /// The pull alone; public so that the benchmark can time downloading against reconciling.
 pub mod pull;
+mod run;
 mod runs;
 mod schedule;
 
@@ -27,7 +28,6 @@ use crate::netbox::client::NetboxClient;
 use crate::netbox::ObjectType;
 use crate::publish::Delivery;
 use crate::state::Store;
-use crate::telemetry;
 use crate::translate::Translator;
 
 /// Where a run's deltas go.
@@ -239,59 +239,6 @@ impl Reconciler {
         matches!(self.output, Output::Print)
     }
 
-    /// Runs, renewing the lease meanwhile; gives it back at the end.
-    async fn execute(
-        &self,
-        report: RunReport,
-        options: RunOptions,
-        lease: Option<Lease>,
-    ) -> RunReport {
-        let run_id = report.run_id;
-        let work = self.work(report, options);
-        let (Some(mut lease), Some(c)) = (lease, self.shared.as_ref().and_then(|s| s.opened.get()))
-        else {
-            let finished = tokio::select! {
-                report = work => Some(report),
-                _ = self.stop.cancelled() => None,
-            };
-            return finished.unwrap_or_else(|| {
-                self.runs
-                    .get(run_id)
-                    .unwrap_or_else(|| RunReport::stopped(run_id))
-            });
-        };
-        // Boxed, so that dropping it ends the run here (its guard marks it stopped).
-        let mut work = Box::pin(work);
-        let finished = loop {
-            tokio::select! {
-                report = &mut work => break Ok(report),
-                _ = self.stop.cancelled() => break Err(STOPPED),
-                _ = tokio::time::sleep(c.renew_every()) => {
-                    if !c.renew(&mut lease).await {
-                        break Err(LEASE_LOST);
-                    }
-                }
-            }
-        };
-        let report = match finished {
-            Ok(report) => report,
-            Err(why) => {
-                // Dropping the run ends it; its report and the lease are given back while NATS
-                // is still there, so that another relay may run at once.
-                drop(work);
-                self.runs.explain(run_id, why);
-                tracing::warn!(run_id, reason = why, "reconcile: run stopped");
-                let report = self.runs.get(run_id);
-                if let Some(report) = &report {
-                    c.record(report).await;
-                }
-                report.unwrap_or_else(|| RunReport::stopped(run_id))
-            }
-        };
-        c.release(lease).await;
-        report
-    }
-
     /// Waits for the runs in progress to end; they stop at once when the relay shuts down
     /// ([`Reconciler::stopping_with`]).
     pub async fn wait_stopped(&self) {
@@ -304,114 +251,11 @@ impl Reconciler {
         self.stop = shutdown;
         self
     }
-
-    async fn work(&self, mut report: RunReport, options: RunOptions) -> RunReport {
-        tracing::info!(run_id = report.run_id, trigger = %report.trigger, "reconcile: run started");
-        let _unfinished = Unfinished {
-            runs: &self.runs,
-            run_id: report.run_id,
-            started: std::time::Instant::now(),
-        };
-        let types = if options.only.is_empty() {
-            self.types.clone()
-        } else {
-            options.only
-        };
-        let version = match &self.client {
-            Some(client) => client.version().await.map_err(|e| e.to_string()),
-            None => Err("netbox.url or netbox.token is not configured".to_string()),
-        };
-        for object_type in types {
-            let type_report = match &version {
-                Ok(version) => {
-                    let pass = diff::Pass {
-                        reconciler: self,
-                        output: &self.output,
-                        version: *version,
-                        run_start: report.started_at,
-                        force: options.force,
-                    };
-                    pass.object_type(object_type).await
-                }
-                Err(message) => TypeReport {
-                    status: Some(RunStatus::Failed),
-                    message: Some(message.clone()),
-                    ..TypeReport::default()
-                },
-            };
-            report
-                .object_types
-                .insert(object_type.name.to_string(), type_report);
-            self.runs.update(&report);
-            self.share(&report).await;
-        }
-        report.finish(Utc::now());
-        self.runs.update(&report);
-        self.share(&report).await;
-        let elapsed = (report.ended_at.unwrap_or(report.started_at) - report.started_at)
-            .to_std()
-            .unwrap_or_default();
-        telemetry::reconcile_ended(report.status.as_str(), elapsed);
-        tracing::info!(run_id = report.run_id, status = ?report.status, "reconcile: run ended");
-        report
-    }
 }
-
-/// Ends its run as failed if the run stops before its final report (a panic unwinds through it).
-struct Unfinished<'a> {
-    runs: &'a Runs,
-    run_id: u64,
-    started: std::time::Instant,
-}
-
-impl Drop for Unfinished<'_> {
-    fn drop(&mut self) {
-        let why = if std::thread::panicking() {
-            tracing::error!(
-                run_id = self.run_id,
-                "reconcile: the run stopped unexpectedly; marked failed"
-            );
-            "the run stopped unexpectedly (a panic in the relay: the log has it under this run_id)"
-        } else {
-            STOPPED
-        };
-        if self.runs.running() == Some(self.run_id) {
-            telemetry::reconcile_ended("failed", self.started.elapsed());
-        }
-        self.runs.abandon(self.run_id, Utc::now(), why);
-    }
-}
-
-/// The report's message of a run the relay's shutdown stopped.
-const STOPPED: &str = "the run was stopped: the relay shut down before it ended";
-/// The report's message of a run whose lease could not be renewed: another relay may run now.
-const LEASE_LOST: &str =
-    "the run was stopped: its lease could not be renewed (NATS away, or the relay was paused past reconcile.lease_ttl and another relay took it)";
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn a_run_that_panics_ends_failed_and_the_next_may_start() {
-        let runs = Arc::new(Runs::default());
-        let run_id = runs.begin("test", false, Utc::now()).unwrap().run_id;
-        let held = runs.clone();
-        let task = tokio::spawn(async move {
-            let _unfinished = Unfinished {
-                runs: &held,
-                run_id,
-                started: std::time::Instant::now(),
-            };
-            panic!("a bug in the middle of a run");
-        });
-        assert!(task.await.unwrap_err().is_panic());
-        let report = runs.get(run_id).unwrap();
-        assert_eq!(report.status, RunStatus::Failed);
-        assert!(report.ended_at.is_some());
-        assert!(report.message.unwrap().contains("stopped unexpectedly"));
-        assert!(runs.begin("next", false, Utc::now()).is_ok());
-    }
 
     /// A reconciler without NetBox: each run fails at once, which is all a schedule test needs.
     fn unconfigured(dir: &std::path::Path) -> Arc<Reconciler> {
@@ -506,24 +350,5 @@ mod tests {
             .expect("a zero interval ends the schedule after the start run");
         settle().await;
         assert_eq!(triggers(&reconciler), ["start"]);
-    }
-
-    #[test]
-    fn a_finished_run_keeps_its_status() {
-        let runs = Runs::default();
-        let mut report = runs.begin("test", false, Utc::now()).unwrap();
-        {
-            let _unfinished = Unfinished {
-                runs: &runs,
-                run_id: report.run_id,
-                started: std::time::Instant::now(),
-            };
-            report.finish(Utc::now());
-            runs.update(&report);
-        }
-        assert_eq!(
-            runs.get(report.run_id).unwrap().status,
-            RunStatus::Succeeded
-        );
     }
 }

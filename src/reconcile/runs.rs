@@ -71,7 +71,7 @@ impl RunReport {
             dry_run: false,
             started_at: now,
             ended_at: Some(now),
-            message: Some(super::STOPPED.to_string()),
+            message: Some(super::run::STOPPED.to_string()),
             object_types: BTreeMap::new(),
         }
     }

@@ -5,9 +5,9 @@
 //! a registry nor keeps keys whose tombstones expired meanwhile.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
 use futures::StreamExt;
@@ -30,7 +30,7 @@ pub struct Source {
 pub async fn follow(
     source: Source,
     targets: Arc<Targets>,
-    loaded: Arc<AtomicBool>,
+    loaded: Arc<watch::Sender<bool>>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -47,7 +47,7 @@ pub async fn follow(
     }
 }
 
-async fn follow_once(source: &Source, targets: &Targets, loaded: &AtomicBool) -> String {
+async fn follow_once(source: &Source, targets: &Targets, loaded: &watch::Sender<bool>) -> String {
     let stream = match source.js.get_stream(&source.stream).await {
         Ok(stream) => stream,
         Err(e) => return format!("stream {}: {e}", source.stream),
@@ -97,14 +97,14 @@ async fn follow_once(source: &Source, targets: &Targets, loaded: &AtomicBool) ->
 
 fn finish_load(
     targets: &Targets,
-    loaded: &AtomicBool,
+    loaded: &watch::Sender<bool>,
     fresh: &mut Option<BTreeMap<String, Target>>,
 ) {
     if let Some(map) = fresh.take() {
         let count = map.len();
         off_the_runtime(|| targets.replace(map));
         telemetry::sd_targets(count);
-        loaded.store(true, Ordering::Release);
+        loaded.send_replace(true);
         tracing::info!(
             targets = count,
             "service discovery: current registry loaded"

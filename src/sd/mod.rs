@@ -7,7 +7,6 @@ mod follow;
 mod query;
 mod targets;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
@@ -22,7 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::error::SendTimeoutError;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry;
@@ -88,7 +87,8 @@ impl IntoResponse for SdError {
 /// The targets, the stream follower that keeps them and the endpoint's access rule.
 pub struct Discovery {
     targets: Arc<Targets>,
-    loaded: Arc<AtomicBool>,
+    /// Turns true once the current registry has been read.
+    loaded: Arc<watch::Sender<bool>>,
     token: Option<SecretString>,
     source: Source,
     started: Once,
@@ -112,7 +112,7 @@ impl Discovery {
         }
         Discovery {
             targets: Arc::new(Targets::default()),
-            loaded: Arc::new(AtomicBool::new(false)),
+            loaded: Arc::new(watch::Sender::new(false)),
             token,
             source,
             started: Once::new(),
@@ -142,7 +142,7 @@ impl Discovery {
 
     /// Whether the current registry has been read.
     pub fn is_loaded(&self) -> bool {
-        self.loaded.load(Ordering::Acquire)
+        *self.loaded.borrow()
     }
 
     pub fn targets(&self) -> &Targets {
@@ -154,13 +154,11 @@ impl Discovery {
         self.authorize(headers)?;
         let selection = parse_query(query)?;
         self.start();
-        let deadline = tokio::time::Instant::now() + FIRST_LOAD_WAIT;
-        while !self.is_loaded() {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(SdError::Loading);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let mut loaded = self.loaded.subscribe();
+        tokio::time::timeout(FIRST_LOAD_WAIT, loaded.wait_for(|l| *l))
+            .await
+            .map_err(|_| SdError::Loading)?
+            .map_err(|_| SdError::Loading)?;
         let turn = self.turns.take().await?;
         // Rendering a large registry takes a while: not on the threads webhooks are served on.
         let targets = self.targets.clone();

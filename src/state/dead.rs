@@ -5,8 +5,9 @@
 use chrono::DateTime;
 use redb::ReadableTable;
 
+use super::codec::{encode, head};
 use super::letter::DeadLetter;
-use super::store::{encode, head, Store, StoreError, DEAD, RECORDS, SPOOL};
+use super::store::{Store, StoreError, DEAD, RECORDS, SPOOL};
 use crate::delta::RegistryDelta;
 
 /// Which dead letters a `retry` or `drop` acts on.

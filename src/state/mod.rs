@@ -2,17 +2,16 @@
 //! diffs), and the spool of deltas waiting for NATS. One redb file at `state.path`; deleting it
 //! is safe (the next reconcile rebuilds the records), except for a spool that still holds deltas.
 
+mod codec;
 mod committer;
 mod dead;
 mod letter;
 mod record;
 mod store;
 
+pub use codec::{encode, with_seq, Encoded};
 pub use committer::{Committer, Health};
 pub use dead::{Retried, Selection};
 pub use letter::{key_and_id, DeadLetter};
 pub use record::{judge, Record, RecordHead, Verdict};
-pub use store::{
-    encode, with_seq, Encoded, Known, SpoolStats, SpooledDelta, Store, StoreError, Write,
-    CACHE_BYTES,
-};
+pub use store::{Known, SpoolStats, SpooledDelta, Store, StoreError, Write, CACHE_BYTES};
