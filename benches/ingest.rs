@@ -10,8 +10,15 @@
 //! alike. Reports requests/s, latency p50/p99/p999, errors, the server's CPU time, the ratios to
 //! (a) and to (f), and checks that every accepted delta reached the stream.
 //!
+//!
+//! With `--sd-devices N` it measures instead what service discovery costs the webhooks: one relay
+//! holding N devices (each with a primary IP: an SD target), webhooks at an open-loop `--rate`
+//! on 4 connections with SD idle, then with 16 clients asking `/sd/prometheus` in a loop, then
+//! idle again; latency ratios busy/idle. Then 80 clients that ask and never read: the relay's
+//! memory while they hang and after `server.request_timeout`, against the answer's size.
+//!
 //! `cargo bench --bench ingest -- [--seconds 10] [--concurrency 32] [--rate 1000] [--rounds 1]
-//!  [--before PATH]`
+//!  [--before PATH] [--sd-devices 20000]`
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -49,7 +56,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(args));
+    match args.sd_devices {
+        0 => rt.block_on(run(args)),
+        _ => rt.block_on(sd_busy(args)),
+    }
 }
 
 struct Args {
@@ -58,6 +68,7 @@ struct Args {
     rate: u64,
     rounds: usize,
     before: Option<PathBuf>,
+    sd_devices: u64,
 }
 
 impl Args {
@@ -68,6 +79,7 @@ impl Args {
             rate: 1000,
             rounds: 1,
             before: None,
+            sd_devices: 0,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -82,6 +94,7 @@ impl Args {
                 "--rate" => args.rate = value(),
                 "--rounds" => args.rounds = value().max(1) as usize,
                 "--before" => args.before = it.next().map(PathBuf::from),
+                "--sd-devices" => args.sd_devices = value(),
                 _ => {} // cargo bench passes --bench
             }
         }
@@ -217,6 +230,240 @@ async fn run(args: Args) {
         stored, accepted,
         "every accepted delta must reach the stream"
     );
+}
+
+/// Webhook latency with service discovery idle and busy, and the memory of stalled SD clients.
+async fn sd_busy(args: Args) {
+    println!(
+        "webhooks while service discovery is busy: {} devices, {}s per phase, {} req/s, {}",
+        args.sd_devices,
+        args.seconds,
+        args.rate,
+        machine()
+    );
+    let work = tempfile::tempdir().unwrap();
+    let _nats = Nats::launch(work.path().join("nats"));
+    let relay = Server::relay(
+        env!("CARGO_BIN_EXE_netbox-relay").as_ref(),
+        &_nats,
+        &work,
+        "relay",
+    );
+    wait_ready(&relay.url).await;
+    fill_devices(&relay.url, args.sd_devices).await;
+    let answer = wait_for_targets(&relay.url, args.sd_devices).await;
+    println!(
+        "registry: {} SD targets, answer {:.1} MB",
+        args.sd_devices,
+        answer as f64 / 1e6
+    );
+
+    let gen = Arc::new(Generator::new());
+    let duration = Duration::from_secs(args.seconds);
+    let phase = || load(&relay.url, &gen, 4, duration, Some(args.rate));
+    let idle = phase().await;
+    let (paced, paced_answers) =
+        with_askers(&relay.url, Some(Duration::from_secs(1)), phase()).await;
+    let (busy, answers) = with_askers(&relay.url, None, phase()).await;
+    let idle_again = phase().await;
+
+    println!();
+    println!("| phase | req/s | p50 ms | p99 ms | p999 ms | max ms | errors |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for (name, o) in [
+        ("SD idle", &idle),
+        ("16 SD clients, one answer a second each", &paced),
+        ("16 SD clients looping", &busy),
+        ("SD idle again", &idle_again),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            o.rps(),
+            o.percentile(0.50),
+            o.percentile(0.99),
+            o.percentile(0.999),
+            o.percentile(1.0),
+            o.errors
+        );
+    }
+    let base = |p| idle.percentile(p).max(idle_again.percentile(p));
+    println!(
+        "SD answers while paced: {paced_answers} ({:.1}/s); paced/idle p50 = {:.2}, p99 = {:.2}, p999 = {:.2}",
+        paced_answers as f64 / args.seconds as f64,
+        paced.percentile(0.50) / base(0.50),
+        paced.percentile(0.99) / base(0.99),
+        paced.percentile(0.999) / base(0.999)
+    );
+    println!(
+        "SD answers during the busy phase: {answers} ({:.1}/s); busy/idle p50 = {:.2}, p99 = {:.2}, p999 = {:.2}",
+        answers as f64 / args.seconds as f64,
+        busy.percentile(0.50) / base(0.50),
+        busy.percentile(0.99) / base(0.99),
+        busy.percentile(0.999) / base(0.999)
+    );
+
+    stalled_clients(&relay, answer).await;
+}
+
+/// `count` devices, each with a primary IPv4 of its own, from the recorded device update.
+async fn fill_devices(url: &str, count: u64) {
+    let recorded = recorded_body("034_device_updated.json");
+    let client = reqwest::Client::new();
+    let next = Arc::new(AtomicU64::new(1));
+    let start = chrono::Utc::now() - chrono::Duration::hours(2);
+    let lanes: Vec<_> = (0..32)
+        .map(|_| {
+            let (client, next, recorded) = (client.clone(), next.clone(), recorded.clone());
+            let url = format!("{url}/webhooks/netbox");
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n > count {
+                        return;
+                    }
+                    let body = numbered_device(&recorded, n, start);
+                    let signature = sign(SECRET, &body);
+                    let answer = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("x-hook-signature", signature)
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(answer.status().as_u16(), 202, "filling the registry");
+                }
+            })
+        })
+        .collect();
+    for lane in lanes {
+        lane.await.unwrap();
+    }
+}
+
+fn recorded_body(file: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/netbox-webhooks")
+        .join(file);
+    let recorded: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    serde_json::from_str(recorded["body"].as_str().unwrap()).unwrap()
+}
+
+/// The recorded device as device `n`: its own id, name, primary IP and revision.
+fn numbered_device(recorded: &Value, n: u64, start: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
+    let mut body = recorded.clone();
+    let revision = (start + chrono::Duration::microseconds(n as i64))
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    let data = &mut body["data"];
+    data["id"] = json!(n);
+    data["url"] = json!(format!("/api/dcim/devices/{n}/"));
+    data["name"] = json!(format!("sd-bench-{n}"));
+    let address = format!("10.{}.{}.{}/32", (n >> 16) & 255, (n >> 8) & 255, n & 255);
+    data["primary_ip4"]["id"] = json!(n);
+    data["primary_ip4"]["address"] = json!(address);
+    data["primary_ip"] = data["primary_ip4"].clone();
+    data["last_updated"] = json!(revision);
+    body["timestamp"] = json!(revision);
+    serde_json::to_vec(&body).unwrap()
+}
+
+/// Asks until the answer lists `count` targets; answers its size.
+async fn wait_for_targets(url: &str, count: u64) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let answer = reqwest::get(format!("{url}/sd/prometheus")).await.unwrap();
+        if answer.status().as_u16() == 200 {
+            let body = answer.bytes().await.unwrap();
+            let groups: Vec<Value> = serde_json::from_slice(&body).unwrap();
+            if groups.len() as u64 >= count {
+                return body.len();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the SD answer never listed {count} targets"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Runs `phase` while 16 clients ask `/sd/prometheus`, each pausing `pause` between answers
+/// (none: in a loop); answers the phase's outcome and how many answers were read whole.
+async fn with_askers(
+    url: &str,
+    pause: Option<Duration>,
+    phase: impl std::future::Future<Output = Outcome>,
+) -> (Outcome, u64) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let askers: Vec<_> = (0..16)
+        .map(|_| tokio::spawn(ask_in_a_loop(url.to_string(), pause, stop.clone())))
+        .collect();
+    let outcome = phase.await;
+    stop.store(true, Ordering::Relaxed);
+    let mut answers = 0;
+    for asker in askers {
+        answers += asker.await.unwrap();
+    }
+    (outcome, answers)
+}
+
+/// Asks `/sd/prometheus` and reads every answer until `stop`; answers how many were whole.
+async fn ask_in_a_loop(
+    url: String,
+    pause: Option<Duration>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> u64 {
+    let client = reqwest::Client::new();
+    let mut whole = 0;
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
+        let Ok(answer) = client.get(format!("{url}/sd/prometheus")).send().await else {
+            continue;
+        };
+        let ok = answer.status().as_u16() == 200;
+        if answer.bytes().await.is_ok() && ok {
+            whole += 1;
+        }
+    }
+    whole
+}
+
+/// 80 clients ask and never read: the relay's resident memory before, while they hang, and once
+/// `server.request_timeout` (30 s) has passed.
+async fn stalled_clients(relay: &Server, answer: usize) {
+    use tokio::io::AsyncWriteExt;
+    let before = relay.rss_mb();
+    let port = relay.url.rsplit(':').next().unwrap().to_string();
+    let mut stalled = Vec::new();
+    for _ in 0..80 {
+        let mut stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        let request = "GET /sd/prometheus HTTP/1.1\r\nhost: relay\r\n\r\n";
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stalled.push(stream);
+    }
+    let mut hanging: f64 = 0.0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        hanging = hanging.max(relay.rss_mb());
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let after = relay.rss_mb();
+    let healthz = reqwest::get(format!("{}/healthz", relay.url))
+        .await
+        .unwrap();
+    println!(
+        "80 SD clients that never read ({:.1} MB answer each, {:.0} MB if all were held): RSS {before:.0} MB before, at most {hanging:.0} MB while they hang (+{:.0} MB), {after:.0} MB after the write timeout; /healthz {}",
+        answer as f64 / 1e6,
+        answer as f64 * 80.0 / 1e6,
+        hanging - before,
+        healthz.status().as_u16()
+    );
+    drop(stalled);
 }
 
 fn listed(ratios: &[f64]) -> String {
@@ -525,14 +772,22 @@ impl Server {
         cpu_seconds(self.child.id())
     }
 
+    fn rss_mb(&self) -> f64 {
+        self.status_kb("VmRSS:") / 1024.0
+    }
+
     fn peak_rss_mb(&self) -> f64 {
+        self.status_kb("VmHWM:") / 1024.0
+    }
+
+    fn status_kb(&self, field: &str) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         let kb = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
-        kb.unwrap_or_default() / 1024.0
+        kb.unwrap_or_default()
     }
 }
 

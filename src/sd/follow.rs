@@ -77,7 +77,9 @@ async fn follow_once(source: &Source, targets: &Targets, loaded: &watch::Sender<
         };
         match serde_json::from_slice::<RegistryDelta>(&message.payload) {
             Ok(delta) => match fresh.as_mut() {
-                Some(map) => Targets::apply_to(map, &delta, Target::of(&delta)),
+                Some(map) => {
+                    Targets::apply_to(map, &delta, Target::of(&delta));
+                }
                 None => {
                     off_the_runtime(|| targets.apply(&delta));
                     telemetry::sd_targets(targets.len());

@@ -7,6 +7,7 @@ mod follow;
 mod query;
 mod targets;
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
@@ -94,6 +95,7 @@ pub struct Discovery {
     started: Once,
     shutdown: CancellationToken,
     turns: Turns,
+    rendered: Rendered,
     write_timeout: Duration,
 }
 
@@ -118,6 +120,7 @@ impl Discovery {
             started: Once::new(),
             shutdown,
             turns: Turns::new(ANSWERS_AT_ONCE, TURN_WAIT),
+            rendered: Rendered::default(),
             write_timeout,
         }
     }
@@ -160,12 +163,28 @@ impl Discovery {
             .map_err(|_| SdError::Loading)?
             .map_err(|_| SdError::Loading)?;
         let turn = self.turns.take().await?;
-        // Rendering a large registry takes a while: not on the threads webhooks are served on.
-        let targets = self.targets.clone();
-        let body = tokio::task::spawn_blocking(move || targets.render(&selection))
+        let body = self.rendered(selection).await?;
+        Ok(Answer::bytes(body, turn))
+    }
+
+    /// The answer's text: one rendered for the same selection of the same targets if there is
+    /// one, else rendered now, one render at a time, off the threads webhooks are served on.
+    async fn rendered(&self, selection: Selection) -> Result<Arc<String>, SdError> {
+        if let Some(body) = self.rendered.find(&selection, self.targets.version()) {
+            return Ok(body);
+        }
+        let _alone = self.rendered.one_at_a_time.lock().await;
+        // Rendered while this request waited, by one that asked the same.
+        if let Some(body) = self.rendered.find(&selection, self.targets.version()) {
+            return Ok(body);
+        }
+        let (targets, asked) = (self.targets.clone(), selection.clone());
+        let (version, body) = tokio::task::spawn_blocking(move || targets.render_versioned(&asked))
             .await
             .map_err(|_| SdError::Busy)?;
-        Ok(Answer::bytes(body, turn))
+        let body = Arc::new(body);
+        self.rendered.keep(selection, version, body.clone());
+        Ok(body)
     }
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), SdError> {
@@ -182,6 +201,36 @@ impl Discovery {
             true => Ok(()),
             false => Err(SdError::Unauthorized),
         }
+    }
+}
+
+/// Answers rendered lately, by selection and the version of the targets they show: clients that
+/// ask the same of an unchanged registry share one text.
+#[derive(Default)]
+struct Rendered {
+    recent: std::sync::Mutex<VecDeque<(Selection, u64, Arc<String>)>>,
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+/// How many rendered answers are kept; each counts among the answers held in memory.
+const RENDERED_KEPT: usize = 2;
+
+impl Rendered {
+    fn find(&self, selection: &Selection, version: u64) -> Option<Arc<String>> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let found = recent
+            .iter()
+            .find(|(s, v, _)| *v == version && s == selection);
+        found.map(|(_, _, body)| body.clone())
+    }
+
+    fn keep(&self, selection: Selection, version: u64, body: Arc<String>) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.retain(|(_, v, _)| *v == version);
+        if recent.len() >= RENDERED_KEPT {
+            recent.pop_front();
+        }
+        recent.push_back((selection, version, body));
     }
 }
 
@@ -210,12 +259,12 @@ impl Turns {
 
 /// An answer's text with the turn it holds until the last byte is sent.
 struct Answer {
-    body: String,
+    body: Arc<String>,
     _turn: OwnedSemaphorePermit,
 }
 
 impl Answer {
-    fn bytes(body: String, turn: OwnedSemaphorePermit) -> Bytes {
+    fn bytes(body: Arc<String>, turn: OwnedSemaphorePermit) -> Bytes {
         Bytes::from_owner(Answer { body, _turn: turn })
     }
 }
@@ -332,11 +381,28 @@ pub async fn prometheus(
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_rendered_answer_is_shared_until_the_targets_change() {
+        let (rendered, targets) = (Rendered::default(), Targets::default());
+        let (all, one) = (
+            parse_query(None).unwrap(),
+            parse_query(Some("port=9100")).unwrap(),
+        );
+        let (version, body) = targets.render_versioned(&all);
+        let body = Arc::new(body);
+        rendered.keep(all.clone(), version, body.clone());
+        let found = rendered.find(&all, targets.version()).unwrap();
+        assert!(Arc::ptr_eq(&found, &body), "the same text, not a copy");
+        assert!(rendered.find(&one, targets.version()).is_none());
+        targets.replace(Default::default());
+        assert!(rendered.find(&all, targets.version()).is_none());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_answer_holds_its_turn_until_it_is_dropped() {
         let turns = Turns::new(2, Duration::from_secs(10));
-        let first = Answer::bytes("[]".into(), turns.take().await.unwrap());
-        let second = Answer::bytes("[1]".into(), turns.take().await.unwrap());
+        let first = Answer::bytes(Arc::new("[]".into()), turns.take().await.unwrap());
+        let second = Answer::bytes(Arc::new("[1]".into()), turns.take().await.unwrap());
         assert_eq!(&second[..], b"[1]");
         assert!(matches!(turns.take().await, Err(SdError::Busy)));
         // A clone of the bytes (hyper's write buffer) keeps the turn too.
@@ -352,7 +418,7 @@ mod tests {
         use http_body_util::BodyExt;
         let turns = Turns::new(1, Duration::from_secs(1));
         let large = "x".repeat(10 * CHUNK);
-        let answer = Answer::bytes(large.clone(), turns.take().await.unwrap());
+        let answer = Answer::bytes(Arc::new(large.clone()), turns.take().await.unwrap());
         let mut body = streamed(answer, Duration::from_secs(5));
         // The client reads one part, then stops reading.
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
@@ -383,7 +449,7 @@ mod tests {
         let large: String = (0..3 * CHUNK + 7)
             .map(|i| char::from(b'a' + (i % 26) as u8))
             .collect();
-        let answer = Answer::bytes(large.clone(), turns.take().await.unwrap());
+        let answer = Answer::bytes(Arc::new(large.clone()), turns.take().await.unwrap());
         let body = streamed(answer, Duration::from_secs(5));
         let whole = body.collect().await.unwrap().to_bytes();
         assert_eq!(whole, large.as_bytes());

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use serde_json::Value;
@@ -62,6 +63,8 @@ pub struct Selection {
 #[derive(Default)]
 pub struct Targets {
     by_key: RwLock<BTreeMap<String, Target>>,
+    /// Moves with every change of the targets, so that a rendered answer knows it is current.
+    version: AtomicU64,
 }
 
 impl Targets {
@@ -71,28 +74,32 @@ impl Targets {
         // Rendered before the lock: answers wait for a swap, not for JSON.
         let target = Target::of(delta);
         let mut by_key = self.by_key.write().unwrap_or_else(|e| e.into_inner());
-        Targets::apply_to(&mut by_key, delta, target);
+        if Targets::apply_to(&mut by_key, delta, target) {
+            self.version.fetch_add(1, Ordering::Release);
+        }
     }
 
-    /// [`Targets::apply`] on a map being built, with `target` = [`Target::of`] the delta.
+    /// [`Targets::apply`] on a map being built, with `target` = [`Target::of`] the delta;
+    /// whether the map changed.
     pub fn apply_to(
         map: &mut BTreeMap<String, Target>,
         delta: &RegistryDelta,
         target: Option<Target>,
-    ) {
+    ) -> bool {
         match target {
+            Some(target) if map.get(&delta.key) == Some(&target) => false,
             Some(target) => {
                 map.insert(delta.key.clone(), target);
+                true
             }
-            None => {
-                map.remove(&delta.key);
-            }
+            None => map.remove(&delta.key).is_some(),
         }
     }
 
     /// Serves `map` from now on.
     pub fn replace(&self, map: BTreeMap<String, Target>) {
         *self.by_key.write().unwrap_or_else(|e| e.into_inner()) = map;
+        self.version.fetch_add(1, Ordering::Release);
     }
 
     pub fn len(&self) -> usize {
@@ -105,7 +112,13 @@ impl Targets {
 
     /// The `http_sd` answer: a JSON array of the selected groups.
     pub fn render(&self, selection: &Selection) -> String {
+        self.render_versioned(selection).1
+    }
+
+    /// [`Targets::render`], with the version of the targets it shows.
+    pub fn render_versioned(&self, selection: &Selection) -> (u64, String) {
         let by_key = self.by_key.read().unwrap_or_else(|e| e.into_inner());
+        let version = self.version.load(Ordering::Acquire);
         let mut out = String::with_capacity(by_key.len() * 256);
         out.push('[');
         for target in by_key.values().filter(|t| t.selected(selection)) {
@@ -115,7 +128,12 @@ impl Targets {
             out.pop();
         }
         out.push(']');
-        out
+        (version, out)
+    }
+
+    /// The targets' version now.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 }
 
