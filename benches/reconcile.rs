@@ -155,6 +155,7 @@ async fn download(url: &str, concurrency: usize) -> u64 {
             version,
             page_size: 1000,
             concurrency,
+            listing: false,
         };
         let mut rx = pages(
             client.clone(),

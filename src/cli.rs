@@ -46,6 +46,10 @@ pub enum Command {
         /// Apply deletes even when they exceed reconcile.max_delete_fraction.
         #[arg(long)]
         force: bool,
+        /// A full pass (every object fetched in full), whether or not reconcile.full_interval
+        /// has passed.
+        #[arg(long)]
+        full: bool,
     },
     /// Serve Prometheus HTTP service discovery (`GET /sd/prometheus`) from the registry on the
     /// stream, without NetBox or a state file: any number may run beside Prometheus.

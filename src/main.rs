@@ -39,7 +39,8 @@ async fn main() -> ExitCode {
             dry_run,
             object_types,
             force,
-        } => reconcile(config, dry_run, &object_types, force).await,
+            full,
+        } => reconcile(config, dry_run, &object_types, force, full).await,
         Command::Check => check(&config).await,
         Command::Spool { action } => match ops::spool::run(&config, action.as_ref()) {
             Ok(lines) => {
@@ -133,7 +134,13 @@ async fn netbox_setup(config: &Config, options: &SetupOptions) -> ExitCode {
 
 /// Exit codes: 0 succeeded, 1 failed, 2 bad configuration or usage, 3 partial (deletes withheld,
 /// objects not translated, or object types NetBox refused).
-async fn reconcile(config: Config, dry_run: bool, names: &[String], force: bool) -> ExitCode {
+async fn reconcile(
+    config: Config,
+    dry_run: bool,
+    names: &[String],
+    force: bool,
+    full: bool,
+) -> ExitCode {
     let mut only = Vec::new();
     for name in names {
         match ObjectType::from_name(name) {
@@ -148,6 +155,7 @@ async fn reconcile(config: Config, dry_run: bool, names: &[String], force: bool)
     let options = RunOptions {
         trigger,
         force,
+        full,
         only,
     };
     let report = match app::reconcile_once(config, dry_run, options).await {

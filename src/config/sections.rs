@@ -133,6 +133,10 @@ pub struct ReconcileConfig {
     /// off the others this long.
     #[serde(deserialize_with = "duration")]
     pub lease_ttl: Duration,
+    /// How often a run is a full pass (every object fetched in full) instead of the cheap one
+    /// (ids and `last_updated` listed, only new and changed objects fetched); 0: every run.
+    #[serde(deserialize_with = "duration")]
+    pub full_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -276,6 +280,7 @@ impl Default for ReconcileConfig {
             on_start: true,
             max_delete_fraction: 0.5,
             lease_ttl: Duration::from_secs(30),
+            full_interval: Duration::from_secs(24 * 3600),
         }
     }
 }

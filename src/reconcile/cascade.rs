@@ -223,6 +223,7 @@ pub async fn cascade(
         version,
         page_size: reconciler.page_size,
         concurrency: 1,
+        listing: false,
     };
     let enabled: HashSet<&str> = reconciler.types.iter().map(|t| t.name).collect();
     let mut tally = CascadeTally::default();

@@ -2,20 +2,21 @@
 //! return (and whose revision predates the run), nothing for the unchanged; deletes withheld past
 //! `reconcile.max_delete_fraction` unless forced, and none at all after a failed pull.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::task::JoinHandle;
 
-use super::runs::{RunStatus, TypeReport};
+use super::runs::{PassKind, RunStatus, TypeReport};
 use super::{Output, Reconciler};
 use crate::delta::{Op, RegistryDelta};
-use crate::netbox::client::ApiError;
+use crate::netbox::client::{ApiError, NetboxClient};
 use crate::netbox::ObjectType;
 use crate::publish::{Delivered, Last};
 use crate::state::{Known, Store, StoreError};
-use crate::translate::{Object, Translator};
+use crate::telemetry;
+use crate::translate::{listed_revision, Object, Translator};
 
 /// Deltas in flight at once. A pull returns each object once, so they are all of different keys
 /// and per-key order holds; JetStream acks and state commits overlap instead of queueing.
@@ -24,6 +25,9 @@ const IN_FLIGHT: usize = 256;
 /// Pages translated and compared with the state at once, each on a blocking thread: with two
 /// the translation of one page overlaps the next page's download and the deliveries.
 const SORTING: usize = 2;
+
+/// Objects fetched in full per request by the cheap pass (`id=` repeated): URLs stay about 1 KB.
+const BY_IDS: usize = 100;
 
 /// One page, translated and compared with the state store.
 #[derive(Default)]
@@ -80,6 +84,7 @@ async fn take(
 ) -> Result<(), PullFailure> {
     let sorted = sorted?;
     report.fetched += sorted.ids.len() as u64;
+    report.fetched_in_full += sorted.ids.len() as u64;
     seen.extend(sorted.ids);
     report.unchanged += sorted.unchanged;
     report.errors += sorted.errors;
@@ -212,6 +217,8 @@ enum PullFailure {
     Api(#[from] ApiError),
     #[error("translating a page failed: {0}")]
     Translate(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl PullFailure {
@@ -228,13 +235,19 @@ pub(super) struct Pass<'a> {
     pub version: (u32, u32),
     pub run_start: DateTime<Utc>,
     pub force: bool,
+    pub kind: PassKind,
 }
 
 impl Pass<'_> {
     pub async fn object_type(&self, object_type: ObjectType) -> TypeReport {
         let mut report = TypeReport::default();
         let mut seen = HashSet::new();
-        if let Err(failure) = self.pull(object_type, &mut report, &mut seen).await {
+        let pulled = match self.kind {
+            PassKind::Full => self.pull(object_type, &mut report, &mut seen).await,
+            PassKind::Cheap => self.list(object_type, &mut report, &mut seen).await,
+        };
+        telemetry::reconcile_objects(report.fetched, report.fetched_in_full);
+        if let Err(failure) = pulled {
             tracing::error!(object_type = object_type.name, error = %failure, "reconcile: pull failed; no deletes");
             // NetBox refusing a type (no view permission) leaves the others complete: partial.
             report.refused = failure.refused();
@@ -273,6 +286,7 @@ impl Pass<'_> {
             version: self.version,
             page_size: self.reconciler.page_size,
             concurrency: self.reconciler.concurrency,
+            listing: false,
         };
         let mut pages = super::pull::pages(client, object_type, options);
         let mut emitter = Emitter::new(self.output);
@@ -364,6 +378,109 @@ impl Pass<'_> {
             }
         }
         found
+    }
+
+    /// The cheap pass of one type: ids and revisions listed (same cursor and rules as the full
+    /// pull), compared with the records, and only the new and the changed fetched in full, in
+    /// batches of `BY_IDS`. Listed ids count as seen, so deletes are inferred as in a full pass.
+    async fn list(
+        &self,
+        object_type: ObjectType,
+        report: &mut TypeReport,
+        seen: &mut HashSet<u64>,
+    ) -> Result<(), PullFailure> {
+        let client = self.reconciler.client.clone();
+        let client = client.ok_or(PullFailure::NotConfigured)?;
+        let scan = self.reconciler.translator.key_prefix(object_type);
+        let known = self
+            .reconciler
+            .store
+            .read(move |s| s.known_under(&scan))
+            .await?;
+        let stored: HashMap<u64, DateTime<Utc>> = known
+            .into_iter()
+            .filter(|k| k.live)
+            .map(|k| (k.id, k.revision))
+            .collect();
+        let options = super::pull::PullOptions {
+            version: self.version,
+            page_size: self.reconciler.page_size,
+            concurrency: self.reconciler.concurrency,
+            listing: true,
+        };
+        let mut pages = super::pull::pages(client.clone(), object_type, options);
+        let mut emitter = Emitter::new(self.output);
+        let mut stale = Vec::new();
+        let mut failure = None;
+        while let Some(page) = pages.recv().await {
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => {
+                    failure = Some(e.into());
+                    break;
+                }
+            };
+            for obj in &page {
+                let Some(id) = obj.get("id").and_then(serde_json::Value::as_u64) else {
+                    continue;
+                };
+                seen.insert(id);
+                report.fetched += 1;
+                match stored.get(&id) {
+                    Some(revision) if listed_revision(obj).as_ref() == Some(revision) => {
+                        report.unchanged += 1;
+                    }
+                    _ => stale.push(id),
+                }
+            }
+            while stale.len() >= BY_IDS && failure.is_none() {
+                let batch: Vec<u64> = stale.drain(..BY_IDS).collect();
+                let fetched = self
+                    .fetch(&client, object_type, &batch, report, &mut emitter)
+                    .await;
+                failure = fetched.err();
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        if failure.is_none() && !stale.is_empty() {
+            let fetched = self
+                .fetch(&client, object_type, &stale, report, &mut emitter)
+                .await;
+            failure = fetched.err();
+        }
+        let tally = emitter.finish().await;
+        report.upserted += tally.out;
+        report.unchanged += tally.dropped;
+        report.errors += tally.failed;
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Fetches `ids` in full and sends on what changed.
+    async fn fetch(
+        &self,
+        client: &NetboxClient,
+        object_type: ObjectType,
+        ids: &[u64],
+        report: &mut TypeReport,
+        emitter: &mut Emitter<'_>,
+    ) -> Result<(), PullFailure> {
+        let page = super::pull::by_ids(client, object_type, ids).await?;
+        let (translator, store) = (
+            self.reconciler.translator.clone(),
+            self.reconciler.store.clone(),
+        );
+        let sorted =
+            tokio::task::spawn_blocking(move || sort(&translator, &store, object_type, page))
+                .await?;
+        report.fetched_in_full += sorted.ids.len() as u64;
+        report.unchanged += sorted.unchanged;
+        report.errors += sorted.errors;
+        for delta in sorted.changed {
+            emitter.push(delta).await;
+        }
+        Ok(())
     }
 
     async fn deletes(

@@ -19,6 +19,8 @@ use super::runs::RunReport;
 
 const LEASE: &str = "reconcile.lease";
 const LATEST: &str = "reconcile.latest";
+/// When the last full pass that ended, of any relay, started (RFC 3339).
+const LAST_FULL: &str = "reconcile.last_full";
 
 fn run_key(id: u64) -> String {
     format!("reconcile.runs.{id}")
@@ -252,6 +254,21 @@ impl Coordination {
         let value = self.kv.get(LATEST).await.ok()??;
         self.report(std::str::from_utf8(&value).ok()?.parse().ok()?)
             .await
+    }
+
+    /// When the last full pass of any relay started, if one ended.
+    pub async fn last_full(&self) -> Option<DateTime<Utc>> {
+        let value = self.kv.get(LAST_FULL).await.ok()??;
+        DateTime::parse_from_rfc3339(std::str::from_utf8(&value).ok()?)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    /// Records that a full pass started at `at` has ended.
+    pub async fn record_full(&self, at: DateTime<Utc>) {
+        if let Err(e) = self.kv.put(LAST_FULL, at.to_rfc3339().into()).await {
+            tracing::warn!(error = %e, "cannot record the full pass in the KV bucket");
+        }
     }
 
     pub fn bucket(&self) -> &str {

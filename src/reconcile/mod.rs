@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub use cascade::Cascades;
 pub use confirm::{Confirmed, Confirmer, HoldError};
 use lease::{Coordination, Lease, Refused};
-pub use runs::{InProgress, NotStarted, RunReport, RunStatus, Runs, TypeReport};
+pub use runs::{InProgress, NotStarted, PassKind, RunReport, RunStatus, Runs, TypeReport};
 
 use crate::config::Config;
 use crate::netbox::client::NetboxClient;
@@ -41,6 +41,8 @@ pub struct RunOptions {
     pub trigger: String,
     /// Apply deletes even past `reconcile.max_delete_fraction`.
     pub force: bool,
+    /// A full pass, whether or not one is due.
+    pub full: bool,
     /// Only these object types; all enabled ones when empty.
     pub only: Vec<ObjectType>,
 }
@@ -54,6 +56,10 @@ pub struct Reconciler {
     page_size: u32,
     concurrency: usize,
     max_delete_fraction: f64,
+    /// How often a run is a full pass.
+    full_interval: Duration,
+    /// When this relay last started a full pass that ended (the shared bucket has any relay's).
+    last_full: std::sync::Mutex<Option<chrono::DateTime<Utc>>>,
     runs: Runs,
     /// The KV bucket every relay on the same NATS shares (absent for a dry run).
     shared: Option<Shared>,
@@ -104,6 +110,8 @@ impl Reconciler {
             page_size: config.netbox.page_size,
             concurrency: config.netbox.concurrency,
             max_delete_fraction: config.reconcile.max_delete_fraction,
+            full_interval: config.reconcile.full_interval,
+            last_full: std::sync::Mutex::new(None),
             runs: Runs::default(),
             shared,
             stop: CancellationToken::new(),

@@ -6,7 +6,7 @@ use chrono::Utc;
 
 use super::diff;
 use super::lease::Lease;
-use super::runs::{RunReport, RunStatus, Runs, TypeReport};
+use super::runs::{PassKind, RunReport, RunStatus, Runs, TypeReport};
 use super::{Reconciler, RunOptions};
 use crate::telemetry;
 
@@ -71,15 +71,19 @@ impl Reconciler {
             run_id: report.run_id,
             started: std::time::Instant::now(),
         };
-        let types = if options.only.is_empty() {
+        let whole = options.only.is_empty();
+        let types = if whole {
             self.types.clone()
         } else {
-            options.only
+            options.only.clone()
         };
         let version = match &self.client {
             Some(client) => client.version().await.map_err(|e| e.to_string()),
             None => Err("netbox.url or netbox.token is not configured".to_string()),
         };
+        report.pass = self.pass_for(&options, version.as_ref().ok()).await;
+        telemetry::reconcile_pass(report.pass.as_str());
+        self.runs.update(&report);
         for object_type in types {
             let type_report = match &version {
                 Ok(version) => {
@@ -89,6 +93,7 @@ impl Reconciler {
                         version: *version,
                         run_start: report.started_at,
                         force: options.force,
+                        kind: report.pass,
                     };
                     pass.object_type(object_type).await
                 }
@@ -107,12 +112,62 @@ impl Reconciler {
         report.finish(Utc::now());
         self.runs.update(&report);
         self.share(&report).await;
+        let counts = report.pass == PassKind::Full && whole && !report.dry_run;
+        if counts && report.status != RunStatus::Failed {
+            self.full_pass_ended(report.started_at).await;
+        }
         let elapsed = (report.ended_at.unwrap_or(report.started_at) - report.started_at)
             .to_std()
             .unwrap_or_default();
         telemetry::reconcile_ended(report.status.as_str(), elapsed);
         tracing::info!(run_id = report.run_id, status = ?report.status, "reconcile: run ended");
         report
+    }
+}
+
+impl Reconciler {
+    /// Full when asked, when NetBox has no `fields=` (before 4.0), when the state is new, and when
+    /// the last full pass of any relay started `reconcile.full_interval` ago or more; else cheap.
+    async fn pass_for(&self, options: &RunOptions, version: Option<&(u32, u32)>) -> PassKind {
+        let new_state = self.store.read(|s| s.has_no_records()).await;
+        let why = if options.full {
+            "asked for"
+        } else if version.is_some_and(|v| *v < (4, 0)) {
+            "NetBox before 4.0 lists no fields= selection"
+        } else if self.full_interval.is_zero() {
+            "reconcile.full_interval is 0"
+        } else if new_state.unwrap_or(true) {
+            "the state is new"
+        } else {
+            match self.last_full().await {
+                None => "no full pass on record",
+                Some(at)
+                    if (Utc::now() - at).to_std().unwrap_or_default() >= self.full_interval =>
+                {
+                    "reconcile.full_interval has passed since the last one"
+                }
+                Some(_) => return PassKind::Cheap,
+            }
+        };
+        tracing::info!(reason = why, "reconcile: a full pass");
+        PassKind::Full
+    }
+
+    /// When the last full pass of this relay or of any relay sharing the NATS started.
+    async fn last_full(&self) -> Option<chrono::DateTime<Utc>> {
+        let local = *self.last_full.lock().unwrap_or_else(|e| e.into_inner());
+        let shared = match self.coordination().await {
+            Some(c) => c.last_full().await,
+            None => None,
+        };
+        local.max(shared)
+    }
+
+    async fn full_pass_ended(&self, started: chrono::DateTime<Utc>) {
+        *self.last_full.lock().unwrap_or_else(|e| e.into_inner()) = Some(started);
+        if let Some(c) = self.coordination().await {
+            c.record_full(started).await;
+        }
     }
 }
 

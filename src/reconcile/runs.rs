@@ -29,10 +29,34 @@ impl RunStatus {
     }
 }
 
+/// What a run asks of NetBox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PassKind {
+    /// Every object fetched in full: finds what `last_updated` does not show.
+    #[default]
+    Full,
+    /// Ids and `last_updated` listed; only new and changed objects fetched in full.
+    Cheap,
+}
+
+impl PassKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PassKind::Full => "full",
+            PassKind::Cheap => "cheap",
+        }
+    }
+}
+
 /// Counts and outcome for one object type.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TypeReport {
+    /// Objects NetBox listed.
     pub fetched: u64,
+    /// Of those, the objects NetBox serialized in full (all of them in a full pass).
+    #[serde(default)]
+    pub fetched_in_full: u64,
     pub upserted: u64,
     pub deleted: u64,
     pub unchanged: u64,
@@ -52,6 +76,9 @@ pub struct RunReport {
     pub status: RunStatus,
     pub trigger: String,
     pub dry_run: bool,
+    /// Which pass ran (reports of relays before the cheap pass read as full).
+    #[serde(default)]
+    pub pass: PassKind,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
     /// Why a run ended other than by finishing its object types.
@@ -69,6 +96,7 @@ impl RunReport {
             status: RunStatus::Failed,
             trigger: String::new(),
             dry_run: false,
+            pass: PassKind::Full,
             started_at: now,
             ended_at: Some(now),
             message: Some(super::run::STOPPED.to_string()),
@@ -152,6 +180,7 @@ impl Runs {
             status: RunStatus::Running,
             trigger: trigger.to_string(),
             dry_run,
+            pass: PassKind::Full,
             started_at: now,
             ended_at: None,
             message: None,

@@ -90,6 +90,7 @@ impl Scheduled for Arc<Reconciler> {
         self.spawn(RunOptions {
             trigger: trigger.to_string(),
             force: false,
+            full: false,
             only: Vec::new(),
         })
         .await

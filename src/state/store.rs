@@ -215,6 +215,14 @@ impl Store {
             .collect()
     }
 
+    /// Whether no key has a record: a new state file, or one deleted.
+    pub fn has_no_records(&self) -> Result<bool, StoreError> {
+        let tx = self.begin_read()?;
+        let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
+        let first = table.first().map_err(|e| self.fail(e))?;
+        Ok(first.is_none())
+    }
+
     /// The id, revision and liveness of every key `<prefix><id>`: what reconcile's delete check
     /// needs, about 24 bytes a key, so that a large type's scan holds neither entries nor keys.
     pub fn known_under(&self, prefix: &str) -> Result<Vec<Known>, StoreError> {

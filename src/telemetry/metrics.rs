@@ -18,6 +18,9 @@ pub const SPOOL_DEPTH: &str = "netbox_relay_spool_depth";
 pub const SPOOL_OLDEST: &str = "netbox_relay_spool_oldest_seconds";
 pub const RECONCILE_RUNS: &str = "netbox_relay_reconcile_runs_total";
 pub const RECONCILE_DURATION: &str = "netbox_relay_reconcile_duration_seconds";
+pub const RECONCILE_PASSES: &str = "netbox_relay_reconcile_passes_total";
+pub const RECONCILE_LISTED: &str = "netbox_relay_reconcile_objects_listed_total";
+pub const RECONCILE_FETCHED_IN_FULL: &str = "netbox_relay_reconcile_objects_fetched_in_full_total";
 pub const NETBOX_REQUESTS: &str = "netbox_relay_netbox_requests_total";
 pub const REVISIONS_CLAMPED: &str = "netbox_relay_revisions_clamped_total";
 pub const DEAD_LETTERED: &str = "netbox_relay_deltas_dead_lettered_total";
@@ -152,6 +155,21 @@ fn describe() {
         "Duration of reconcile runs"
     );
     describe_counter!(
+        RECONCILE_PASSES,
+        Unit::Count,
+        "Reconcile runs started, by pass (full: every object fetched in full; cheap: ids and last_updated listed)"
+    );
+    describe_counter!(
+        RECONCILE_LISTED,
+        Unit::Count,
+        "Objects NetBox listed to reconcile runs"
+    );
+    describe_counter!(
+        RECONCILE_FETCHED_IN_FULL,
+        Unit::Count,
+        "Objects NetBox serialized in full for reconcile runs (all listed ones in a full pass)"
+    );
+    describe_counter!(
         NETBOX_REQUESTS,
         Unit::Count,
         "NetBox REST API requests, by status code"
@@ -196,6 +214,11 @@ fn describe() {
     for result in ["succeeded", "partial", "failed"] {
         counter!(RECONCILE_RUNS, "result" => result).absolute(0);
     }
+    for pass in ["full", "cheap"] {
+        counter!(RECONCILE_PASSES, "pass" => pass).absolute(0);
+    }
+    counter!(RECONCILE_LISTED).absolute(0);
+    counter!(RECONCILE_FETCHED_IN_FULL).absolute(0);
     gauge!(SPOOL_DEPTH).set(0.0);
     counter!(REVISIONS_CLAMPED).absolute(0);
     for reason in DEAD_LETTER_REASONS {
@@ -340,6 +363,16 @@ pub fn sd_targets(count: usize) {
 pub fn cascade_ran(result: &'static str, pulled: u64) {
     counter!(CASCADES, "result" => result).increment(1);
     counter!(CASCADE_PULLED).increment(pulled);
+}
+
+pub fn reconcile_pass(pass: &'static str) {
+    counter!(RECONCILE_PASSES, "pass" => pass).increment(1);
+}
+
+/// One object type's objects listed, and of them fetched in full.
+pub fn reconcile_objects(listed: u64, in_full: u64) {
+    counter!(RECONCILE_LISTED).increment(listed);
+    counter!(RECONCILE_FETCHED_IN_FULL).increment(in_full);
 }
 
 pub fn reconcile_ended(result: &'static str, elapsed: Duration) {

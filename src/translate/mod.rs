@@ -191,11 +191,7 @@ impl Translator {
             .get("id")
             .and_then(Value::as_u64)
             .ok_or(TranslateError::MissingField("id"))?;
-        // An object a netbox-branching merge created has no `last_updated` on main (NetBox 4.7.3,
-        // netbox-branching 1.2.2): its `created` stands for it.
-        let revision = revision(obj)
-            .or_else(|| fields::text(obj, "created").and_then(parse_timestamp))
-            .ok_or(TranslateError::NoRevision)?;
+        let revision = listed_revision(obj).ok_or(TranslateError::NoRevision)?;
         let revision = self.clamp(revision, None, now);
         let entry = self.entry(object_type, obj)?;
         self.assemble(object_type, id, Op::Upsert, revision, Some(entry), now)
@@ -376,4 +372,10 @@ fn changed_fields(pre: &Object, post: &Object) -> Vec<String> {
         .filter(|k| pre.get(*k) != post.get(*k))
         .cloned()
         .collect()
+}
+/// The revision reconcile gives an object of the API: its `last_updated`, or its `created` for an
+/// object a netbox-branching merge created (it has no `last_updated` on main, NetBox 4.7.3 with
+/// netbox-branching 1.2.2). The cheap pass compares it with the stored revision.
+pub fn listed_revision(obj: &Object) -> Option<DateTime<Utc>> {
+    revision(obj).or_else(|| fields::text(obj, "created").and_then(parse_timestamp))
 }

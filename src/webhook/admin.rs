@@ -14,14 +14,38 @@ use subtle::ConstantTimeEq;
 use super::AppState;
 use crate::reconcile::{NotStarted, RunOptions};
 
+/// What `POST /reconcile`'s body may ask (an empty body asks nothing); the same as the query's
+/// `?full=true` and `?force=true`.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Asked {
+    #[serde(default)]
+    full: bool,
+    #[serde(default)]
+    force: bool,
+}
+
 pub async fn start_run(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
+    body: axum::body::Bytes,
 ) -> Response {
     if let Some(refusal) = refusal(&app, &headers) {
         return refusal;
     }
+    let asked = match body.iter().all(u8::is_ascii_whitespace) {
+        true => Asked::default(),
+        false => match serde_json::from_slice::<Asked>(&body) {
+            Ok(asked) => asked,
+            Err(e) => {
+                let message =
+                    format!("the body must be a JSON object such as {{\"full\": true}}: {e}");
+                let body = json!({"error": "bad_request", "message": message});
+                return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+            }
+        },
+    };
     // A run that could only fail is not started: the caller learns why at once.
     if !app.reconciler.is_configured() {
         let message =
@@ -29,9 +53,11 @@ pub async fn start_run(
         let body = json!({"error": "not_configured", "message": message});
         return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
     }
+    let flag = |name: &str| query.get(name).is_some_and(|v| v == "true" || v == "1");
     let options = RunOptions {
         trigger: "api".to_string(),
-        force: query.get("force").is_some_and(|v| v == "true" || v == "1"),
+        force: flag("force") || asked.force,
+        full: flag("full") || asked.full,
         only: Vec::new(),
     };
     match app.reconciler.spawn(options).await {

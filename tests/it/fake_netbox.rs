@@ -52,7 +52,17 @@ pub struct FakeState {
     /// List requests being answered now, and the most there ever were at once.
     pub in_flight: usize,
     pub max_in_flight: usize,
+    /// Endpoint -> objects served with more than `id`, `last_updated` and `created`: what NetBox
+    /// serializes in full (its costly part), as opposed to the cheap pass's listing.
+    pub served_in_full: HashMap<String, usize>,
     requests: HashMap<String, usize>,
+}
+
+impl FakeState {
+    /// Objects served in full, all endpoints.
+    pub fn served_in_full_total(&self) -> usize {
+        self.served_in_full.values().sum()
+    }
 }
 
 impl FakeState {
@@ -274,6 +284,18 @@ async fn list(
         Some("-id") => range.rev().take(limit).collect(),
         _ => range.take(limit).collect(),
     };
+    let count = if cursor.is_some() {
+        Value::Null
+    } else {
+        json!(objects.len())
+    };
+    let listing = q.get("fields").is_some_and(|f| {
+        f.split(',')
+            .all(|name| ["id", "last_updated", "created"].contains(&name))
+    });
+    if !listing {
+        *s.served_in_full.entry(endpoint.clone()).or_default() += page.len();
+    }
     // `fields=` keeps only the named top-level keys (unknown names are ignored, as NetBox does).
     let page: Vec<Value> = match q.get("fields") {
         Some(fields) => {
@@ -298,11 +320,6 @@ async fn list(
             last + 1
         )
     });
-    let count = if cursor.is_some() {
-        Value::Null
-    } else {
-        json!(objects.len())
-    };
     Json(json!({"count": count, "next": next, "previous": null, "results": page})).into_response()
 }
 

@@ -408,6 +408,17 @@ pub async fn trigger_run(base: &str, path: &str, token: Option<&str>) -> (u16, V
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// `POST /reconcile` with a JSON body.
+pub async fn trigger_run_with_body(base: &str, body: Value, token: &str) -> (u16, Value) {
+    let request = reqwest::Client::new()
+        .post(format!("{base}/reconcile"))
+        .bearer_auth(token)
+        .json(&body);
+    let response = request.send().await.expect("POST /reconcile");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
 /// The sum of `field` (`upserted`, `deleted`, ...) over a run report's object types.
 pub fn report_total(report: &Value, field: &str) -> u64 {
     let types = report["object_types"].as_object().expect("object_types");

@@ -729,3 +729,122 @@ async fn a_device_created_during_a_run_is_not_deleted_by_it() {
         .collect();
     assert_eq!(ops, ["upsert"], "the device created mid-run stays");
 }
+
+/// The cheap pass: after the first (full) run, an unchanged run has NetBox serialize nothing in full
+/// and publishes nothing; after creates, updates and deletes it fetches and publishes exactly them;
+/// a change NetBox did not stamp in `last_updated` waits for the full pass, asked with `{"full": true}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cheap_pass_fetches_only_what_changed_and_the_full_pass_the_rest() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    fake.generate_devices(1000, 300);
+    let relay = TestRelay::start(config(&nats, &fake, 100)).await;
+    let first = reconcile(&relay).await;
+    assert_eq!(first["pass"], "full", "the state was new: {first}");
+    let listed = total(&first, "fetched");
+    assert_eq!(total(&first, "fetched_in_full"), listed, "{first}");
+    let published = published_count(&nats.url()).await;
+
+    fake.with(|s| s.served_in_full.clear());
+    let unchanged = reconcile(&relay).await;
+    assert_eq!(unchanged["pass"], "cheap", "{unchanged}");
+    assert_eq!(
+        total(&unchanged, "fetched"),
+        listed,
+        "every object listed: {unchanged}"
+    );
+    assert_eq!(total(&unchanged, "fetched_in_full"), 0, "{unchanged}");
+    assert_eq!(
+        fake.with(|s| s.served_in_full_total()),
+        0,
+        "NetBox serialized nothing in full"
+    );
+    assert_eq!(
+        published_count(&nats.url()).await,
+        published,
+        "nothing published"
+    );
+
+    // 2 updated (one stamped later by NetBox, one only re-stamped), 3 created, 2 deleted.
+    fake.with(|s| {
+        s.served_in_full.clear();
+        let devices = s.objects.get_mut("dcim/devices").unwrap();
+        let renamed = devices.get_mut(&1010).unwrap();
+        renamed["name"] = json!("renamed-1010");
+        renamed["last_updated"] = json!("2026-12-01T10:00:00.000000Z");
+        devices.get_mut(&1011).unwrap()["last_updated"] = json!("2026-12-01T10:00:01.000000Z");
+        for id in [5000, 5001, 5002] {
+            let added = device_like(&devices[&1000], id);
+            devices.insert(id, added);
+        }
+        devices.remove(&1020);
+        devices.remove(&1021);
+    });
+    let changed = reconcile(&relay).await;
+    assert_eq!(changed["pass"], "cheap", "{changed}");
+    let devices = &changed["object_types"]["dcim.device"];
+    assert_eq!(
+        devices["fetched_in_full"], 5,
+        "2 updated + 3 created: {changed}"
+    );
+    assert_eq!(
+        fake.with(|s| s.served_in_full.get("dcim/devices").copied()),
+        Some(5)
+    );
+    assert_eq!(fake.with(|s| s.served_in_full_total()), 5);
+    // The re-stamped one is unchanged once fetched: 1 + 3 upserts, 2 deletes.
+    assert_eq!(devices["upserted"], 4, "{changed}");
+    assert_eq!(devices["deleted"], 2, "{changed}");
+    assert_eq!(
+        published_count(&nats.url()).await,
+        published + 6,
+        "exactly the six changes"
+    );
+
+    // A change without a new last_updated (as a nested value NetBox does not stamp): the cheap
+    // pass does not see it, the full pass does.
+    fake.with(|s| {
+        let device = s
+            .objects
+            .get_mut("dcim/devices")
+            .unwrap()
+            .get_mut(&1030)
+            .unwrap();
+        device["name"] = json!("renamed-quietly");
+    });
+    let cheap = reconcile(&relay).await;
+    assert_eq!(cheap["pass"], "cheap");
+    assert_eq!(total(&cheap, "upserted"), 0, "{cheap}");
+    let (status, body) =
+        crate::helpers::trigger_run_with_body(&relay.base, json!({"full": true}), ADMIN).await;
+    assert_eq!(status, 202, "{body}");
+    let full = run_report(&relay, body).await;
+    assert_eq!(full["pass"], "full", "{full}");
+    assert_eq!(total(&full, "upserted"), 1, "the quiet rename: {full}");
+    // In-process relays of other tests share the metrics recorder: at least this test's runs.
+    let metrics = crate::helpers::metrics_text(&reqwest::Client::new(), &relay.base).await;
+    let passes = |pass: &str| -> u64 {
+        let line = format!("netbox_relay_reconcile_passes_total{{pass=\"{pass}\"}} ");
+        let found = metrics.lines().find_map(|l| l.strip_prefix(line.as_str()));
+        found.and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    assert!(passes("cheap") >= 3 && passes("full") >= 2, "{metrics}");
+}
+
+/// `reconcile.full_interval` elapsed makes the next run full; a malformed body is refused.
+#[tokio::test]
+async fn a_full_pass_comes_when_full_interval_has_passed() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let mut config = config(&nats, &fake, 1000);
+    config.reconcile.full_interval = Duration::from_secs(3);
+    let relay = TestRelay::start(config).await;
+    assert_eq!(reconcile(&relay).await["pass"], "full");
+    assert_eq!(reconcile(&relay).await["pass"], "cheap");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(reconcile(&relay).await["pass"], "full");
+    let (status, body) =
+        crate::helpers::trigger_run_with_body(&relay.base, json!({"ful": true}), ADMIN).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("ful"), "{body}");
+}
