@@ -208,6 +208,14 @@ fn print(delta: &RegistryDelta) -> Emitted {
     }
 }
 
+/// Waits for the deltas `emitter` sent and counts them in `report` as upserts.
+async fn count_upserts(emitter: Emitter<'_>, report: &mut TypeReport) {
+    let tally = emitter.finish().await;
+    report.upserted += tally.out;
+    report.unchanged += tally.dropped;
+    report.errors += tally.failed;
+}
+
 /// Why a pull ended early.
 #[derive(Debug, thiserror::Error)]
 enum PullFailure {
@@ -322,10 +330,7 @@ impl Pass<'_> {
             }
         }
         // What was sent stays sent, and counted, even when the pull failed part way.
-        let tally = emitter.finish().await;
-        report.upserted += tally.out;
-        report.unchanged += tally.dropped;
-        report.errors += tally.failed;
+        count_upserts(emitter, report).await;
         failure.map_or(Ok(()), Err)
     }
 
@@ -450,10 +455,7 @@ impl Pass<'_> {
                 .await;
             failure = fetched.err();
         }
-        let tally = emitter.finish().await;
-        report.upserted += tally.out;
-        report.unchanged += tally.dropped;
-        report.errors += tally.failed;
+        count_upserts(emitter, report).await;
         failure.map_or(Ok(()), Err)
     }
 
