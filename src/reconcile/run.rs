@@ -81,7 +81,10 @@ impl Reconciler {
             Some(client) => client.version().await.map_err(|e| e.to_string()),
             None => Err("netbox.url or netbox.token is not configured".to_string()),
         };
-        report.pass = self.pass_for(&options, version.as_ref().ok()).await;
+        // A run without NetBox fails each type at once, whichever pass it is.
+        if let Ok(version) = &version {
+            report.pass = self.pass_for(&options, *version).await;
+        }
         telemetry::reconcile_pass(report.pass.as_str());
         self.runs.update(&report);
         for object_type in types {
@@ -128,11 +131,11 @@ impl Reconciler {
 impl Reconciler {
     /// Full when asked, when NetBox has no `fields=` (before 4.0), when the state is new, and when
     /// the last full pass of any relay started `reconcile.full_interval` ago or more; else cheap.
-    async fn pass_for(&self, options: &RunOptions, version: Option<&(u32, u32)>) -> PassKind {
+    async fn pass_for(&self, options: &RunOptions, version: (u32, u32)) -> PassKind {
         let new_state = self.store.read(|s| s.has_no_records()).await;
         let why = if options.full {
             "asked for"
-        } else if version.is_some_and(|v| *v < (4, 0)) {
+        } else if version < (4, 0) {
             "NetBox before 4.0 lists no fields= selection"
         } else if self.full_interval.is_zero() {
             "reconcile.full_interval is 0"
