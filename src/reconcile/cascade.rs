@@ -17,7 +17,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::diff::{sort, Emitter};
+use super::diff::Emitter;
 use super::pull::{Pager, PullOptions};
 use super::Reconciler;
 use crate::backoff::Backoff;
@@ -248,10 +248,7 @@ pub async fn cascade(
                     break;
                 }
             };
-            let (translator, store) = (reconciler.translator.clone(), reconciler.store.clone());
-            let sorted =
-                tokio::task::spawn_blocking(move || sort(&translator, &store, object_type, page))
-                    .await?;
+            let sorted = reconciler.sort_off_runtime(object_type, page).await?;
             tally.pulled += sorted.ids.len() as u64;
             for mut delta in sorted.changed {
                 delta.origin = Origin::Cascade;

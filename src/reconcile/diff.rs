@@ -208,6 +208,18 @@ fn print(delta: &RegistryDelta) -> Emitted {
     }
 }
 
+impl Reconciler {
+    /// [`sort`] on a blocking thread: translation and state reads stay off the async threads.
+    pub(super) fn sort_off_runtime(
+        &self,
+        object_type: ObjectType,
+        page: Vec<Object>,
+    ) -> JoinHandle<Sorted> {
+        let (translator, store) = (self.translator.clone(), self.store.clone());
+        tokio::task::spawn_blocking(move || sort(&translator, &store, object_type, page))
+    }
+}
+
 /// Waits for the deltas `emitter` sent and counts them in `report` as upserts.
 async fn count_upserts(emitter: Emitter<'_>, report: &mut TypeReport) {
     let tally = emitter.finish().await;
@@ -316,13 +328,7 @@ impl Pass<'_> {
                     }
                 }
             }
-            let (translator, store) = (
-                self.reconciler.translator.clone(),
-                self.reconciler.store.clone(),
-            );
-            sorting.push(tokio::task::spawn_blocking(move || {
-                sort(&translator, &store, object_type, page)
-            }));
+            sorting.push(self.reconciler.sort_off_runtime(object_type, page));
         }
         while let Some(sorted) = sorting.next().await {
             if let Err(e) = take(sorted, report, seen, &mut emitter).await {
@@ -469,13 +475,7 @@ impl Pass<'_> {
         emitter: &mut Emitter<'_>,
     ) -> Result<(), PullFailure> {
         let page = super::pull::by_ids(client, object_type, ids).await?;
-        let (translator, store) = (
-            self.reconciler.translator.clone(),
-            self.reconciler.store.clone(),
-        );
-        let sorted =
-            tokio::task::spawn_blocking(move || sort(&translator, &store, object_type, page))
-                .await?;
+        let sorted = self.reconciler.sort_off_runtime(object_type, page).await?;
         report.fetched_in_full += sorted.ids.len() as u64;
         report.unchanged += sorted.unchanged;
         report.errors += sorted.errors;
