@@ -124,11 +124,11 @@ impl Delivery {
             }
         }
         let key = delta.key.clone();
+        // Judged against the key's last message as this relay knows it (0: none): published
+        // only while that is still the last one on the stream (another relay may have gone first).
+        let known = head.as_ref().map_or(Some(0), |h| h.seq);
         // While the spool holds anything, new deltas queue behind it so that per-key order holds.
         if self.spool.depth() == 0 {
-            // Judged against the key's last message as this relay knows it: published only
-            // while that is still the last one on the stream (another relay may have gone first).
-            let known = head.as_ref().map_or(Some(0), |h| h.seq);
             match publish_checked(&self.publisher, &delta, &json, known).await {
                 // The published JSON shares the record's buffer: dropped first, the sequence is
                 // written into the record in place.
@@ -164,6 +164,7 @@ impl Delivery {
                 key,
                 record,
                 delta: json,
+                after: known,
             })
             .await
         {

@@ -1,7 +1,7 @@
 //! The spool drainer: spooled deltas into JetStream, in order, with back-off, once NATS is back;
 //! what JetStream refuses for good goes to the dead letters.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use super::spool::Spool;
 use super::{PublishError, Publisher};
 use crate::backoff::Backoff;
 use crate::delta::RegistryDelta;
-use crate::state::{Committer, DeadLetter, SpooledDelta, Store, Write};
+use crate::state::{Acked, Committer, DeadLetter, SpooledDelta, Store, Write};
 use crate::telemetry;
 
 /// Deltas taken from the head of the spool per round.
@@ -21,6 +21,9 @@ const ROUND: usize = 512;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Keys whose last published sequence the drainer keeps between rounds; past this, it starts
+/// over (a key it forgot is read from the stream once).
+const KEPT_SEQS: usize = 65_536;
 
 /// Drains the spool into JetStream until shutdown. One delta at a time, each after the previous
 /// one's ack, so that a failure never lets a later delta of a key overtake an earlier one. A delta
@@ -39,6 +42,7 @@ pub async fn drain(
         committer: &committer,
         publisher: &publisher,
         acked: BTreeSet::new(),
+        last_seq: HashMap::new(),
     };
     let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     let mut last_log = Instant::now();
@@ -71,6 +75,10 @@ struct Drainer<'a> {
     /// Rows JetStream acknowledged whose removal from the spool has not been committed (the
     /// state file failed): they are removed, never published again, once it takes writes.
     acked: BTreeSet<u64>,
+    /// The stream sequence of the last delta the drainer published per key, so that the key's
+    /// next spooled delta is published after it without reading the stream; None where the
+    /// stream must be read (another relay's delta won).
+    last_seq: HashMap<String, Option<u64>>,
 }
 
 impl Drainer<'_> {
@@ -83,15 +91,22 @@ impl Drainer<'_> {
                 return false;
             }
         };
+        if self.last_seq.len() > KEPT_SEQS {
+            self.last_seq.clear();
+        }
         let (mut drained, mut letters, mut reasons) = (Vec::new(), Vec::new(), Vec::new());
+        let mut acked = Vec::new();
         let (mut bytes, mut complete) = (0, true);
         for row in &head {
             let sent = match self.acked.contains(&row.seq) {
-                true => Sent::Acked,
+                true => Sent::Acked(None),
                 false => self.publish(row).await,
             };
             match sent {
-                Sent::Acked => drained.push(row.seq),
+                Sent::Acked(seq) => {
+                    drained.push(row.seq);
+                    acked.extend(seq);
+                }
                 Sent::Dead(letter, reason) => {
                     letters.push(letter);
                     reasons.push(reason);
@@ -111,6 +126,7 @@ impl Drainer<'_> {
         let unspool = Write::Unspool {
             seqs: drained.clone(),
             dead: letters,
+            acked,
         };
         match self.committer.commit(unspool).await {
             Ok(()) => {
@@ -131,8 +147,19 @@ impl Drainer<'_> {
         complete
     }
 
+    /// The sequence a row of `key` is published after: the drainer's last publish of the key,
+    /// else the one spooled with the row; None: read from the stream. One that is no longer the
+    /// key's last (the relay restarted mid-drain, another relay published) is refused by
+    /// JetStream, and the key is read then.
+    fn expected(&self, key: &str, row: &SpooledDelta) -> Option<u64> {
+        match self.last_seq.get(key) {
+            Some(seq) => *seq,
+            None => row.after,
+        }
+    }
+
     /// Publishes one row; a refusal or an unreadable row makes a dead letter.
-    async fn publish(&self, row: &SpooledDelta) -> Sent {
+    async fn publish(&mut self, row: &SpooledDelta) -> Sent {
         let delta = match serde_json::from_slice::<RegistryDelta>(&row.bytes) {
             Ok(delta) => delta,
             Err(e) => {
@@ -144,7 +171,8 @@ impl Drainer<'_> {
         // Another relay may have published to the key while this one spooled: the key's last
         // message on the stream is read, and a delta that loses to it is not published.
         let publisher = self.publisher;
-        let mut sent = publish_checked(publisher, &delta, &payload, None).await;
+        let known = self.expected(&delta.key, row);
+        let mut sent = publish_checked(publisher, &delta, &payload, known).await;
         // No stream answered: make sure the stream is there (created again if it was deleted)
         // and try once more; a stream that is there and still does not take the subject
         // refuses it for good.
@@ -152,17 +180,26 @@ impl Drainer<'_> {
         if matches!(sent, Err(PublishError::NoStream(_))) {
             stream_there = self.publisher.ensure_stream().await.is_ok();
             if stream_there {
-                sent = publish_checked(publisher, &delta, &payload, None).await;
+                sent = publish_checked(publisher, &delta, &payload, known).await;
             }
         }
         let error = match sent {
-            Ok(Checked::Published(_) | Checked::AlreadyStored(_)) => return Sent::Acked,
+            Ok(Checked::Published(seq) | Checked::AlreadyStored(seq)) => {
+                self.last_seq.insert(delta.key.clone(), Some(seq));
+                return Sent::Acked(Some(Acked {
+                    key: delta.key,
+                    delta_id: delta.delta_id,
+                    seq,
+                }));
+            }
             Ok(Checked::Superseded { verdict, latest }) => {
                 tracing::debug!(key = %delta.key, reason = verdict.reason(),
                     "a spooled delta lost to one another relay published; not published");
+                // The key's next spooled delta was judged against this one, not the stream's.
+                self.last_seq.insert(delta.key.clone(), None);
                 // Only remembered: the spool row goes either way.
                 self.committer.commit(latest).await.ok();
-                return Sent::Acked;
+                return Sent::Acked(None);
             }
             Err(e) => e,
         };
@@ -179,7 +216,8 @@ impl Drainer<'_> {
 }
 
 enum Sent {
-    Acked,
+    /// Stored (at this sequence, when it was published now).
+    Acked(Option<Acked>),
     /// The letter, and the reason label of its metric.
     Dead(DeadLetter, &'static str),
     Paused,

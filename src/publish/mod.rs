@@ -17,5 +17,6 @@ pub use connect::{connect_once, connect_reader, probe, Probe};
 pub use delivery::{Delivered, Delivery, DeliveryError};
 pub use drain::drain;
 pub use jetstream::{Last, PublishError, Publisher};
+pub use reads::LastPerKey;
 pub use spool::Spool;
 pub use stream::StreamSettings;

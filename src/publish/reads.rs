@@ -1,7 +1,9 @@
-//! Reads of the stream: a key's last message (what the per-key rule compares against) and the
-//! ids of a kind's keys (what reconcile's deletes start from).
+//! Reads of the stream: a key's last message (what the per-key rule compares against), the
+//! ids of a kind's keys (what reconcile's deletes start from), and every key's last message in
+//! one pass (what a relay with a new state file learns the registry from).
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
+use futures::StreamExt;
 
 use super::jetstream::{Last, PublishError, Publisher};
 use super::subject;
@@ -56,8 +58,45 @@ impl Publisher {
         }
     }
 
+    /// The last message of every key of `kind` (every kind when None) in `partition`, read in
+    /// one pass in subject order: an ordered consumer with the "last per subject" policy,
+    /// nothing stored on the server. A million keys take seconds this way, where reading them
+    /// one at a time takes a request each.
+    pub async fn last_per_key(
+        &self,
+        partition: &str,
+        kind: Option<Kind>,
+    ) -> Result<LastPerKey, PublishError> {
+        let failed = |e: &dyn std::fmt::Display| {
+            PublishError::Read(format!("reading the last message of every key: {e}"))
+        };
+        let stream = self
+            .js
+            .get_stream_no_info(&self.settings.name)
+            .await
+            .map_err(|e| PublishError::NoStream(e.to_string()))?;
+        let prefix = &self.settings.subject_prefix;
+        let config = OrderedConfig {
+            filter_subject: subject::keys_of(
+                prefix,
+                partition,
+                kind.as_ref().map(|k| k as &dyn std::fmt::Display),
+            ),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        };
+        let consumer = stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| failed(&e))?;
+        let pending = consumer.cached_info().num_pending;
+        let messages = consumer.messages().await.map_err(|e| failed(&e))?;
+        Ok(LastPerKey { messages, pending })
+    }
+
     async fn last_on(&self, subject: &str) -> Result<Option<Last>, PublishError> {
         use jetstream::stream::LastRawMessageErrorKind;
+        crate::telemetry::key_read();
         let stream = self
             .js
             .get_stream_no_info(&self.settings.name)
@@ -84,6 +123,47 @@ impl Publisher {
             match serde_json::from_slice::<RegistryDelta>(&message.payload) {
                 Ok(last) => Last::Delta(Box::new(last), message.sequence),
                 Err(_) => Last::Foreign(message.sequence),
+            },
+        ))
+    }
+}
+
+/// The keys' last messages, as [`Publisher::last_per_key`] reads them.
+pub struct LastPerKey {
+    messages: jetstream::consumer::pull::Ordered,
+    /// Messages left to read; the pass ends at the last key, whatever is published meanwhile.
+    pending: u64,
+}
+
+impl LastPerKey {
+    /// The next key's last message; None once every key has been read.
+    pub async fn next(&mut self) -> Option<Result<Last, PublishError>> {
+        if self.pending == 0 {
+            return None;
+        }
+        let message = match self.messages.next().await? {
+            Ok(message) => message,
+            Err(e) => {
+                self.pending = 0;
+                return Some(Err(PublishError::Read(format!(
+                    "reading the last message of every key: {e}"
+                ))));
+            }
+        };
+        let (seq, pending) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.pending),
+            Err(e) => {
+                self.pending = 0;
+                return Some(Err(PublishError::Read(format!(
+                    "a message's metadata: {e}"
+                ))));
+            }
+        };
+        self.pending = pending;
+        Some(Ok(
+            match serde_json::from_slice::<RegistryDelta>(&message.payload) {
+                Ok(last) => Last::Delta(Box::new(last), seq),
+                Err(_) => Last::Foreign(seq),
             },
         ))
     }

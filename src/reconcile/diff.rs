@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 
 use super::runs::{PassKind, RunStatus, TypeReport};
 use super::{Output, Reconciler};
-use crate::delta::{Op, RegistryDelta};
+use crate::delta::RegistryDelta;
 use crate::netbox::client::{ApiError, NetboxClient};
 use crate::netbox::ObjectType;
 use crate::publish::{Delivered, Last};
@@ -28,6 +28,9 @@ const SORTING: usize = 2;
 
 /// Objects fetched in full per request by the cheap pass (`id=` repeated): URLs stay about 1 KB.
 const BY_IDS: usize = 100;
+/// Keys another relay published that are read one at a time; past this many, every key of the
+/// type is read in one pass.
+const READ_ONE_BY_ONE: usize = 64;
 
 /// One page, translated and compared with the state store.
 #[derive(Default)]
@@ -342,8 +345,9 @@ impl Pass<'_> {
 
     /// The keys of `object_type` that another relay published and this one has no record of,
     /// read from the stream (their last message), so that their deletes are inferred too. Each
-    /// is remembered: a later run reads it no more. A single relay knows every key it published
-    /// and reads nothing but the list of the type's subjects.
+    /// is remembered: a later run reads it no more. A few are read one at a time, more in one
+    /// pass over every key of the type. A single relay knows every key it published and reads
+    /// nothing but the list of the type's subjects.
     async fn stream_only(
         &self,
         object_type: ObjectType,
@@ -364,21 +368,27 @@ impl Pass<'_> {
                 return Vec::new();
             }
         };
-        let mut found = Vec::new();
-        for id in ids
+        let unknown: HashSet<u64> = ids
             .into_iter()
             .filter(|id| !known.contains(id) && !seen.contains(id))
-        {
+            .collect();
+        let mut found = Vec::new();
+        if unknown.len() > READ_ONE_BY_ONE {
+            let wanted = |d: &RegistryDelta| unknown.contains(&d.object_id);
+            let each = |d: &RegistryDelta| found.push(Known::of(d));
+            let learned = super::learn::learn(delivery, partition, Some(kind), wanted, each).await;
+            if let Err(e) = learned {
+                tracing::warn!(error = %e, "reconcile: cannot read the keys another relay published; deletes from this relay's records and those read");
+            }
+            return found;
+        }
+        for id in unknown {
             match publisher.last_of_key(partition, kind, id).await {
                 Ok(Some(Last::Delta(latest, seq))) => {
                     if let Err(e) = delivery.remember(&latest, seq).await {
                         tracing::warn!(key = %latest.key, error = %e, "reconcile: cannot remember a key read from the stream");
                     }
-                    found.push(Known {
-                        id,
-                        revision: latest.revision,
-                        live: latest.op != Op::Delete,
-                    });
+                    found.push(Known::of(&latest));
                 }
                 // Not a delta (published by hand): no key of ours to delete.
                 Ok(Some(Last::Foreign(_)) | None) => {}

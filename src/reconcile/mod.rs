@@ -5,6 +5,7 @@
 mod cascade;
 mod confirm;
 mod diff;
+mod learn;
 mod lease;
 /// The pull alone; public so that the benchmark can time downloading against reconciling.
 pub mod pull;

@@ -7,7 +7,7 @@ use chrono::Utc;
 use super::diff;
 use super::lease::Lease;
 use super::runs::{PassKind, RunReport, RunStatus, Runs, TypeReport};
-use super::{Reconciler, RunOptions};
+use super::{Output, Reconciler, RunOptions};
 use crate::telemetry;
 
 impl Reconciler {
@@ -83,7 +83,12 @@ impl Reconciler {
         };
         // A run without NetBox fails each type at once, whichever pass it is.
         if let Ok(version) = &version {
-            report.pass = self.pass_for(&options, *version).await;
+            let new_state = self.store.read(|s| s.has_no_records()).await;
+            let new_state = new_state.unwrap_or(true);
+            report.pass = self.pass_for(&options, *version, new_state).await;
+            if new_state {
+                self.learn_registry().await;
+            }
         }
         telemetry::reconcile_pass(report.pass.as_str());
         self.runs.update(&report);
@@ -131,15 +136,19 @@ impl Reconciler {
 impl Reconciler {
     /// Full when asked, when NetBox has no `fields=` (before 4.0), when the state is new, and when
     /// the last full pass of any relay started `reconcile.full_interval` ago or more; else cheap.
-    async fn pass_for(&self, options: &RunOptions, version: (u32, u32)) -> PassKind {
-        let new_state = self.store.read(|s| s.has_no_records()).await;
+    async fn pass_for(
+        &self,
+        options: &RunOptions,
+        version: (u32, u32),
+        new_state: bool,
+    ) -> PassKind {
         let why = if options.full {
             "asked for"
         } else if version < (4, 0) {
             "NetBox before 4.0 lists no fields= selection"
         } else if self.full_interval.is_zero() {
             "reconcile.full_interval is 0"
-        } else if new_state.unwrap_or(true) {
+        } else if new_state {
             "the state is new"
         } else {
             match self.last_full().await {
@@ -154,6 +163,28 @@ impl Reconciler {
         };
         tracing::info!(reason = why, "reconcile: a full pass");
         PassKind::Full
+    }
+
+    /// A new state file knows none of the keys on the stream: every key's last message is read
+    /// once, in one pass, so that the run compares NetBox with the registry as published instead
+    /// of publishing every object again (each refused by the per-key check, then read alone).
+    async fn learn_registry(&self) {
+        let Output::Publish(delivery) = &self.output else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let partition = self.translator.partition();
+        let learned = super::learn::learn(delivery, partition, None, |_| true, |_| {}).await;
+        match learned {
+            Ok(0) => {}
+            Ok(keys) => tracing::info!(
+                keys,
+                seconds = started.elapsed().as_secs_f64(),
+                "reconcile: a new state file; the registry was read from the stream"
+            ),
+            Err(e) => tracing::warn!(error = %e,
+                "reconcile: a new state file, and the registry could not be read from the stream; keys are read one at a time instead"),
+        }
     }
 
     /// When the last full pass of this relay or of any relay sharing the NATS started.

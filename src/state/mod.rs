@@ -14,4 +14,4 @@ pub use committer::{Committer, Health};
 pub use dead::{Retried, Selection};
 pub use letter::{key_and_id, DeadLetter};
 pub use record::{judge, Record, RecordHead, Verdict};
-pub use store::{Known, SpoolStats, SpooledDelta, Store, StoreError, Write, CACHE_BYTES};
+pub use store::{Acked, Known, SpoolStats, SpooledDelta, Store, StoreError, Write, CACHE_BYTES};

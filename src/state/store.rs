@@ -11,7 +11,7 @@ use redb::{
 
 use bytes::Bytes;
 
-use super::codec::{head, parse, split};
+use super::codec::{head, parse, split, with_seq};
 use super::letter::DeadLetter;
 use super::record::{Record, RecordHead};
 
@@ -22,6 +22,9 @@ use super::record::{Record, RecordHead};
 pub(super) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// Spool sequence -> the delta as published (JSON), drained in sequence order.
 pub(super) const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
+/// Spool sequence -> the stream sequence of the key's message the spooled delta was judged
+/// against, where the relay knew it: the drainer publishes after it without reading the stream.
+pub(super) const SPOOL_AFTER: TableDefinition<u64, u64> = TableDefinition::new("spool_after");
 /// Spool sequence -> a delta JetStream refused, or a spool row that could not be read, with why
 /// ([`DeadLetter`]); kept until `netbox-relay spool retry|drop`.
 pub(super) const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
@@ -36,17 +39,20 @@ pub enum Write {
     /// Remember the delta published for a key (not fsynced at once: it is already safe in
     /// JetStream; a later durable commit or the idle flush persists it).
     Record { key: String, record: Bytes },
-    /// Put a delta in the spool and remember it, durably.
+    /// Put a delta in the spool and remember it, durably. `after`: the stream sequence of the
+    /// key's message it was judged against (0: none), when known.
     Spool {
         key: String,
         record: Bytes,
         delta: Bytes,
+        after: Option<u64>,
     },
     /// Remove drained deltas from the spool and move refused or unreadable ones to the dead
-    /// letters, durably.
+    /// letters, durably; a key whose record is a drained delta learns its stream sequence.
     Unspool {
         seqs: Vec<u64>,
         dead: Vec<DeadLetter>,
+        acked: Vec<Acked>,
     },
     /// Hold a webhook body until NetBox's main confirms it, durably.
     Hold { id: u64, body: Bytes },
@@ -79,6 +85,14 @@ pub enum StoreError {
     Faulted { path: PathBuf, message: String },
 }
 
+/// A spooled delta JetStream stored, at `seq`.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    pub key: String,
+    pub delta_id: String,
+    pub seq: u64,
+}
+
 /// One key of a type as its record says: see [`Store::known_under`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Known {
@@ -87,11 +101,24 @@ pub struct Known {
     pub live: bool,
 }
 
+impl Known {
+    /// The key as `delta` leaves it.
+    pub fn of(delta: &crate::delta::RegistryDelta) -> Known {
+        Known {
+            id: delta.object_id,
+            revision: delta.revision,
+            live: delta.op != crate::delta::Op::Delete,
+        }
+    }
+}
+
 /// One delta waiting in the spool.
 #[derive(Debug, Clone)]
 pub struct SpooledDelta {
     pub seq: u64,
     pub bytes: Vec<u8>,
+    /// See [`SPOOL_AFTER`].
+    pub after: Option<u64>,
 }
 
 /// What the spool holds, read at open.
@@ -263,12 +290,15 @@ impl Store {
     pub fn spool_head(&self, limit: usize) -> Result<Vec<SpooledDelta>, StoreError> {
         let tx = self.begin_read()?;
         let table = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
+        let after = tx.open_table(SPOOL_AFTER).map_err(|e| self.fail(e))?;
         let rows = table.iter().map_err(|e| self.fail(e))?.take(limit);
         rows.map(|row| {
             let (seq, bytes) = row.map_err(|e| self.fail(e))?;
+            let seq = seq.value();
             Ok(SpooledDelta {
-                seq: seq.value(),
+                seq,
                 bytes: bytes.value().to_vec(),
+                after: after.get(seq).map_err(|e| self.fail(e))?.map(|a| a.value()),
             })
         })
         .collect()
@@ -339,6 +369,7 @@ impl Store {
         {
             let mut records = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
             let mut spool = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
+            let mut spool_after = tx.open_table(SPOOL_AFTER).map_err(|e| self.fail(e))?;
             let mut dead = tx.open_table(DEAD).map_err(|e| self.fail(e))?;
             let mut held = tx.open_table(HELD).map_err(|e| self.fail(e))?;
             for write in writes {
@@ -351,12 +382,18 @@ impl Store {
                     Write::Unspool {
                         seqs,
                         dead: letters,
+                        acked,
                     } => {
                         for s in seqs {
                             spool.remove(*s).map_err(|e| self.fail(e))?;
+                            spool_after.remove(*s).map_err(|e| self.fail(e))?;
+                        }
+                        for a in acked {
+                            learn_seq(&mut records, a).map_err(|e| self.fail(e))?;
                         }
                         for letter in letters {
                             spool.remove(letter.seq).map_err(|e| self.fail(e))?;
+                            spool_after.remove(letter.seq).map_err(|e| self.fail(e))?;
                             dead.insert(letter.seq, letter.to_bytes().as_slice())
                                 .map_err(|e| self.fail(e))?;
                             forget(&mut records, letter).map_err(|e| self.fail(e))?;
@@ -372,10 +409,13 @@ impl Store {
                     }
                     Write::Flush | Write::Close => {}
                 }
-                if let Write::Spool { delta, .. } = write {
+                if let Write::Spool { delta, after, .. } = write {
                     spool
                         .insert(seq, delta.as_ref())
                         .map_err(|e| self.fail(e))?;
+                    if let Some(after) = after {
+                        spool_after.insert(seq, after).map_err(|e| self.fail(e))?;
+                    }
                     seq += 1;
                 }
             }
@@ -406,6 +446,25 @@ fn create(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
 
 /// A dead-lettered delta no longer stands for its key: the record is removed when it still
 /// points at that delta, so that the next reconcile publishes the key's current state again.
+/// The key's record gets the sequence its delta was stored at, if it still is that delta (a
+/// later one may have been spooled since).
+fn learn_seq(
+    records: &mut redb::Table<&str, &[u8]>,
+    acked: &Acked,
+) -> Result<(), redb::StorageError> {
+    let record = match records.get(acked.key.as_str())? {
+        Some(value)
+            if head(&acked.key, value.value()).is_ok_and(|h| h.delta_id == acked.delta_id) =>
+        {
+            Bytes::copy_from_slice(value.value())
+        }
+        _ => return Ok(()),
+    };
+    let record = with_seq(record, acked.seq);
+    records.insert(acked.key.as_str(), record.as_ref())?;
+    Ok(())
+}
+
 fn forget(
     records: &mut redb::Table<&str, &[u8]>,
     letter: &DeadLetter,

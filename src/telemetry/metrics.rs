@@ -40,6 +40,8 @@ pub const CASCADE_PULLED: &str = "netbox_relay_cascade_objects_pulled_total";
 pub const CONFIRMATIONS: &str = "netbox_relay_confirmations_total";
 pub const HELD: &str = "netbox_relay_webhooks_held";
 pub const FOREIGN: &str = "netbox_relay_foreign_messages_total";
+pub const KEY_READS: &str = "netbox_relay_stream_key_reads_total";
+pub const KEYS_LEARNED: &str = "netbox_relay_stream_keys_learned_total";
 
 /// Webhook answers, by the `result` label: the 202s, the 200s and the errors.
 pub const WEBHOOK_RESULTS: [&str; 15] = [
@@ -253,6 +255,26 @@ fn describe() {
         "Keys whose last message on the stream was no delta (published by hand or by another tool), published over"
     );
     counter!(FOREIGN).absolute(0);
+    describe_counter!(
+        KEY_READS,
+        Unit::Count,
+        "Reads of one key's last message from the stream (after a conflict, a spooled delta whose key's sequence is not known, a key another relay published)"
+    );
+    counter!(KEY_READS).absolute(0);
+    describe_counter!(
+        KEYS_LEARNED,
+        Unit::Count,
+        "Keys read from the stream in one pass (last message per subject) and remembered: a relay with a new state file, or many keys another relay published"
+    );
+    counter!(KEYS_LEARNED).absolute(0);
+}
+
+pub fn key_read() {
+    counter!(KEY_READS).increment(1);
+}
+
+pub fn keys_learned(count: u64) {
+    counter!(KEYS_LEARNED).increment(count);
 }
 
 pub fn foreign_message() {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    fixture_json, free_port, metrics_text, published_count, signed, stream_messages, test_config,
-    wait_for_published, NatsServer, RelayProcess, TestRelay,
+    counter_value, fixture_json, free_port, metrics_text, published_count, signed, stream_messages,
+    test_config, wait_for_published, NatsServer, RelayProcess, TestRelay,
 };
 
 /// A signed device update shaped like the recorded ones, for device `id` at revision `rev`
@@ -372,5 +372,43 @@ async fn racing_webhooks_of_one_object_publish_in_revision_order() {
             .values()
             .all(|r| r.starts_with("2026-11-22T11:00:20")),
         "{newest:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_spool_reads_no_key_from_the_stream() {
+    let mut nats = NatsServer::start();
+    let relay = RelayProcess::start(&nats, free_port());
+    relay.wait_ready().await;
+    let client = reqwest::Client::new();
+    // Keys 1-20 published while NATS is there: the relay knows their sequences.
+    for id in 1..=20 {
+        assert_eq!(post(&client, &relay.base, device_update(id, 1)).await, 202);
+    }
+    nats.stop();
+    // During the outage: three more revisions of the known keys, and keys 21-30 never seen.
+    let statuses = send_updates(&relay.base, 30, 4, 5).await;
+    let spooled = statuses.iter().filter(|s| **s == 202).count();
+    // Revision 1 of keys 1-20 is a duplicate (200); everything else was spooled.
+    assert_eq!(spooled, 20 * 3 + 10 * 4, "{statuses:?}");
+    nats.restart();
+    wait_for_published(&nats.url(), 20 + spooled as u64, Duration::from_secs(60)).await;
+    relay.wait_ready().await;
+    // Once drained, a key's next delta is published after the sequence the drain learned.
+    for id in [1, 25] {
+        assert_eq!(post(&client, &relay.base, device_update(id, 5)).await, 202);
+    }
+    let stored = stream_messages(&nats.url()).await;
+    assert_eq!(stored.len(), 20 + spooled + 2);
+    assert_once_and_in_key_order(&stored);
+    let metrics = metrics_text(&client, &relay.base).await;
+    assert_eq!(
+        counter_value(&metrics, "netbox_relay_stream_key_reads_total"),
+        0,
+        "no key read from the stream:\n{metrics}"
+    );
+    assert_eq!(
+        counter_value(&metrics, "netbox_relay_publish_conflicts_total"),
+        0
     );
 }

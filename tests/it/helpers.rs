@@ -408,6 +408,15 @@ pub async fn trigger_run(base: &str, path: &str, token: Option<&str>) -> (u16, V
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// An unlabelled counter's value in the Prometheus text; it must be exported.
+pub fn counter_value(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is exported:\n{metrics}"))
+}
+
 /// `POST /reconcile` with a JSON body.
 pub async fn trigger_run_with_body(base: &str, body: Value, token: &str) -> (u16, Value) {
     let request = reqwest::Client::new()

@@ -6,7 +6,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::helpers::{published_count, test_config, NatsServer, TestRelay};
+use crate::helpers::{counter_value, published_count, test_config, NatsServer, TestRelay};
 
 fn update(id: u64, at: DateTime<Utc>) -> Vec<u8> {
     crate::helpers::device_change(id, at, false)
@@ -524,4 +524,91 @@ async fn a_run_counter_at_its_end_refuses_runs_instead_of_wrapping() {
     let (status, body) = trigger(&relay.base).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["run_id"], 1, "{body}");
+}
+
+/// A relay with a new state file joins a registry another relay built: it reads every key's
+/// last message in one pass (no read per key, no publish refused by the per-key check), its
+/// first run publishes nothing, and it deletes what NetBox no longer has. Keys another relay
+/// publishes later, many at once, are read in one pass too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_with_a_new_state_learns_the_registry_in_one_read() {
+    let nats = NatsServer::start();
+    let fake = crate::fake_netbox::FakeNetbox::start("4.6.8").await;
+    fake.generate_devices(1, 300);
+    let a = TestRelay::start(reconciling(&nats, &fake, "a.redb")).await;
+    let (_, run) = trigger(&a.base).await;
+    let report = crate::helpers::reconcile_report(&a.base, &run["run_id"]).await;
+    assert_eq!(
+        report["object_types"]["dcim.device"]["upserted"], 300,
+        "{report}"
+    );
+    let published = published_count(&nats.url()).await;
+
+    let state = nats.scratch().join("b.redb");
+    let env = [
+        ("NETBOX_RELAY_NETBOX__URL", fake.url.as_str()),
+        ("NETBOX_RELAY_NETBOX__TOKEN", crate::fake_netbox::TOKEN),
+        ("NETBOX_RELAY_API__ADMIN_TOKEN", ADMIN),
+        ("NETBOX_RELAY_RECONCILE__ON_START", "false"),
+        ("NETBOX_RELAY_RECONCILE__INTERVAL", "0"),
+        ("NETBOX_RELAY_LOG__LEVEL", "warn"),
+    ];
+    let b = crate::helpers::RelayProcess::start_on(
+        &nats.url(),
+        &state,
+        crate::helpers::free_port(),
+        &env,
+        None,
+    );
+    b.wait_ready().await;
+    let (_, run) = trigger(&b.base).await;
+    let report = crate::helpers::reconcile_report(&b.base, &run["run_id"]).await;
+    assert_eq!(report["pass"], "full", "a new state: a full pass {report}");
+    let devices = &report["object_types"]["dcim.device"];
+    assert_eq!(devices["unchanged"], 300, "{report}");
+    assert_eq!(devices["upserted"], 0, "{report}");
+    assert_eq!(
+        published_count(&nats.url()).await,
+        published,
+        "nothing published"
+    );
+    let client = reqwest::Client::new();
+    let metrics = crate::helpers::metrics_text(&client, &b.base).await;
+    assert_eq!(
+        counter_value(&metrics, "netbox_relay_stream_keys_learned_total"),
+        300
+    );
+    assert_eq!(
+        counter_value(&metrics, "netbox_relay_stream_key_reads_total"),
+        0
+    );
+    assert_eq!(
+        counter_value(&metrics, "netbox_relay_publish_conflicts_total"),
+        0
+    );
+
+    // Relay A hears of 100 devices NetBox no longer lists: B has no record of them.
+    let created = Utc::now() - chrono::Duration::minutes(10);
+    for id in 900_001..=900_100 {
+        assert_eq!(a.post_signed(&update(id, created)).await.0, 202);
+    }
+    fake.with(|s| s.objects.get_mut("dcim/devices").unwrap().remove(&7));
+    let (_, run) =
+        crate::helpers::trigger_run_with_body(&b.base, serde_json::json!({"force": true}), ADMIN)
+            .await;
+    let report = crate::helpers::reconcile_report(&b.base, &run["run_id"]).await;
+    assert_eq!(report["pass"], "cheap", "{report}");
+    assert_eq!(
+        report["object_types"]["dcim.device"]["deleted"], 101,
+        "{report}"
+    );
+    let metrics = crate::helpers::metrics_text(&client, &b.base).await;
+    assert_eq!(
+        counter_value(&metrics, "netbox_relay_stream_keys_learned_total"),
+        400
+    );
+    assert_eq!(
+        counter_value(&metrics, "netbox_relay_stream_key_reads_total"),
+        0
+    );
 }
