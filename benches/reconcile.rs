@@ -1,9 +1,16 @@
-//! Reconcile benchmark, one run: a fake NetBox API (its own process) serves N generated devices and
-//! N/1 IP addresses in pages of 1,000, and
-//!   (a) baseline: only downloading every page, with the relay's own HTTP client and concurrency;
-//!   (b) a first `netbox-relay reconcile` (every object upserted and acked by JetStream);
-//!   (c) a second `netbox-relay reconcile` with nothing changed.
-//! Reports objects/s, the ratios b/a and c/a, and the relay's peak RSS.
+//! Reconcile benchmark, one run: a fake NetBox API (its own process) serves N/2 generated devices
+//! and N/2 IP addresses, honouring `fields=` and repeated `id=` as NetBox does and counting the
+//! objects it serializes in full, and
+//!   (a) baseline: only downloading every page in full, with the relay's own client and concurrency;
+//!   (a') baseline of the cheap pass: only listing ids and `last_updated` (`fields=`);
+//!   (b) a first `netbox-relay reconcile` (a full pass; every object upserted and acked);
+//!   (c) `reconcile --full` with nothing changed;
+//!   (d) `reconcile` (the cheap pass) with nothing changed;
+//!   (e) the cheap pass after 1 % of the objects changed;
+//!   (f) a relay with a new state file on the same stream (it learns the registry, then a full
+//!       pass that finds nothing to publish).
+//! Reports seconds, objects/s, the ratio to its baseline, objects NetBox serialized in full and
+//! the relay's peak RSS.
 //!
 //! `cargo bench --bench reconcile -- [--objects 100000] [--concurrency 4]`
 
@@ -69,11 +76,11 @@ async fn run(objects: u64, concurrency: usize) {
     );
     let url = format!("http://127.0.0.1:{port}");
     println!("reconcile benchmark: {objects} objects ({per_type} devices, {per_type} IP addresses), pages of 1000, concurrency {concurrency}");
+    let fake_api = FakeApi(url.clone());
 
-    let started = Instant::now();
-    let downloaded = download(&url, concurrency).await;
-    let a = started.elapsed();
-    assert_eq!(downloaded, objects, "the baseline downloaded every object");
+    let a = timed(download(&url, concurrency, false, objects)).await;
+    let a_listed = timed(download(&url, concurrency, true, objects)).await;
+    let a_full = fake_api.served_in_full().await;
 
     let work = tempfile::tempdir().unwrap();
     let nats_port = free_port();
@@ -90,57 +97,155 @@ async fn run(objects: u64, concurrency: usize) {
             .arg(work.path().join("nats")),
         nats_port,
     );
-    let env = [
-        ("NETBOX_RELAY_NETBOX__URL", url.clone()),
-        ("NETBOX_RELAY_NETBOX__TOKEN", TOKEN.to_string()),
-        ("NETBOX_RELAY_NETBOX__CONCURRENCY", concurrency.to_string()),
-        (
-            "NETBOX_RELAY_NATS__URL",
-            format!("nats://127.0.0.1:{nats_port}"),
+    let env = |state: &str| {
+        vec![
+            ("NETBOX_RELAY_NETBOX__URL", url.clone()),
+            ("NETBOX_RELAY_NETBOX__TOKEN", TOKEN.to_string()),
+            ("NETBOX_RELAY_NETBOX__CONCURRENCY", concurrency.to_string()),
+            (
+                "NETBOX_RELAY_NATS__URL",
+                format!("nats://127.0.0.1:{nats_port}"),
+            ),
+            ("NETBOX_RELAY_WEBHOOK__SECRETS", "unused".to_string()),
+            (
+                "NETBOX_RELAY_STATE__PATH",
+                work.path().join(state).display().to_string(),
+            ),
+            (
+                "NETBOX_RELAY_REGISTRY__OBJECT_TYPES",
+                format!("[{}]", TYPES.join(",")),
+            ),
+            ("NETBOX_RELAY_LOG__LEVEL", "info".to_string()),
+        ]
+    };
+    let mut rows = vec![
+        Row::baseline("(a) download only, in full", a.1, objects, a_full),
+        Row::baseline(
+            "(a') listing only (ids, last_updated)",
+            a_listed.1,
+            objects,
+            0,
         ),
-        ("NETBOX_RELAY_WEBHOOK__SECRETS", "unused".to_string()),
-        (
-            "NETBOX_RELAY_STATE__PATH",
-            work.path().join("state.redb").display().to_string(),
-        ),
-        (
-            "NETBOX_RELAY_REGISTRY__OBJECT_TYPES",
-            format!("[{}]", TYPES.join(",")),
-        ),
-        ("NETBOX_RELAY_LOG__LEVEL", "warn".to_string()),
     ];
-    let (b, b_rss, b_summary) = reconcile(&env);
-    let (c, c_rss, c_summary) = reconcile(&env);
+    let phases: [(&str, &str, &[&str], Option<u64>); 5] = [
+        (
+            "(b) first reconcile: full pass, all upserts acked",
+            "state.redb",
+            &[],
+            None,
+        ),
+        (
+            "(c) full pass, nothing changed",
+            "state.redb",
+            &["--full"],
+            None,
+        ),
+        ("(d) cheap pass, nothing changed", "state.redb", &[], None),
+        ("(e) cheap pass, 1 % changed", "state.redb", &[], Some(100)),
+        (
+            "(f) new state file: registry learned, then a full pass",
+            "fresh.redb",
+            &[],
+            None,
+        ),
+    ];
+    let mut summaries = Vec::new();
+    for (name, state, args, touch_every) in phases {
+        if let Some(every) = touch_every {
+            fake_api.touch(every).await;
+        }
+        let before = fake_api.served_in_full().await;
+        let run = reconcile(&env(state), args);
+        let full = fake_api.served_in_full().await - before;
+        let baseline = if args.is_empty() && state == "state.redb" && name.contains("cheap") {
+            a_listed.1
+        } else {
+            a.1
+        };
+        rows.push(Row {
+            name,
+            seconds: run.elapsed,
+            objects,
+            ratio: run.elapsed.as_secs_f64() / baseline.as_secs_f64(),
+            in_full: full,
+            rss_mb: Some(run.rss_mb),
+        });
+        summaries.push((name, run.summary));
+    }
     drop(fake);
 
-    let rate = |t: Duration| objects as f64 / t.as_secs_f64();
     println!();
-    println!("| phase | seconds | objects/s | time ratio to (a) | relay peak RSS MB |");
-    println!("| --- | --- | --- | --- | --- |");
-    println!(
-        "| (a) download only | {:.2} | {:.0} | 1.00 | - |",
-        a.as_secs_f64(),
-        rate(a)
-    );
-    println!(
-        "| (b) first reconcile, all upserts acked | {:.2} | {:.0} | {:.2} | {b_rss:.0} |",
-        b.as_secs_f64(),
-        rate(b),
-        b.as_secs_f64() / a.as_secs_f64()
-    );
-    println!(
-        "| (c) second reconcile, nothing changed | {:.2} | {:.0} | {:.2} | {c_rss:.0} |",
-        c.as_secs_f64(),
-        rate(c),
-        c.as_secs_f64() / a.as_secs_f64()
-    );
-    println!();
-    println!("(b) summary:\n{b_summary}");
-    println!("(c) summary:\n{c_summary}");
+    println!("| phase | seconds | objects/s | time / its baseline | objects NetBox serialized in full | relay peak RSS MB |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for row in &rows {
+        row.print();
+    }
+    println!("\nBaselines: (a) for (b), (c), (f); (a') for (d), (e).");
+    for (name, summary) in summaries {
+        println!("\n{name}:\n{summary}");
+    }
 }
 
-/// Downloads every page of every type with the relay's client and segmenting; answers the count.
-async fn download(url: &str, concurrency: usize) -> u64 {
+struct Row {
+    name: &'static str,
+    seconds: Duration,
+    objects: u64,
+    ratio: f64,
+    in_full: u64,
+    rss_mb: Option<f64>,
+}
+
+impl Row {
+    fn baseline(name: &'static str, seconds: Duration, objects: u64, in_full: u64) -> Row {
+        Row {
+            name,
+            seconds,
+            objects,
+            ratio: 1.0,
+            in_full,
+            rss_mb: None,
+        }
+    }
+
+    fn print(&self) {
+        let secs = self.seconds.as_secs_f64();
+        let rss = self.rss_mb.map_or("-".to_string(), |r| format!("{r:.0}"));
+        println!(
+            "| {} | {secs:.2} | {:.0} | {:.2} | {} | {rss} |",
+            self.name,
+            self.objects as f64 / secs,
+            self.ratio,
+            self.in_full
+        );
+    }
+}
+
+async fn timed<T>(work: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    let out = work.await;
+    (out, started.elapsed())
+}
+
+/// The fake NetBox's bench controls.
+struct FakeApi(String);
+
+impl FakeApi {
+    async fn served_in_full(&self) -> u64 {
+        let url = format!("{}/bench/served-in-full", self.0);
+        reqwest::get(url).await.unwrap().json().await.unwrap()
+    }
+
+    /// Changes every `every`-th object (a new `display` and `last_updated`).
+    async fn touch(&self, every: u64) {
+        let url = format!("{}/bench/touch?every={every}", self.0);
+        let answer = reqwest::Client::new().post(url).send().await.unwrap();
+        assert!(answer.status().is_success());
+    }
+}
+
+/// Downloads every page of every type with the relay's client and segmenting (`listing`: ids and
+/// revisions only); asserts the count.
+async fn download(url: &str, concurrency: usize, listing: bool, objects: u64) {
     let config = NetboxConfig {
         url: Some(url.to_string()),
         token: Some(TOKEN.to_string().into()),
@@ -155,7 +260,7 @@ async fn download(url: &str, concurrency: usize) -> u64 {
             version,
             page_size: 1000,
             concurrency,
-            listing: false,
+            listing,
         };
         let mut rx = pages(
             client.clone(),
@@ -166,16 +271,24 @@ async fn download(url: &str, concurrency: usize) -> u64 {
             count += page.unwrap().len() as u64;
         }
     }
-    count
+    assert_eq!(count, objects, "every object downloaded");
 }
 
-/// Runs `netbox-relay reconcile` once; answers wall time, peak RSS (MB) and its summary.
-fn reconcile(env: &[(&str, String)]) -> (Duration, f64, String) {
+struct Run {
+    elapsed: Duration,
+    rss_mb: f64,
+    summary: String,
+}
+
+/// Runs `netbox-relay reconcile <args>` once; answers wall time, peak RSS and its summary (the
+/// report and the log lines that say which pass ran and what was learned).
+fn reconcile(env: &[(&str, String)], args: &[&str]) -> Run {
     let started = Instant::now();
     let output = Command::new("/usr/bin/time")
         .arg("-v")
         .arg(env!("CARGO_BIN_EXE_netbox-relay"))
         .arg("reconcile")
+        .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .expect("/usr/bin/time (Debian package time) and the relay binary");
@@ -190,12 +303,19 @@ fn reconcile(env: &[(&str, String)]) -> (Duration, f64, String) {
         })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_default();
-    let summary = stderr
-        .lines()
-        .filter(|l| !l.starts_with('\t') && !l.trim().is_empty())
-        .collect::<Vec<_>>()
-        .join("\n");
-    (elapsed, rss_kb / 1024.0, summary)
+    let said = |l: &&str| {
+        ["a full pass", "read from the stream", "run ended"]
+            .iter()
+            .any(|m| l.contains(m))
+    };
+    let mut summary: Vec<&str> = stderr.lines().filter(said).collect();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    summary.extend(stdout.lines().filter(|l| !l.trim().is_empty()));
+    Run {
+        elapsed,
+        rss_mb: rss_kb / 1024.0,
+        summary: summary.join("\n"),
+    }
 }
 
 struct Process(Child);
@@ -220,8 +340,12 @@ impl Drop for Process {
 }
 
 /// The fake NetBox: `per_type` devices and IP addresses with ids 1..=per_type, shaped like the
-/// recorded ones and made on the fly (so that a million objects cost no memory), cursor pages.
+/// recorded ones and made on the fly (so that a million objects cost no memory), cursor pages,
+/// `fields=` and repeated `id=` honoured. `POST /bench/touch?every=N` changes every N-th object
+/// (`display` and `last_updated`); `GET /bench/served-in-full` counts the objects served with more
+/// than `id`, `last_updated` and `created`.
 fn fake_netbox(port: u16, per_type: u64) {
+    use std::sync::atomic::{AtomicU64, Ordering};
     let recorded = |file: &str| -> Value {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/netbox-api")
@@ -230,60 +354,160 @@ fn fake_netbox(port: u16, per_type: u64) {
         let body: Value = serde_json::from_str(page["body"].as_str().unwrap()).unwrap();
         body["results"][0].clone()
     };
-    let device = Arc::new(recorded("dcim_devices.json"));
-    let ip = Arc::new(recorded("ipam_ip-addresses.json"));
+    let templates = Arc::new((
+        recorded("dcim_devices.json"),
+        recorded("ipam_ip-addresses.json"),
+    ));
+    // Touches so far, and the stride of the last one.
+    let touch = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let served = Arc::new(AtomicU64::new(0));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
-        use axum::extract::{Path, Query};
-        use std::collections::HashMap;
-        let list = move |Path((app, endpoint)): Path<(String, String)>,
-                         Query(q): Query<HashMap<String, String>>| {
-            let (device, ip) = (device.clone(), ip.clone());
+        use axum::extract::{Path, RawQuery};
+        use axum::routing::{get, post};
+        let (list_touch, list_served) = (touch.clone(), served.clone());
+        let list = move |Path((app, endpoint)): Path<(String, String)>, RawQuery(q): RawQuery| {
+            let (templates, touch, served) =
+                (templates.clone(), list_touch.clone(), list_served.clone());
             async move {
-                let limit: u64 = q
-                    .get("limit")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(50)
-                    .min(1000);
-                let below: u64 = q
-                    .get("id__lt")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(u64::MAX)
-                    .min(per_type + 1);
-                let ids: Vec<u64> = if q.get("ordering").map(String::as_str) == Some("-id") {
-                    (1..below).rev().take(limit as usize).collect()
-                } else {
-                    let from = q
-                        .get("start")
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0u64)
-                        .max(1);
-                    (from..below).take(limit as usize).collect()
+                let query = Query::parse(q.as_deref().unwrap_or(""));
+                let ids = query.ids(per_type);
+                let touched = (
+                    touch.0.load(Ordering::Relaxed),
+                    touch.1.load(Ordering::Relaxed),
+                );
+                let make = |id: u64| -> Option<Value> {
+                    let object = match (app.as_str(), endpoint.as_str()) {
+                        ("dcim", "devices") => make_device(&templates.0, id),
+                        ("ipam", "ip-addresses") => make_ip(&templates.1, id),
+                        _ => return None,
+                    };
+                    Some(query.select(touched_object(object, id, touched)))
                 };
-                let results: Vec<Value> = match (app.as_str(), endpoint.as_str()) {
-                    ("dcim", "devices") => ids.iter().map(|id| make_device(&device, *id)).collect(),
-                    ("ipam", "ip-addresses") => ids.iter().map(|id| make_ip(&ip, *id)).collect(),
-                    _ => Vec::new(),
-                };
+                let results: Vec<Value> = ids.into_iter().filter_map(make).collect();
+                if query.in_full() {
+                    served.fetch_add(results.len() as u64, Ordering::Relaxed);
+                }
                 axum::Json(
                     json!({"count": null, "next": null, "previous": null, "results": results}),
                 )
             }
         };
+        let touch_now = move |RawQuery(q): RawQuery| {
+            let touch = touch.clone();
+            async move {
+                let every = Query::parse(q.as_deref().unwrap_or(""))
+                    .number("every")
+                    .unwrap_or(100);
+                touch.1.store(every.max(1), Ordering::Relaxed);
+                touch.0.fetch_add(1, Ordering::Relaxed);
+            }
+        };
         let app = axum::Router::new()
             .route(
                 "/api/status/",
-                axum::routing::get(|| async { axum::Json(json!({"netbox-version": "4.6.8"})) }),
+                get(|| async { axum::Json(json!({"netbox-version": "4.6.8"})) }),
             )
-            .route("/api/{app}/{endpoint}/", axum::routing::get(list));
+            .route("/api/{app}/{endpoint}/", get(list))
+            .route("/bench/touch", post(touch_now))
+            .route(
+                "/bench/served-in-full",
+                get(move || {
+                    let served = served.clone();
+                    async move { axum::Json(served.load(Ordering::Relaxed)) }
+                }),
+            );
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
         axum::serve(listener, app).await.unwrap();
     });
+}
+
+/// A list request's query as the fake reads it: repeated keys kept.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(raw: &str) -> Query {
+        let pairs = raw.split('&').filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            Some((k.to_string(), v.replace("%2C", ",").replace("%2c", ",")))
+        });
+        Query(pairs.collect())
+    }
+
+    fn value(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn number(&self, key: &str) -> Option<u64> {
+        self.value(key)?.parse().ok()
+    }
+
+    /// The ids a request asks for: `id=` repeated, else a page after `start` / `id__gt` below
+    /// `id__lt`, or the newest with `ordering=-id`.
+    fn ids(&self, per_type: u64) -> Vec<u64> {
+        let limit = self.number("limit").unwrap_or(50).min(1000) as usize;
+        let listed: Vec<u64> = self
+            .0
+            .iter()
+            .filter(|(k, _)| k == "id")
+            .filter_map(|(_, v)| v.parse().ok())
+            .filter(|id| (1..=per_type).contains(id))
+            .collect();
+        if self.value("id").is_some() {
+            return listed;
+        }
+        let below = self.number("id__lt").unwrap_or(u64::MAX).min(per_type + 1);
+        if self.value("ordering") == Some("-id") {
+            return (1..below).rev().take(limit).collect();
+        }
+        let from = match (self.number("start"), self.number("id__gt")) {
+            (Some(start), _) => start,
+            (None, Some(after)) => after + 1,
+            (None, None) => 0,
+        };
+        (from.max(1)..below).take(limit).collect()
+    }
+
+    /// `object` with only the `fields=` asked for.
+    fn select(&self, object: Value) -> Value {
+        let Some(fields) = self.value("fields") else {
+            return object;
+        };
+        let Value::Object(mut map) = object else {
+            return object;
+        };
+        let wanted: Vec<&str> = fields.split(',').collect();
+        map.retain(|k, _| wanted.contains(&k.as_str()));
+        Value::Object(map)
+    }
+
+    /// Whether the objects are served with more than ids and revisions.
+    fn in_full(&self) -> bool {
+        let listing = ["id", "last_updated", "created"];
+        self.value("fields")
+            .is_none_or(|f| f.split(',').any(|field| !listing.contains(&field)))
+    }
+}
+
+/// After `touched.0` touches of stride `touched.1`, every stride-th object has a new `display` and
+/// `last_updated`.
+fn touched_object(mut object: Value, id: u64, touched: (u64, u64)) -> Value {
+    let (times, every) = touched;
+    if times == 0 || id % every != 0 {
+        return object;
+    }
+    let display = object["display"].as_str().unwrap_or_default().to_string();
+    object["display"] = json!(format!("{display} (touched {times})"));
+    object["last_updated"] = json!(format!("2026-12-0{}T00:00:00.000000Z", times.min(9)));
+    object
 }
 
 fn make_device(template: &Value, id: u64) -> Value {

@@ -265,9 +265,18 @@ impl Pass<'_> {
     pub async fn object_type(&self, object_type: ObjectType) -> TypeReport {
         let mut report = TypeReport::default();
         let mut seen = HashSet::new();
-        let pulled = match self.kind {
-            PassKind::Full => self.pull(object_type, &mut report, &mut seen).await,
-            PassKind::Cheap => self.list(object_type, &mut report, &mut seen).await,
+        // The stream's keys of the type are listed while NetBox is: neither waits for the other.
+        let (on_stream, compared) = tokio::join!(
+            self.ids_on_stream(object_type),
+            self.pull_and_compare(object_type, &mut report, &mut seen)
+        );
+        let (known, pulled) = match compared {
+            Ok(compared) => compared,
+            Err(e) => {
+                report.status = Some(RunStatus::Failed);
+                report.message = Some(e.to_string());
+                return report;
+            }
         };
         telemetry::reconcile_objects(report.fetched, report.fetched_in_full);
         if let Err(failure) = pulled {
@@ -281,11 +290,8 @@ impl Pass<'_> {
             report.message = Some(failure.to_string());
             return report;
         }
-        if let Err(e) = self.deletes(object_type, &seen, &mut report).await {
-            report.status = Some(RunStatus::Failed);
-            report.message = Some(e.to_string());
-            return report;
-        }
+        self.deletes(object_type, known, on_stream, &seen, &mut report)
+            .await;
         if report.status.is_none() {
             let clean = report.errors == 0;
             report.status = Some(if clean {
@@ -297,21 +303,50 @@ impl Pass<'_> {
         report
     }
 
-    async fn pull(
+    /// The pass over one type. The type's records are read once, for the cheap pass's
+    /// comparison and the delete scan (at a million keys a read of the state file costs about
+    /// what the listing does), while NetBox's first pages are on their way.
+    async fn pull_and_compare(
         &self,
         object_type: ObjectType,
         report: &mut TypeReport,
         seen: &mut HashSet<u64>,
-    ) -> Result<(), PullFailure> {
-        let client = self.reconciler.client.clone();
-        let client = client.ok_or(PullFailure::NotConfigured)?;
+    ) -> Result<(Vec<Known>, Result<(), PullFailure>), StoreError> {
+        let Some(client) = self.reconciler.client.clone() else {
+            return Ok((Vec::new(), Err(PullFailure::NotConfigured)));
+        };
         let options = super::pull::PullOptions {
             version: self.version,
             page_size: self.reconciler.page_size,
             concurrency: self.reconciler.concurrency,
-            listing: false,
+            listing: self.kind == PassKind::Cheap,
         };
-        let mut pages = super::pull::pages(client, object_type, options);
+        let pages = super::pull::pages(client.clone(), object_type, options);
+        let scan = self.reconciler.translator.key_prefix(object_type);
+        let known = self
+            .reconciler
+            .store
+            .read(move |s| s.known_under(&scan))
+            .await?;
+        let pulled = match self.kind {
+            PassKind::Full => self.pull(object_type, pages, report, seen).await,
+            PassKind::Cheap => {
+                let stored = known.iter().filter(|k| k.live).map(|k| (k.id, k.revision));
+                let stored = stored.collect();
+                self.list(&client, object_type, pages, stored, report, seen)
+                    .await
+            }
+        };
+        Ok((known, pulled))
+    }
+
+    async fn pull(
+        &self,
+        object_type: ObjectType,
+        mut pages: super::pull::Pages,
+        report: &mut TypeReport,
+        seen: &mut HashSet<u64>,
+    ) -> Result<(), PullFailure> {
         let mut emitter = Emitter::new(self.output);
         let mut sorting = FuturesUnordered::new();
         let mut failure = None;
@@ -343,14 +378,33 @@ impl Pass<'_> {
         failure.map_or(Ok(()), Err)
     }
 
-    /// The keys of `object_type` that another relay published and this one has no record of,
-    /// read from the stream (their last message), so that their deletes are inferred too. Each
-    /// is remembered: a later run reads it no more. A few are read one at a time, more in one
-    /// pass over every key of the type. A single relay knows every key it published and reads
-    /// nothing but the list of the type's subjects.
+    /// The ids of `object_type`'s keys on the stream, whichever relay published them; None
+    /// when they cannot be listed (deletes then come from this relay's records only).
+    async fn ids_on_stream(&self, object_type: ObjectType) -> Option<Vec<u64>> {
+        let Output::Publish(delivery) = self.output else {
+            return None;
+        };
+        let partition = self.reconciler.translator.partition();
+        let listed = delivery
+            .publisher()
+            .ids_on_stream(partition, object_type.kind)
+            .await;
+        listed
+            .inspect_err(|e| {
+                tracing::warn!(object_type = object_type.name, error = %e,
+                "reconcile: cannot list the stream's keys; deletes from this relay's records only")
+            })
+            .ok()
+    }
+
+    /// The keys among `ids` (on the stream) that another relay published and this one has no
+    /// record of, read from the stream (their last message), so that their deletes are inferred
+    /// too. Each is remembered: a later run reads it no more. A few are read one at a time, more
+    /// in one pass over every key of the type. A single relay knows every key it published.
     async fn stream_only(
         &self,
         object_type: ObjectType,
+        ids: Vec<u64>,
         known: &[Known],
         seen: &HashSet<u64>,
     ) -> Vec<Known> {
@@ -360,14 +414,6 @@ impl Pass<'_> {
         let (publisher, translator) = (delivery.publisher(), &self.reconciler.translator);
         let (partition, kind) = (translator.partition(), object_type.kind);
         let known: HashSet<u64> = known.iter().map(|k| k.id).collect();
-        let ids = match publisher.ids_on_stream(partition, kind).await {
-            Ok(ids) => ids,
-            Err(e) => {
-                tracing::warn!(object_type = object_type.name, error = %e,
-                    "reconcile: cannot list the stream's keys; deletes from this relay's records only");
-                return Vec::new();
-            }
-        };
         let unknown: HashSet<u64> = ids
             .into_iter()
             .filter(|id| !known.contains(id) && !seen.contains(id))
@@ -406,30 +452,13 @@ impl Pass<'_> {
     /// batches of `BY_IDS`. Listed ids count as seen, so deletes are inferred as in a full pass.
     async fn list(
         &self,
+        client: &NetboxClient,
         object_type: ObjectType,
+        mut pages: super::pull::Pages,
+        stored: HashMap<u64, DateTime<Utc>>,
         report: &mut TypeReport,
         seen: &mut HashSet<u64>,
     ) -> Result<(), PullFailure> {
-        let client = self.reconciler.client.clone();
-        let client = client.ok_or(PullFailure::NotConfigured)?;
-        let scan = self.reconciler.translator.key_prefix(object_type);
-        let known = self
-            .reconciler
-            .store
-            .read(move |s| s.known_under(&scan))
-            .await?;
-        let stored: HashMap<u64, DateTime<Utc>> = known
-            .into_iter()
-            .filter(|k| k.live)
-            .map(|k| (k.id, k.revision))
-            .collect();
-        let options = super::pull::PullOptions {
-            version: self.version,
-            page_size: self.reconciler.page_size,
-            concurrency: self.reconciler.concurrency,
-            listing: true,
-        };
-        let mut pages = super::pull::pages(client.clone(), object_type, options);
         let mut emitter = Emitter::new(self.output);
         let mut stale = Vec::new();
         let mut failure = None;
@@ -457,7 +486,7 @@ impl Pass<'_> {
             while stale.len() >= BY_IDS && failure.is_none() {
                 let batch: Vec<u64> = stale.drain(..BY_IDS).collect();
                 let fetched = self
-                    .fetch(&client, object_type, &batch, report, &mut emitter)
+                    .fetch(client, object_type, &batch, report, &mut emitter)
                     .await;
                 failure = fetched.err();
             }
@@ -467,7 +496,7 @@ impl Pass<'_> {
         }
         if failure.is_none() && !stale.is_empty() {
             let fetched = self
-                .fetch(&client, object_type, &stale, report, &mut emitter)
+                .fetch(client, object_type, &stale, report, &mut emitter)
                 .await;
             failure = fetched.err();
         }
@@ -495,17 +524,24 @@ impl Pass<'_> {
         Ok(())
     }
 
+    /// Deletes for the known live keys a complete pull did not see. `heads` were read before
+    /// the pull: a key created meanwhile is not among them, one deleted meanwhile is judged
+    /// against its record when its delete is delivered (and dropped as stale).
     async fn deletes(
         &self,
         object_type: ObjectType,
+        mut heads: Vec<Known>,
+        on_stream: Option<Vec<u64>>,
         seen: &HashSet<u64>,
         report: &mut TypeReport,
-    ) -> Result<(), StoreError> {
-        let scan = self.reconciler.translator.key_prefix(object_type);
-        let store = &self.reconciler.store;
-        let mut heads = store.read(move |s| s.known_under(&scan)).await?;
-        heads.extend(self.stream_only(object_type, &heads, seen).await);
-        let known = heads.iter().filter(|k| k.live).count();
+    ) {
+        if let Some(ids) = on_stream {
+            heads.extend(self.stream_only(object_type, ids, &heads, seen).await);
+        }
+        // The registry's size after the pass: what was live before it, and what it saw.
+        let live: HashSet<u64> = heads.iter().filter(|k| k.live).map(|k| k.id).collect();
+        let known = live.len() + seen.iter().filter(|id| !live.contains(id)).count();
+        drop(live);
         let gone: Vec<(u64, DateTime<Utc>)> = heads
             .iter()
             .filter(|k| k.live && k.revision < self.run_start && !seen.contains(&k.id))
@@ -527,7 +563,7 @@ impl Pass<'_> {
                 known,
                 "reconcile: deletes withheld"
             );
-            return Ok(());
+            return;
         }
         let now = Utc::now();
         let translator = &self.reconciler.translator;
@@ -547,6 +583,5 @@ impl Pass<'_> {
         report.deleted += tally.out;
         report.unchanged += tally.dropped;
         report.errors += tally.failed;
-        Ok(())
     }
 }

@@ -256,15 +256,17 @@ impl Coordination {
             .await
     }
 
-    /// When the last full pass of any relay started, if one ended.
-    pub async fn last_full(&self) -> Option<DateTime<Utc>> {
-        let value = self.kv.get(LAST_FULL).await.ok()??;
-        DateTime::parse_from_rfc3339(std::str::from_utf8(&value).ok()?)
-            .ok()
-            .map(|t| t.with_timezone(&Utc))
+    /// How long ago the last full pass of any relay ended, by the NATS server's clock alone:
+    /// the server stamps both the record of that pass and this run's lease (taken just now),
+    /// so no relay's clock enters. Called by a run that holds the lease.
+    pub async fn last_full_age(&self) -> Option<Duration> {
+        let full = self.kv.entry(LAST_FULL).await.ok()??;
+        let now = self.kv.entry(LEASE).await.ok()??;
+        let age = now.created - full.created;
+        Some(age.to_std().unwrap_or_default())
     }
 
-    /// Records that a full pass started at `at` has ended.
+    /// Records that a full pass has ended (its start in the value, for operators reading it).
     pub async fn record_full(&self, at: DateTime<Utc>) {
         if let Err(e) = self.kv.put(LAST_FULL, at.to_rfc3339().into()).await {
             tracing::warn!(error = %e, "cannot record the full pass in the KV bucket");

@@ -59,8 +59,9 @@ pub struct Reconciler {
     max_delete_fraction: f64,
     /// How often a run is a full pass.
     full_interval: Duration,
-    /// When this relay last started a full pass that ended (the shared bucket has any relay's).
-    last_full: std::sync::Mutex<Option<chrono::DateTime<Utc>>>,
+    /// When this relay's last full pass ended, on its monotonic clock (the shared bucket has
+    /// any relay's).
+    last_full: std::sync::Mutex<Option<std::time::Instant>>,
     runs: Runs,
     /// The KV bucket every relay on the same NATS shares (absent for a dry run).
     shared: Option<Shared>,

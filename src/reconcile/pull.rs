@@ -28,16 +28,15 @@ pub struct PullOptions {
 /// What the cheap pass lists of each object: enough to tell a changed object from the stored one.
 const LISTING: &str = "&fields=id,last_updated,created";
 
+/// The pages of one object type as they arrive.
+pub type Pages = mpsc::Receiver<Result<Vec<Object>, ApiError>>;
+
 /// The pages of one object type, as they arrive, from `concurrency` segments at once. The channel
 /// holds at most `concurrency` pages, so memory stays bounded however large NetBox is.
-pub fn pages(
-    client: Arc<NetboxClient>,
-    object_type: ObjectType,
-    options: PullOptions,
-) -> mpsc::Receiver<Result<Vec<Object>, ApiError>> {
+pub fn pages(client: Arc<NetboxClient>, object_type: ObjectType, options: PullOptions) -> Pages {
     let (tx, rx) = mpsc::channel(options.concurrency.max(1));
     tokio::spawn(async move {
-        let segments = match segments(&client, object_type, options.concurrency).await {
+        let segments = match segments(&client, object_type, &options).await {
             Ok(segments) => segments,
             Err(e) => {
                 tx.send(Err(e)).await.ok();
@@ -61,16 +60,22 @@ pub fn pages(
 }
 
 /// `(after, below)` id bounds of each segment: one unbounded segment, or the range up to the
-/// highest id (`ordering=-id&limit=1`) split evenly. Objects created later are left to webhooks.
+/// highest id (`ordering=-id&limit=1`, only its id serialized) split evenly. Objects created
+/// later are left to webhooks.
 async fn segments(
     client: &NetboxClient,
     object_type: ObjectType,
-    concurrency: usize,
+    options: &PullOptions,
 ) -> Result<Vec<(Option<u64>, Option<u64>)>, ApiError> {
+    let concurrency = options.concurrency;
     if concurrency <= 1 {
         return Ok(vec![(None, None)]);
     }
-    let newest = client.page(object_type, "ordering=-id&limit=1").await?;
+    let query = match options.version >= (4, 0) {
+        true => "ordering=-id&limit=1&fields=id",
+        false => "ordering=-id&limit=1",
+    };
+    let newest = client.page(object_type, query).await?;
     let max = newest
         .results
         .first()

@@ -151,11 +151,9 @@ impl Reconciler {
         } else if new_state {
             "the state is new"
         } else {
-            match self.last_full().await {
+            match self.last_full_age().await {
                 None => "no full pass on record",
-                Some(at)
-                    if (Utc::now() - at).to_std().unwrap_or_default() >= self.full_interval =>
-                {
+                Some(age) if age >= self.full_interval => {
                     "reconcile.full_interval has passed since the last one"
                 }
                 Some(_) => return PassKind::Cheap,
@@ -187,18 +185,23 @@ impl Reconciler {
         }
     }
 
-    /// When the last full pass of this relay or of any relay sharing the NATS started.
-    async fn last_full(&self) -> Option<chrono::DateTime<Utc>> {
+    /// How long ago the last full pass of this relay or of any relay sharing the NATS ended,
+    /// each measured without comparing two hosts' clocks.
+    async fn last_full_age(&self) -> Option<std::time::Duration> {
         let local = *self.last_full.lock().unwrap_or_else(|e| e.into_inner());
+        let local = local.map(|at| at.elapsed());
         let shared = match self.coordination().await {
-            Some(c) => c.last_full().await,
+            Some(c) => c.last_full_age().await,
             None => None,
         };
-        local.max(shared)
+        match (local, shared) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     async fn full_pass_ended(&self, started: chrono::DateTime<Utc>) {
-        *self.last_full.lock().unwrap_or_else(|e| e.into_inner()) = Some(started);
+        *self.last_full.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
         if let Some(c) = self.coordination().await {
             c.record_full(started).await;
         }

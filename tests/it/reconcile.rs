@@ -588,8 +588,8 @@ async fn several_segments_in_flight_fetch_every_object_exactly_once() {
         .filter(|l| l.starts_with("dcim/devices?"))
         .collect();
     assert_eq!(
-        device_requests[0], "dcim/devices?limit=1&ordering=-id",
-        "the highest id bounds the segments"
+        device_requests[0], "dcim/devices?fields=id&limit=1&ordering=-id",
+        "the highest id (alone serialized) bounds the segments"
     );
     for bound in ["id__lt=2001", "id__lt=4002", "id__lt=6001"] {
         assert!(
@@ -847,4 +847,35 @@ async fn a_full_pass_comes_when_full_interval_has_passed() {
         crate::helpers::trigger_run_with_body(&relay.base, json!({"ful": true}), ADMIN).await;
     assert_eq!(status, 400, "{body}");
     assert!(body["message"].as_str().unwrap().contains("ful"), "{body}");
+}
+
+/// Whether a full pass is due is judged by the NATS server's clock alone: a record of the last
+/// full pass written by a relay whose clock is decades ahead or days behind changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pass_is_due_by_the_servers_clock_not_the_writers() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let mut config = config(&nats, &fake, 1000);
+    config.reconcile.full_interval = Duration::from_secs(3);
+    let relay = TestRelay::start(config.clone()).await;
+    assert_eq!(reconcile(&relay).await["pass"], "full");
+    relay.relay.stop().await.unwrap();
+
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let bucket = js.get_key_value("NETBOX_RELAY").await.unwrap();
+    // Restarted (nothing kept in memory): only the bucket says when the last full pass was.
+    let relay = TestRelay::start(config).await;
+    for written_at in ["2099-01-01T00:00:00+00:00", "2020-01-01T00:00:00+00:00"] {
+        bucket
+            .put("reconcile.last_full", written_at.into())
+            .await
+            .unwrap();
+        assert_eq!(
+            reconcile(&relay).await["pass"],
+            "cheap",
+            "a full pass recorded just now, whatever its writer's clock said ({written_at})"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(reconcile(&relay).await["pass"], "full");
 }
