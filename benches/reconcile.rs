@@ -12,9 +12,10 @@
 //! Reports seconds, objects/s, the ratio to its baseline, objects NetBox serialized in full and
 //! the relay's peak RSS.
 //!
-//! `cargo bench --bench reconcile -- [--objects 100000] [--concurrency 4]`
+//! `cargo bench --bench reconcile -- [--objects 100000] [--concurrency 4] [--before <relay binary>]`
+//! (`--before`: (f) again with another build, on a state file of its own)
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ const TOKEN: &str = "0123456789abcdef0123456789abcdef01234567";
 const TYPES: [&str; 2] = ["dcim.device", "ipam.ipaddress"];
 
 fn main() {
-    let (objects, concurrency) = args();
+    let args = args();
     if let Ok(spec) = std::env::var(FAKE_ENV) {
         let (port, per_type) = spec.split_once(':').expect("port:count");
         return fake_netbox(port.parse().unwrap(), per_type.parse().unwrap());
@@ -46,28 +47,37 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(objects, concurrency));
+    rt.block_on(run(args));
 }
 
-fn args() -> (u64, usize) {
-    let (mut objects, mut concurrency) = (100_000, 4);
+struct Args {
+    objects: u64,
+    concurrency: usize,
+    /// Another build of the relay, whose first run with a new state file is measured too.
+    before: Option<PathBuf>,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        objects: 100_000,
+        concurrency: 4,
+        before: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
-            "--objects" => objects = it.next().and_then(|v| v.parse().ok()).expect("--objects N"),
-            "--concurrency" => {
-                concurrency = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--concurrency N")
-            }
+            "--objects" => args.objects = value().parse().expect("--objects N"),
+            "--concurrency" => args.concurrency = value().parse().expect("--concurrency N"),
+            "--before" => args.before = Some(PathBuf::from(value())),
             _ => {}
         }
     }
-    (objects, concurrency)
+    args
 }
 
-async fn run(objects: u64, concurrency: usize) {
+async fn run(args: Args) {
+    let (objects, concurrency) = (args.objects, args.concurrency);
     let per_type = objects / 2;
     let port = free_port();
     let fake = Process::spawn(
@@ -149,15 +159,24 @@ async fn run(objects: u64, concurrency: usize) {
             None,
         ),
     ];
+    let relay = PathBuf::from(env!("CARGO_BIN_EXE_netbox-relay"));
+    let mut phases: Vec<(&str, &str, &[&str], Option<u64>, &PathBuf)> = phases
+        .into_iter()
+        .map(|(name, state, args, touch)| (name, state, args, touch, &relay))
+        .collect();
+    if let Some(before) = &args.before {
+        let name = "(f) with --before: new state file, a full pass";
+        phases.push((name, "fresh-before.redb", &[], None, before));
+    }
     let mut summaries = Vec::new();
-    for (name, state, args, touch_every) in phases {
+    for (name, state, args, touch_every, binary) in phases {
         if let Some(every) = touch_every {
             fake_api.touch(every).await;
         }
         let before = fake_api.served_in_full().await;
-        let run = reconcile(&env(state), args);
+        let run = reconcile(binary, &env(state), args);
         let full = fake_api.served_in_full().await - before;
-        let baseline = if args.is_empty() && state == "state.redb" && name.contains("cheap") {
+        let baseline = if name.contains("cheap") {
             a_listed.1
         } else {
             a.1
@@ -282,11 +301,11 @@ struct Run {
 
 /// Runs `netbox-relay reconcile <args>` once; answers wall time, peak RSS and its summary (the
 /// report and the log lines that say which pass ran and what was learned).
-fn reconcile(env: &[(&str, String)], args: &[&str]) -> Run {
+fn reconcile(binary: &Path, env: &[(&str, String)], args: &[&str]) -> Run {
     let started = Instant::now();
     let output = Command::new("/usr/bin/time")
         .arg("-v")
-        .arg(env!("CARGO_BIN_EXE_netbox-relay"))
+        .arg(binary)
         .arg("reconcile")
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
