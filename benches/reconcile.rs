@@ -137,39 +137,64 @@ async fn run(args: Args) {
             0,
         ),
     ];
-    let phases: [(&str, &str, &[&str], Option<u64>); 5] = [
-        (
+    let relay = PathBuf::from(env!("CARGO_BIN_EXE_netbox-relay"));
+    let phase = |name, state, args, touch_every, binary| Phase {
+        name,
+        state,
+        args,
+        touch_every,
+        binary,
+    };
+    let mut phases = vec![
+        phase(
             "(b) first reconcile: full pass, all upserts acked",
             "state.redb",
             &[],
             None,
+            &relay,
         ),
-        (
+        phase(
             "(c) full pass, nothing changed",
             "state.redb",
             &["--full"],
             None,
+            &relay,
         ),
-        ("(d) cheap pass, nothing changed", "state.redb", &[], None),
-        ("(e) cheap pass, 1 % changed", "state.redb", &[], Some(100)),
-        (
+        phase(
+            "(d) cheap pass, nothing changed",
+            "state.redb",
+            &[],
+            None,
+            &relay,
+        ),
+        phase(
+            "(e) cheap pass, 1 % changed",
+            "state.redb",
+            &[],
+            Some(100),
+            &relay,
+        ),
+        phase(
             "(f) new state file: registry learned, then a full pass",
             "fresh.redb",
             &[],
             None,
+            &relay,
         ),
     ];
-    let relay = PathBuf::from(env!("CARGO_BIN_EXE_netbox-relay"));
-    let mut phases: Vec<(&str, &str, &[&str], Option<u64>, &PathBuf)> = phases
-        .into_iter()
-        .map(|(name, state, args, touch)| (name, state, args, touch, &relay))
-        .collect();
     if let Some(before) = &args.before {
         let name = "(f) with --before: new state file, a full pass";
-        phases.push((name, "fresh-before.redb", &[], None, before));
+        phases.push(phase(name, "fresh-before.redb", &[], None, before));
     }
     let mut summaries = Vec::new();
-    for (name, state, args, touch_every, binary) in phases {
+    for Phase {
+        name,
+        state,
+        args,
+        touch_every,
+        binary,
+    } in phases
+    {
         if let Some(every) = touch_every {
             fake_api.touch(every).await;
         }
@@ -203,6 +228,16 @@ async fn run(args: Args) {
     for (name, summary) in summaries {
         println!("\n{name}:\n{summary}");
     }
+}
+
+/// One `netbox-relay reconcile` of the run.
+struct Phase<'a> {
+    name: &'static str,
+    state: &'static str,
+    args: &'static [&'static str],
+    /// Change every N-th object first.
+    touch_every: Option<u64>,
+    binary: &'a PathBuf,
 }
 
 struct Row {
