@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test against a real nats-server (installed into .venv on first use), a real
-# Prometheus (Debian's package, installed on first use) and, for the live tier, a real NetBox 4.7
+# Prometheus and its promtool (Debian's package, installed on first use), openssl (likewise) and,
+# for the live tier, a real NetBox 4.7
 # with netbox-branching (scripts/netbox.sh: built on first use, stopped again at the end).
 # NETBOX_LIVE=skip runs the rest where NetBox cannot run (no Python >= 3.12); it is said, never
 # silent.
@@ -8,6 +9,13 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 NATS_SERVER=$(deploy/local/ensure-nats.sh)
+# The TLS tests make their certificates with openssl.
+if ! command -v openssl >/dev/null; then
+  echo "installing openssl (Debian package)" >&2
+  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends openssl >&2
+fi
 PROMETHEUS=$(deploy/local/ensure-prometheus.sh)
 export NATS_SERVER PROMETHEUS
 echo "using $("$NATS_SERVER" --version), $("$PROMETHEUS" --version 2>&1 | head -1)"

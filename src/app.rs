@@ -17,7 +17,7 @@ use crate::state::{Committer, Store};
 use crate::supervise::supervise;
 use crate::telemetry;
 use crate::translate::{SweepOptions, Translator};
-use crate::webhook::{self, server, signature::Verifier, AppState};
+use crate::webhook::{self, server, signature::Verifier, tls::Tls, AppState};
 
 /// A started relay: its HTTP server, the spool drainer and the stream keeper.
 pub struct Relay {
@@ -36,6 +36,8 @@ struct Parts {
     pipeline: Pipeline,
     grace: Duration,
     limits: server::Limits,
+    /// HTTPS only, when `server.tls_cert` and `server.tls_key` are set.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Relay {
@@ -104,7 +106,12 @@ impl Relay {
                 None
             }
         };
+        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(Tls::load(cert, key)?)),
+            _ => None,
+        };
         let parts = Parts {
+            tls,
             state,
             discovery,
             schedule,
@@ -192,10 +199,14 @@ async fn run(
     }
     let reconciler = parts.state.reconciler.clone();
     let router = webhook::router(parts.state, sd::endpoint(parts.discovery));
+    if let Some(tls) = &parts.tls {
+        tokio::spawn(tls.clone().reload_on_change(shutdown.clone()));
+    }
     server::serve(
         listener,
         router,
         parts.limits,
+        parts.tls,
         shutdown.clone(),
         parts.grace,
     )
@@ -244,6 +255,7 @@ pub async fn discovery_only(config: Config, shutdown: CancellationToken) -> anyh
         listener,
         router,
         limits,
+        None,
         shutdown,
         config.server.shutdown_timeout,
     )
@@ -294,13 +306,33 @@ pub async fn reconcile_once(
     dry_run: bool,
     options: RunOptions,
 ) -> anyhow::Result<RunReport> {
-    let store = Arc::new(Store::open_with_cache(&config.state.path, config.state.cache_bytes).context(
+    let path = config.state.path.clone();
+    let absent = !path.exists();
+    // A dry run changes nothing, not even by creating a state file where it was run from.
+    let scratch = (dry_run && absent).then(|| {
+        std::env::temp_dir().join(format!("netbox-relay-dry-run-{}.redb", std::process::id()))
+    });
+    match (&scratch, absent) {
+        (Some(_), _) => tracing::warn!(state = %path.display(),
+            "no state file there: the dry run compares NetBox with an empty state (every object would be published)"),
+        (None, true) => tracing::warn!(state = %path.display(),
+            "no state file there: creating it; `serve` must use the same state.path (NETBOX_RELAY_STATE__PATH)"),
+        (None, false) => {}
+    }
+    let opened =
+        Store::open_with_cache(scratch.as_ref().unwrap_or(&path), config.state.cache_bytes);
+    let store = Arc::new(opened.context(
         "cannot open the state file (a running `netbox-relay serve` holds it: use POST /reconcile)",
     )?);
     let translator = translator(&config)?;
     if dry_run {
         let reconciler = Reconciler::new(&config, translator, store, Output::Print)?;
-        return Ok(reconciler.run(options).await?);
+        let report = reconciler.run(options).await;
+        drop(reconciler);
+        if let Some(scratch) = scratch {
+            std::fs::remove_file(scratch).ok();
+        }
+        return Ok(report?);
     }
     let pipeline = Pipeline::open(&config, store.clone()).await?;
     wait_for_stream(&pipeline.publisher).await;

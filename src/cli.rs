@@ -7,11 +7,25 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Overrides;
 
+/// Where settings come from, shown under every `--help`.
+const CONFIGURATION_HELP: &str = "\
+Configuration, each layer over the one before: built-in defaults, the TOML file (--config or
+NETBOX_RELAY_CONFIG; deploy/netbox-relay.example.toml lists every key), environment variables,
+then flags. A key `section.key` is the variable NETBOX_RELAY_SECTION__KEY (two underscores):
+  webhook.secrets   NETBOX_RELAY_WEBHOOK__SECRETS=s3cret       (serve; the secret NetBox signs with)
+  netbox.url        NETBOX_RELAY_NETBOX__URL=https://netbox.example.net
+  netbox.token      NETBOX_RELAY_NETBOX__TOKEN=...             (or netbox.token_file)
+  nats.url          NETBOX_RELAY_NATS__URL=nats://127.0.0.1:4222
+  state.path        NETBOX_RELAY_STATE__PATH=/var/lib/netbox-relay/state.redb
+`netbox-relay check` says which commands a configuration is good for.
+Exit codes: 0 success, 1 failure, 2 bad configuration or usage, 3 partial reconcile run.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "netbox-relay",
     version,
-    about = "Relays NetBox changes to NATS JetStream as registry deltas"
+    about = "Relays NetBox changes to NATS JetStream as registry deltas",
+    after_help = CONFIGURATION_HELP
 )]
 pub struct Cli {
     /// TOML configuration file.
@@ -82,6 +96,17 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<SpoolAction>,
     },
+    /// Send the relay a test webhook signed with webhook.secrets' first secret, as NetBox would:
+    /// a device "created" shaped like NetBox's, id 999999999, named netbox-relay-test (the next
+    /// reconcile deletes it). Prints the relay's answer.
+    SendTestWebhook {
+        /// The relay's webhook URL; default: server.listen's /webhooks/netbox on this host.
+        #[arg(long)]
+        url: Option<String>,
+        /// Print a `curl` command line that sends it instead.
+        #[arg(long)]
+        curl: bool,
+    },
     /// Follow the deltas on the stream and print them (JSON lines; readable lines on a terminal).
     Tail {
         /// Only this kind (device, ip_address, ...); repeatable.
@@ -133,7 +158,7 @@ impl Cli {
         };
         let no_webhooks = !matches!(
             self.command,
-            Command::Serve { .. } | Command::NetboxSetup { .. }
+            Command::Serve { .. } | Command::NetboxSetup { .. } | Command::SendTestWebhook { .. }
         );
         Overrides {
             listen,

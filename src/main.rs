@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use netbox_relay::app::{self, Relay};
 use netbox_relay::cli::{Cli, Command};
-use netbox_relay::config::Config;
+use netbox_relay::config::{env_var, Config};
 use netbox_relay::netbox::ObjectType;
 use netbox_relay::ops::{self, setup::SetupOptions, tail::TailOptions};
 use netbox_relay::reconcile::{RunOptions, RunStatus};
@@ -40,7 +40,10 @@ async fn main() -> ExitCode {
             object_types,
             force,
             full,
-        } => reconcile(config, dry_run, &object_types, force, full).await,
+        } => match needs_netbox(&config, "reconcile") {
+            Err(code) => code,
+            Ok(()) => reconcile(config, dry_run, &object_types, force, full).await,
+        },
         Command::Check => check(&config).await,
         Command::Spool { action } => match ops::spool::run(&config, action.as_ref()) {
             Ok(lines) => {
@@ -64,7 +67,10 @@ async fn main() -> ExitCode {
                 name,
                 dry_run,
             };
-            netbox_setup(&config, &options).await
+            match needs_netbox(&config, "netbox-setup") {
+                Err(code) => code,
+                Ok(()) => netbox_setup(&config, &options).await,
+            }
         }
         Command::Tail {
             kinds,
@@ -82,12 +88,17 @@ async fn main() -> ExitCode {
             };
             match ops::tail::run(&config, &options).await {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e @ ops::tail::TailError::UnknownKind(..)) => {
+                    eprintln!("netbox-relay: tail: {e}");
+                    ExitCode::from(2)
+                }
                 Err(e) => {
                     eprintln!("netbox-relay: tail: {e:#}");
                     ExitCode::FAILURE
                 }
             }
         }
+        Command::SendTestWebhook { url, curl } => send_test_webhook(&config, url, curl).await,
         Command::Sd { .. } => match sd(config).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -105,12 +116,63 @@ async fn main() -> ExitCode {
     }
 }
 
+async fn send_test_webhook(config: &Config, url: Option<String>, curl: bool) -> ExitCode {
+    use ops::send;
+    let url = url.unwrap_or_else(|| send::default_url(config));
+    let (body, signature) = match send::signed_body(config) {
+        Ok(signed) => signed,
+        Err(e) => {
+            eprintln!("netbox-relay: send-test-webhook: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if curl {
+        println!("{}", send::curl(&url, &body, &signature));
+        return ExitCode::SUCCESS;
+    }
+    match send::send(&url, body, &signature).await {
+        Ok((status, answer)) => {
+            println!("{status} {answer}");
+            match (200..300).contains(&status) {
+                true => ExitCode::SUCCESS,
+                false => ExitCode::FAILURE,
+            }
+        }
+        Err(e) => {
+            eprintln!("netbox-relay: send-test-webhook: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A command that talks to NetBox stops at once, with exit code 2, without its URL or token.
+fn needs_netbox(config: &Config, command: &str) -> Result<(), ExitCode> {
+    let missing = match (&config.netbox.url, &config.netbox.token) {
+        (None, _) => "netbox.url, NetBox's base URL such as https://netbox.example.net",
+        (_, None) => "netbox.token (or netbox.token_file), an API token of NetBox",
+        _ => return Ok(()),
+    };
+    let key = missing.split([',', ' ']).next().unwrap_or_default();
+    eprintln!(
+        "netbox-relay: {command} needs {missing}: set it in the configuration file or as {}",
+        env_var(key)
+    );
+    Err(ExitCode::from(2))
+}
+
+/// Exit codes: 0 all OK, 1 a dependency failed, 2 the configuration is one `serve` refuses.
 async fn check(config: &Config) -> ExitCode {
     let lines = ops::check::run(config).await;
     for line in &lines {
         println!("{line}");
     }
+    let failed = |what: &str| {
+        lines
+            .iter()
+            .any(|l| l.status == ops::check::Status::Fail && l.what == what)
+    };
     match lines.iter().any(|l| l.status == ops::check::Status::Fail) {
+        _ if failed(ops::check::CONFIGURATION) => ExitCode::from(2),
         true => ExitCode::FAILURE,
         false => ExitCode::SUCCESS,
     }

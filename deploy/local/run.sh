@@ -22,7 +22,9 @@ if (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
   echo "using the NATS already listening on 127.0.0.1:4222"
 else
   nats=$(deploy/local/ensure-nats.sh)
-  "$nats" -c deploy/local/nats.conf >data/nats.log 2>&1 &
+  # In a session of its own: a Ctrl-C on the terminal reaches the relay (which then drains into
+  # a NATS still running) but not NATS, which this script stops after the relay.
+  setsid "$nats" -c deploy/local/nats.conf >data/nats.log 2>&1 &
   nats_pid=$!
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && break; sleep 0.1; done
   echo "started $("$nats" --version) with JetStream (log: data/nats.log)"
@@ -36,13 +38,15 @@ if [ -z "${NETBOX_RELAY_WEBHOOK__SECRETS:-}" ] && [ -z "${NETBOX_RELAY_CONFIG:-}
   echo "webhook secret: data/webhook-secret (put the same secret in NetBox's webhook)"
 fi
 
-if [ ! -x target/release/netbox-relay ]; then
+# Cargo builds where CARGO_TARGET_DIR says, if it is set.
+relay="${CARGO_TARGET_DIR:-$root/target}/release/netbox-relay"
+if [ ! -x "$relay" ]; then
   echo "building netbox-relay (release; the first build takes about 5-10 minutes on 2 cores)"
 fi
 cargo build --release --locked
 echo "the relay listens on 127.0.0.1:8090 by default: only this host can reach it. For a NetBox on"
-echo "another host pass --listen 0.0.0.0:8090 (and put TLS in front of it)."
-echo "other commands: target/release/netbox-relay tail | check | spool"
-target/release/netbox-relay serve "$@" &
+echo "another host pass --listen 0.0.0.0:8090 with server.tls_cert and server.tls_key (see README)."
+echo "other commands: $relay tail | check | spool | send-test-webhook"
+"$relay" serve "$@" &
 relay_pid=$!
 wait "$relay_pid"

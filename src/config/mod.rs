@@ -58,8 +58,22 @@ impl From<OneOrMany> for Secrets {
 pub enum ConfigError {
     #[error("configuration: {0}")]
     Load(#[from] Box<figment::Error>),
-    #[error("configuration key `{key}`: {message}")]
+    #[error("configuration key `{key}`{}: {message}", env_hint(key))]
     Invalid { key: &'static str, message: String },
+}
+
+/// ` (NETBOX_RELAY_...)` after a key that has an environment variable.
+fn env_hint(key: &str) -> String {
+    match key.starts_with('-') {
+        true => String::new(),
+        false => format!(" ({})", env_var(key)),
+    }
+}
+
+/// The environment variable that sets a configuration key: `netbox.url` is
+/// `NETBOX_RELAY_NETBOX__URL` (a double underscore between section and key).
+pub fn env_var(key: &str) -> String {
+    format!("NETBOX_RELAY_{}", key.replace('.', "__").to_uppercase())
 }
 
 /// `30s`, `2m`, `1h`; a bare number is seconds, so that `0` (as an environment variable reads)

@@ -28,6 +28,10 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Connections served at once; past it the longest-waiting idle or slow one is closed.
     pub max_connections: usize,
+    /// PEM certificate chain and private key: the receiver speaks HTTPS only (both or neither).
+    /// The files are read again when they change.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -204,6 +208,8 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 512,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -148,7 +148,23 @@ impl Config {
         if s.max_connections < 8 {
             return Err(invalid("server.max_connections", "must be at least 8"));
         }
-        Ok(())
+        match (&s.tls_cert, &s.tls_key) {
+            (Some(_), None) => Err(invalid(
+                "server.tls_key",
+                "server.tls_cert is set: set both or neither",
+            )),
+            (None, Some(_)) => Err(invalid(
+                "server.tls_cert",
+                "server.tls_key is set: set both or neither",
+            )),
+            // Read now, so that a wrong file is a configuration error (exit 2) before anything
+            // starts; the server reads them again.
+            (Some(cert), Some(key)) => match crate::webhook::tls::Tls::load(cert, key) {
+                Ok(_) => Ok(()),
+                Err(e) => Err(invalid("server.tls_cert", e.to_string())),
+            },
+            (None, None) => Ok(()),
+        }
     }
 
     /// An optional setting given as an empty string counts as not given: deployments template
@@ -156,6 +172,11 @@ impl Config {
     fn unset_empty(&mut self) {
         let blank =
             |s: &Option<SecretString>| s.as_ref().is_some_and(|s| s.expose_secret().is_empty());
+        for path in [&mut self.server.tls_cert, &mut self.server.tls_key] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                *path = None;
+            }
+        }
         if self.netbox.url.as_deref().is_some_and(str::is_empty) {
             self.netbox.url = None;
         }

@@ -71,9 +71,13 @@ impl fmt::Display for Line {
     }
 }
 
-/// Runs every check; the configuration itself was loaded and validated before.
+/// What the configuration's line is called.
+pub const CONFIGURATION: &str = "configuration";
+
+/// Runs every check; the configuration was loaded as the commands that take no webhooks load
+/// it, and is judged here as `serve` judges it too.
 pub async fn run(config: &Config) -> Vec<Line> {
-    let mut lines = vec![Line::ok("configuration", "loaded and valid")];
+    let mut lines = vec![configuration(config)];
     lines.extend(netbox(config).await);
     lines.push(nats(config).await);
     lines.push(state(&config.state.path));
@@ -229,9 +233,36 @@ async fn nats(config: &Config) -> Line {
     }
 }
 
-/// Writable: the store opens (created if absent), or a running relay holds it.
+/// Which commands the configuration is good for; a FAIL when `serve` would refuse it.
+fn configuration(config: &Config) -> Line {
+    let mut good_for = vec!["tail", "sd", "spool"];
+    if config.netbox.url.is_some() && config.netbox.token.is_some() {
+        good_for.extend(["reconcile", "netbox-setup"]);
+    }
+    let mut as_serve = config.clone();
+    match as_serve.validate_for(true) {
+        Ok(()) => {
+            good_for.insert(0, "serve");
+            Line::ok(
+                CONFIGURATION,
+                format!("valid; good for {}", good_for.join(", ")),
+            )
+        }
+        Err(e) => Line::fail(
+            CONFIGURATION,
+            format!("serve refuses it: {e}; good for {}", good_for.join(", ")),
+            "set the named key in the file or its environment variable",
+        ),
+    }
+}
+
+/// Writable: the store opens, or a running relay holds it. A missing file is not created here.
 fn state(path: &Path) -> Line {
     let what = format!("state {}", path.display());
+    if !path.exists() {
+        let detail = "not created yet: serve and reconcile create it (its folder must be writable)";
+        return Line::skip(what, detail);
+    }
     match Store::open(path) {
         Ok(_) => Line::ok(what, "opens for writing"),
         Err(StoreError::InUse { .. }) => Line::ok(what, "in use by a running netbox-relay"),

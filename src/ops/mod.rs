@@ -1,7 +1,9 @@
 //! Operator commands beside `serve`: `check` (is everything wired?), `netbox-setup` (wire the
-//! NetBox side), `tail` (watch the deltas) and `spool` (what waits, and the dead letters).
+//! NetBox side), `tail` (watch the deltas), `spool` (what waits, and the dead letters) and
+//! `send-test-webhook` (try the relay without NetBox).
 
 pub mod check;
+pub mod send;
 pub mod setup;
 pub mod spool;
 pub mod tail;

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::publish::connect_once;
+use crate::publish::connect_following;
 use crate::publish::subject;
 
 #[derive(Debug, Clone, Default)]
@@ -27,48 +27,148 @@ pub struct TailOptions {
     pub json: bool,
 }
 
-/// Follows until the stream ends or the process is stopped.
-pub async fn run(config: &Config, options: &TailOptions) -> anyhow::Result<()> {
-    let client = connect_once(&config.nats).await?;
+/// Why `tail` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    /// Bad usage (exit code 2).
+    #[error("--kind {0}: not a kind; the kinds are {1}")]
+    UnknownKind(String, String),
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+/// The kinds `--kind` takes, as deltas name them.
+pub fn kinds() -> Vec<&'static str> {
+    crate::netbox::object_type::ALL
+        .iter()
+        .map(|t| t.kind.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Follows until the process is stopped or its reader goes away, across restarts of NATS (or of
+/// a cluster node): when the stream is lost it says so once, and goes on after the last delta it
+/// printed once the stream answers again.
+pub async fn run(config: &Config, options: &TailOptions) -> Result<(), TailError> {
+    let known = kinds();
+    if let Some(kind) = options.kinds.iter().find(|k| !known.contains(&k.as_str())) {
+        return Err(TailError::UnknownKind(kind.clone(), known.join(", ")));
+    }
+    let servers = crate::publish::shown_servers(&config.nats.url);
+    let away = std::sync::atomic::AtomicBool::new(false);
+    let said = move |up: bool| match (up, away.swap(!up, std::sync::atomic::Ordering::SeqCst)) {
+        (false, false) => {
+            eprintln!("netbox-relay tail: lost NATS ({servers}); following again once it is back")
+        }
+        (true, true) => eprintln!("netbox-relay tail: reconnected to NATS ({servers}); following"),
+        _ => {}
+    };
+    let client = connect_following(&config.nats, said)
+        .await
+        .map_err(anyhow::Error::from)?;
     let js = jetstream::new(client);
-    let stream = js.get_stream(&config.nats.stream).await.map_err(|e| {
-        anyhow::anyhow!(
-            "stream {}: {e} (`netbox-relay serve` creates it)",
-            config.nats.stream
-        )
+    let stream_name = &config.nats.stream;
+    js.get_stream(stream_name).await.map_err(|e| {
+        anyhow::anyhow!("stream {stream_name}: {e} (`netbox-relay serve` creates it)")
     })?;
-    let deliver_policy = match (options.current, options.since) {
+    let filters = filters(&config.nats.subject_prefix, options);
+    let mut from = match (options.current, options.since) {
         (true, _) => DeliverPolicy::LastPerSubject,
         (false, Some(since)) => DeliverPolicy::ByStartTime {
             start_time: chrono::Utc::now() - since,
         },
         (false, None) => DeliverPolicy::New,
     };
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subjects: filters(&config.nats.subject_prefix, options),
-            deliver_policy,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
     let readable = !options.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let mut out = std::io::stdout().lock();
-    while let Some(message) = messages.next().await {
-        let message = message?;
-        let written = match readable {
-            true => writeln!(out, "{}", line(&message.payload)),
-            false => out
-                .write_all(&message.payload)
-                .and_then(|()| out.write_all(b"\n")),
+    if readable {
+        let start = match (options.current, options.since) {
+            (true, _) => "the current registry, then new deltas".to_string(),
+            (false, Some(since)) => {
+                format!("deltas of the last {}", humantime::format_duration(since))
+            }
+            (false, None) => "new deltas".to_string(),
         };
-        match written.and_then(|()| out.flush()) {
-            // The reader went away (`tail | head`): done, like any Unix filter.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            other => other?,
-        }
+        eprintln!(
+            "following stream {stream_name} ({}) from {start}; Ctrl-C stops. Columns: arrival, op, kind, key, name, [origin], labels, revision",
+            filters.join(" ")
+        );
     }
-    Ok(())
+    let mut follower = Follower {
+        readable,
+        last_seq: None,
+        lost: false,
+    };
+    loop {
+        let consumer = OrderedConfig {
+            filter_subjects: filters.clone(),
+            deliver_policy: from,
+            ..Default::default()
+        };
+        let error = match follower.follow(&js, stream_name, consumer).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if !follower.lost {
+            eprintln!(
+                "netbox-relay tail: lost the stream ({error:#}); following again once it answers"
+            );
+            follower.lost = true;
+        }
+        if let Some(seq) = follower.last_seq {
+            from = DeliverPolicy::ByStartSequence {
+                start_sequence: seq + 1,
+            };
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+struct Follower {
+    readable: bool,
+    /// The stream sequence of the last delta printed: a new consumer starts after it.
+    last_seq: Option<u64>,
+    /// The stream was lost, and following again has not been said yet.
+    lost: bool,
+}
+
+impl Follower {
+    /// Prints deltas until the reader goes away (Ok) or the stream is lost (Err).
+    async fn follow(
+        &mut self,
+        js: &jetstream::Context,
+        stream_name: &str,
+        consumer: OrderedConfig,
+    ) -> anyhow::Result<()> {
+        let stream = js.get_stream(stream_name).await?;
+        let mut messages = stream.create_consumer(consumer).await?.messages().await?;
+        if self.lost {
+            let after = self
+                .last_seq
+                .map_or(String::new(), |s| format!(" after stream sequence {s}"));
+            eprintln!("netbox-relay tail: following again{after}");
+            self.lost = false;
+        }
+        let mut out = std::io::stdout().lock();
+        while let Some(message) = messages.next().await {
+            let message = message?;
+            let info = message.info().ok();
+            let arrived = info.as_ref().map(|i| i.published);
+            let written = match self.readable {
+                true => writeln!(out, "{}", line(arrived, &message.payload)),
+                false => out
+                    .write_all(&message.payload)
+                    .and_then(|()| out.write_all(b"\n")),
+            };
+            match written.and_then(|()| out.flush()) {
+                // The reader went away (`tail | head`): done, like any Unix filter.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                other => other?,
+            }
+            self.last_seq = info.map(|i| i.stream_sequence).or(self.last_seq);
+        }
+        anyhow::bail!("the consumer ended")
+    }
 }
 
 /// `<prefix>.<partition>.<kind>.<object_id>` with wildcards for what is not asked for.
@@ -84,8 +184,8 @@ fn filters(prefix: &str, options: &TailOptions) -> Vec<String> {
     }
 }
 
-/// One readable line: when, what, which key, its name and labels.
-fn line(payload: &[u8]) -> String {
+/// One readable line: when the delta arrived, what, which key, its name, labels and revision.
+fn line(arrived: Option<chrono::DateTime<chrono::Utc>>, payload: &[u8]) -> String {
     let Ok(delta) = serde_json::from_slice::<Value>(payload) else {
         return escape_controls(&String::from_utf8_lossy(payload));
     };
@@ -102,14 +202,17 @@ fn line(payload: &[u8]) -> String {
             pairs.collect::<Vec<_>>().join(" ")
         })
         .unwrap_or_default();
+    let arrived = arrived.map_or("-".to_string(), |t| {
+        t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    });
     format!(
-        "{} {:<6} {:<15} {:<32} {:<24} [{}] {labels}",
-        text(&delta["revision"]),
+        "{arrived} {:<6} {:<15} {:<32} {:<24} [{}] {labels} revision={}",
         text(&delta["op"]),
         text(&delta["kind"]),
         text(&delta["key"]),
         text(&entry["name"]),
         text(&delta["origin"]),
+        text(&delta["revision"]),
     )
 }
 
@@ -136,11 +239,11 @@ mod tests {
             "key": "netbox/default/dcim.device/1", "origin": "webhook",
             "entry": {"name": "sw\u{1b}[2J\u{7}1\r", "labels": {"site": "a\u{1b}]0;x\u{7}"}},
         });
-        let printed = line(&serde_json::to_vec(&delta).unwrap());
+        let printed = line(None, &serde_json::to_vec(&delta).unwrap());
         assert!(!printed.chars().any(char::is_control), "{printed:?}");
         assert!(printed.contains(r"sw\u{1b}[2J\u{7}1\r"), "{printed:?}");
         assert!(printed.contains(r"site=a\u{1b}]0;x\u{7}"), "{printed:?}");
-        let garbage = line(b"\x1b[31mnot json");
+        let garbage = line(None, b"\x1b[31mnot json");
         assert!(!garbage.chars().any(char::is_control), "{garbage:?}");
     }
 

@@ -28,17 +28,61 @@ pub async fn connect_once(cfg: &NatsConfig) -> Result<Client, PublishError> {
         .connection_timeout(Duration::from_secs(5))
         .connect(servers(&cfg.url))
         .await
-        .map_err(|e| PublishError::Connect(e.to_string()))
+        .map_err(|e| connect_failed(&cfg.url, e))
+}
+
+/// [`connect_once`], telling `on_connection` each time the connection is lost (false) and back
+/// (true), for a command left running (`tail`).
+pub async fn connect_following(
+    cfg: &NatsConfig,
+    on_connection: impl Fn(bool) + Send + Sync + 'static,
+) -> Result<Client, PublishError> {
+    let on_connection = Arc::new(on_connection);
+    connect_options(cfg)
+        .await?
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let on_connection = on_connection.clone();
+            async move {
+                match event {
+                    Event::Connected => on_connection(true),
+                    Event::Disconnected => on_connection(false),
+                    _ => {}
+                }
+            }
+        })
+        .connect(servers(&cfg.url))
+        .await
+        .map_err(|e| connect_failed(&cfg.url, e))
+}
+
+/// A connection error naming the servers tried (without credentials).
+pub(super) fn connect_failed(url: &str, e: impl std::fmt::Display) -> PublishError {
+    PublishError::Connect(format!("{}: {e}", shown(url)))
+}
+
+/// `nats.url` as it may be shown: `user:password@` left out of every server.
+pub fn shown(url: &str) -> String {
+    let without_user = |server: &str| match (server.split_once("://"), server.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &server[at + 1..]),
+        (None, Some(at)) => server[at + 1..].to_string(),
+        _ => server.to_string(),
+    };
+    servers(url)
+        .into_iter()
+        .map(without_user)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A long-lived connection for reading the stream (`netbox-relay sd`): retried until NATS
 /// answers, reconnecting as the relay's own does.
 pub async fn connect_reader(cfg: &NatsConfig) -> Result<Client, PublishError> {
-    reporting_events(connect_options(cfg).await?, None)
+    reporting_events(connect_options(cfg).await?, &cfg.url, None)
         .retry_on_initial_connect()
         .connect(servers(&cfg.url))
         .await
-        .map_err(|e| PublishError::Connect(e.to_string()))
+        .map_err(|e| connect_failed(&cfg.url, e))
 }
 
 /// Connects once (no retries), and looks up the configured stream.
@@ -103,15 +147,17 @@ pub(super) async fn connect_options(cfg: &NatsConfig) -> Result<ConnectOptions, 
 /// commands (`check`, `tail`) do not.
 pub(super) fn reporting_events(
     options: ConnectOptions,
+    url: &str,
     connected: Option<Arc<watch::Sender<bool>>>,
 ) -> ConnectOptions {
+    let servers: Arc<str> = shown(url).into();
     options.event_callback(move |event| {
-        let connected = connected.clone();
-        async move { report(event, connected.as_deref()) }
+        let (connected, servers) = (connected.clone(), servers.clone());
+        async move { report(event, &servers, connected.as_deref()) }
     })
 }
 
-fn report(event: Event, connected: Option<&watch::Sender<bool>>) {
+fn report(event: Event, servers: &str, connected: Option<&watch::Sender<bool>>) {
     let tell = |up: bool| {
         if let Some(connected) = connected {
             connected.send_replace(up);
@@ -120,18 +166,29 @@ fn report(event: Event, connected: Option<&watch::Sender<bool>>) {
     match event {
             Event::Connected => {
                 tell(true);
-                tracing::info!("connected to NATS")
+                tracing::info!(servers, "connected to NATS")
             }
             Event::Disconnected => {
                 tell(false);
-                tracing::warn!("disconnected from NATS")
+                tracing::warn!(servers, "disconnected from NATS")
             }
             // An operator acts on these: refused credentials, a slow consumer, a server limit.
             Event::ServerError(async_nats::ServerError::AuthorizationViolation) => tracing::error!(
-                "NATS refused the relay's credentials (nats.user and nats.password, nats.token or nats.creds_file); deltas wait in the spool"
+                servers, "NATS refused the relay's credentials (nats.user and nats.password, nats.token or nats.creds_file); deltas wait in the spool"
             ),
-            Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
-            Event::ClientError(e) => tracing::warn!(error = %e, "NATS client error"),
+            Event::ServerError(e) => tracing::warn!(servers, error = %e, "NATS server error"),
+            Event::ClientError(e) => tracing::warn!(servers, error = %e, "NATS client error"),
             other => tracing::debug!(event = %other, "NATS client event"),
         }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn servers_are_shown_without_credentials() {
+        let url = "nats://relay:s3cret@nats-1:4222, tls://n2:4222,user:pw@n3:4222";
+        let shown = super::shown(url);
+        assert_eq!(shown, "nats://nats-1:4222,tls://n2:4222,n3:4222");
+        assert!(!shown.contains("s3cret"));
+    }
 }

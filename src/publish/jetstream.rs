@@ -13,7 +13,7 @@ use async_nats::{header, Client, HeaderMap};
 use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 
-use super::connect::{connect_options, reporting_events, servers};
+use super::connect::{connect_failed, connect_options, reporting_events, servers};
 use super::stream::StreamSettings;
 use super::subject;
 use crate::config::NatsConfig;
@@ -92,11 +92,15 @@ impl Publisher {
     /// Connects in the background (the relay starts even while NATS is away).
     pub async fn connect(cfg: &NatsConfig) -> Result<Publisher, PublishError> {
         let connected = Arc::new(watch::Sender::new(false));
-        let client = reporting_events(connect_options(cfg).await?, Some(connected.clone()))
-            .retry_on_initial_connect()
-            .connect(servers(&cfg.url))
-            .await
-            .map_err(|e| PublishError::Connect(e.to_string()))?;
+        let client = reporting_events(
+            connect_options(cfg).await?,
+            &cfg.url,
+            Some(connected.clone()),
+        )
+        .retry_on_initial_connect()
+        .connect(servers(&cfg.url))
+        .await
+        .map_err(|e| connect_failed(&cfg.url, e))?;
         let js = ContextBuilder::new()
             .timeout(cfg.ack_timeout)
             .ack_timeout(cfg.ack_timeout)

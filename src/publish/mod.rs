@@ -13,7 +13,9 @@ mod spool;
 mod stream;
 pub mod subject;
 
-pub use connect::{connect_once, connect_reader, probe, Probe};
+pub use connect::{
+    connect_following, connect_once, connect_reader, probe, shown as shown_servers, Probe,
+};
 pub use delivery::{Delivered, Delivery, DeliveryError};
 pub use drain::drain;
 pub use jetstream::{Last, PublishError, Publisher};

@@ -551,6 +551,7 @@ impl Pass<'_> {
         let fraction = self.reconciler.max_delete_fraction;
         if !self.force && gone.len() as f64 > fraction * known as f64 {
             report.withheld_deletes = gone.len() as u64;
+            telemetry::deletes_withheld(report.withheld_deletes);
             report.status = Some(RunStatus::Partial);
             report.message = Some(format!(
                 "{} deletes withheld: more than {:.0}% of {known} known entries (reconcile.max_delete_fraction); force the run to apply them",

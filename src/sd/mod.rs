@@ -329,12 +329,13 @@ pub fn endpoint(discovery: Arc<Discovery>) -> Router {
 /// The standalone server's routes: the endpoint, `/healthz`, and `/readyz` (200 once the
 /// registry is loaded).
 pub fn router(discovery: Arc<Discovery>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/sd/prometheus", get(prometheus))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(discovery)
+        .with_state(discovery);
+    crate::webhook::with_fallbacks(routes)
 }
 
 async fn readyz(State(discovery): State<Arc<Discovery>>) -> (StatusCode, Json<serde_json::Value>) {

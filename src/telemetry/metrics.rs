@@ -40,6 +40,7 @@ pub const CASCADE_PULLED: &str = "netbox_relay_cascade_objects_pulled_total";
 pub const CONFIRMATIONS: &str = "netbox_relay_confirmations_total";
 pub const HELD: &str = "netbox_relay_webhooks_held";
 pub const FOREIGN: &str = "netbox_relay_foreign_messages_total";
+pub const DELETES_WITHHELD: &str = "netbox_relay_reconcile_deletes_withheld_total";
 pub const KEY_READS: &str = "netbox_relay_stream_key_reads_total";
 pub const KEYS_LEARNED: &str = "netbox_relay_stream_keys_learned_total";
 
@@ -61,6 +62,26 @@ pub const WEBHOOK_RESULTS: [&str; 15] = [
     "unavailable",
     "timeout",
 ];
+
+/// The background parts that are started again when they panic (`part` of [`RESTARTS`]).
+pub const PARTS: [&str; 6] = [
+    "stream keeper",
+    "confirmer",
+    "cascades",
+    "reconcile schedule",
+    "spool drainer",
+    "service discovery",
+];
+/// Why the server closed a connection (`reason` of [`CONNECTIONS_CLOSED`]).
+pub const CLOSE_REASONS: [&str; 5] = [
+    "refused",
+    "evicted",
+    "header_timeout",
+    "idle_timeout",
+    "tls_handshake",
+];
+/// How a cascade ended (`result` of [`CASCADES`]).
+pub const CASCADE_RESULTS: [&str; 3] = ["succeeded", "retried", "failed"];
 
 /// A webhook's whole handling: from the request to the answer, JetStream ack included.
 const FAST_BUCKETS: [f64; 12] = [
@@ -267,6 +288,27 @@ fn describe() {
         "Keys read from the stream in one pass (last message per subject) and remembered: a relay with a new state file, or many keys another relay published"
     );
     counter!(KEYS_LEARNED).absolute(0);
+    describe_counter!(
+        DELETES_WITHHELD,
+        Unit::Count,
+        "Deletes a reconcile run withheld (more than reconcile.max_delete_fraction of a type); a forced run applies them"
+    );
+    counter!(DELETES_WITHHELD).absolute(0);
+    for part in PARTS {
+        counter!(RESTARTS, "part" => part).absolute(0);
+    }
+    for reason in CLOSE_REASONS {
+        counter!(CONNECTIONS_CLOSED, "reason" => reason).absolute(0);
+    }
+    for result in CASCADE_RESULTS {
+        counter!(CASCADES, "result" => result).absolute(0);
+    }
+    // NetBox not answering is what an alert watches; HTTP codes appear as they come.
+    counter!(NETBOX_REQUESTS, "status" => "error").absolute(0);
+}
+
+pub fn deletes_withheld(count: u64) {
+    counter!(DELETES_WITHHELD).increment(count);
 }
 
 pub fn key_read() {

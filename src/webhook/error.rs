@@ -95,3 +95,26 @@ impl IntoResponse for WebhookError {
             .into_response()
     }
 }
+
+/// The answers to a path no route has and to a method a route does not take: JSON, like every
+/// other answer, saying what exists.
+pub fn with_fallbacks(router: axum::Router) -> axum::Router {
+    router
+        .fallback(|uri: axum::http::Uri| async move {
+            let message = format!(
+                "no such path: {} (README.md lists the endpoints)",
+                uri.path()
+            );
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": "not_found", "message": message})),
+            )
+        })
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                let message = format!("{} does not take {method}", uri.path());
+                let body = Json(json!({"error": "method_not_allowed", "message": message}));
+                (StatusCode::METHOD_NOT_ALLOWED, body)
+            },
+        )
+}

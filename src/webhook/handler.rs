@@ -50,7 +50,13 @@ pub async fn receive(State(app): State<Arc<AppState>>, headers: HeaderMap, body:
     match outcome {
         Ok(handled) => {
             telemetry::webhook_answered(handled.result, elapsed);
-            tracing::info!(result = handled.result, latency_ms, "webhook");
+            // Why a webhook changed nothing (ignored, stale, another branch) is in its body.
+            match handled.body.get("reason").and_then(|r| r.as_str()) {
+                Some(reason) => {
+                    tracing::info!(result = handled.result, reason, latency_ms, "webhook")
+                }
+                None => tracing::info!(result = handled.result, latency_ms, "webhook"),
+            }
             (handled.status, Json(handled.body)).into_response()
         }
         Err(error) => {

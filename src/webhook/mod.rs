@@ -6,6 +6,7 @@ mod error;
 mod handler;
 pub mod server;
 pub mod signature;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
-pub use error::WebhookError;
+pub use error::{with_fallbacks, WebhookError};
 
 use crate::publish::{Delivery, Publisher};
 use crate::reconcile::{Cascades, Confirmer, Reconciler};
@@ -53,7 +54,7 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>, others: Router) -> Router {
     let limit = state.max_body_bytes;
     let body_timeout = state.request_timeout;
-    Router::new()
+    let routes = Router::new()
         .route(
             "/webhooks/netbox",
             post(handler::receive).layer(DefaultBodyLimit::max(limit)),
@@ -65,7 +66,8 @@ pub fn router(state: Arc<AppState>, others: Router) -> Router {
         .route("/reconcile/runs/latest", get(admin::latest_run))
         .route("/reconcile/runs/{id}", get(admin::run_by_id))
         .with_state(state)
-        .merge(others)
+        .merge(others);
+    error::with_fallbacks(routes)
         // 5xx answers are logged once where they arise (WebhookError); a 503 from /readyz while
         // NATS is away is an answer, not an error worth a line per probe.
         .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
+use super::tls::Tls;
 use crate::telemetry;
 
 /// The `[server]` limits.
@@ -32,12 +33,13 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
-/// Serves `router` on `listener` until `shutdown`; then waits up to `grace` for answers in
-/// progress.
+/// Serves `router` on `listener` (over TLS with `tls`) until `shutdown`; then waits up to
+/// `grace` for answers in progress.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    tls: Option<Arc<Tls>>,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
@@ -66,9 +68,28 @@ pub async fn serve(
         }
         let conn = open.add();
         let (router, shutdown) = (router.clone(), shutdown.clone());
-        let open = open.clone();
+        let (open, tls) = (open.clone(), tls.clone());
         tasks.spawn(async move {
-            serve_connection(stream, router, &conn, limits, shutdown).await;
+            let io = Watched {
+                inner: stream,
+                conn: conn.clone(),
+            };
+            match tls {
+                None => serve_connection(io, router, &conn, limits, shutdown).await,
+                // The handshake is part of the request's head: bounded by the same timeout.
+                // Plain HTTP on this port fails it, and the connection is closed.
+                Some(tls) => {
+                    let handshake = tls.acceptor().accept(io);
+                    match tokio::time::timeout(limits.header_timeout, handshake).await {
+                        Ok(Ok(io)) => serve_connection(io, router, &conn, limits, shutdown).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            telemetry::connection_closed("tls_handshake");
+                        }
+                        Err(_) => telemetry::connection_closed("header_timeout"),
+                    }
+                }
+            }
             open.remove(conn.id);
         });
     }
@@ -180,17 +201,16 @@ impl Open {
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     router: Router,
     conn: &Arc<Conn>,
     limits: Limits,
     shutdown: CancellationToken,
-) {
-    let io = TokioIo::new(Watched {
-        inner: stream,
-        conn: conn.clone(),
-    });
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(stream);
     let service = {
         let conn = conn.clone();
         hyper::service::service_fn(move |request: hyper::Request<Incoming>| {

@@ -67,7 +67,14 @@ async fn check_reports_each_dependency_and_names_a_missing_permission() {
         line(&report, "branching").contains("no netbox-branching"),
         "{report}"
     );
-    assert!(lines.iter().all(|l| l.starts_with("OK ")), "{report}");
+    let state = line(&report, "state");
+    assert!(
+        state.starts_with("SKIP") && state.contains("not created yet"),
+        "check creates no state file: {state}"
+    );
+    assert!(!nats.scratch().join("cli.redb").exists());
+    let others = lines.iter().filter(|l| !l[6..].starts_with("state"));
+    assert!(others.into_iter().all(|l| l.starts_with("OK ")), "{report}");
     assert!(line(&report, "netbox reachable").contains("NetBox 4.6"));
     assert!(line(&report, "read virtualization.virtualmachine")
         .contains("virtualization.view_virtualmachine"));
@@ -440,4 +447,183 @@ async fn without_netbox_check_and_serve_say_once_that_cascades_are_off() {
         1,
         "said once at start:\n{text}"
     );
+}
+
+/// A tail is left running: it follows across a restart of NATS, saying once that it lost the
+/// stream and once that it follows again, and prints what came after without a gap or a repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_follows_across_a_restart_of_nats() {
+    let mut nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = TestRelay::start(test_config(&nats)).await;
+    assert_eq!(relay.post_fixture("020_device_created.json").await.0, 202);
+    let mut tail = command(&nats, &fake, &["tail", "--since", "1h", "--kind", "device"]);
+    let mut child = tail
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tail");
+    let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>| {
+        let line = tokio::task::block_in_place(|| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(line) = rx.try_recv() {
+                    return Some(line);
+                }
+                if std::time::Instant::now() > deadline {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let line = line.expect("tail printed a delta");
+        serde_json::from_str::<Value>(&line).unwrap()["key"].clone()
+    };
+    assert_eq!(next(&mut rx), "netbox/default/dcim.device/1");
+    nats.stop();
+    // Away longer than the consumer's heartbeat: the consumer on the server is gone too.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    nats.restart();
+    relay.wait_ready().await;
+    assert_eq!(relay.post_fixture("021_device_created.json").await.0, 202);
+    assert_eq!(next(&mut rx), "netbox/default/dcim.device/2");
+    child.kill().ok();
+    child.wait().ok();
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut BufReader::new(err), &mut said).ok();
+    assert_eq!(said.matches("lost NATS").count(), 1, "said once: {said}");
+    assert_eq!(
+        said.matches("reconnected to NATS").count(),
+        1,
+        "said once: {said}"
+    );
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing printed twice after the restart"
+    );
+    relay.relay.stop().await.unwrap();
+}
+
+/// What a new user meets first: usage errors exit 2 and name the fix; nothing is created in
+/// the directory a command is run from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_mistakes_exit_2_naming_the_setting_and_create_nothing() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let cwd = tempfile::tempdir().unwrap();
+    let in_cwd = |args: &[&str], unset: &[&str]| {
+        let mut command = command(&nats, &fake, args);
+        command
+            .current_dir(cwd.path())
+            .env_remove("NETBOX_RELAY_STATE__PATH");
+        for var in unset {
+            command.env_remove(var);
+        }
+        tokio::task::block_in_place(|| command.output().unwrap())
+    };
+    let typo = in_cwd(&["tail", "--kind", "devices"], &[]);
+    let said = String::from_utf8_lossy(&typo.stderr);
+    assert_eq!(typo.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("--kind devices") && said.contains("device, interface, ip_address"),
+        "{said}"
+    );
+
+    let no_url = in_cwd(&["reconcile", "--dry-run"], &["NETBOX_RELAY_NETBOX__URL"]);
+    let said = String::from_utf8_lossy(&no_url.stderr);
+    assert_eq!(no_url.status.code(), Some(2), "{said}");
+    assert_eq!(said.lines().count(), 1, "one message: {said}");
+    assert!(
+        said.contains("netbox.url") && said.contains("NETBOX_RELAY_NETBOX__URL"),
+        "{said}"
+    );
+    let setup = ["netbox-setup", "--relay-url", "http://relay:8090"];
+    let no_url = in_cwd(&setup, &["NETBOX_RELAY_NETBOX__URL"]);
+    assert_eq!(no_url.status.code(), Some(2));
+
+    let no_secret = in_cwd(&["check"], &["NETBOX_RELAY_WEBHOOK__SECRETS"]);
+    let report = stdout(&no_secret);
+    assert_eq!(no_secret.status.code(), Some(2), "as serve would: {report}");
+    let configuration = line(&report, "configuration");
+    assert!(
+        configuration.starts_with("FAIL")
+            && configuration.contains("NETBOX_RELAY_WEBHOOK__SECRETS")
+            && configuration.contains("good for tail, sd, spool, reconcile, netbox-setup"),
+        "{configuration}"
+    );
+    let serve = in_cwd(
+        &["serve", "--listen", "127.0.0.1:1"],
+        &["NETBOX_RELAY_WEBHOOK__SECRETS"],
+    );
+    assert_eq!(serve.status.code(), Some(2), "serve judges it the same");
+    let good = in_cwd(&["check"], &[]);
+    assert!(line(&stdout(&good), "configuration").contains("good for serve, tail"));
+
+    let dry_run = in_cwd(&["reconcile", "--dry-run"], &[]);
+    assert!(
+        dry_run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry_run.stderr)
+    );
+    let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "check and a dry run create nothing: {left:?}"
+    );
+}
+
+/// A user tries the relay without NetBox: `send-test-webhook` signs a NetBox-shaped body with
+/// the configured secret and sends it, or prints the `curl` line that does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_test_webhook_reaches_the_stream_with_a_valid_signature() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = TestRelay::start(test_config(&nats)).await;
+    let url = format!("{}/webhooks/netbox", relay.base);
+    let sent = run(&nats, &fake, &["send-test-webhook", "--url", &url]);
+    let answer = stdout(&sent);
+    assert!(sent.status.success(), "{answer}");
+    assert!(answer.starts_with("202 "), "{answer}");
+    let stored = crate::helpers::stream_messages(&nats.url()).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0].delta["key"],
+        "netbox/default/dcim.device/999999999"
+    );
+    assert_eq!(stored[0].delta["entry"]["name"], "netbox-relay-test");
+
+    let printed = run(
+        &nats,
+        &fake,
+        &["send-test-webhook", "--url", &url, "--curl"],
+    );
+    let line = stdout(&printed);
+    assert!(
+        line.starts_with("curl ") && !line.contains(&secret()),
+        "{line}"
+    );
+    let curl = tokio::task::block_in_place(|| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(line.trim())
+            .output()
+            .unwrap()
+    });
+    let answered = String::from_utf8_lossy(&curl.stdout);
+    assert!(answered.contains(r#""status":"accepted""#), "{answered}");
+
+    let mut no_secret = command(&nats, &fake, &["send-test-webhook", "--url", &url]);
+    no_secret.env_remove("NETBOX_RELAY_WEBHOOK__SECRETS");
+    let refused = tokio::task::block_in_place(|| no_secret.output().unwrap());
+    assert_eq!(refused.status.code(), Some(2));
+    relay.relay.stop().await.unwrap();
 }

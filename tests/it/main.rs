@@ -24,5 +24,6 @@ mod replicas;
 mod schema;
 mod shutdown;
 mod storage;
+mod tls;
 mod translate;
 mod webhooks;

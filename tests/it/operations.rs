@@ -340,3 +340,90 @@ async fn no_secret_appears_in_any_log_line_of_a_whole_run() {
         assert!(hits.is_empty(), "{key} appears in the output: {hits:?}");
     }
 }
+
+/// Every answer is JSON, a wrong path and a wrong method included; the counters an alert watches
+/// exist at zero from the start, so that `increase()` sees their first event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_and_methods_answer_json_and_counters_start_at_zero() {
+    let nats = NatsServer::start();
+    let relay = RelayProcess::start(&nats, free_port());
+    relay.wait_ready().await;
+    let client = reqwest::Client::new();
+    let answer = client
+        .get(format!("{}/nope", relay.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 404);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["error"], "not_found", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("/nope"),
+        "{body}"
+    );
+    let answer = client
+        .get(format!("{}/webhooks/netbox", relay.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 405);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["error"], "method_not_allowed", "{body}");
+
+    let text = crate::helpers::metrics_text(&client, &relay.base).await;
+    for line in [
+        r#"netbox_relay_restarts_total{part="spool drainer"} 0"#,
+        r#"netbox_relay_restarts_total{part="stream keeper"} 0"#,
+        r#"netbox_relay_cascades_total{result="failed"} 0"#,
+        r#"netbox_relay_http_connections_closed_total{reason="header_timeout"} 0"#,
+        r#"netbox_relay_netbox_requests_total{status="error"} 0"#,
+        r#"netbox_relay_webhooks_total{result="timeout"} 0"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
+}
+
+/// `promtool` beside `$PROMETHEUS` (Debian's package has both), else on `PATH`.
+fn promtool() -> std::path::PathBuf {
+    let beside = std::env::var_os("PROMETHEUS")
+        .map(std::path::PathBuf::from)
+        .and_then(|p| Some(p.parent()?.join("promtool")))
+        .filter(|p| p.is_file());
+    beside.unwrap_or_else(|| "promtool".into())
+}
+
+/// The alert rules in `deploy/` load in Prometheus, fire as their unit tests say, and name only
+/// metrics the relay exports (from its start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_rules_load_fire_as_tested_and_name_real_metrics() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    for args in [
+        ["check", "rules", "netbox-relay-rules.yml"],
+        ["test", "rules", "netbox-relay-rules.test.yml"],
+    ] {
+        let ran = std::process::Command::new(promtool())
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (Debian package prometheus; deploy/local/ensure-prometheus.sh)");
+        let said = String::from_utf8_lossy(&ran.stdout).to_string()
+            + &String::from_utf8_lossy(&ran.stderr);
+        assert!(ran.status.success(), "promtool {args:?}:\n{said}");
+    }
+    let rules = std::fs::read_to_string(dir.join("netbox-relay-rules.yml")).unwrap();
+    let nats = NatsServer::start();
+    let relay = RelayProcess::start(&nats, free_port());
+    relay.wait_ready().await;
+    let exported = crate::helpers::metrics_text(&reqwest::Client::new(), &relay.base).await;
+    let named = rules
+        .lines()
+        .filter(|l| l.trim_start().starts_with("expr:"))
+        .flat_map(|l| l.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .filter(|word| word.starts_with("netbox_relay_"));
+    for metric in named {
+        assert!(
+            exported.lines().any(|l| l.starts_with(metric)),
+            "{metric} is not exported at start:\n{exported}"
+        );
+    }
+}
