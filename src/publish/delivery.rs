@@ -132,16 +132,18 @@ impl Delivery {
             match publish_checked(&self.publisher, &delta, &json, known).await {
                 // The published JSON shares the record's buffer: dropped first, the sequence is
                 // written into the record in place.
+                // The record is not waited for: the delta is safe in JetStream, and the key's
+                // next delta reads the record from the pending ones until it is committed.
                 Ok(Checked::Published(seq)) => {
                     drop(json);
                     let record = with_seq(record, seq);
-                    self.committer.commit(Write::Record { key, record }).await?;
+                    self.committer.record_later(key, record).await?;
                     return Ok(Delivered::Published);
                 }
                 Ok(Checked::AlreadyStored(seq)) => {
                     drop(json);
                     let record = with_seq(record, seq);
-                    self.committer.commit(Write::Record { key, record }).await?;
+                    self.committer.record_later(key, record).await?;
                     return Ok(Delivered::Dropped(Verdict::Duplicate));
                 }
                 Ok(Checked::Superseded { verdict, latest }) => {

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::store::{Store, StoreError, Write};
 use crate::telemetry;
@@ -18,6 +18,8 @@ use crate::telemetry;
 struct Request {
     write: Write,
     done: oneshot::Sender<Result<(), StoreError>>,
+    /// A record nobody waits for holds a place among the pending ones until it is committed.
+    _room: Option<OwnedSemaphorePermit>,
 }
 
 /// Whether the store takes writes, and whether the commit thread runs: what `/readyz` reports.
@@ -64,6 +66,7 @@ impl Health {
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Request>,
+    store: Arc<Store>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     health: Arc<Health>,
 }
@@ -90,6 +93,7 @@ impl Committer {
     pub fn start(store: Arc<Store>, next_seq: u64) -> Committer {
         let (tx, rx) = mpsc::channel();
         let health = Arc::new(Health::default());
+        let committer_store = store.clone();
         let thread = {
             let health = health.clone();
             std::thread::Builder::new()
@@ -105,6 +109,7 @@ impl Committer {
         };
         Committer {
             tx,
+            store: committer_store,
             thread: Arc::new(Mutex::new(Some(thread))),
             health,
         }
@@ -117,10 +122,28 @@ impl Committer {
     /// Writes and waits until the write is committed (and fsynced where it must be).
     pub async fn commit(&self, write: Write) -> Result<(), StoreError> {
         let (done, result) = oneshot::channel();
-        self.tx
-            .send(Request { write, done })
-            .map_err(|_| StoreError::Closed)?;
+        let request = Request {
+            write,
+            done,
+            _room: None,
+        };
+        self.tx.send(request).map_err(|_| StoreError::Closed)?;
         result.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Remembers the record of a delta JetStream acknowledged without waiting for its
+    /// transaction: reads of the key see it at once (from the pending records), the file a
+    /// moment later. Waits only while the commit thread is [`super::pending::MAX_PENDING`]
+    /// records behind. A webhook's answer does not wait for a commit (or the periodic fsync).
+    pub async fn record_later(&self, key: String, record: Bytes) -> Result<(), StoreError> {
+        let room = self.store.pending.room().await;
+        self.store.pending.put(&key, record.clone());
+        let request = Request {
+            write: Write::Record { key, record },
+            done: oneshot::channel().0,
+            _room: Some(room),
+        };
+        self.tx.send(request).map_err(|_| StoreError::Closed)
     }
 
     /// Flushes and stops the thread, even while clones are still held elsewhere (a connection
@@ -177,6 +200,7 @@ impl<'a> Thread<'a> {
                 Err(RecvTimeoutError::Timeout) => Request {
                     write: Write::Flush,
                     done: oneshot::channel().0,
+                    _room: None,
                 },
                 Err(RecvTimeoutError::Disconnected) => {
                     self.commit(Vec::new(), true).ok();
@@ -201,6 +225,7 @@ impl<'a> Thread<'a> {
         let closing = batch.iter().any(|r| matches!(r.write, Write::Close));
         let overdue = !self.unflushed.is_empty() && self.last_durable.elapsed() >= MAX_UNFLUSHED;
         let durable = overdue || batch.iter().any(|r| r.write.needs_fsync());
+        // A record's place among the pending ones is given back once the batch is handled.
         let (writes, replies): (Vec<Write>, Vec<_>) =
             batch.into_iter().map(|r| (r.write, r.done)).unzip();
         let published: Vec<bool> = writes
@@ -223,6 +248,13 @@ impl<'a> Thread<'a> {
     /// Applies `writes`; on failure marks the store faulted and keeps what must not be lost.
     fn commit(&mut self, writes: Vec<Write>, durable: bool) -> Result<(), StoreError> {
         let result = self.store.write(&writes, &mut self.next_seq, durable);
+        if result.is_ok() {
+            for write in &writes {
+                if let Write::Record { key, record } | Write::Spool { key, record, .. } = write {
+                    self.store.pending.committed(key, record);
+                }
+            }
+        }
         match (&result, durable) {
             (Ok(()), true) => {
                 self.unflushed.clear();
@@ -293,7 +325,9 @@ impl<'a> Thread<'a> {
                     records = self.pending.len(),
                     "the state file takes writes again"
                 );
-                self.pending.clear();
+                for (key, record) in self.pending.drain(..) {
+                    self.store.pending.committed(&key, &record);
+                }
                 self.health.clear();
                 telemetry::store_recovered();
                 Ok(())

@@ -6,6 +6,7 @@ mod codec;
 mod committer;
 mod dead;
 mod letter;
+mod pending;
 mod record;
 mod store;
 

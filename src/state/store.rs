@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use super::codec::{head, parse, split, with_seq};
 use super::letter::DeadLetter;
+use super::pending::Pending;
 use super::record::{Record, RecordHead};
 
 /// Registry key -> the last accepted delta, read back as a [`Record`]: a marker byte, the length
@@ -139,6 +140,8 @@ pub const CACHE_BYTES: usize = 32 << 20;
 pub struct Store {
     /// None only while [`Store::reopen`] swaps it: redb refuses a second handle on one file.
     db: RwLock<Option<Database>>,
+    /// Records handed to the commit thread and not yet in the file; reads look here first.
+    pub(super) pending: Pending,
     path: PathBuf,
     cache_bytes: usize,
 }
@@ -160,6 +163,7 @@ impl Store {
         }
         let store = Store {
             db: RwLock::new(Some(create(path, cache_bytes)?)),
+            pending: Pending::default(),
             path: path.to_path_buf(),
             cache_bytes,
         };
@@ -218,26 +222,36 @@ impl Store {
         Ok(self.heads(&[key])?.pop().flatten())
     }
 
-    /// The records of `keys`, in order, read in one transaction.
+    /// The records of `keys`, in order, read in one transaction (or on their way to it).
     pub fn records(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, StoreError> {
         let tx = self.begin_read()?;
         let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
         keys.iter()
-            .map(|key| match table.get(*key).map_err(|e| self.fail(e))? {
-                Some(value) => parse(key, split(value.value()).1).map(Some),
-                None => Ok(None),
+            .map(|key| {
+                if let Some(record) = self.pending.get(key) {
+                    return parse(key, split(&record).1).map(Some);
+                }
+                match table.get(*key).map_err(|e| self.fail(e))? {
+                    Some(value) => parse(key, split(value.value()).1).map(Some),
+                    None => Ok(None),
+                }
             })
             .collect()
     }
 
-    /// The heads of `keys`, in order, read in one transaction.
+    /// The heads of `keys`, in order, read in one transaction (or on their way to it).
     pub fn heads(&self, keys: &[&str]) -> Result<Vec<Option<RecordHead>>, StoreError> {
         let tx = self.begin_read()?;
         let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
         keys.iter()
-            .map(|key| match table.get(*key).map_err(|e| self.fail(e))? {
-                Some(value) => head(key, value.value()).map(Some),
-                None => Ok(None),
+            .map(|key| {
+                if let Some(record) = self.pending.get(key) {
+                    return head(key, &record).map(Some);
+                }
+                match table.get(*key).map_err(|e| self.fail(e))? {
+                    Some(value) => head(key, value.value()).map(Some),
+                    None => Ok(None),
+                }
             })
             .collect()
     }
