@@ -19,14 +19,7 @@ struct Request {
     write: Write,
     done: oneshot::Sender<Result<(), StoreError>>,
     /// A record nobody waits for holds a place among the pending ones until it is committed.
-    room: Option<OwnedSemaphorePermit>,
-}
-
-impl Request {
-    /// A record handed over without waiting ([`Committer::record_later`]).
-    fn unwaited(&self) -> bool {
-        self.room.is_some()
-    }
+    _room: Option<OwnedSemaphorePermit>,
 }
 
 /// Whether the store takes writes, and whether the commit thread runs: what `/readyz` reports.
@@ -78,8 +71,6 @@ pub struct Committer {
     health: Arc<Health>,
 }
 
-/// How long records nobody waits for are gathered before their transaction.
-const GATHER: Duration = Duration::from_millis(5);
 /// Most writes one transaction takes.
 const MAX_BATCH: usize = 2048;
 /// How long the store may hold non-durable records before they are flushed: after this much
@@ -134,7 +125,7 @@ impl Committer {
         let request = Request {
             write,
             done,
-            room: None,
+            _room: None,
         };
         self.tx.send(request).map_err(|_| StoreError::Closed)?;
         result.await.map_err(|_| StoreError::Closed)?
@@ -150,7 +141,7 @@ impl Committer {
         let request = Request {
             write: Write::Record { key, record },
             done: oneshot::channel().0,
-            room: Some(room),
+            _room: Some(room),
         };
         self.tx.send(request).map_err(|_| StoreError::Closed)
     }
@@ -209,7 +200,7 @@ impl<'a> Thread<'a> {
                 Err(RecvTimeoutError::Timeout) => Request {
                     write: Write::Flush,
                     done: oneshot::channel().0,
-                    room: None,
+                    _room: None,
                 },
                 Err(RecvTimeoutError::Disconnected) => {
                     self.commit(Vec::new(), true).ok();
@@ -217,23 +208,11 @@ impl<'a> Thread<'a> {
                 }
             };
             let mut batch = vec![first];
-            // Records nobody waits for are gathered a little longer into fewer, larger
-            // transactions; a write someone waits for goes at once.
-            let gather_until = Instant::now() + GATHER;
             while batch.len() < MAX_BATCH {
-                let request = match rx.try_recv() {
-                    Ok(request) => request,
-                    Err(_) if batch.iter().all(Request::unwaited) => {
-                        match rx
-                            .recv_timeout(gather_until.saturating_duration_since(Instant::now()))
-                        {
-                            Ok(request) => request,
-                            Err(_) => break,
-                        }
-                    }
+                match rx.try_recv() {
+                    Ok(request) => batch.push(request),
                     Err(_) => break,
-                };
-                batch.push(request);
+                }
             }
             if self.handle(batch) {
                 return;
