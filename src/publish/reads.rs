@@ -85,10 +85,17 @@ impl Publisher {
             deliver_policy: DeliverPolicy::LastPerSubject,
             ..Default::default()
         };
-        let consumer = stream
-            .create_consumer(config)
-            .await
-            .map_err(|e| failed(&e))?;
+        let consumer = stream.create_consumer(config).await.map_err(|e| {
+            use jetstream::stream::ConsumerErrorKind;
+            match e.kind() {
+                ConsumerErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    PublishError::NoStream(e.to_string())
+                }
+                _ => failed(&e),
+            }
+        })?;
         let pending = consumer.cached_info().num_pending;
         let messages = consumer.messages().await.map_err(|e| failed(&e))?;
         Ok(LastPerKey { messages, pending })

@@ -174,7 +174,9 @@ impl Reconciler {
         let partition = self.translator.partition();
         let learned = super::learn::learn(delivery, partition, None, |_| true, |_| {}).await;
         match learned {
-            Ok(0) => {}
+            // A stream not created yet (the first start of all) holds nothing to learn.
+            Ok(0)
+            | Err(super::learn::LearnError::Read(crate::publish::PublishError::NoStream(_))) => {}
             Ok(keys) => tracing::info!(
                 keys,
                 seconds = started.elapsed().as_secs_f64(),

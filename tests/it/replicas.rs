@@ -612,3 +612,23 @@ async fn a_relay_with_a_new_state_learns_the_registry_in_one_read() {
         0
     );
 }
+
+/// Before the stream exists (the very first start), reading every key's last message says so
+/// as such, and a new relay's first run learns nothing without a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_every_key_before_the_stream_exists_says_there_is_no_stream() {
+    use netbox_relay::publish::{PublishError, Publisher};
+    let nats = NatsServer::start();
+    let publisher = Publisher::connect(&test_config(&nats).nats).await.unwrap();
+    assert!(
+        publisher
+            .connected_within(std::time::Duration::from_secs(10))
+            .await
+    );
+    let read = publisher.last_per_key("default", None).await;
+    assert!(
+        matches!(read, Err(PublishError::NoStream(_))),
+        "{:?}",
+        read.err()
+    );
+}
