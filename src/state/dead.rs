@@ -7,7 +7,7 @@ use redb::ReadableTable;
 
 use super::codec::{encode, head};
 use super::letter::DeadLetter;
-use super::store::{Store, StoreError, DEAD, RECORDS, SPOOL};
+use super::store::{RecordTables, Store, StoreError, DEAD, SPOOL};
 use crate::delta::RegistryDelta;
 
 /// Which dead letters a `retry` or `drop` acts on.
@@ -65,7 +65,7 @@ impl Store {
         let mut retried = Retried::default();
         let tx = self.begin_write()?;
         {
-            let mut records = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
+            let mut records = RecordTables::open(&tx).map_err(|e| self.fail(e))?;
             let mut spool = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
             let mut dead = tx.open_table(DEAD).map_err(|e| self.fail(e))?;
             for letter in picked {
@@ -76,7 +76,11 @@ impl Store {
                         continue;
                     }
                 };
-                let newer = match records.get(delta.key.as_str()).map_err(|e| self.fail(e))? {
+                let newer = match records
+                    .records
+                    .get(delta.key.as_str())
+                    .map_err(|e| self.fail(e))?
+                {
                     Some(v) => {
                         head(&delta.key, v.value()).is_ok_and(|h| h.revision > delta.revision)
                     }
@@ -89,7 +93,7 @@ impl Store {
                 }
                 let encoded = encode(&delta).map_err(|e| self.fail(e))?;
                 records
-                    .insert(delta.key.as_str(), encoded.record.as_ref())
+                    .insert(&delta.key, &encoded.record)
                     .map_err(|e| self.fail(e))?;
                 spool
                     .insert(next_seq, encoded.json.as_ref())

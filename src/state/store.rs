@@ -21,6 +21,11 @@ use super::record::{Record, RecordHead};
 /// diffing a reconcile read only the head, without scanning the entry. Files written before the
 /// head prefix hold the JSON alone (it starts with `{`); both are read.
 pub(super) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+/// Registry key -> the head of its record ([`RecordHead::to_bytes`]), written with the record in
+/// the same transaction: judging a delta and reconcile's scans read these few bytes, not each
+/// record's JSON (a million records are about 1 GB, their heads under 100 MB). Files written
+/// before it get it filled at open.
+pub(super) const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("heads");
 /// Spool sequence -> the delta as published (JSON), drained in sequence order.
 pub(super) const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
 /// Spool sequence -> the stream sequence of the key's message the spooled delta was judged
@@ -168,7 +173,66 @@ impl Store {
             cache_bytes,
         };
         store.write(&[], &mut 0, true)?;
+        store.fill_heads()?;
         Ok(store)
+    }
+
+    /// Writes the heads of records that have none (a file from before the heads table, or
+    /// records an older relay wrote), in transactions of at most `FILL_CHUNK` records.
+    fn fill_heads(&self) -> Result<(), StoreError> {
+        let counts = {
+            let tx = self.begin_read()?;
+            let records = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
+            let heads = tx.open_table(HEADS).map_err(|e| self.fail(e))?;
+            let records = records.len().map_err(|e| self.fail(e))?;
+            (records, heads.len().map_err(|e| self.fail(e))?)
+        };
+        if counts.0 == counts.1 {
+            return Ok(());
+        }
+        tracing::info!(
+            records = counts.0,
+            heads = counts.1,
+            "state file: writing the heads of its records once"
+        );
+        let mut after: Option<String> = None;
+        loop {
+            let tx = self.begin_write()?;
+            let last = {
+                let mut tables = RecordTables::open(&tx).map_err(|e| self.fail(e))?;
+                let chunk = self.chunk_after(&tables, after.as_deref())?;
+                for (key, record) in &chunk {
+                    tables.set_head(key, record).map_err(|e| self.fail(e))?;
+                }
+                chunk.last().map(|(key, _)| key.clone())
+            };
+            tx.commit().map_err(|e| self.fail(e))?;
+            match last {
+                Some(key) => after = Some(key),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Up to `FILL_CHUNK` records after the key `after` (from the first when None).
+    fn chunk_after(
+        &self,
+        tables: &RecordTables,
+        after: Option<&str>,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let range = tables
+            .records
+            .range::<&str>((from, Bound::Unbounded))
+            .map_err(|e| self.fail(e))?;
+        range
+            .take(FILL_CHUNK)
+            .map(|row| {
+                let (key, value) = row.map_err(|e| self.fail(e))?;
+                Ok((key.value().to_string(), value.value().to_vec()))
+            })
+            .collect()
     }
 
     /// After a failed write redb refuses every further one ("previous I/O error") until the file
@@ -242,11 +306,17 @@ impl Store {
     /// The heads of `keys`, in order, read in one transaction (or on their way to it).
     pub fn heads(&self, keys: &[&str]) -> Result<Vec<Option<RecordHead>>, StoreError> {
         let tx = self.begin_read()?;
+        let heads = tx.open_table(HEADS).map_err(|e| self.fail(e))?;
         let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
         keys.iter()
             .map(|key| {
                 if let Some(record) = self.pending.get(key) {
                     return head(key, &record).map(Some);
+                }
+                if let Some(bytes) = heads.get(*key).map_err(|e| self.fail(e))? {
+                    if let Some(head) = RecordHead::from_bytes(bytes.value()) {
+                        return Ok(Some(head));
+                    }
                 }
                 match table.get(*key).map_err(|e| self.fail(e))? {
                     Some(value) => head(key, value.value()).map(Some),
@@ -288,14 +358,16 @@ impl Store {
         mut each: impl FnMut(&str, RecordHead),
     ) -> Result<(), StoreError> {
         let tx = self.begin_read()?;
-        let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
+        let table = tx.open_table(HEADS).map_err(|e| self.fail(e))?;
         for row in table.range(prefix..).map_err(|e| self.fail(e))? {
             let (key, value) = row.map_err(|e| self.fail(e))?;
             let key = key.value();
             if !key.starts_with(prefix) {
                 break;
             }
-            each(key, head(key, value.value())?);
+            let head = RecordHead::from_bytes(value.value())
+                .ok_or_else(|| corrupt(key, "malformed head"))?;
+            each(key, head);
         }
         Ok(())
     }
@@ -381,7 +453,7 @@ impl Store {
         tx.set_durability(durability).map_err(|e| self.fail(e))?;
         let mut seq = *next_seq;
         {
-            let mut records = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
+            let mut records = RecordTables::open(&tx).map_err(|e| self.fail(e))?;
             let mut spool = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
             let mut spool_after = tx.open_table(SPOOL_AFTER).map_err(|e| self.fail(e))?;
             let mut dead = tx.open_table(DEAD).map_err(|e| self.fail(e))?;
@@ -389,9 +461,7 @@ impl Store {
             for write in writes {
                 match write {
                     Write::Record { key, record } | Write::Spool { key, record, .. } => {
-                        records
-                            .insert(key.as_str(), record.as_ref())
-                            .map_err(|e| self.fail(e))?;
+                        records.insert(key, record).map_err(|e| self.fail(e))?;
                     }
                     Write::Unspool {
                         seqs,
@@ -458,15 +528,52 @@ fn create(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
         })
 }
 
-/// A dead-lettered delta no longer stands for its key: the record is removed when it still
-/// points at that delta, so that the next reconcile publishes the key's current state again.
+/// The records and their heads, written together.
+pub(super) struct RecordTables<'t> {
+    pub records: redb::Table<'t, &'static str, &'static [u8]>,
+    heads: redb::Table<'t, &'static str, &'static [u8]>,
+}
+
+impl<'t> RecordTables<'t> {
+    pub fn open(tx: &'t WriteTransaction) -> Result<Self, redb::TableError> {
+        Ok(RecordTables {
+            records: tx.open_table(RECORDS)?,
+            heads: tx.open_table(HEADS)?,
+        })
+    }
+
+    pub fn insert(&mut self, key: &str, record: &[u8]) -> Result<(), redb::StorageError> {
+        self.records.insert(key, record)?;
+        self.set_head(key, record)
+    }
+
+    /// The head of `record` (as stored under `key`) into the heads table; a record whose head
+    /// cannot be read has none there, and reads find the record itself (and its error).
+    fn set_head(&mut self, key: &str, record: &[u8]) -> Result<(), redb::StorageError> {
+        let bytes = match split(record) {
+            (Some(h), _) if RecordHead::has_seq_slot(h) => Some(h.to_vec()),
+            _ => head(key, record).ok().map(|h| h.to_bytes()),
+        };
+        match bytes {
+            Some(bytes) => self.heads.insert(key, bytes.as_slice()).map(drop),
+            None => self.heads.remove(key).map(drop),
+        }
+    }
+
+    pub fn remove(&mut self, key: &str) -> Result<(), redb::StorageError> {
+        self.records.remove(key)?;
+        self.heads.remove(key)?;
+        Ok(())
+    }
+}
+
+/// Records taken per transaction when the heads of an older file are written.
+const FILL_CHUNK: usize = 50_000;
+
 /// The key's record gets the sequence its delta was stored at, if it still is that delta (a
 /// later one may have been spooled since).
-fn learn_seq(
-    records: &mut redb::Table<&str, &[u8]>,
-    acked: &Acked,
-) -> Result<(), redb::StorageError> {
-    let record = match records.get(acked.key.as_str())? {
+fn learn_seq(tables: &mut RecordTables, acked: &Acked) -> Result<(), redb::StorageError> {
+    let record = match tables.records.get(acked.key.as_str())? {
         Some(value)
             if head(&acked.key, value.value()).is_ok_and(|h| h.delta_id == acked.delta_id) =>
         {
@@ -475,23 +582,21 @@ fn learn_seq(
         _ => return Ok(()),
     };
     let record = with_seq(record, acked.seq);
-    records.insert(acked.key.as_str(), record.as_ref())?;
-    Ok(())
+    tables.insert(&acked.key, &record)
 }
 
-fn forget(
-    records: &mut redb::Table<&str, &[u8]>,
-    letter: &DeadLetter,
-) -> Result<(), redb::StorageError> {
+/// A dead-lettered delta no longer stands for its key: the record is removed when it still
+/// points at that delta, so that the next reconcile publishes the key's current state again.
+fn forget(tables: &mut RecordTables, letter: &DeadLetter) -> Result<(), redb::StorageError> {
     let Some((key, delta_id)) = letter.key_and_id() else {
         return Ok(());
     };
-    let points_at_it = match records.get(key.as_str())? {
+    let points_at_it = match tables.records.get(key.as_str())? {
         Some(value) => head(&key, value.value()).is_ok_and(|h| h.delta_id == delta_id),
         None => false,
     };
     if points_at_it {
-        records.remove(key.as_str())?;
+        tables.remove(&key)?;
     }
     Ok(())
 }
@@ -607,6 +712,71 @@ mod tests {
             .known_under("netbox/default/ipam.prefix/")
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn heads_follow_their_records_and_an_older_files_are_filled_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let device = crate::netbox::ObjectType::from_name("dcim.device").unwrap();
+        let sweep = crate::translate::SweepOptions {
+            expand_subnets: false,
+            max_expanded_hosts: 0,
+        };
+        let translator = crate::translate::Translator::new("default", sweep, &[device]);
+        let revision = "2026-11-22T10:45:01.583546Z".parse().unwrap();
+        let delta = |id| {
+            translator
+                .reconcile_delete(device, id, revision, revision)
+                .unwrap()
+        };
+        let ids = |store: &Store| -> Vec<u64> {
+            let known = store.known_under("netbox/default/dcim.device/").unwrap();
+            known.iter().map(|k| k.id).collect()
+        };
+        let store = Store::open(&path).unwrap();
+        let writes: Vec<Write> = (1..=3)
+            .map(|id| {
+                let d = delta(id);
+                Write::Record {
+                    key: d.key.clone(),
+                    record: encode(&d).unwrap().record,
+                }
+            })
+            .collect();
+        store.write(&writes, &mut 0, true).unwrap();
+        assert_eq!(ids(&store), [1, 2, 3]);
+        drop(store);
+        // A relay from before the heads table writes a record: its head is written at open.
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut records = tx.open_table(RECORDS).unwrap();
+                let d = delta(4);
+                let record = encode(&d).unwrap().record;
+                records.insert(d.key.as_str(), record.as_ref()).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(ids(&store), [1, 2, 3, 4]);
+        // A dead letter's record goes, and its head with it.
+        let first = delta(1);
+        let letter = DeadLetter {
+            seq: 0,
+            reason: "refused".into(),
+            dead_at: revision,
+            bytes: encode(&first).unwrap().json.to_vec(),
+        };
+        let unspool = Write::Unspool {
+            seqs: Vec::new(),
+            dead: vec![letter],
+            acked: Vec::new(),
+        };
+        store.write(&[unspool], &mut 0, true).unwrap();
+        assert_eq!(ids(&store), [2, 3, 4]);
+        assert_eq!(store.head(&first.key).unwrap(), None);
     }
 
     #[test]
