@@ -63,7 +63,7 @@ impl Config {
                 format!("must be at most {MAX_EXPANDED_HOSTS} (one prefix's host list is bounded so that one webhook stays cheap)"),
             ));
         }
-        self.validate_server()?;
+        self.validate_server(webhooks)?;
         subject_token("registry.partition", &self.registry.partition)?;
         for token in self.nats.subject_prefix.split('.') {
             subject_token("nats.subject_prefix", token)?;
@@ -133,7 +133,9 @@ impl Config {
 pub const MAX_EXPANDED_HOSTS: usize = 65536;
 
 impl Config {
-    fn validate_server(&self) -> Result<(), ConfigError> {
+    /// `serving`: the command receives webhooks, so its TLS files are read now too (a command
+    /// that does not, such as `tail` run by another user, need not be able to read the key).
+    fn validate_server(&self, serving: bool) -> Result<(), ConfigError> {
         let s = &self.server;
         let timeouts = [
             ("server.header_timeout", s.header_timeout),
@@ -159,11 +161,11 @@ impl Config {
             )),
             // Read now, so that a wrong file is a configuration error (exit 2) before anything
             // starts; the server reads them again.
-            (Some(cert), Some(key)) => match crate::webhook::tls::Tls::load(cert, key) {
+            (Some(cert), Some(key)) if serving => match crate::webhook::tls::Tls::load(cert, key) {
                 Ok(_) => Ok(()),
                 Err(e) => Err(invalid("server.tls_cert", e.to_string())),
             },
-            (None, None) => Ok(()),
+            _ => Ok(()),
         }
     }
 

@@ -23,12 +23,7 @@ pub struct Probe {
 /// A connection with the configured credentials that fails at once when NATS is away, for
 /// commands (`check`, `tail`) rather than the long-running relay.
 pub async fn connect_once(cfg: &NatsConfig) -> Result<Client, PublishError> {
-    connect_options(cfg)
-        .await?
-        .connection_timeout(Duration::from_secs(5))
-        .connect(servers(&cfg.url))
-        .await
-        .map_err(|e| connect_failed(&cfg.url, e))
+    connect_quickly(cfg, connect_options(cfg).await?).await
 }
 
 /// [`connect_once`], telling `on_connection` each time the connection is lost (false) and back
@@ -38,19 +33,26 @@ pub async fn connect_following(
     on_connection: impl Fn(bool) + Send + Sync + 'static,
 ) -> Result<Client, PublishError> {
     let on_connection = Arc::new(on_connection);
-    connect_options(cfg)
-        .await?
-        .connection_timeout(Duration::from_secs(5))
-        .event_callback(move |event| {
-            let on_connection = on_connection.clone();
-            async move {
-                match event {
-                    Event::Connected => on_connection(true),
-                    Event::Disconnected => on_connection(false),
-                    _ => {}
-                }
+    let options = connect_options(cfg).await?.event_callback(move |event| {
+        let on_connection = on_connection.clone();
+        async move {
+            match event {
+                Event::Connected => on_connection(true),
+                Event::Disconnected => on_connection(false),
+                _ => {}
             }
-        })
+        }
+    });
+    connect_quickly(cfg, options).await
+}
+
+/// Connects with `options`, failing within 5 s when NATS is away.
+async fn connect_quickly(
+    cfg: &NatsConfig,
+    options: ConnectOptions,
+) -> Result<Client, PublishError> {
+    options
+        .connection_timeout(Duration::from_secs(5))
         .connect(servers(&cfg.url))
         .await
         .map_err(|e| connect_failed(&cfg.url, e))

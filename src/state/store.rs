@@ -307,7 +307,8 @@ impl Store {
     pub fn heads(&self, keys: &[&str]) -> Result<Vec<Option<RecordHead>>, StoreError> {
         let tx = self.begin_read()?;
         let heads = tx.open_table(HEADS).map_err(|e| self.fail(e))?;
-        let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
+        // Opened only for a key the heads table cannot answer (the webhook path rarely does).
+        let records = std::cell::OnceCell::new();
         keys.iter()
             .map(|key| {
                 if let Some(record) = self.pending.get(key) {
@@ -318,6 +319,13 @@ impl Store {
                         return Ok(Some(head));
                     }
                 }
+                let table = match records.get() {
+                    Some(table) => table,
+                    None => {
+                        let opened = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
+                        records.get_or_init(|| opened)
+                    }
+                };
                 match table.get(*key).map_err(|e| self.fail(e))? {
                     Some(value) => head(key, value.value()).map(Some),
                     None => Ok(None),

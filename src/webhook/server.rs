@@ -76,19 +76,7 @@ pub async fn serve(
             };
             match tls {
                 None => serve_connection(io, router, &conn, limits, shutdown).await,
-                // The handshake is part of the request's head: bounded by the same timeout.
-                // Plain HTTP on this port fails it, and the connection is closed.
-                Some(tls) => {
-                    let handshake = tls.acceptor().accept(io);
-                    match tokio::time::timeout(limits.header_timeout, handshake).await {
-                        Ok(Ok(io)) => serve_connection(io, router, &conn, limits, shutdown).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            telemetry::connection_closed("tls_handshake");
-                        }
-                        Err(_) => telemetry::connection_closed("header_timeout"),
-                    }
-                }
+                Some(tls) => serve_tls(io, &tls, router, &conn, limits, shutdown).await,
             }
             open.remove(conn.id);
         });
@@ -198,6 +186,33 @@ impl Open {
             }
             None => false,
         }
+    }
+}
+
+/// The TLS handshake, then the connection. The handshake is part of the request's head: bounded
+/// by the same timeout, and given up when the connection is evicted (past the cap) or the server
+/// shuts down. Plain HTTP on this port fails it, and the connection is closed.
+async fn serve_tls(
+    io: Watched,
+    tls: &Tls,
+    router: Router,
+    conn: &Arc<Conn>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let handshake = tokio::time::timeout(limits.header_timeout, tls.acceptor().accept(io));
+    let shaken = tokio::select! {
+        shaken = handshake => shaken,
+        _ = conn.close.cancelled() => return,
+        _ = shutdown.cancelled() => return,
+    };
+    match shaken {
+        Ok(Ok(io)) => serve_connection(io, router, conn, limits, shutdown).await,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            telemetry::connection_closed("tls_handshake");
+        }
+        Err(_) => telemetry::connection_closed("header_timeout"),
     }
 }
 

@@ -156,4 +156,17 @@ fn a_key_that_does_not_match_is_a_configuration_error() {
         .unwrap();
     assert_eq!(half.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&half.stderr).contains("server.tls_key"));
+    // A command that serves nothing does not read the files (its user may not be able to).
+    let spool = Command::new(env!("CARGO_BIN_EXE_netbox-relay"))
+        .arg("spool")
+        .env("NETBOX_RELAY_STATE__PATH", dir.path().join("state.redb"))
+        .env("NETBOX_RELAY_SERVER__TLS_CERT", &cert)
+        .env("NETBOX_RELAY_SERVER__TLS_KEY", &other_key)
+        .output()
+        .unwrap();
+    assert!(
+        spool.status.success(),
+        "{}",
+        String::from_utf8_lossy(&spool.stderr)
+    );
 }
