@@ -4,5 +4,6 @@ pub mod client;
 pub mod object_type;
 pub mod parents;
 pub mod webhook;
+mod wire;
 
 pub use object_type::ObjectType;

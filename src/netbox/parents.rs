@@ -6,6 +6,7 @@
 use serde_json::{Map, Value};
 
 use super::object_type::api_endpoint;
+use super::webhook::Changes;
 
 type Object = Map<String, Value>;
 
@@ -60,24 +61,16 @@ impl Parent {
 
     /// The cascade an update of parent `id` calls for: one when the shown field differs between
     /// the snapshots before and after, or when NetBox sent no snapshots to tell.
-    pub fn trigger(
-        &'static self,
-        id: u64,
-        data: &Object,
-        prechange: Option<&Object>,
-        postchange: Option<&Object>,
-    ) -> Option<Trigger> {
-        let changed = match (prechange, postchange) {
-            (Some(before), Some(after)) => {
-                self.shown.iter().any(|f| before.get(*f) != after.get(*f))
-            }
-            _ => true,
+    pub fn trigger(&'static self, id: u64, data: &Object, changes: &Changes) -> Option<Trigger> {
+        let changed = match &changes.fields {
+            Some(fields) => self.shown.iter().any(|f| fields.iter().any(|c| c == f)),
+            None => true,
         };
-        let now = postchange.unwrap_or(data);
+        let slug_now = data.get("slug").and_then(Value::as_str).map(String::from);
         changed.then(|| Trigger {
             parent: self,
             id,
-            slug: now.get("slug").and_then(Value::as_str).map(String::from),
+            slug: changes.slug_after.clone().or(slug_now),
             hosts: assigned_host(data).into_iter().collect(),
         })
     }

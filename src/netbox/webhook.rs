@@ -2,11 +2,14 @@
 //! `model` + `username` + `request_id` (up to 4.3), `object_type` (4.4+), `request` (4.6+), and
 //! bodies with none of these where only `data.url` tells the object type.
 
+use std::collections::BTreeSet;
+
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::object_type::{api_endpoint, ObjectType};
 use super::parents::{Parent, Trigger};
+use super::wire::{self, Fields, Slot, WireError};
 
 /// A change NetBox reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,11 +41,19 @@ pub struct WebhookEvent {
     pub data: Map<String, Value>,
     pub request_id: Option<String>,
     pub user: Option<String>,
-    pub prechange: Option<Map<String, Value>>,
-    pub postchange: Option<Map<String, Value>>,
+    pub changes: Changes,
     /// The body says the change was made on main (`data.active_branch: null`, sent when NetBox's
     /// `EVENTS_PIPELINE` has netbox-branching's `add_branch_context`); otherwise it does not say.
     pub on_main: bool,
+}
+
+/// What an update's snapshots (`snapshots.prechange`, `.postchange`) say.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// The top-level fields whose values differ, sorted; `None` unless both snapshots were sent.
+    pub fields: Option<Vec<String>>,
+    /// The object's slug after the change, when the after snapshot has one.
+    pub slug_after: Option<String>,
 }
 
 /// What a well-formed webhook body asks of us.
@@ -82,11 +93,45 @@ pub enum PayloadError {
     BadTimestamp(&'static str),
 }
 
-/// Parses a webhook body that has already passed the signature check.
-pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
-    let Value::Object(mut top) = serde_json::from_slice::<Value>(body)? else {
-        return Err(PayloadError::NotObject);
+/// What the caller reads of a webhook's `data`: its top-level fields for which `fields` is true,
+/// and of the objects they hold (related objects, choices, tags) the fields for which `nested` is.
+#[derive(Clone, Copy)]
+pub struct Reads {
+    pub fields: fn(&str) -> bool,
+    pub nested: fn(&str) -> bool,
+}
+
+impl Reads {
+    /// Everything, as a `Value` would hold it.
+    pub const ALL: Reads = Reads {
+        fields: |_| true,
+        nested: |_| true,
     };
+}
+
+/// The fields of `data` this module reads itself, beside those the caller reads: at the top, and
+/// in nested objects (`active_branch.name`, `assigned_object.device.id`).
+const READ_HERE: [&str; 5] = ["id", "url", "active_branch", "slug", "assigned_object"];
+const NESTED_HERE: [&str; 4] = ["id", "name", "device", "virtual_machine"];
+
+/// Parses a webhook body that has already passed the signature check. Of `data`, only what
+/// `reads` names (and what is read here) is parsed; the rest of the body is checked to be JSON
+/// and skipped.
+pub fn parse(body: &[u8], reads: Reads) -> Result<Parsed, PayloadError> {
+    let fields = |field: &str| READ_HERE.contains(&field) || (reads.fields)(field);
+    let nested = |field: &str| NESTED_HERE.contains(&field) || (reads.nested)(field);
+    let keep = wire::Keep {
+        fields: &fields,
+        nested: &nested,
+    };
+    let wire::Top {
+        small: top,
+        data,
+        snapshots,
+    } = wire::top(body, keep).map_err(|e| match e {
+        WireError::NotJson(e) => PayloadError::NotJson(e),
+        WireError::NotObject => PayloadError::NotObject,
+    })?;
     let event = match required_str(&top, "event")? {
         "created" => ChangeEvent::Created,
         "updated" => ChangeEvent::Updated,
@@ -99,10 +144,10 @@ pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
             )))
         }
     };
-    let data = match top.remove("data") {
-        Some(Value::Object(data)) => data,
-        Some(_) => return Err(wrong("data", "an object")),
-        None => return Err(PayloadError::Missing("data")),
+    let data = match data {
+        Slot::Is(data) => data,
+        Slot::Absent => return Err(PayloadError::Missing("data")),
+        Slot::Null | Slot::Other => return Err(wrong("data", "an object")),
     };
     if let Some(branch) = branch(&top, &data) {
         return Ok(Parsed::Branch(branch));
@@ -110,10 +155,10 @@ pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
     let on_main = data.get("active_branch").is_some_and(Value::is_null);
     let object_type = match object_type(&top, &data)? {
         Ok(t) => t,
-        Err(unsupported) => return parent_only(event, &unsupported, &mut top, &data),
+        Err(unsupported) => return parent_only(event, &unsupported, snapshots, &data),
     };
     let object_id = object_id(&data)?;
-    let (prechange, postchange) = snapshots(&mut top)?;
+    let changes = changes(snapshots)?;
     Ok(Parsed::Change(Box::new(WebhookEvent {
         event,
         timestamp: optional_timestamp(&top, "timestamp")?,
@@ -122,8 +167,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
         request_id: optional_str(&top, "request_id")?.or(request_field(&top, "id")?),
         user: optional_str(&top, "username")?.or(request_field(&top, "user")?),
         data,
-        prechange,
-        postchange,
+        changes,
         on_main,
     })))
 }
@@ -168,7 +212,7 @@ fn object_id(data: &Map<String, Value>) -> Result<u64, PayloadError> {
 fn parent_only(
     event: ChangeEvent,
     name: &str,
-    top: &mut Map<String, Value>,
+    snapshots: RawSnapshots,
     data: &Map<String, Value>,
 ) -> Result<Parsed, PayloadError> {
     let parent = Parent::from_name(name)
@@ -183,8 +227,8 @@ fn parent_only(
         return Ok(Parsed::Ignored(reason));
     };
     let object_id = object_id(data)?;
-    let (prechange, postchange) = snapshots(top)?;
-    let trigger = cascade_of(parent, event, object_id, data, &prechange, &postchange);
+    let changes = changes(snapshots)?;
+    let trigger = cascade_of(parent, event, object_id, data, &changes);
     Ok(Parsed::Parent {
         parent,
         object_id,
@@ -197,14 +241,12 @@ impl WebhookEvent {
     /// cluster, VRF, VLAN, device, VM).
     pub fn cascade(&self) -> Option<Trigger> {
         let parent = Parent::from_name(self.object_type.name)?;
-        let data = &self.data;
         cascade_of(
             parent,
             self.event,
             self.object_id,
-            data,
-            &self.prechange,
-            &self.postchange,
+            &self.data,
+            &self.changes,
         )
     }
 }
@@ -216,11 +258,10 @@ fn cascade_of(
     event: ChangeEvent,
     id: u64,
     data: &Map<String, Value>,
-    prechange: &Snapshot,
-    postchange: &Snapshot,
+    changes: &Changes,
 ) -> Option<Trigger> {
     match event {
-        ChangeEvent::Updated => parent.trigger(id, data, prechange.as_ref(), postchange.as_ref()),
+        ChangeEvent::Updated => parent.trigger(id, data, changes),
         ChangeEvent::Created | ChangeEvent::Deleted => None,
     }
 }
@@ -247,20 +288,54 @@ fn object_type(
     Ok(ObjectType::from_url(url).ok_or_else(|| format!("{app}/{endpoint}")))
 }
 
-type Snapshot = Option<Map<String, Value>>;
+type RawSnapshots<'a> = Slot<(Slot<Fields<'a>>, Slot<Fields<'a>>)>;
 
-fn snapshots(top: &mut Map<String, Value>) -> Result<(Snapshot, Snapshot), PayloadError> {
-    let mut snapshots = match top.remove("snapshots") {
-        Some(Value::Object(s)) => s,
-        Some(Value::Null) | None => return Ok((None, None)),
-        Some(_) => return Err(wrong("snapshots", "an object")),
+/// What the snapshots say: the fields that differ when both were sent, compared as NetBox wrote
+/// them (one serializer wrote both, so equal values are written alike), and the slug after.
+fn changes(snapshots: RawSnapshots) -> Result<Changes, PayloadError> {
+    let (pre, post) = match snapshots {
+        Slot::Is(both) => both,
+        Slot::Absent | Slot::Null => return Ok(Changes::default()),
+        Slot::Other => return Err(wrong("snapshots", "an object")),
     };
-    let mut take = |key: &'static str| match snapshots.remove(key) {
-        Some(Value::Object(s)) => Ok(Some(s)),
-        Some(Value::Null) | None => Ok(None),
-        Some(_) => Err(wrong(key, "an object or null")),
+    let snapshot = |slot, key| match slot {
+        Slot::Is(fields) => Ok(Some(fields)),
+        Slot::Absent | Slot::Null => Ok(None),
+        Slot::Other => Err(wrong(key, "an object or null")),
     };
-    Ok((take("prechange")?, take("postchange")?))
+    let (pre, post): (Option<Fields>, Option<Fields>) =
+        (snapshot(pre, "prechange")?, snapshot(post, "postchange")?);
+    let slug_after = post
+        .as_ref()
+        .and_then(|post| written(post, "slug"))
+        .and_then(|slug| serde_json::from_str::<String>(slug).ok());
+    let fields = pre.zip(post).map(|(pre, post)| changed(&pre, &post));
+    Ok(Changes { fields, slug_after })
+}
+
+/// The fields whose values differ, sorted. NetBox writes both snapshots' fields in one order, so
+/// they are compared side by side; otherwise each field is looked up.
+fn changed(pre: &Fields, post: &Fields) -> Vec<String> {
+    let same_order = pre.len() == post.len() && pre.iter().zip(post).all(|(a, b)| a.0 == b.0);
+    let mut changed: Vec<String> = if same_order {
+        let differ = pre.iter().zip(post).filter(|(a, b)| a.1.get() != b.1.get());
+        differ.map(|(a, _)| a.0.to_string()).collect()
+    } else {
+        let keys: BTreeSet<&str> = pre.iter().chain(post).map(|(k, _)| k.as_ref()).collect();
+        let differ = keys
+            .into_iter()
+            .filter(|k| written(pre, k) != written(post, k));
+        differ.map(String::from).collect()
+    };
+    changed.sort_unstable();
+    changed.dedup();
+    changed
+}
+
+/// A snapshot field's value as NetBox wrote it (the last, if a key came twice).
+fn written<'a>(snapshot: &'a Fields, key: &str) -> Option<&'a str> {
+    let (_, value) = snapshot.iter().rev().find(|(k, _)| k == key)?;
+    Some(value.get())
 }
 
 fn required_str<'a>(
@@ -333,7 +408,7 @@ mod tests {
     use serde_json::json;
 
     fn parsed(body: Value) -> Parsed {
-        parse(&serde_json::to_vec(&body).unwrap()).unwrap()
+        parse(&serde_json::to_vec(&body).unwrap(), Reads::ALL).unwrap()
     }
 
     fn device(extra_data: Value, context: Option<Value>) -> Value {

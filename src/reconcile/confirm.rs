@@ -318,7 +318,7 @@ impl Confirmer {
     async fn settle(&self, delivery: &Delivery, body: &[u8]) -> Result<(), ConfirmError> {
         // The body was verified, parsed and translated before it was held; one that no longer
         // is (a relay of another version wrote it) is dropped, the next reconcile repairs it.
-        let event = match webhook::parse(body) {
+        let event = match webhook::parse(body, crate::translate::READS) {
             Ok(Parsed::Change(event)) => event,
             Ok(_) => return Ok(()),
             Err(e) => {

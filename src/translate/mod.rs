@@ -7,12 +7,15 @@ mod inventory;
 mod ipam;
 
 use std::collections::BTreeSet;
+use std::sync::LazyLock;
+
+use rustc_hash::FxHashSet;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::delta::{self, Entry, Kind, Op, Origin, RegistryDelta, SCHEMA_ID};
-use crate::netbox::webhook::{parse_timestamp, ChangeEvent, WebhookEvent};
+use crate::netbox::webhook::{parse_timestamp, ChangeEvent, Reads, WebhookEvent};
 use crate::netbox::ObjectType;
 pub use fields::Object;
 
@@ -173,9 +176,9 @@ impl Translator {
         delta.event = Some(ev.event.as_str().to_string());
         delta.request_id = ev.request_id.clone();
         delta.user = ev.user.clone();
-        delta.changed_fields = match (ev.event, &ev.prechange, &ev.postchange) {
-            (ChangeEvent::Updated, Some(pre), Some(post)) => Some(changed_fields(pre, post)),
-            _ => None,
+        delta.changed_fields = match ev.event {
+            ChangeEvent::Updated => ev.changes.fields.clone(),
+            ChangeEvent::Created | ChangeEvent::Deleted => None,
         };
         Ok(Outcome::Publish(Box::new(delta)))
     }
@@ -340,6 +343,43 @@ pub fn fields_read(kind: Kind) -> Vec<&'static str> {
     common.iter().chain(shared).chain(own).copied().collect()
 }
 
+/// What translation reads of a webhook's `data`: what it is parsed for.
+pub const READS: Reads = Reads {
+    fields: reads_field,
+    nested: |name| NESTED_READ.contains(&name),
+};
+
+/// The fields translation reads of a related object, a choice or a tag (at any depth): labels
+/// take `slug`, `value` or `name`; names fall back to `display`; and the few nested values it
+/// shows (`vid`, `address`, `model`, `manufacturer.name`, `mac_address`, an IP address's
+/// `assigned_object.device`).
+const NESTED_READ: [&str; 12] = [
+    "id",
+    "name",
+    "display",
+    "slug",
+    "value",
+    "vid",
+    "address",
+    "model",
+    "manufacturer",
+    "mac_address",
+    "device",
+    "virtual_machine",
+];
+
+/// Whether translation reads top-level field `name` of an object of some kind. Asked for every
+/// field of every webhook's `data`, hence the quick hash.
+pub fn reads_field(name: &str) -> bool {
+    static READ: LazyLock<FxHashSet<&'static str>> = LazyLock::new(|| {
+        crate::netbox::object_type::ALL
+            .iter()
+            .flat_map(|t| fields_read(t.kind))
+            .collect()
+    });
+    READ.contains(name)
+}
+
 /// The revision a webhook stated before [`Translator::clamp`], when the delta carries an earlier
 /// one: what the handler counts and logs. Only a revision equal to a bound can have been clamped,
 /// so the common case (`last_updated` before the event) reads nothing again.
@@ -365,14 +405,6 @@ pub fn revision(obj: &Object) -> Option<DateTime<Utc>> {
     fields::text(obj, "last_updated").and_then(parse_timestamp)
 }
 
-/// The top-level fields whose values differ between two snapshots, sorted.
-fn changed_fields(pre: &Object, post: &Object) -> Vec<String> {
-    let keys: BTreeSet<&String> = pre.keys().chain(post.keys()).collect();
-    keys.into_iter()
-        .filter(|k| pre.get(*k) != post.get(*k))
-        .cloned()
-        .collect()
-}
 /// The revision reconcile gives an object of the API: its `last_updated`, or its `created` for an
 /// object a netbox-branching merge created (it has no `last_updated` on main, NetBox 4.7.3 with
 /// netbox-branching 1.2.2). The cheap pass compares it with the stored revision.

@@ -79,7 +79,7 @@ async fn handle(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Handl
     let body = read_body(app, body).await?;
     let signature = headers.get("x-hook-signature").map(|v| v.as_bytes());
     let body = app.verifier.verify(signature, body)?;
-    let event = match webhook::parse(body.as_bytes())? {
+    let event = match webhook::parse(body.as_bytes(), translate::READS)? {
         Parsed::Change(event) => event,
         Parsed::Parent {
             parent,

@@ -5,11 +5,11 @@ use chrono::Utc;
 use netbox_relay::delta::{Op, RegistryDelta};
 use netbox_relay::netbox::webhook::{parse, Parsed};
 use netbox_relay::netbox::{object_type, ObjectType};
-use netbox_relay::translate::{Outcome, SweepOptions, Translator};
+use netbox_relay::translate::{Outcome, SweepOptions, Translator, READS};
 use serde_json::{json, Value};
 
 use crate::expected::{DELTAS, IGNORED};
-use crate::helpers::{all_fixture_files, fixture, fixture_json, signed};
+use crate::helpers::{all_fixture_files, fixture, fixture_in, fixture_json, signed};
 
 const HOST_SWEEP: SweepOptions = SweepOptions {
     expand_subnets: false,
@@ -21,7 +21,7 @@ fn translator(sweep: SweepOptions) -> Translator {
 }
 
 fn translate_with(translator: &Translator, body: &[u8]) -> Outcome {
-    match parse(body).expect("recorded body parses") {
+    match parse(body, READS).expect("recorded body parses") {
         Parsed::Change(event) => translator.webhook(&event, Utc::now()).expect("translates"),
         // The recorded parents' webhooks are creates: nothing shows them yet, nothing to pull.
         Parsed::Parent {
@@ -44,6 +44,61 @@ fn delta_of(body: &[u8]) -> RegistryDelta {
 
 fn delta_json(file: &str) -> Value {
     serde_json::to_value(delta_of(&fixture(file).body)).unwrap()
+}
+
+/// Every recorded body of every recording: (directory, file).
+fn every_recorded_body() -> Vec<Vec<u8>> {
+    let mut bodies: Vec<Vec<u8>> = all_fixture_files()
+        .iter()
+        .map(|f| fixture(f).body)
+        .collect();
+    for dir in ["netbox-branching", "netbox-4.7"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(dir);
+        let mut files: Vec<String> = std::fs::read_dir(path)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| name.as_bytes()[0].is_ascii_digit() && name.ends_with(".json"))
+            .collect();
+        files.sort();
+        bodies.extend(files.iter().map(|f| fixture_in(dir, f).body));
+    }
+    bodies
+}
+
+/// A webhook's `data` is parsed for the fields translation reads only, and the snapshots are
+/// compared as written: for every recorded body the entry equals the one built from the whole
+/// `data`, and the changed fields those of the snapshots parsed whole.
+#[test]
+fn parsing_only_what_is_read_changes_no_delta() {
+    let translator = translator(HOST_SWEEP);
+    let mut compared = 0;
+    for body in every_recorded_body() {
+        let Ok(Parsed::Change(event)) = parse(&body, READS) else {
+            continue;
+        };
+        let whole: Value = serde_json::from_slice(&body).unwrap();
+        let data = whole["data"].as_object().unwrap();
+        let Ok(Outcome::Publish(delta)) = translator.webhook(&event, Utc::now()) else {
+            continue;
+        };
+        let expected = translator.entry(event.object_type, data).ok();
+        assert_eq!(delta.entry, expected.filter(|_| delta.op == Op::Upsert));
+        let snapshot = |name: &str| whole["snapshots"][name].as_object().cloned();
+        let changed = match (snapshot("prechange"), snapshot("postchange")) {
+            (Some(pre), Some(post)) if event.event.as_str() == "updated" => {
+                let keys: std::collections::BTreeSet<&String> =
+                    pre.keys().chain(post.keys()).collect();
+                let differ = keys.into_iter().filter(|k| pre.get(*k) != post.get(*k));
+                Some(differ.cloned().collect::<Vec<String>>())
+            }
+            _ => None,
+        };
+        assert_eq!(delta.changed_fields, changed);
+        compared += 1;
+    }
+    assert!(compared > 100, "only {compared} deltas compared");
 }
 
 #[test]

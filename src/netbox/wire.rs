@@ -1,0 +1,368 @@
+//! A webhook body read in one pass, keeping only what the relay reads. A device's body is mostly
+//! nested objects translation never looks at and two snapshots that are only compared, so the
+//! skipped fields are checked for well-formed JSON but never built into values, and the snapshots'
+//! values stay slices of the body.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+/// The top-level keys parsed whole: all small.
+const SMALL: [&str; 8] = [
+    "event",
+    "timestamp",
+    "object_type",
+    "model",
+    "username",
+    "request_id",
+    "request",
+    "context",
+];
+
+/// What a body holds at one key.
+#[derive(Debug, Default)]
+pub enum Slot<T> {
+    #[default]
+    Absent,
+    Null,
+    /// A value of another JSON type than expected.
+    Other,
+    Is(T),
+}
+
+/// A snapshot's top-level fields in the body's order, their values as the body wrote them.
+pub type Fields<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+
+/// A webhook body's top level.
+#[derive(Debug, Default)]
+pub struct Top<'a> {
+    /// The small keys ([`SMALL`]) the body has, parsed.
+    pub small: Map<String, Value>,
+    /// `data`, with only the fields and nested fields [`Keep`] names.
+    pub data: Slot<Map<String, Value>>,
+    /// `snapshots.prechange` and `snapshots.postchange`.
+    pub snapshots: Slot<(Slot<Fields<'a>>, Slot<Fields<'a>>)>,
+}
+
+/// Why a body could not be read.
+#[derive(Debug)]
+pub enum WireError {
+    NotJson(serde_json::Error),
+    NotObject,
+}
+
+/// What of `data` is parsed: its fields for which `fields` is true, and of the objects they hold
+/// (at any depth, in lists too) the fields for which `nested` is true.
+#[derive(Clone, Copy)]
+pub struct Keep<'k> {
+    pub fields: &'k dyn Fn(&str) -> bool,
+    pub nested: &'k dyn Fn(&str) -> bool,
+}
+
+/// Reads `body`, keeping of `data` what `keep` names.
+pub fn top<'a>(body: &'a [u8], keep: Keep) -> Result<Top<'a>, WireError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    match de.deserialize_map(TopVisitor { keep }).and_then(|top| {
+        de.end()?;
+        Ok(top)
+    }) {
+        Ok(top) => Ok(top),
+        // Only the rare bad body is read twice, to tell which of the two it is.
+        Err(e) => match serde_json::from_slice::<IgnoredAny>(body) {
+            Ok(_) => Err(WireError::NotObject),
+            Err(_) => Err(WireError::NotJson(e)),
+        },
+    }
+}
+
+struct TopVisitor<'k> {
+    keep: Keep<'k>,
+}
+
+impl<'de> Visitor<'de> for TopVisitor<'_> {
+    type Value = Top<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top<'de>, A::Error> {
+        let mut top = Top::default();
+        while let Some(Key(key)) = map.next_key()? {
+            match key.as_ref() {
+                "data" => top.data = map.next_value_seed(SlotOf(DataFields(self.keep)))?,
+                "snapshots" => top.snapshots = map.next_value_seed(SlotOf(Snapshots))?,
+                small if SMALL.contains(&small) => {
+                    top.small.insert(key.into_owned(), map.next_value()?);
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(top)
+    }
+}
+
+/// Builds a `T` from a JSON object's entries.
+trait ReadMap<'de> {
+    type Out;
+    fn read_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Out, A::Error>;
+}
+
+/// `data`'s fields that [`Keep`] names, parsed; the others skipped.
+struct DataFields<'k>(Keep<'k>);
+
+impl<'de> ReadMap<'de> for DataFields<'_> {
+    type Out = Map<String, Value>;
+
+    fn read_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Out, A::Error> {
+        let mut fields = Map::new();
+        while let Some(Key(key)) = map.next_key()? {
+            if (self.0.fields)(&key) {
+                let value = map.next_value_seed(Pruned(self.0.nested))?;
+                fields.insert(key.into_owned(), value);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// `snapshots`: its `prechange` and `postchange`.
+struct Snapshots;
+
+impl<'de> ReadMap<'de> for Snapshots {
+    type Out = (Slot<Fields<'de>>, Slot<Fields<'de>>);
+
+    fn read_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Out, A::Error> {
+        let (mut pre, mut post) = (Slot::Absent, Slot::Absent);
+        while let Some(Key(key)) = map.next_key()? {
+            match key.as_ref() {
+                "prechange" => pre = map.next_value_seed(SlotOf(RawFields))?,
+                "postchange" => post = map.next_value_seed(SlotOf(RawFields))?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok((pre, post))
+    }
+}
+
+/// A snapshot: each field's value left as written.
+struct RawFields;
+
+impl<'de> ReadMap<'de> for RawFields {
+    type Out = Fields<'de>;
+
+    fn read_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Out, A::Error> {
+        let mut fields = Fields::new();
+        while let Some(Key(key)) = map.next_key()? {
+            fields.push((key, map.next_value()?));
+        }
+        Ok(fields)
+    }
+}
+
+/// A value that should be an object: [`Slot::Is`] when it is, otherwise what it was.
+struct SlotOf<F>(F);
+
+impl<'de, F: ReadMap<'de>> DeserializeSeed<'de> for SlotOf<F> {
+    type Value = Slot<F::Out>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de, F: ReadMap<'de>> Visitor<'de> for SlotOf<F> {
+    type Value = Slot<F::Out>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Ok(Slot::Is(self.0.read_map(map)?))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Slot::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Slot::Null)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Slot::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Slot::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Slot::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Slot::Other)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Slot::Other)
+    }
+}
+
+/// A value whose objects keep only the fields for which the function is true.
+#[derive(Clone, Copy)]
+struct Pruned<'k>(&'k dyn Fn(&str) -> bool);
+
+impl<'de> DeserializeSeed<'de> for Pruned<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Pruned<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut fields = Map::new();
+        while let Some(Key(key)) = map.next_key()? {
+            if (self.0)(&key) {
+                fields.insert(key.into_owned(), map.next_value_seed(self)?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(Value::Object(fields))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::from(n))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::from(n))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        Ok(Value::from(n))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_string()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+}
+
+/// An object key, borrowed from the body unless it has escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Borrowed(s)))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(s.to_string())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(body: &str) -> Result<Top<'_>, WireError> {
+        let keep = Keep {
+            fields: &|k| k == "id" || k == "site",
+            nested: &|k| k == "slug",
+        };
+        top(body.as_bytes(), keep)
+    }
+
+    #[test]
+    fn data_keeps_only_the_fields_asked_for_and_snapshots_stay_as_written() {
+        let body = r#"{"event": "updated", "noise": [1, {"a": 2}], "data": {"id": 7, "comments": "x",
+            "site": {"id": 1, "slug": "fra1", "tags": [{"slug": "x"}]}, "cus\u0074om": {"deep": [1, 2]}},
+            "snapshots": {"prechange": {"name": "a",
+            "n\u0061me": "b"}, "postchange": null}}"#;
+        let top = read(body).unwrap();
+        assert_eq!(top.small.keys().collect::<Vec<_>>(), ["event"]);
+        let Slot::Is(data) = top.data else { panic!() };
+        let kept = r#"{"id":7,"site":{"slug":"fra1"}}"#;
+        assert_eq!(serde_json::to_string(&data).unwrap(), kept);
+        let Slot::Is((Slot::Is(pre), Slot::Null)) = top.snapshots else {
+            panic!()
+        };
+        let written: Vec<(&str, &str)> = pre.iter().map(|(k, v)| (k.as_ref(), v.get())).collect();
+        assert_eq!(written, [("name", r#""a""#), ("name", r#""b""#)]);
+    }
+
+    #[test]
+    fn wrong_shapes_are_told_apart() {
+        let Slot::Other = read(r#"{"data": [1, 2]}"#).unwrap().data else {
+            panic!()
+        };
+        let Slot::Null = read(r#"{"data": null}"#).unwrap().data else {
+            panic!()
+        };
+        assert!(matches!(read("[1]"), Err(WireError::NotObject)));
+        assert!(matches!(read("\"x\""), Err(WireError::NotObject)));
+        for bad in [
+            r#"{"data": {"comments": [1,}}"#,
+            r#"{"data": {}} x"#,
+            "{",
+            "",
+        ] {
+            assert!(matches!(read(bad), Err(WireError::NotJson(_))), "{bad}");
+        }
+    }
+}
