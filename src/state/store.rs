@@ -373,6 +373,9 @@ impl Store {
             if !key.starts_with(prefix) {
                 break;
             }
+            if value.value() == UNREADABLE {
+                continue;
+            }
             let head = RecordHead::from_bytes(value.value())
                 .ok_or_else(|| corrupt(key, "malformed head"))?;
             each(key, head);
@@ -555,17 +558,17 @@ impl<'t> RecordTables<'t> {
         self.set_head(key, record)
     }
 
-    /// The head of `record` (as stored under `key`) into the heads table; a record whose head
-    /// cannot be read has none there, and reads find the record itself (and its error).
+    /// The head of `record` (as stored under `key`) into the heads table. A record whose head
+    /// cannot be read gets an empty one ([`UNREADABLE`]): scans pass over it, reads find the record
+    /// itself (and its error), and the heads table still counts every record, so that the next
+    /// open does not fill it again.
     fn set_head(&mut self, key: &str, record: &[u8]) -> Result<(), redb::StorageError> {
         let bytes = match split(record) {
             (Some(h), _) if RecordHead::has_seq_slot(h) => Some(h.to_vec()),
             _ => head(key, record).ok().map(|h| h.to_bytes()),
         };
-        match bytes {
-            Some(bytes) => self.heads.insert(key, bytes.as_slice()).map(drop),
-            None => self.heads.remove(key).map(drop),
-        }
+        let bytes = bytes.as_deref().unwrap_or(UNREADABLE);
+        self.heads.insert(key, bytes).map(drop)
     }
 
     pub fn remove(&mut self, key: &str) -> Result<(), redb::StorageError> {
@@ -574,6 +577,9 @@ impl<'t> RecordTables<'t> {
         Ok(())
     }
 }
+
+/// The head of a record whose own head cannot be read.
+const UNREADABLE: &[u8] = &[];
 
 /// Records taken per transaction when the heads of an older file are written.
 const FILL_CHUNK: usize = 50_000;
@@ -769,6 +775,31 @@ mod tests {
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(ids(&store), [1, 2, 3, 4]);
+        // A record whose head cannot be read: its read fails, scans pass over it, and its
+        // empty head keeps the counts equal, so that the next open fills nothing.
+        drop(store);
+        let broken = "netbox/default/dcim.device/5";
+        let counts = |db: &Database| {
+            let tx = db.begin_read().unwrap();
+            let records = tx.open_table(RECORDS).unwrap().len().unwrap();
+            (records, tx.open_table(HEADS).unwrap().len().unwrap())
+        };
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(RECORDS)
+                .unwrap()
+                .insert(broken, b"not a record".as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+            assert_eq!(counts(&db), (5, 4));
+        }
+        let store = Store::open(&path).unwrap();
+        assert!(store.head(broken).is_err());
+        assert_eq!(ids(&store), [1, 2, 3, 4]);
+        drop(store);
+        assert_eq!(counts(&Database::create(&path).unwrap()), (5, 5));
+        let store = Store::open(&path).unwrap();
         // A dead letter's record goes, and its head with it.
         let first = delta(1);
         let letter = DeadLetter {
