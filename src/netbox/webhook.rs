@@ -37,7 +37,8 @@ pub struct WebhookEvent {
     pub timestamp: Option<DateTime<Utc>>,
     pub object_type: ObjectType,
     pub object_id: u64,
-    /// The object as the REST API serializes it (as it was, for a delete).
+    /// The object as the REST API serializes it (as it was, for a delete): only what the caller
+    /// reads ([`Reads`]) and this module reads.
     pub data: Map<String, Value>,
     pub request_id: Option<String>,
     pub user: Option<String>,
