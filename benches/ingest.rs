@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use netbox_relay::webhook::signature::sign;
 
 mod common;
-use common::{free_port, wait_for_port};
+use common::{cpu_seconds, free_port, wait_for_port};
 use serde_json::{json, Value};
 
 /// The relay's allocator, so that baseline and relay are measured alike.
@@ -850,21 +850,6 @@ impl Nats {
     fn cpu_seconds(&self) -> f64 {
         self.child.as_ref().map_or(0.0, |c| cpu_seconds(c.id()))
     }
-}
-
-/// User + system CPU time of a process so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
-        .sum();
-    ticks / 100.0
 }
 
 impl Drop for Nats {

@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
 
+use super::wire::{self, Reads, WireError};
 use super::ObjectType;
 use crate::backoff::Backoff;
 use crate::config::NetboxConfig;
@@ -201,7 +203,8 @@ impl NetboxClient {
         what: &str,
         permission: &str,
     ) -> Result<Map<String, Value>, ApiError> {
-        self.call(Method::GET, path, None, what, permission).await
+        let body = self.call(Method::GET, path, None, what, permission).await?;
+        decoded(what, serde_json::from_slice(&body))
     }
 
     /// `POST` or `PATCH` a JSON body; never retried, since NetBox may have applied it.
@@ -213,30 +216,34 @@ impl NetboxClient {
         what: &str,
         permission: &str,
     ) -> Result<Map<String, Value>, ApiError> {
-        self.call(method, path, Some(body), what, permission).await
+        let body = self
+            .call(method, path, Some(body), what, permission)
+            .await?;
+        decoded(what, serde_json::from_slice(&body))
     }
 
-    /// One page of `object_type`'s list endpoint; `query` starts after the `?`.
-    pub async fn page(&self, object_type: ObjectType, query: &str) -> Result<Page, ApiError> {
+    /// One page of `object_type`'s list endpoint; `query` starts after the `?`. Of each object
+    /// only what `reads` names is parsed.
+    pub async fn page(
+        &self,
+        object_type: ObjectType,
+        query: &str,
+        reads: Reads,
+    ) -> Result<Page, ApiError> {
         let path = format!("/api/{}/?{query}", object_type.api_path);
         let permission = format!("{}.view_{}", object_type.app_label(), object_type.model());
-        let mut body = self.get(&path, object_type.name, &permission).await?;
-        let results = match body.remove("results") {
-            Some(Value::Array(results)) => results,
-            _ => {
-                return Err(ApiError::Decode {
-                    what: object_type.name.into(),
-                    message: "no results list".into(),
-                })
-            }
-        };
-        let results = results.into_iter().filter_map(|r| match r {
-            Value::Object(o) => Some(o),
-            _ => None,
+        let body = self
+            .call(Method::GET, &path, None, object_type.name, &permission)
+            .await?;
+        let results = wire::results(&body, reads).map_err(|e| match e {
+            WireError::NotJson(e) => e.to_string(),
+            WireError::NotObject => "not a JSON object".to_string(),
         });
-        Ok(Page {
-            results: results.collect(),
-        })
+        match results {
+            Ok(Some(results)) => Ok(Page { results }),
+            Ok(None) => Err(decode_error(object_type.name, "no results list".into())),
+            Err(message) => Err(decode_error(object_type.name, message)),
+        }
     }
 
     /// One request; a GET is retried on 429, 5xx and transport errors, honouring `Retry-After`.
@@ -247,7 +254,7 @@ impl NetboxClient {
         body: Option<&Value>,
         what: &str,
         permission: &str,
-    ) -> Result<Map<String, Value>, ApiError> {
+    ) -> Result<Bytes, ApiError> {
         let url = format!("{}{path}", self.base);
         let attempts = if method == Method::GET {
             self.attempts
@@ -266,10 +273,10 @@ impl NetboxClient {
             telemetry::netbox_request(sent.as_ref().ok().map(|r| r.status().as_u16()));
             let (error, wait) = match sent {
                 Ok(response) if response.status().is_success() => {
-                    return response.json().await.map_err(|e| ApiError::Decode {
-                        what: what.into(),
-                        message: e.without_url().to_string(),
-                    })
+                    return response
+                        .bytes()
+                        .await
+                        .map_err(|e| decode_error(what, e.without_url().to_string()));
                 }
                 Ok(response) => {
                     let status = response.status();
@@ -319,6 +326,21 @@ impl NetboxClient {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+fn decode_error(what: &str, message: String) -> ApiError {
+    ApiError::Decode {
+        what: what.into(),
+        message,
+    }
+}
+
+/// An answer's JSON object, or why it is none.
+fn decoded(
+    what: &str,
+    parsed: Result<Map<String, Value>, serde_json::Error>,
+) -> Result<Map<String, Value>, ApiError> {
+    parsed.map_err(|e| decode_error(what, format!("error decoding response body: {e}")))
 }
 
 /// NetBox's version as (major, minor) from a `/api/status/` answer.

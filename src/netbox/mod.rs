@@ -4,6 +4,7 @@ pub mod client;
 pub mod object_type;
 pub mod parents;
 pub mod webhook;
-mod wire;
+pub mod wire;
 
 pub use object_type::ObjectType;
+pub use wire::Reads;

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::object_type::{api_endpoint, ObjectType};
 use super::parents::{Parent, Trigger};
+pub use super::wire::Reads;
 use super::wire::{self, Fields, Slot, WireError};
 
 /// A change NetBox reported.
@@ -92,22 +93,6 @@ pub enum PayloadError {
     NoObjectType,
     #[error("`{0}` is not an RFC 3339 timestamp")]
     BadTimestamp(&'static str),
-}
-
-/// What the caller reads of a webhook's `data`: its top-level fields for which `fields` is true,
-/// and of the objects they hold (related objects, choices, tags) the fields for which `nested` is.
-#[derive(Clone, Copy)]
-pub struct Reads {
-    pub fields: fn(&str) -> bool,
-    pub nested: fn(&str) -> bool,
-}
-
-impl Reads {
-    /// Everything, as a `Value` would hold it.
-    pub const ALL: Reads = Reads {
-        fields: |_| true,
-        nested: |_| true,
-    };
 }
 
 /// The fields of `data` this module reads itself, beside those the caller reads: at the top, and

@@ -1,7 +1,7 @@
-//! A webhook body read in one pass, keeping only what the relay reads. A device's body is mostly
-//! nested objects translation never looks at and two snapshots that are only compared, so the
-//! skipped fields are checked for well-formed JSON but never built into values, and the snapshots'
-//! values stay slices of the body.
+//! A webhook body or an API page read in one pass, keeping only what the relay reads. A device's
+//! body is mostly nested objects translation never looks at and two snapshots that are only
+//! compared, so the skipped fields are checked for well-formed JSON but never built into values,
+//! and the snapshots' values stay slices of the body.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -54,6 +54,30 @@ pub enum WireError {
     NotObject,
 }
 
+/// What the caller reads of an object (a webhook's `data`, an API answer's result): its top-level
+/// fields for which `fields` is true, and of the objects they hold (related objects, choices,
+/// tags) the fields for which `nested` is.
+#[derive(Debug, Clone, Copy)]
+pub struct Reads {
+    pub fields: fn(&str) -> bool,
+    pub nested: fn(&str) -> bool,
+}
+
+impl Reads {
+    /// Everything, as a `Value` would hold it.
+    pub const ALL: Reads = Reads {
+        fields: |_| true,
+        nested: |_| true,
+    };
+
+    fn keep(&self) -> Keep<'_> {
+        Keep {
+            fields: &self.fields,
+            nested: &self.nested,
+        }
+    }
+}
+
 /// What of `data` is parsed: its fields for which `fields` is true, and of the objects they hold
 /// (at any depth, in lists too) the fields for which `nested` is true.
 #[derive(Clone, Copy)]
@@ -64,17 +88,109 @@ pub struct Keep<'k> {
 
 /// Reads `body`, keeping of `data` what `keep` names.
 pub fn top<'a>(body: &'a [u8], keep: Keep) -> Result<Top<'a>, WireError> {
+    whole(body, TopVisitor { keep })
+}
+
+/// `body` read by `visitor` as one JSON object, and nothing after it.
+fn whole<'de, V: Visitor<'de>>(body: &'de [u8], visitor: V) -> Result<V::Value, WireError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    match de.deserialize_map(TopVisitor { keep }).and_then(|top| {
+    match de.deserialize_map(visitor).and_then(|read| {
         de.end()?;
-        Ok(top)
+        Ok(read)
     }) {
-        Ok(top) => Ok(top),
+        Ok(read) => Ok(read),
         // Only the rare bad body is read twice, to tell which of the two it is.
         Err(e) => match serde_json::from_slice::<IgnoredAny>(body) {
             Ok(_) => Err(WireError::NotObject),
             Err(_) => Err(WireError::NotJson(e)),
         },
+    }
+}
+
+/// The objects of a list answer's `results` (others than objects are passed over), keeping what
+/// `reads` names; `None` when it has no `results` list.
+pub fn results(body: &[u8], reads: Reads) -> Result<Option<Vec<Map<String, Value>>>, WireError> {
+    whole(body, PageVisitor(reads.keep()))
+}
+
+struct PageVisitor<'k>(Keep<'k>);
+
+impl<'de> Visitor<'de> for PageVisitor<'_> {
+    type Value = Option<Vec<Map<String, Value>>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut results = None;
+        while let Some(Key(key)) = map.next_key()? {
+            match key.as_ref() {
+                "results" => results = map.next_value_seed(Results(self.0))?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(results)
+    }
+}
+
+/// A list of objects, each read as [`DataFields`]; `None` when the value is no list.
+struct Results<'k>(Keep<'k>);
+
+impl<'de> DeserializeSeed<'de> for Results<'_> {
+    type Value = Option<Vec<Map<String, Value>>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Results<'_> {
+    type Value = Option<Vec<Map<String, Value>>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut objects = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element_seed(SlotOf(DataFields(self.0)))? {
+            if let Slot::Is(object) = item {
+                objects.push(object);
+            }
+        }
+        Ok(Some(objects))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
     }
 }
 
@@ -344,6 +460,35 @@ mod tests {
         };
         let written: Vec<(&str, &str)> = pre.iter().map(|(k, v)| (k.as_ref(), v.get())).collect();
         assert_eq!(written, [("name", r#""a""#), ("name", r#""b""#)]);
+    }
+
+    #[test]
+    fn a_pages_results_keep_what_is_read_and_only_objects() {
+        let reads = Reads {
+            fields: |k| k == "id" || k == "site",
+            nested: |k| k == "slug",
+        };
+        let page = br#"{"count": 3, "next": null, "results": [{"id": 1, "comments": "x",
+            "site": {"id": 3, "slug": "fra1"}}, 7, {"id": 2}]}"#;
+        let objects = results(page, reads).unwrap().unwrap();
+        let json = serde_json::to_string(&objects).unwrap();
+        assert_eq!(json, r#"[{"id":1,"site":{"slug":"fra1"}},{"id":2}]"#);
+        for (body, expected) in [
+            (&br#"{"count": 0}"#[..], "no results"),
+            (br#"{"results": {"id": 1}}"#, "no results"),
+            (br#"{"results": null}"#, "no results"),
+        ] {
+            assert!(results(body, Reads::ALL).unwrap().is_none(), "{expected}");
+        }
+        assert!(matches!(
+            results(b"[]", Reads::ALL),
+            Err(WireError::NotObject)
+        ));
+        let cut = br#"{"results": [{"id": 1}"#;
+        assert!(matches!(
+            results(cut, Reads::ALL),
+            Err(WireError::NotJson(_))
+        ));
     }
 
     #[test]

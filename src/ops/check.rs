@@ -180,7 +180,10 @@ async fn can_read(client: &NetboxClient, object_type: ObjectType, version: (u32,
         true => "limit=1&fields=id",
         false => "limit=1&brief=1",
     };
-    match client.page(object_type, query).await {
+    match client
+        .page(object_type, query, crate::netbox::Reads::ALL)
+        .await
+    {
         Ok(_) => Line::ok(what, format!("permitted ({permission})")),
         Err(ApiError::Forbidden { detail, .. }) => Line::fail(
             what,

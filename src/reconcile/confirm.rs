@@ -192,7 +192,9 @@ impl Confirmer {
             event.object_id,
             selection(event.object_type, version >= (4, 0))
         );
-        let page = client.page(event.object_type, &query).await?;
+        let page = client
+            .page(event.object_type, &query, crate::translate::READS)
+            .await?;
         Ok(page
             .results
             .into_iter()

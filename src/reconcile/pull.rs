@@ -9,8 +9,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::netbox::client::{ApiError, NetboxClient};
-use crate::netbox::ObjectType;
-use crate::translate::{fields_read, Object};
+use crate::netbox::{ObjectType, Reads};
+use crate::translate::{fields_read, Object, READS};
 
 /// NetBox's default `MAX_PAGE_SIZE`; a larger `limit` is silently capped.
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -23,6 +23,8 @@ pub struct PullOptions {
     pub concurrency: usize,
     /// List ids and revisions only (`fields=id,last_updated,created`), for the cheap pass.
     pub listing: bool,
+    /// What of each object is parsed (the relay: what translation reads).
+    pub reads: Reads,
 }
 
 /// What the cheap pass lists of each object: enough to tell a changed object from the stored one.
@@ -75,7 +77,7 @@ async fn segments(
         true => "ordering=-id&limit=1&fields=id",
         false => "ordering=-id&limit=1",
     };
-    let newest = client.page(object_type, query).await?;
+    let newest = client.page(object_type, query, options.reads).await?;
     let max = newest
         .results
         .first()
@@ -101,6 +103,7 @@ pub struct Pager<'a> {
     /// `fields=` is understood from NetBox 4.0 on.
     fields: bool,
     listing: bool,
+    reads: Reads,
     after: Option<u64>,
     below: Option<u64>,
     /// A NetBox filter such as `site_id=3`, for a cascade.
@@ -124,6 +127,7 @@ impl<'a> Pager<'a> {
             cursor_pagination: options.version >= (4, 6),
             fields: options.version >= (4, 0),
             listing: options.listing,
+            reads: options.reads,
             after,
             below,
             filter: None,
@@ -144,7 +148,11 @@ impl<'a> Pager<'a> {
         if self.done {
             return Ok(None);
         }
-        let page = self.client.page(self.object_type, &self.query()).await?;
+        let query = self.query();
+        let page = self
+            .client
+            .page(self.object_type, &query, self.reads)
+            .await?;
         if page.results.is_empty() {
             self.done = true;
             return Ok(None);
@@ -212,7 +220,7 @@ pub async fn by_ids(
     }
     query.push_str(&format!("limit={}", ids.len().max(1)));
     query.push_str(&selection(object_type, true));
-    Ok(client.page(object_type, &query).await?.results)
+    Ok(client.page(object_type, &query, READS).await?.results)
 }
 
 /// What of each object to ask for (`&fields=...`, or `&exclude=config_context` before NetBox 4.0,
