@@ -15,7 +15,7 @@ use crate::reconcile::{Cascades, Confirmer, Output, Reconciler, RunOptions, RunR
 use crate::sd::{self, Discovery, Source};
 use crate::state::{Committer, Store};
 use crate::supervise::supervise;
-use crate::telemetry;
+use crate::telemetry::{self, part};
 use crate::translate::{SweepOptions, Translator};
 use crate::webhook::{self, server, signature::Verifier, tls::Tls, AppState};
 
@@ -161,15 +161,19 @@ async fn run(
     let publisher = parts.state.publisher.clone();
     let stream_keeper = {
         let (publisher, shutdown) = (publisher.clone(), shutdown.clone());
-        tokio::spawn(supervise("stream keeper", shutdown.clone(), move || {
-            let (publisher, shutdown) = (publisher.clone(), shutdown.clone());
-            async move { publisher.keep_stream(shutdown).await }
-        }))
+        tokio::spawn(supervise(
+            part::STREAM_KEEPER,
+            shutdown.clone(),
+            move || {
+                let (publisher, shutdown) = (publisher.clone(), shutdown.clone());
+                async move { publisher.keep_stream(shutdown).await }
+            },
+        ))
     };
     let drainer = parts.pipeline.spawn_drainer(shutdown.clone());
     let confirmer = {
         let (confirmer, delivery) = (parts.state.confirmer.clone(), parts.state.delivery.clone());
-        tokio::spawn(supervise("confirmer", shutdown.clone(), {
+        tokio::spawn(supervise(part::CONFIRMER, shutdown.clone(), {
             let shutdown = shutdown.clone();
             move || confirmer.clone().run(delivery.clone(), shutdown.clone())
         }))
@@ -179,7 +183,7 @@ async fn run(
         let reconciler = parts.state.reconciler.clone();
         let shutdown = shutdown.clone();
         parts_to_await.push(tokio::spawn(supervise(
-            "cascades",
+            part::CASCADES,
             shutdown.clone(),
             move || cascades.clone().run(reconciler.clone(), shutdown.clone()),
         )));
@@ -188,7 +192,7 @@ async fn run(
         let reconciler = parts.state.reconciler.clone();
         let shutdown = shutdown.clone();
         parts_to_await.push(tokio::spawn(supervise(
-            "reconcile schedule",
+            part::SCHEDULE,
             shutdown.clone(),
             move || {
                 reconciler
@@ -403,7 +407,7 @@ impl Pipeline {
     fn spawn_drainer(&self, shutdown: CancellationToken) -> JoinHandle<()> {
         let (spool, store) = (self.spool.clone(), self.store.clone());
         let (committer, publisher) = (self.committer.clone(), self.publisher.clone());
-        tokio::spawn(supervise("spool drainer", shutdown.clone(), move || {
+        tokio::spawn(supervise(part::DRAINER, shutdown.clone(), move || {
             publish::drain(
                 spool.clone(),
                 store.clone(),

@@ -134,7 +134,7 @@ impl Discovery {
                 let (targets, loaded) = (targets.clone(), loaded.clone());
                 follow::follow(source.clone(), targets, loaded, shutdown.clone())
             };
-            let part = "service discovery";
+            let part = crate::telemetry::part::SERVICE_DISCOVERY;
             tokio::spawn(crate::supervise::supervise(
                 part,
                 self.shutdown.clone(),

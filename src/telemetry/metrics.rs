@@ -63,14 +63,24 @@ pub const WEBHOOK_RESULTS: [&str; 15] = [
     "timeout",
 ];
 
-/// The background parts that are started again when they panic (`part` of [`RESTARTS`]).
+/// The background parts that are started again when they panic (`part` of [`RESTARTS`]): each
+/// is supervised under its name here, so that its counter is the one exported from the start.
+pub mod part {
+    pub const STREAM_KEEPER: &str = "stream keeper";
+    pub const CONFIRMER: &str = "confirmer";
+    pub const CASCADES: &str = "cascades";
+    pub const SCHEDULE: &str = "reconcile schedule";
+    pub const DRAINER: &str = "spool drainer";
+    pub const SERVICE_DISCOVERY: &str = "service discovery";
+}
+
 pub const PARTS: [&str; 6] = [
-    "stream keeper",
-    "confirmer",
-    "cascades",
-    "reconcile schedule",
-    "spool drainer",
-    "service discovery",
+    part::STREAM_KEEPER,
+    part::CONFIRMER,
+    part::CASCADES,
+    part::SCHEDULE,
+    part::DRAINER,
+    part::SERVICE_DISCOVERY,
 ];
 /// Why the server closed a connection (`reason` of [`CONNECTIONS_CLOSED`]).
 pub const CLOSE_REASONS: [&str; 5] = [
