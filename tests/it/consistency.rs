@@ -10,6 +10,10 @@ use serde_json::Value;
 
 use crate::helpers::{all_fixture_files, fixture_json};
 
+fn translator(sweep: SweepOptions) -> Translator {
+    Translator::new("default", sweep, &object_type::ALL)
+}
+
 /// Recorded full-serializer list answers, one per object type.
 pub const PAGES: &[&str] = &[
     "dcim_devices.json",
@@ -50,14 +54,10 @@ pub fn recorded_results(file: &str) -> (String, Vec<Object>) {
 
 #[test]
 fn webhook_and_rest_api_give_the_same_entry_at_the_same_revision() {
-    let translator = Translator::new(
-        "default",
-        SweepOptions {
-            expand_subnets: false,
-            max_expanded_hosts: 4096,
-        },
-        &object_type::ALL,
-    );
+    let translator = translator(SweepOptions {
+        expand_subnets: false,
+        max_expanded_hosts: 4096,
+    });
     let webhooks: Vec<_> = all_fixture_files()
         .iter()
         .map(|f| fixture_json(f))
@@ -120,14 +120,10 @@ fn only_fields_read(object_type: ObjectType, obj: &Object) -> Object {
 
 #[test]
 fn the_fields_asked_of_netbox_are_all_that_translation_reads() {
-    let translator = Translator::new(
-        "default",
-        SweepOptions {
-            expand_subnets: true,
-            max_expanded_hosts: 4096,
-        },
-        &object_type::ALL,
-    );
+    let translator = translator(SweepOptions {
+        expand_subnets: true,
+        max_expanded_hosts: 4096,
+    });
     let mut objects: Vec<(ObjectType, Object)> = Vec::new();
     for file in PAGES {
         let (object_type, results) = api_results(file);
@@ -157,14 +153,10 @@ fn the_fields_asked_of_netbox_are_all_that_translation_reads() {
 /// the fields it reads): every recorded answer of every type gives the entries of the whole page.
 #[test]
 fn a_page_parsed_for_what_translation_reads_gives_the_same_entries() {
-    let translator = Translator::new(
-        "default",
-        SweepOptions {
-            expand_subnets: true,
-            max_expanded_hosts: 4096,
-        },
-        &object_type::ALL,
-    );
+    let translator = translator(SweepOptions {
+        expand_subnets: true,
+        max_expanded_hosts: 4096,
+    });
     let mut compared = 0;
     for file in PAGES {
         let (object_type, whole) = api_results(file);
