@@ -176,9 +176,9 @@ async fn run(args: Args) {
 
     println!();
     println!(
-        "| target | req/s | p50 ms | p99 ms | p999 ms | errors | server CPU s | NATS CPU s | to (a) | to (f) |"
+        "| target | req/s | p50 ms | p99 ms | p999 ms | errors | server CPU s | server CPU us/req | NATS CPU s | to (a) | to (f) |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let row = |name: &str, o: &Outcome| o.row(name, a.rps(), f.rps());
     row("(a) trivial axum, read body, 202", &a);
     row("(f) floor: verify, parse, one acked JetStream publish", &f);
@@ -213,10 +213,20 @@ async fn run(args: Args) {
             String::new()
         }
     );
+    let cpu = |o: &Outcome| o.cpu_per_request();
+    println!(
+        "CPU per request: b/f = {:.3}{}",
+        cpu(&b) / cpu(&f),
+        if b0.ok > 0 {
+            format!(", b/b0 = {:.3}", cpu(&b) / cpu(&b0))
+        } else {
+            String::new()
+        }
+    );
     println!(
         "two relays: b2/b = {:.3} (both relays' CPU per request to one relay's: {:.3})",
         b2.rps() / b.rps(),
-        (b2.cpu_seconds / b2.ok as f64) / (b.cpu_seconds / b.ok as f64)
+        cpu(&b2) / cpu(&b)
     );
     println!(
         "relay peak RSS {rss:.1} MB; baseline peak RSS {:.1} MB",
@@ -598,6 +608,11 @@ impl Outcome {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// The server's CPU seconds per answered request: steadier than req/s on a shared machine.
+    fn cpu_per_request(&self) -> f64 {
+        self.cpu_seconds / (self.ok + self.errors).max(1) as f64
+    }
+
     fn percentile(&self, p: f64) -> f64 {
         let i = ((self.latencies_us.len() as f64 * p) as usize)
             .min(self.latencies_us.len().saturating_sub(1));
@@ -632,13 +647,14 @@ impl Outcome {
 
     fn row(&self, name: &str, baseline_rps: f64, floor_rps: f64) {
         println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {:.3} | {:.3} |",
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} |",
             self.rps(),
             self.percentile(0.50),
             self.percentile(0.99),
             self.percentile(0.999),
             self.errors,
             self.cpu_seconds,
+            self.cpu_per_request() * 1e6,
             self.nats_cpu_seconds,
             self.rps() / baseline_rps,
             self.rps() / floor_rps
