@@ -147,14 +147,19 @@ async fn send_test_webhook(config: &Config, url: Option<String>, curl: bool) -> 
 
 /// A command that talks to NetBox stops at once, with exit code 2, without its URL or token.
 fn needs_netbox(config: &Config, command: &str) -> Result<(), ExitCode> {
-    let missing = match (&config.netbox.url, &config.netbox.token) {
-        (None, _) => "netbox.url, NetBox's base URL such as https://netbox.example.net",
-        (_, None) => "netbox.token (or netbox.token_file), an API token of NetBox",
+    let (key, what) = match (&config.netbox.url, &config.netbox.token) {
+        (None, _) => (
+            "netbox.url",
+            ", NetBox's base URL such as https://netbox.example.net",
+        ),
+        (_, None) => (
+            "netbox.token",
+            " (or netbox.token_file), an API token of NetBox",
+        ),
         _ => return Ok(()),
     };
-    let key = missing.split([',', ' ']).next().unwrap_or_default();
     eprintln!(
-        "netbox-relay: {command} needs {missing}: set it in the configuration file or as {}",
+        "netbox-relay: {command} needs {key}{what}: set it in the configuration file or as {}",
         env_var(key)
     );
     Err(ExitCode::from(2))

@@ -99,11 +99,10 @@ fn whole<'de, V: Visitor<'de>>(body: &'de [u8], visitor: V) -> Result<V::Value, 
         Ok(read)
     }) {
         Ok(read) => Ok(read),
-        // Only the rare bad body is read twice, to tell which of the two it is.
-        Err(e) => match serde_json::from_slice::<IgnoredAny>(body) {
-            Ok(_) => Err(WireError::NotObject),
-            Err(_) => Err(WireError::NotJson(e)),
-        },
+        // Every value below the top is taken whatever its type, so a data error can only be
+        // a top level that is no object; the rest (syntax, recursion limit, end) is not JSON.
+        Err(e) if e.classify() == serde_json::error::Category::Data => Err(WireError::NotObject),
+        Err(e) => Err(WireError::NotJson(e)),
     }
 }
 
@@ -489,6 +488,23 @@ mod tests {
             results(cut, Reads::ALL),
             Err(WireError::NotJson(_))
         ));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_followed() {
+        let deep = format!(
+            r#"{{"data": {{"site": {}1{}}}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        // Parsed: past serde_json's recursion limit it is an error, and says so.
+        let Err(WireError::NotJson(e)) = read(&deep) else {
+            panic!("deep nesting in a kept field read");
+        };
+        assert!(e.to_string().contains("recursion limit"), "{e}");
+        // Skipped: serde_json skips without recursing, so no stack is at risk either way.
+        let skipped = deep.replace("site", "comments");
+        assert!(read(&skipped).is_ok());
     }
 
     #[test]

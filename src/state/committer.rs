@@ -225,9 +225,16 @@ impl<'a> Thread<'a> {
         let closing = batch.iter().any(|r| matches!(r.write, Write::Close));
         let overdue = !self.unflushed.is_empty() && self.last_durable.elapsed() >= MAX_UNFLUSHED;
         let durable = overdue || batch.iter().any(|r| r.write.needs_fsync());
-        // A record's place among the pending ones is given back once the batch is handled.
-        let (writes, replies): (Vec<Write>, Vec<_>) =
-            batch.into_iter().map(|r| (r.write, r.done)).unzip();
+        // A record's place among the pending ones is given back once the batch is handled (the
+        // places are dropped at the end), so that at most MAX_PENDING records wait uncommitted.
+        let mut places = Vec::with_capacity(batch.len());
+        let (writes, replies): (Vec<Write>, Vec<_>) = batch
+            .into_iter()
+            .map(|r| {
+                places.push(r._room);
+                (r.write, r.done)
+            })
+            .unzip();
         let published: Vec<bool> = writes
             .iter()
             .map(|w| matches!(w, Write::Record { .. }))
