@@ -15,7 +15,7 @@
 //! ratio is the relay's own share.
 //!
 //! `cargo bench --bench reconcile -- [--objects 100000] [--concurrency 4] [--before <relay binary>]`
-//! (`--before`: (f) again with another build, on a state file of its own)
+//! (`--before`: (f) and (c) again with another build, on a state file of its own)
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use netbox_relay::config::NetboxConfig;
 use netbox_relay::netbox::client::NetboxClient;
 use netbox_relay::netbox::{ObjectType, Reads};
-use netbox_relay::reconcile::pull::{pages, PullOptions};
+use netbox_relay::translate::fields_read;
 
 mod common;
 use common::{cpu_seconds, free_port, nats_binary, wait_for_port};
@@ -187,6 +187,8 @@ async fn run(args: Args) {
     if let Some(before) = &args.before {
         let name = "(f) with --before: new state file, a full pass";
         phases.push(phase(name, "fresh-before.redb", &[], None, before));
+        let name = "(c) with --before: full pass, nothing changed";
+        phases.push(phase(name, "fresh-before.redb", &["--full"], None, before));
     }
     let mut summaries = Vec::new();
     for Phase {
@@ -304,8 +306,10 @@ impl FakeApi {
     }
 }
 
-/// Downloads every page of every type with the relay's client and segmenting (`listing`: ids and
-/// revisions only); asserts the count.
+/// Downloads every object of every type as any client would (`listing`: ids and revisions
+/// only): the relay's HTTP client, the same queries and `concurrency` id ranges at once, each
+/// paged by the `start=` cursor, and every page parsed whole into values to find the next
+/// cursor. Asserts the count.
 async fn download(url: &str, concurrency: usize, listing: bool, objects: u64) {
     let config = NetboxConfig {
         url: Some(url.to_string()),
@@ -314,24 +318,33 @@ async fn download(url: &str, concurrency: usize, listing: bool, objects: u64) {
         ..NetboxConfig::default()
     };
     let client = Arc::new(NetboxClient::new(&config).unwrap());
-    let version = client.version().await.unwrap();
+    let per_type = objects / TYPES.len() as u64;
+    let width = per_type.div_ceil(concurrency as u64);
     let mut count = 0;
     for name in TYPES {
-        let options = PullOptions {
-            version,
-            page_size: 1000,
-            concurrency,
-            listing,
-            // Every object parsed whole, as any client would: the download alone.
-            reads: Reads::ALL,
+        let object_type = ObjectType::from_name(name).unwrap();
+        let fields = match listing {
+            true => "id,last_updated,created".to_string(),
+            false => fields_read(object_type.kind).join(","),
         };
-        let mut rx = pages(
-            client.clone(),
-            ObjectType::from_name(name).unwrap(),
-            options,
-        );
-        while let Some(page) = rx.recv().await {
-            count += page.unwrap().len() as u64;
+        let ranges = (0..concurrency as u64)
+            .map(|k| (k * width + 1, ((k + 1) * width + 1).min(per_type + 1)));
+        let segments = ranges.map(|(from, below)| {
+            let (client, fields) = (client.clone(), fields.clone());
+            tokio::spawn(async move {
+                let (mut start, mut count) = (from, 0);
+                loop {
+                    let query = format!("start={start}&limit=1000&id__lt={below}&fields={fields}");
+                    let page = client.page(object_type, &query, Reads::ALL).await.unwrap();
+                    let last = page.results.last().and_then(|o| o.get("id")?.as_u64());
+                    let Some(last) = last else { return count };
+                    count += page.results.len() as u64;
+                    start = last + 1;
+                }
+            })
+        });
+        for segment in segments.collect::<Vec<_>>() {
+            count += segment.await.unwrap();
         }
     }
     assert_eq!(count, objects, "every object downloaded");
@@ -457,9 +470,11 @@ fn fake_netbox(port: u16, per_type: u64) {
                 if query.in_full() {
                     served.fetch_add(results.len() as u64, Ordering::Relaxed);
                 }
-                axum::Json(
-                    json!({"count": null, "next": null, "previous": null, "results": results}),
-                )
+                let body = format!(
+                    r#"{{"count":null,"next":null,"previous":null,"results":[{}]}}"#,
+                    results.iter().map(id_first).collect::<Vec<_>>().join(",")
+                );
+                ([("content-type", "application/json")], body)
             }
         };
         let touch_now = move |RawQuery(q): RawQuery| {
@@ -491,6 +506,18 @@ fn fake_netbox(port: u16, per_type: u64) {
             .unwrap();
         axum::serve(listener, app).await.unwrap();
     });
+}
+
+/// `object` serialized as NetBox writes it: `id` first (every NetBox serializer lists it first).
+fn id_first(object: &Value) -> String {
+    let mut rest = object.clone();
+    let id = rest.as_object_mut().and_then(|o| o.remove("id"));
+    let rest = serde_json::to_string(&rest).unwrap();
+    match (id, rest.as_str()) {
+        (None, _) => rest,
+        (Some(id), "{}") => format!(r#"{{"id":{id}}}"#),
+        (Some(id), _) => format!(r#"{{"id":{id},{}"#, &rest[1..]),
+    }
 }
 
 /// A list request's query as the fake reads it: repeated keys kept.

@@ -46,6 +46,50 @@ pub struct Page {
     pub results: Vec<Map<String, Value>>,
 }
 
+/// One page of a list endpoint as NetBox served it: the body, and the id and place in it of each
+/// object of its `results` (read through once, nothing built).
+#[derive(Debug)]
+pub struct ServedPage {
+    what: &'static str,
+    body: Bytes,
+    objects: Vec<(Option<u64>, std::ops::Range<usize>)>,
+}
+
+impl ServedPage {
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// The objects' ids, those that have one.
+    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.objects.iter().filter_map(|(id, _)| *id)
+    }
+
+    /// Each object's id and its bytes as served.
+    pub fn served(&self) -> impl Iterator<Item = (Option<u64>, &[u8])> + '_ {
+        let body = &self.body;
+        self.objects
+            .iter()
+            .map(move |(id, at)| (*id, &body[at.clone()]))
+    }
+
+    /// One object as served, parsed for what `reads` names.
+    pub fn parse_one(&self, raw: &[u8], reads: Reads) -> Result<Map<String, Value>, ApiError> {
+        wire::object(raw, reads).map_err(|e| unreadable(self.what, e))
+    }
+
+    /// Every object, parsed for what `reads` names.
+    pub fn parse(&self, reads: Reads) -> Result<Vec<Map<String, Value>>, ApiError> {
+        self.served()
+            .map(|(_, raw)| self.parse_one(raw, reads))
+            .collect()
+    }
+}
+
 pub struct NetboxClient {
     http: reqwest::Client,
     base: String,
@@ -230,20 +274,46 @@ impl NetboxClient {
         query: &str,
         reads: Reads,
     ) -> Result<Page, ApiError> {
-        let path = format!("/api/{}/?{query}", object_type.api_path);
-        let permission = format!("{}.view_{}", object_type.app_label(), object_type.model());
-        let body = self
-            .call(Method::GET, &path, None, object_type.name, &permission)
-            .await?;
-        let results = wire::results(&body, reads).map_err(|e| match e {
-            WireError::NotJson(e) => e.to_string(),
-            WireError::NotObject => "not a JSON object".to_string(),
-        });
-        match results {
+        let body = self.list(object_type, query).await?;
+        match wire::results(&body, reads) {
             Ok(Some(results)) => Ok(Page { results }),
             Ok(None) => Err(decode_error(object_type.name, "no results list".into())),
-            Err(message) => Err(decode_error(object_type.name, message)),
+            Err(e) => Err(unreadable(object_type.name, e)),
         }
+    }
+
+    /// [`Self::page`] with its objects left as NetBox served them.
+    pub async fn served_page(
+        &self,
+        object_type: ObjectType,
+        query: &str,
+    ) -> Result<ServedPage, ApiError> {
+        let body = self.list(object_type, query).await?;
+        let objects = match wire::raw_results(&body) {
+            Ok(Some(objects)) => objects,
+            Ok(None) => return Err(decode_error(object_type.name, "no results list".into())),
+            Err(e) => return Err(unreadable(object_type.name, e)),
+        };
+        let start = body.as_ptr() as usize;
+        let objects = objects
+            .into_iter()
+            .map(|raw| {
+                let at = raw.get().as_ptr() as usize - start;
+                (wire::id_of(raw.get().as_bytes()), at..at + raw.get().len())
+            })
+            .collect();
+        Ok(ServedPage {
+            what: object_type.name,
+            objects,
+            body,
+        })
+    }
+
+    async fn list(&self, object_type: ObjectType, query: &str) -> Result<Bytes, ApiError> {
+        let path = format!("/api/{}/?{query}", object_type.api_path);
+        let permission = format!("{}.view_{}", object_type.app_label(), object_type.model());
+        self.call(Method::GET, &path, None, object_type.name, &permission)
+            .await
     }
 
     /// One request; a GET is retried on 429, 5xx and transport errors, honouring `Retry-After`.
@@ -326,6 +396,14 @@ impl NetboxClient {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+fn unreadable(what: &str, e: WireError) -> ApiError {
+    let message = match e {
+        WireError::NotJson(e) => e.to_string(),
+        WireError::NotObject => "not a JSON object".to_string(),
+    };
+    decode_error(what, message)
 }
 
 fn decode_error(what: &str, message: String) -> ApiError {

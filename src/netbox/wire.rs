@@ -109,13 +109,57 @@ fn whole<'de, V: Visitor<'de>>(body: &'de [u8], visitor: V) -> Result<V::Value, 
 /// The objects of a list answer's `results` (others than objects are passed over), keeping what
 /// `reads` names; `None` when it has no `results` list.
 pub fn results(body: &[u8], reads: Reads) -> Result<Option<Vec<Map<String, Value>>>, WireError> {
-    whole(body, PageVisitor(reads.keep()))
+    whole(body, PageVisitor(Parsed(reads.keep())))
 }
 
-struct PageVisitor<'k>(Keep<'k>);
+/// The objects of a list answer's `results` as the body wrote them, checked to be JSON but not
+/// built (others than objects are passed over); `None` when it has no `results` list.
+pub fn raw_results(body: &[u8]) -> Result<Option<Vec<&RawValue>>, WireError> {
+    whole(body, PageVisitor(AsWritten))
+}
 
-impl<'de> Visitor<'de> for PageVisitor<'_> {
-    type Value = Option<Vec<Map<String, Value>>>;
+/// One object as [`raw_results`] gave it, keeping what `reads` names.
+pub fn object(raw: &[u8], reads: Reads) -> Result<Map<String, Value>, WireError> {
+    match whole(raw, SlotOf(DataFields(reads.keep())))? {
+        Slot::Is(object) => Ok(object),
+        _ => Err(WireError::NotObject),
+    }
+}
+
+/// An object's `id`: read from the front when it is the first field, as NetBox writes every
+/// object, else by reading the object through; `None` when it has no whole-number `id`.
+pub fn id_of(raw: &[u8]) -> Option<u64> {
+    fn skip_space(b: &[u8]) -> &[u8] {
+        let start = b.iter().position(|c| !c.is_ascii_whitespace());
+        &b[start.unwrap_or(b.len())..]
+    }
+    let rest = skip_space(raw.strip_prefix(b"{")?);
+    let leading = rest
+        .strip_prefix(br#""id""#)
+        .map(skip_space)
+        .and_then(|r| r.strip_prefix(b":"))
+        .map(skip_space)
+        .and_then(|r| {
+            let digits = r.iter().take_while(|c| c.is_ascii_digit()).count();
+            let after = skip_space(&r[digits..]);
+            let ends = matches!(after.first(), Some(b',' | b'}'));
+            let plain = digits > 0 && (digits == 1 || r[0] != b'0');
+            (ends && plain).then(|| std::str::from_utf8(&r[..digits]).ok()?.parse().ok())?
+        });
+    if leading.is_some() {
+        return leading;
+    }
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<u64>,
+    }
+    serde_json::from_slice::<Id>(raw).ok()?.id
+}
+
+struct PageVisitor<I>(I);
+
+impl<'de, I: Item<'de>> Visitor<'de> for PageVisitor<I> {
+    type Value = Option<Vec<I::Out>>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
@@ -135,19 +179,54 @@ impl<'de> Visitor<'de> for PageVisitor<'_> {
     }
 }
 
-/// A list of objects, each read as [`DataFields`]; `None` when the value is no list.
-struct Results<'k>(Keep<'k>);
+/// How each item of `results` is read: `Some` for the objects, `None` for anything else.
+trait Item<'de>: Copy {
+    type Out;
+    fn next<A: SeqAccess<'de>>(self, seq: &mut A) -> Result<Option<Option<Self::Out>>, A::Error>;
+}
 
-impl<'de> DeserializeSeed<'de> for Results<'_> {
-    type Value = Option<Vec<Map<String, Value>>>;
+/// Objects parsed, keeping what [`Keep`] names.
+#[derive(Clone, Copy)]
+struct Parsed<'k>(Keep<'k>);
+
+impl<'de> Item<'de> for Parsed<'_> {
+    type Out = Map<String, Value>;
+
+    fn next<A: SeqAccess<'de>>(self, seq: &mut A) -> Result<Option<Option<Self::Out>>, A::Error> {
+        let item = seq.next_element_seed(SlotOf(DataFields(self.0)))?;
+        Ok(item.map(|slot| match slot {
+            Slot::Is(object) => Some(object),
+            _ => None,
+        }))
+    }
+}
+
+/// Objects left as the body wrote them.
+#[derive(Clone, Copy)]
+struct AsWritten;
+
+impl<'de> Item<'de> for AsWritten {
+    type Out = &'de RawValue;
+
+    fn next<A: SeqAccess<'de>>(self, seq: &mut A) -> Result<Option<Option<Self::Out>>, A::Error> {
+        let item: Option<&'de RawValue> = seq.next_element()?;
+        Ok(item.map(|raw| raw.get().starts_with('{').then_some(raw)))
+    }
+}
+
+/// A list of objects, each read by `I`; `None` when the value is no list.
+struct Results<I>(I);
+
+impl<'de, I: Item<'de>> DeserializeSeed<'de> for Results<I> {
+    type Value = Option<Vec<I::Out>>;
 
     fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
         de.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Results<'_> {
-    type Value = Option<Vec<Map<String, Value>>>;
+impl<'de, I: Item<'de>> Visitor<'de> for Results<I> {
+    type Value = Option<Vec<I::Out>>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
@@ -155,10 +234,8 @@ impl<'de> Visitor<'de> for Results<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut objects = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(item) = seq.next_element_seed(SlotOf(DataFields(self.0)))? {
-            if let Slot::Is(object) = item {
-                objects.push(object);
-            }
+        while let Some(item) = self.0.next(&mut seq)? {
+            objects.extend(item);
         }
         Ok(Some(objects))
     }
@@ -488,6 +565,50 @@ mod tests {
             results(cut, Reads::ALL),
             Err(WireError::NotJson(_))
         ));
+    }
+
+    #[test]
+    fn a_pages_objects_as_served_are_slices_of_it_each_readable_alone() {
+        let page = br#"{"count": 3, "results": [ {"id": 1, "comments": "x",
+            "site": {"id": 3, "slug": "fra1"}} , 7, {"name": "b", "id": 22}, {"id": "3"}]}"#;
+        let objects = raw_results(page).unwrap().unwrap();
+        let served: Vec<&str> = objects.iter().map(|o| o.get()).collect();
+        assert_eq!(served.len(), 3, "objects only: {served:?}");
+        assert!(served[0].starts_with(r#"{"id": 1, "comments""#) && served[0].ends_with("}}"));
+        let ids: Vec<Option<u64>> = served.iter().map(|o| id_of(o.as_bytes())).collect();
+        assert_eq!(ids, [Some(1), Some(22), None], "first, later, not a number");
+        let reads = Reads {
+            fields: |k| k == "site",
+            nested: |k| k == "slug",
+        };
+        let one = object(served[0].as_bytes(), reads).unwrap();
+        assert_eq!(
+            serde_json::to_string(&one).unwrap(),
+            r#"{"site":{"slug":"fra1"}}"#
+        );
+        assert!(raw_results(br#"{"results": 1}"#).unwrap().is_none());
+        assert!(matches!(
+            raw_results(br#"{"results": [{"id": 1}"#),
+            Err(WireError::NotJson(_))
+        ));
+    }
+
+    #[test]
+    fn an_id_is_read_from_the_front_only_when_it_is_whole_and_plain() {
+        for (raw, id) in [
+            (r#"{"id":7,"name":"a"}"#, Some(7)),
+            (r#"{ "id" : 12 }"#, Some(12)),
+            (r#"{"id":0}"#, Some(0)),
+            (r#"{"id":1.5,"x":1}"#, None),
+            (r#"{"id":-1}"#, None),
+            (r#"{"id":null}"#, None),
+            (r#"{"id":99999999999999999999}"#, None),
+            (r#"{"name":"a","id":5}"#, Some(5)),
+            (r#"{"id":6}"#, Some(6)),
+            ("{}", None),
+        ] {
+            assert_eq!(id_of(raw.as_bytes()), id, "{raw}");
+        }
     }
 
     #[test]

@@ -12,7 +12,8 @@ use super::spool::Spool;
 use super::Publisher;
 use crate::delta::{Op, RegistryDelta};
 use crate::state::{
-    encode, judge, with_seq, Committer, Encoded, RecordHead, Store, StoreError, Verdict, Write,
+    encode, judge, with_seq, Committer, Encoded, RecordHead, Served, Store, StoreError, Verdict,
+    Write,
 };
 
 /// Where a delta went.
@@ -87,6 +88,14 @@ impl Delivery {
         let key = latest.key.clone();
         self.committer.commit(Write::Record { key, record }).await?;
         Ok(())
+    }
+
+    /// Remembers what a full pass translated (a cache: a failure costs the next full pass the
+    /// translation of these objects, and is only logged).
+    pub async fn remember_served(&self, rows: Vec<Served>) {
+        if let Err(e) = self.committer.commit(Write::Served { rows }).await {
+            tracing::warn!(error = %e, "reconcile: cannot remember what this pass translated");
+        }
     }
 
     /// The JetStream context deltas go through, for the reconcile lease's KV bucket.

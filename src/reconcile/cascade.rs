@@ -241,7 +241,7 @@ pub async fn cascade(
         let mut emitter = Emitter::new(&reconciler.output);
         let mut failure = None;
         loop {
-            let page = match pager.next_page().await {
+            let page = match pager.next_objects().await {
                 Ok(Some(page)) => page,
                 Ok(None) => break,
                 Err(e) => {

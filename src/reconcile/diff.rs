@@ -3,20 +3,22 @@
 //! `reconcile.max_delete_fraction` unless forced, and none at all after a failed pull.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::task::JoinHandle;
 
 use super::runs::{PassKind, RunStatus, TypeReport};
+use super::served;
 use super::{Output, Reconciler};
 use crate::delta::RegistryDelta;
-use crate::netbox::client::{ApiError, NetboxClient};
-use crate::netbox::ObjectType;
+use crate::netbox::client::{ApiError, NetboxClient, ServedPage};
+use crate::netbox::{ObjectType, Reads};
 use crate::publish::{Delivered, Last};
-use crate::state::{Known, Store, StoreError};
+use crate::state::{Known, Served, ServedHash, Store, StoreError};
 use crate::telemetry;
-use crate::translate::{listed_revision, Object, Translator};
+use crate::translate::{listed_revision, Object, Translator, READS};
 
 /// Deltas in flight at once. A pull returns each object once, so they are all of different keys
 /// and per-key order holds; JetStream acks and state commits overlap instead of queueing.
@@ -38,7 +40,11 @@ pub(super) struct Sorted {
     pub ids: Vec<u64>,
     pub changed: Vec<RegistryDelta>,
     unchanged: u64,
+    /// Of the unchanged, those served as when a full pass last translated them: not parsed.
+    as_served: u64,
     errors: u64,
+    /// What the page's full-pass translations matched or made, for the next full pass.
+    served: Vec<Served>,
 }
 
 /// Translates a page and keeps the deltas whose entry differs from the stored one (one state
@@ -49,32 +55,79 @@ pub(super) fn sort(
     object_type: ObjectType,
     page: Vec<Object>,
 ) -> Sorted {
-    let now = Utc::now();
     let mut sorted = Sorted::default();
-    let mut deltas = Vec::with_capacity(page.len());
-    for obj in &page {
-        sorted
-            .ids
-            .extend(obj.get("id").and_then(serde_json::Value::as_u64));
-        match translator.reconcile_upsert(object_type, obj, now) {
-            Ok(delta) => deltas.push(delta),
+    let objects = page.into_iter().map(|obj| (obj, None)).collect();
+    sorted.translate(translator, store, object_type, objects);
+    sorted
+}
+
+/// [`sort`] for a full pass's page as NetBox served it. An object served byte for byte as when
+/// its head was made or matched ([`served`]) counts as unchanged unparsed; the others are
+/// parsed and translated, and what each matched or made is kept in [`Sorted::served`].
+pub(super) fn sort_served(
+    translator: &Translator,
+    store: &Store,
+    object_type: ObjectType,
+    page: ServedPage,
+    before: &served::Index,
+) -> Sorted {
+    let fingerprint = served::Fingerprint::new(translator, object_type);
+    let mut sorted = Sorted::default();
+    let mut objects = Vec::new();
+    for (id, raw) in page.served() {
+        let hash = fingerprint.hash(raw);
+        if let Some(id) = id.filter(|id| before.holds(*id, &hash)) {
+            sorted.ids.push(id);
+            sorted.unchanged += 1;
+            sorted.as_served += 1;
+            continue;
+        }
+        match page.parse_one(raw, READS) {
+            Ok(obj) => objects.push((obj, Some(hash))),
             Err(e) => {
-                tracing::warn!(object_type = object_type.name, error = %e, "reconcile: object not translated");
+                tracing::warn!(object_type = object_type.name, error = %e, "reconcile: object not read");
+                sorted.ids.extend(id);
                 sorted.errors += 1;
             }
         }
     }
-    match changed(store, deltas) {
-        Ok((changed, unchanged)) => {
-            sorted.changed = changed;
-            sorted.unchanged = unchanged;
+    sorted.translate(translator, store, object_type, objects);
+    sorted
+}
+
+impl Sorted {
+    fn translate(
+        &mut self,
+        translator: &Translator,
+        store: &Store,
+        object_type: ObjectType,
+        objects: Vec<(Object, Option<ServedHash>)>,
+    ) {
+        let now = Utc::now();
+        let mut deltas = Vec::with_capacity(objects.len());
+        for (obj, hash) in objects {
+            self.ids
+                .extend(obj.get("id").and_then(serde_json::Value::as_u64));
+            match translator.reconcile_upsert(object_type, &obj, now) {
+                Ok(delta) => deltas.push((delta, hash)),
+                Err(e) => {
+                    tracing::warn!(object_type = object_type.name, error = %e, "reconcile: object not translated");
+                    self.errors += 1;
+                }
+            }
         }
-        Err((e, count)) => {
-            tracing::error!(error = %e, "reconcile: state unreadable");
-            sorted.errors += count;
+        match changed(store, deltas) {
+            Ok(compared) => {
+                self.changed = compared.changed;
+                self.unchanged += compared.same;
+                self.served = compared.served;
+            }
+            Err((e, count)) => {
+                tracing::error!(error = %e, "reconcile: state unreadable");
+                self.errors += count;
+            }
         }
     }
-    sorted
 }
 
 /// Counts a sorted page and sends its changed deltas on their way. A page that could not be
@@ -90,40 +143,75 @@ async fn take(
     report.fetched_in_full += sorted.ids.len() as u64;
     seen.extend(sorted.ids);
     report.unchanged += sorted.unchanged;
+    report.unchanged_as_served += sorted.as_served;
     report.errors += sorted.errors;
     for delta in sorted.changed {
         emitter.push(delta).await;
     }
+    // A dry run changes no state.
+    if let (Output::Publish(delivery), false) = (emitter.output, sorted.served.is_empty()) {
+        delivery.remember_served(sorted.served).await;
+    }
     Ok(())
 }
 
-/// The deltas whose entry differs from the stored one, and how many did not. An equal
-/// `delta_id` proves an equal entry (it hashes key, op, revision and entry), so stored
-/// entries are parsed only for the rest.
+/// A page's deltas against the stored records.
+#[derive(Default)]
+struct Compared {
+    changed: Vec<RegistryDelta>,
+    same: u64,
+    served: Vec<Served>,
+}
+
+impl Compared {
+    /// That the object served as `hash` translated into the head `delta_id` (made or matched).
+    fn remember(&mut self, key: &str, hash: Option<ServedHash>, delta_id: &str) {
+        if let Some(hash) = hash {
+            let (key, delta_id) = (key.to_string(), delta_id.to_string());
+            self.served.push(Served {
+                key,
+                hash,
+                delta_id,
+            });
+        }
+    }
+}
+
+/// The deltas whose entry differs from the stored one, how many did not, and for those served
+/// with a hash what they matched or made. An equal `delta_id` proves an equal entry (it hashes
+/// key, op, revision and entry), so stored entries are parsed only for the rest.
 fn changed(
     store: &Store,
-    deltas: Vec<RegistryDelta>,
-) -> Result<(Vec<RegistryDelta>, u64), (StoreError, u64)> {
+    deltas: Vec<(RegistryDelta, Option<ServedHash>)>,
+) -> Result<Compared, (StoreError, u64)> {
     let count = deltas.len() as u64;
-    let keys: Vec<&str> = deltas.iter().map(|d| d.key.as_str()).collect();
+    let keys: Vec<&str> = deltas.iter().map(|(d, _)| d.key.as_str()).collect();
     let heads = store.heads(&keys).map_err(|e| (e, count))?;
-    let (mut same, mut maybe) = (0, Vec::new());
-    for (delta, head) in deltas.into_iter().zip(heads) {
+    let (mut compared, mut maybe) = (Compared::default(), Vec::new());
+    for ((delta, hash), head) in deltas.into_iter().zip(heads) {
         match head {
-            Some(h) if !h.deleted() && h.delta_id == delta.delta_id => same += 1,
-            _ => maybe.push(delta),
+            Some(h) if !h.deleted() && h.delta_id == delta.delta_id => {
+                compared.remember(&delta.key, hash, &h.delta_id);
+                compared.same += 1;
+            }
+            _ => maybe.push((delta, hash)),
         }
     }
-    let keys: Vec<&str> = maybe.iter().map(|d| d.key.as_str()).collect();
+    let keys: Vec<&str> = maybe.iter().map(|(d, _)| d.key.as_str()).collect();
     let records = store.records(&keys).map_err(|e| (e, count))?;
-    let mut changed = Vec::with_capacity(maybe.len());
-    for (delta, record) in maybe.into_iter().zip(records) {
+    for ((delta, hash), record) in maybe.into_iter().zip(records) {
         match record {
-            Some(r) if !r.deleted() && r.entry == delta.entry => same += 1,
-            _ => changed.push(delta),
+            Some(r) if !r.deleted() && r.entry == delta.entry => {
+                compared.remember(&delta.key, hash, &r.delta_id);
+                compared.same += 1;
+            }
+            _ => {
+                compared.remember(&delta.key, hash, &delta.delta_id);
+                compared.changed.push(delta);
+            }
         }
     }
-    Ok((changed, same))
+    Ok(compared)
 }
 
 /// What became of one delta.
@@ -220,6 +308,19 @@ impl Reconciler {
     ) -> JoinHandle<Sorted> {
         let (translator, store) = (self.translator.clone(), self.store.clone());
         tokio::task::spawn_blocking(move || sort(&translator, &store, object_type, page))
+    }
+
+    /// [`sort_served`] on a blocking thread.
+    fn sort_served_off_runtime(
+        &self,
+        object_type: ObjectType,
+        page: ServedPage,
+        before: Arc<served::Index>,
+    ) -> JoinHandle<Sorted> {
+        let (translator, store) = (self.translator.clone(), self.store.clone());
+        tokio::task::spawn_blocking(move || {
+            sort_served(&translator, &store, object_type, page, &before)
+        })
     }
 }
 
@@ -324,13 +425,20 @@ impl Pass<'_> {
         };
         let pages = super::pull::pages(client.clone(), object_type, options);
         let scan = self.reconciler.translator.key_prefix(object_type);
+        let full = self.kind == PassKind::Full;
         let known = self
             .reconciler
             .store
-            .read(move |s| s.known_under(&scan))
+            .read(move |s| match full {
+                true => s.known_and_served_under(&scan),
+                false => s.known_under(&scan),
+            })
             .await?;
         let pulled = match self.kind {
-            PassKind::Full => self.pull(object_type, pages, report, seen).await,
+            PassKind::Full => {
+                let before = Arc::new(served::Index::of(&known));
+                self.pull(object_type, pages, before, report, seen).await
+            }
             PassKind::Cheap => {
                 let stored = known.iter().filter(|k| k.live).map(|k| (k.id, k.revision));
                 let stored = stored.collect();
@@ -345,6 +453,7 @@ impl Pass<'_> {
         &self,
         object_type: ObjectType,
         mut pages: super::pull::Pages,
+        before: Arc<served::Index>,
         report: &mut TypeReport,
         seen: &mut HashSet<u64>,
     ) -> Result<(), PullFailure> {
@@ -367,7 +476,10 @@ impl Pass<'_> {
                     }
                 }
             }
-            sorting.push(self.reconciler.sort_off_runtime(object_type, page));
+            let sort = self
+                .reconciler
+                .sort_served_off_runtime(object_type, page, before.clone());
+            sorting.push(sort);
         }
         while let Some(sorted) = sorting.next().await {
             if let Err(e) = take(sorted, report, seen, &mut emitter).await {
@@ -464,7 +576,8 @@ impl Pass<'_> {
         let mut stale = Vec::new();
         let mut failure = None;
         while let Some(page) = pages.recv().await {
-            let page = match page {
+            // Ids and revisions only: small objects, parsed whole.
+            let page = match page.and_then(|page| page.parse(Reads::ALL)) {
                 Ok(page) => page,
                 Err(e) => {
                     failure = Some(e.into());

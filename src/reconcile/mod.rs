@@ -7,11 +7,11 @@ mod confirm;
 mod diff;
 mod learn;
 mod lease;
-/// The pull alone; public so that the benchmark can time downloading against reconciling.
-pub mod pull;
+mod pull;
 mod run;
 mod runs;
 mod schedule;
+mod served;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::netbox::client::{ApiError, NetboxClient};
+use crate::netbox::client::{ApiError, NetboxClient, ServedPage};
 use crate::netbox::{ObjectType, Reads};
 use crate::translate::{fields_read, Object, READS};
 
@@ -30,8 +30,8 @@ pub struct PullOptions {
 /// What the cheap pass lists of each object: enough to tell a changed object from the stored one.
 const LISTING: &str = "&fields=id,last_updated,created";
 
-/// The pages of one object type as they arrive.
-pub type Pages = mpsc::Receiver<Result<Vec<Object>, ApiError>>;
+/// The pages of one object type as they arrive, as NetBox served them.
+pub type Pages = mpsc::Receiver<Result<ServedPage, ApiError>>;
 
 /// The pages of one object type, as they arrive, from `concurrency` segments at once. The channel
 /// holds at most `concurrency` pages, so memory stays bounded however large NetBox is.
@@ -144,24 +144,17 @@ impl<'a> Pager<'a> {
     /// The next page, or `None` once NetBox answered an empty one. Only an empty page ends the
     /// pull: a short one may just be NetBox capping `limit` below ours, and ending early there
     /// would turn into false deletes.
-    pub async fn next_page(&mut self) -> Result<Option<Vec<Object>>, ApiError> {
+    pub async fn next_page(&mut self) -> Result<Option<ServedPage>, ApiError> {
         if self.done {
             return Ok(None);
         }
         let query = self.query();
-        let page = self
-            .client
-            .page(self.object_type, &query, self.reads)
-            .await?;
-        if page.results.is_empty() {
+        let page = self.client.served_page(self.object_type, &query).await?;
+        if page.is_empty() {
             self.done = true;
             return Ok(None);
         }
-        let ids = page
-            .results
-            .iter()
-            .filter_map(|o| o.get("id").and_then(Value::as_u64));
-        match (ids.max(), self.after) {
+        match (page.ids().max(), self.after) {
             (Some(last), Some(after)) if last <= after => {
                 Err(self.stuck(format!("the cursor did not advance past id {after}")))
             }
@@ -172,10 +165,16 @@ impl<'a> Pager<'a> {
                     last_id = last,
                     "reconcile: page pulled"
                 );
-                Ok(Some(page.results))
+                Ok(Some(page))
             }
             (None, _) => Err(self.stuck("a page without object ids".to_string())),
         }
+    }
+
+    /// [`Self::next_page`], each object parsed for what the pull reads.
+    pub async fn next_objects(&mut self) -> Result<Option<Vec<Object>>, ApiError> {
+        let page = self.next_page().await?;
+        page.map(|page| page.parse(self.reads)).transpose()
     }
 
     fn query(&self) -> String {

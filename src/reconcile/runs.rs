@@ -60,6 +60,10 @@ pub struct TypeReport {
     pub upserted: u64,
     pub deleted: u64,
     pub unchanged: u64,
+    /// Of the unchanged, those a full pass recognised as served byte for byte as when it last
+    /// translated them, and passed over unparsed.
+    #[serde(default)]
+    pub unchanged_as_served: u64,
     pub errors: u64,
     /// Deletes not published because they exceeded the safety limit.
     pub withheld_deletes: u64,

@@ -169,6 +169,9 @@ struct Thread<'a> {
     /// Records committed without fsync since the last durable commit: redb forgets them when the
     /// file is reopened after a failure, so they are written again then.
     unflushed: Vec<(String, Bytes)>,
+    /// Whether anything else (what full passes translated) was committed without fsync since:
+    /// flushed by the same rules, though not written again after a failure (it is a cache).
+    unflushed_cache: bool,
     last_durable: Instant,
     /// Records of published deltas that a failed commit did not keep, written on recovery.
     pending: Vec<(String, Bytes)>,
@@ -182,6 +185,7 @@ impl<'a> Thread<'a> {
             health,
             next_seq,
             unflushed: Vec::new(),
+            unflushed_cache: false,
             last_durable: Instant::now(),
             pending: Vec::new(),
             last_reopen: None,
@@ -190,7 +194,7 @@ impl<'a> Thread<'a> {
 
     fn run(&mut self, rx: &mpsc::Receiver<Request>) {
         loop {
-            let wait = match (self.health.is_faulted(), self.unflushed.is_empty()) {
+            let wait = match (self.health.is_faulted(), self.is_flushed()) {
                 (true, _) => REOPEN_EVERY,
                 (false, false) => IDLE_FLUSH,
                 (false, true) => Duration::MAX,
@@ -223,7 +227,7 @@ impl<'a> Thread<'a> {
     /// Commits one batch and answers its writers; true when the batch closes the store.
     fn handle(&mut self, batch: Vec<Request>) -> bool {
         let closing = batch.iter().any(|r| matches!(r.write, Write::Close));
-        let overdue = !self.unflushed.is_empty() && self.last_durable.elapsed() >= MAX_UNFLUSHED;
+        let overdue = !self.is_flushed() && self.last_durable.elapsed() >= MAX_UNFLUSHED;
         let durable = overdue || batch.iter().any(|r| r.write.needs_fsync());
         // A record's place among the pending ones is given back once the batch is handled (the
         // places are dropped at the end), so that at most MAX_PENDING records wait uncommitted.
@@ -265,9 +269,13 @@ impl<'a> Thread<'a> {
         match (&result, durable) {
             (Ok(()), true) => {
                 self.unflushed.clear();
+                self.unflushed_cache = false;
                 self.last_durable = Instant::now();
             }
-            (Ok(()), false) => self.unflushed.extend(records(writes)),
+            (Ok(()), false) => {
+                self.unflushed_cache |= writes.iter().any(|w| matches!(w, Write::Served { .. }));
+                self.unflushed.extend(records(writes));
+            }
             (Err(e), _) => {
                 tracing::error!(error = %e, writes = writes.len(), "state commit failed; webhooks get 503 until the state file takes writes again");
                 telemetry::store_fault();
@@ -297,6 +305,10 @@ impl<'a> Thread<'a> {
                 message: e.to_string(),
             },
         }
+    }
+
+    fn is_flushed(&self) -> bool {
+        self.unflushed.is_empty() && !self.unflushed_cache
     }
 
     /// While faulted: reopens the file (at most every `REOPEN_EVERY`) and writes back the

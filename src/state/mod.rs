@@ -15,4 +15,7 @@ pub use committer::{Committer, Health};
 pub use dead::{Retried, Selection};
 pub use letter::{key_and_id, DeadLetter};
 pub use record::{judge, Record, RecordHead, Verdict};
-pub use store::{Acked, Known, SpoolStats, SpooledDelta, Store, StoreError, Write, CACHE_BYTES};
+pub use store::{
+    Acked, Known, Served, ServedHash, SpoolStats, SpooledDelta, Store, StoreError, Write,
+    CACHE_BYTES,
+};

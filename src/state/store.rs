@@ -26,6 +26,12 @@ pub(super) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("r
 /// record's JSON (a million records are about 1 GB, their heads under 100 MB). Files written
 /// before it get it filled at open.
 pub(super) const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("heads");
+/// Registry key -> what a full pass last translated for it: a hash of the object as NetBox served
+/// it ([`ServedHash`]), then the delta id of the record that translation matched or made. While
+/// the key's head has that delta id, the same bytes would translate into the same entry, so a
+/// full pass passes them over unparsed. Only a cache: rows of keys whose head moved on are
+/// ignored, and losing the table costs one full pass of translation.
+pub(super) const SERVED: TableDefinition<&str, &[u8]> = TableDefinition::new("served");
 /// Spool sequence -> the delta as published (JSON), drained in sequence order.
 pub(super) const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
 /// Spool sequence -> the stream sequence of the key's message the spooled delta was judged
@@ -64,6 +70,8 @@ pub enum Write {
     Hold { id: u64, body: Bytes },
     /// Forget held webhooks whose outcome is durable.
     Release { ids: Vec<u64> },
+    /// Remember what full passes translated (see [`SERVED`]); never fsynced on its own.
+    Served { rows: Vec<Served> },
     /// Persist everything written so far.
     Flush,
     /// Persist everything and stop the commit thread.
@@ -72,8 +80,19 @@ pub enum Write {
 
 impl Write {
     pub(super) fn needs_fsync(&self) -> bool {
-        !matches!(self, Write::Record { .. })
+        !matches!(self, Write::Record { .. } | Write::Served { .. })
     }
+}
+
+/// A hash of an object as NetBox served it, with what its translation depends on besides.
+pub type ServedHash = [u8; 16];
+
+/// One row of [`SERVED`].
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub key: String,
+    pub hash: ServedHash,
+    pub delta_id: String,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -105,6 +124,8 @@ pub struct Known {
     pub id: u64,
     pub revision: chrono::DateTime<chrono::Utc>,
     pub live: bool,
+    /// The hash of the object a full pass translated into this head, if one did ([`SERVED`]).
+    pub served: Option<ServedHash>,
 }
 
 impl Known {
@@ -114,6 +135,7 @@ impl Known {
             id: delta.object_id,
             revision: delta.revision,
             live: delta.op != crate::delta::Op::Delete,
+            served: None,
         }
     }
 }
@@ -343,17 +365,52 @@ impl Store {
     }
 
     /// The id, revision and liveness of every key `<prefix><id>`: what reconcile's delete check
-    /// needs, about 24 bytes a key, so that a large type's scan holds neither entries nor keys.
+    /// needs, about 40 bytes a key, so that a large type's scan holds neither entries nor keys.
     pub fn known_under(&self, prefix: &str) -> Result<Vec<Known>, StoreError> {
+        self.known(prefix, false)
+    }
+
+    /// [`Self::known_under`] with the hash of what a full pass translated into each key's head,
+    /// where that is still the head: the heads and [`SERVED`] read side by side, in key order,
+    /// in one read transaction.
+    pub fn known_and_served_under(&self, prefix: &str) -> Result<Vec<Known>, StoreError> {
+        self.known(prefix, true)
+    }
+
+    fn known(&self, prefix: &str, with_served: bool) -> Result<Vec<Known>, StoreError> {
+        let tx = self.begin_read()?;
+        let served = tx.open_table(SERVED).map_err(|e| self.fail(e))?;
+        let mut served = match with_served {
+            true => Some(served.range(prefix..).map_err(|e| self.fail(e))?.peekable()),
+            false => None,
+        };
         let mut known = Vec::new();
-        self.each_head(prefix, |key, head| {
-            if let Ok(id) = key[prefix.len()..].parse() {
-                known.push(Known {
-                    id,
-                    revision: head.revision,
-                    live: !head.deleted(),
-                });
-            }
+        self.heads_in(&tx, prefix, |key, head| {
+            let Ok(id) = key[prefix.len()..].parse() else {
+                return;
+            };
+            let hash = served.as_mut().and_then(|rows| {
+                // Rows of keys without a head are passed over; the cache's own errors only
+                // cost the hash.
+                while let Some(Ok((row_key, _))) = rows.peek() {
+                    if row_key.value() >= key {
+                        break;
+                    }
+                    rows.next();
+                }
+                match rows.peek() {
+                    Some(Ok((row_key, row))) if row_key.value() == key => {
+                        served_hash(row.value(), &head).filter(|_| self.pending.get(key).is_none())
+                    }
+                    _ => None,
+                }
+            });
+            known.push(Known {
+                id,
+                revision: head.revision,
+                live: !head.deleted(),
+                served: hash,
+            });
         })?;
         Ok(known)
     }
@@ -363,9 +420,17 @@ impl Store {
     pub fn each_head(
         &self,
         prefix: &str,
+        each: impl FnMut(&str, RecordHead),
+    ) -> Result<(), StoreError> {
+        self.heads_in(&self.begin_read()?, prefix, each)
+    }
+
+    fn heads_in(
+        &self,
+        tx: &ReadTransaction,
+        prefix: &str,
         mut each: impl FnMut(&str, RecordHead),
     ) -> Result<(), StoreError> {
-        let tx = self.begin_read()?;
         let table = tx.open_table(HEADS).map_err(|e| self.fail(e))?;
         for row in table.range(prefix..).map_err(|e| self.fail(e))? {
             let (key, value) = row.map_err(|e| self.fail(e))?;
@@ -469,6 +534,7 @@ impl Store {
             let mut spool_after = tx.open_table(SPOOL_AFTER).map_err(|e| self.fail(e))?;
             let mut dead = tx.open_table(DEAD).map_err(|e| self.fail(e))?;
             let mut held = tx.open_table(HELD).map_err(|e| self.fail(e))?;
+            let mut served = tx.open_table(SERVED).map_err(|e| self.fail(e))?;
             for write in writes {
                 match write {
                     Write::Record { key, record } | Write::Spool { key, record, .. } => {
@@ -500,6 +566,15 @@ impl Store {
                     Write::Release { ids } => {
                         for id in ids {
                             held.remove(*id).map_err(|e| self.fail(e))?;
+                        }
+                    }
+                    Write::Served { rows } => {
+                        for row in rows {
+                            let mut value = row.hash.to_vec();
+                            value.extend_from_slice(row.delta_id.as_bytes());
+                            served
+                                .insert(row.key.as_str(), value.as_slice())
+                                .map_err(|e| self.fail(e))?;
                         }
                     }
                     Write::Flush | Write::Close => {}
@@ -580,6 +655,13 @@ impl<'t> RecordTables<'t> {
 
 /// The head of a record whose own head cannot be read.
 const UNREADABLE: &[u8] = &[];
+
+/// A [`SERVED`] row's hash, if it was stored with `head`'s delta id and the head is live.
+fn served_hash(row: &[u8], head: &RecordHead) -> Option<ServedHash> {
+    let (hash, delta_id) = row.split_at_checked(size_of::<ServedHash>())?;
+    let live = !head.deleted() && delta_id == head.delta_id.as_bytes();
+    live.then(|| hash.try_into().ok())?
+}
 
 /// Records taken per transaction when the heads of an older file are written.
 const FILL_CHUNK: usize = 50_000;
@@ -717,6 +799,7 @@ mod tests {
             id: 1,
             revision,
             live: false,
+            served: None,
         };
         assert_eq!(
             store.known_under("netbox/default/dcim.device/").unwrap(),
@@ -816,6 +899,73 @@ mod tests {
         store.write(&[unspool], &mut 0, true).unwrap();
         assert_eq!(ids(&store), [2, 3, 4]);
         assert_eq!(store.head(&first.key).unwrap(), None);
+    }
+
+    #[test]
+    fn a_served_hash_counts_only_while_its_key_has_the_live_head_it_was_stored_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb")).unwrap();
+        let device = crate::netbox::ObjectType::from_name("dcim.device").unwrap();
+        let sweep = crate::translate::SweepOptions {
+            expand_subnets: false,
+            max_expanded_hosts: 0,
+        };
+        let translator = crate::translate::Translator::new("default", sweep, &[device]);
+        let delta = |id: u64, seconds: i64, op: Op| {
+            let at = chrono::DateTime::from_timestamp(1_790_000_000 + seconds, 0).unwrap();
+            let mut d = translator.reconcile_delete(device, id, at, at).unwrap();
+            d.op = op;
+            d.delta_id = format!("{id}-{seconds}-{op:?}");
+            d
+        };
+        let record = |d: &crate::delta::RegistryDelta| Write::Record {
+            key: d.key.clone(),
+            record: encode(d).unwrap().record,
+        };
+        let row = |d: &crate::delta::RegistryDelta, hash: u8, delta_id: &str| Served {
+            key: d.key.clone(),
+            hash: [hash; 16],
+            delta_id: delta_id.to_string(),
+        };
+        let (one, two, three, four) = (
+            delta(1, 0, Op::Upsert),
+            delta(2, 0, Op::Upsert),
+            delta(3, 0, Op::Delete),
+            delta(4, 0, Op::Upsert),
+        );
+        let no_head = delta(15, 0, Op::Upsert);
+        let rows = vec![
+            row(&one, 1, &one.delta_id),
+            row(&no_head, 15, &no_head.delta_id),
+            row(&two, 2, "another delta"),
+            row(&three, 3, &three.delta_id),
+        ];
+        let writes = [
+            record(&one),
+            record(&two),
+            record(&three),
+            record(&four),
+            Write::Served { rows },
+        ];
+        store.write(&writes, &mut 0, false).unwrap();
+        let served = |store: &Store| -> Vec<(u64, Option<u8>)> {
+            let known = store
+                .known_and_served_under("netbox/default/dcim.device/")
+                .unwrap();
+            known
+                .iter()
+                .map(|k| (k.id, k.served.map(|h| h[0])))
+                .collect()
+        };
+        assert_eq!(
+            served(&store),
+            [(1, Some(1)), (2, None), (3, None), (4, None)],
+            "stored with the head; another delta; a delete; no row"
+        );
+        store
+            .write(&[record(&delta(1, 60, Op::Upsert))], &mut 0, false)
+            .unwrap();
+        assert_eq!(served(&store)[0], (1, None), "the head moved on");
     }
 
     #[test]

@@ -19,6 +19,15 @@ use crate::netbox::webhook::{parse_timestamp, ChangeEvent, Reads, WebhookEvent};
 use crate::netbox::ObjectType;
 pub use fields::Object;
 
+/// The source of translation and of the entry it builds: see [`Translator::fingerprint`].
+const TRANSLATION: [&str; 5] = [
+    include_str!("mod.rs"),
+    include_str!("fields.rs"),
+    include_str!("inventory.rs"),
+    include_str!("ipam.rs"),
+    include_str!("../delta.rs"),
+];
+
 /// Prefix host expansion (`registry.expand_subnets`, `registry.max_expanded_hosts`).
 #[derive(Debug, Clone, Copy)]
 pub struct SweepOptions {
@@ -245,11 +254,27 @@ impl Translator {
         })
     }
 
-    /// The key prefix of every entry of `object_type`.
+    /// What an entry of `object_type` depends on besides the object: this build's translation
+    /// (its source, so that any change to it counts) and its settings.
+    pub fn fingerprint(&self, object_type: ObjectType) -> String {
+        let source = TRANSLATION.iter().map(|file| file.len()).sum::<usize>();
+        let mut fingerprint = String::with_capacity(source + 128);
+        for file in TRANSLATION {
+            fingerprint.push_str(file);
+        }
+        fingerprint.push_str(&format!(
+            "\0{}\0{:?}\0{}",
+            self.partition, self.sweep, object_type.name
+        ));
+        fingerprint
+    }
+
+    /// The partition every key of this relay is in (`registry.partition`).
     pub fn partition(&self) -> &str {
         &self.partition
     }
 
+    /// The key prefix of every entry of `object_type`.
     pub fn key_prefix(&self, object_type: ObjectType) -> String {
         format!("netbox/{}/{}/", self.partition, object_type.name)
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{free_port, secret, NatsServer, RelayProcess};
+use crate::helpers::{free_port, report_total, secret, NatsServer, RelayProcess};
 
 const ADMIN: &str = "live-admin-token";
 
@@ -477,6 +477,21 @@ async fn every_kind_created_updated_and_deleted_in_netbox_reaches_the_stream() {
     let report = live.reconcile().await;
     assert_eq!(report["status"], "succeeded", "{report}");
     assert_eq!(upserted_count(&report), 0, "{report}");
+    assert_eq!(live.published().await, before);
+    // Two full passes: the second finds NetBox serving every object byte for byte as the first
+    // translated it, and parses none.
+    for pass in ["first", "second"] {
+        let full = live.reconcile_at("reconcile?full=true").await;
+        assert_eq!(full["pass"], "full", "{full}");
+        assert_eq!(upserted_count(&full), 0, "{pass}: {full}");
+        if pass == "second" {
+            let (fetched, as_served) = (
+                report_total(&full, "fetched"),
+                report_total(&full, "unchanged_as_served"),
+            );
+            assert!(fetched > 0 && as_served == fetched, "{full}");
+        }
+    }
     assert_eq!(live.published().await, before);
 
     // Service discovery answers what NetBox holds: the device's primary IP.

@@ -821,6 +821,11 @@ async fn the_cheap_pass_fetches_only_what_changed_and_the_full_pass_the_rest() {
     let full = run_report(&relay, body).await;
     assert_eq!(full["pass"], "full", "{full}");
     assert_eq!(total(&full, "upserted"), 1, "the quiet rename: {full}");
+    assert_eq!(
+        total(&full, "unchanged_as_served"),
+        total(&full, "fetched") - 6,
+        "all but the renamed, the re-stamped, the three created and the quietly renamed: {full}"
+    );
     // In-process relays of other tests share the metrics recorder: at least this test's runs.
     let metrics = crate::helpers::metrics_text(&reqwest::Client::new(), &relay.base).await;
     let passes = |pass: &str| -> u64 {
@@ -878,4 +883,139 @@ async fn a_full_pass_is_due_by_the_servers_clock_not_the_writers() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(reconcile(&relay).await["pass"], "full");
+}
+
+/// A full pass on demand, to its report.
+async fn full_pass(relay: &TestRelay, force: bool) -> Value {
+    let body = json!({"full": true, "force": force});
+    let (status, body) = crate::helpers::trigger_run_with_body(&relay.base, body, ADMIN).await;
+    assert_eq!(status, 202, "{body}");
+    let report = run_report(relay, body).await;
+    assert_eq!(report["pass"], "full", "{report}");
+    report
+}
+
+/// A full pass passes over an object NetBox serves byte for byte as when a full pass last
+/// translated it, only while the key's record is still the one that translation matched or made;
+/// what is served otherwise, or whose record moved (a webhook, an inferred delete), is read again.
+#[tokio::test]
+async fn a_full_pass_reads_again_only_what_is_served_otherwise_or_whose_record_moved() {
+    let nats = NatsServer::start();
+    let fake = FakeNetbox::start("4.6.8").await;
+    fake.load_recorded("dcim_devices.json");
+    // Device 2 as the API shows it is older than the webhook below (renamed at 10:46:24.81).
+    fake.with(|s| {
+        let devices = s.objects.get_mut("dcim/devices").unwrap();
+        devices.get_mut(&2).unwrap()["last_updated"] = json!("2026-11-22T10:46:18.511967Z");
+    });
+    let relay = TestRelay::start(config(&nats, &fake, 2)).await;
+    let devices = fake.with(|s| s.objects["dcim/devices"].clone());
+    let n = devices.len() as u64;
+    let of = |report: &Value, field: &str| report["object_types"]["dcim.device"][field].as_u64();
+
+    let first = full_pass(&relay, false).await;
+    assert_eq!(of(&first, "upserted"), Some(n), "{first}");
+    assert_eq!(of(&first, "unchanged_as_served"), Some(0), "{first}");
+    let published = published_count(&nats.url()).await;
+
+    let unchanged = full_pass(&relay, false).await;
+    assert_eq!(of(&unchanged, "fetched_in_full"), Some(n), "{unchanged}");
+    assert_eq!(of(&unchanged, "unchanged"), Some(n), "{unchanged}");
+    assert_eq!(
+        of(&unchanged, "unchanged_as_served"),
+        Some(n),
+        "nothing parsed: {unchanged}"
+    );
+    assert_eq!(published_count(&nats.url()).await, published);
+
+    // A webhook moves device 2's record; device 3 is renamed without a new last_updated.
+    assert_eq!(relay.post_fixture("048_device_updated.json").await.0, 202);
+    fake.with(|s| {
+        let devices = s.objects.get_mut("dcim/devices").unwrap();
+        devices.get_mut(&3).unwrap()["name"] = json!("renamed-quietly");
+    });
+    let published = published_count(&nats.url()).await;
+    let moved = full_pass(&relay, false).await;
+    assert_eq!(moved["status"], "succeeded", "{moved}");
+    assert_eq!(of(&moved, "upserted"), Some(1), "the quiet rename: {moved}");
+    assert_eq!(
+        of(&moved, "unchanged_as_served"),
+        Some(n - 2),
+        "all but device 2 (its record moved) and device 3 (served otherwise): {moved}"
+    );
+    assert_eq!(published_count(&nats.url()).await, published + 1);
+    let last = stream_messages(&nats.url()).await;
+    let device3 = last
+        .iter()
+        .rev()
+        .find(|m| m.delta["key"] == "netbox/default/dcim.device/3")
+        .unwrap();
+    assert_eq!(device3.delta["entry"]["name"], "renamed-quietly");
+
+    // Hidden (deletes inferred), then served again exactly as before: every record moved, so
+    // every device is read again and comes back (device 2 as NetBox serves it after the webhook).
+    let devices = fake.with(|s| {
+        let devices = s.objects.get_mut("dcim/devices").unwrap();
+        devices.get_mut(&2).unwrap()["last_updated"] = json!("2026-11-22T10:46:24.812343Z");
+        std::mem::take(devices)
+    });
+    let hidden = full_pass(&relay, true).await;
+    assert_eq!(of(&hidden, "deleted"), Some(n), "{hidden}");
+    fake.with(|s| *s.objects.get_mut("dcim/devices").unwrap() = devices.clone());
+    let shown = full_pass(&relay, false).await;
+    assert_eq!(of(&shown, "unchanged_as_served"), Some(0), "{shown}");
+    let mut registry = std::collections::HashMap::new();
+    for m in stream_messages(&nats.url()).await {
+        registry.insert(m.delta["key"].as_str().unwrap().to_string(), m.delta);
+    }
+    for id in devices.keys() {
+        let delta = &registry[&format!("netbox/default/dcim.device/{id}")];
+        assert_eq!(delta["op"], "upsert", "device {id} is back: {delta}");
+    }
+    // They came back one microsecond after their inferred deletes (revisions per key keep
+    // rising), so their records are not the deltas translation made: the next pass reads them
+    // again and finds them equal, and the one after passes over them.
+    let again = full_pass(&relay, false).await;
+    assert_eq!(total(&again, "upserted") + total(&again, "deleted"), 0);
+    assert_eq!(of(&again, "unchanged_as_served"), Some(0), "{again}");
+    let settled = full_pass(&relay, false).await;
+    assert_eq!(of(&settled, "unchanged_as_served"), Some(n), "{settled}");
+}
+
+/// Other translation settings make the same served objects translate otherwise: a full pass after
+/// a restart with `registry.expand_subnets` turned on reads the prefixes and addresses again.
+#[tokio::test]
+async fn a_full_pass_after_a_settings_change_translates_again() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let config = config(&nats, &fake, 100);
+    let relay = TestRelay::start(config.clone()).await;
+    full_pass(&relay, false).await;
+    let unchanged = full_pass(&relay, false).await;
+    let fetched = total(&unchanged, "fetched");
+    assert_eq!(
+        total(&unchanged, "unchanged_as_served"),
+        fetched,
+        "{unchanged}"
+    );
+    relay.relay.stop().await.unwrap();
+
+    let mut expanding = config;
+    expanding.registry.expand_subnets = true;
+    let relay = TestRelay::start(expanding).await;
+    let published = published_count(&nats.url()).await;
+    let changed = full_pass(&relay, false).await;
+    let read_again = |t: &str| {
+        let report = &changed["object_types"][t];
+        report["fetched"].as_u64().unwrap() - report["unchanged_as_served"].as_u64().unwrap()
+    };
+    assert!(read_again("ipam.prefix") > 0, "{changed}");
+    assert_eq!(
+        total(&changed, "unchanged_as_served"),
+        0,
+        "a setting of translation changed: every object read again: {changed}"
+    );
+    let upserted = total(&changed, "upserted");
+    assert!(upserted > 0, "prefixes now carry their hosts: {changed}");
+    assert_eq!(published_count(&nats.url()).await, published + upserted);
 }
