@@ -219,6 +219,19 @@ async fn run(args: Args) {
         summaries.push((name, run.summary));
     }
     drop(fake);
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    let p = timed(publish_only(&nats_url, objects)).await;
+    let b = rows.iter().find(|r| r.name.starts_with("(b)")).unwrap();
+    let floor = (
+        b.seconds.as_secs_f64() / (a.1 + p.1).as_secs_f64(),
+        b.cpu / (a.0 + p.0),
+    );
+    rows.push(Row::baseline(
+        "(p) publishing alone: a message of the deltas' mean size per object, each acked",
+        p,
+        objects,
+        0,
+    ));
 
     println!();
     println!("| phase | seconds | objects/s | time / its baseline | CPU s | CPU / its baseline's | objects NetBox serialized in full | relay peak RSS MB |");
@@ -227,9 +240,55 @@ async fn run(args: Args) {
         row.print();
     }
     println!("\nBaselines: (a) for (b), (c), (f); (a') for (d), (e). CPU: user + system time of the relay, or of the client downloading (the fake NetBox not counted in either).");
+    println!(
+        "(b) against downloading and publishing alone, (a) + (p): time {:.2}, CPU {:.2}.",
+        floor.0, floor.1
+    );
     for (name, summary) in summaries {
         println!("\n{name}:\n{summary}");
     }
+}
+
+/// What a first run cannot do without: one JetStream publish per object, awaited for its ack, 256
+/// in flight as the relay's reconcile has, each on its own subject with a `Nats-Msg-Id`, of the
+/// mean size of the deltas the relay published (read from its stream), into a stream of its own
+/// (deleted after).
+async fn publish_only(url: &str, objects: u64) {
+    use async_nats::jetstream::{self, stream};
+    use futures::StreamExt;
+    let js = jetstream::new(async_nats::connect(url).await.unwrap());
+    let info = js
+        .get_stream("NETBOX_REGISTRY")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .clone();
+    let size = (info.bytes / info.messages.max(1)) as usize;
+    let config = stream::Config {
+        name: "BENCH_FLOOR".into(),
+        subjects: vec!["floor.>".into()],
+        ..Default::default()
+    };
+    js.create_stream(config).await.unwrap();
+    let payload = bytes::Bytes::from(vec![b'x'; size]);
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for id in 0..objects {
+        if acks.len() >= 256 {
+            acks.next().await.unwrap();
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("floor-{id}").as_str());
+        let ack = js
+            .publish_with_headers(format!("floor.device.{id}"), headers, payload.clone())
+            .await
+            .unwrap();
+        acks.push(async move { ack.await.unwrap() });
+    }
+    while acks.next().await.is_some() {}
+    js.delete_stream("BENCH_FLOOR").await.unwrap();
 }
 
 /// One `netbox-relay reconcile` of the run.

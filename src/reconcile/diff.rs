@@ -71,11 +71,10 @@ pub(super) fn sort_served(
     page: ServedPage,
     before: &served::Index,
 ) -> Sorted {
-    let fingerprint = served::Fingerprint::new(translator, object_type);
     let mut sorted = Sorted::default();
     let mut objects = Vec::new();
     for (id, raw) in page.served() {
-        let hash = fingerprint.hash(raw);
+        let hash = before.hash(raw);
         if let Some(id) = id.filter(|id| before.holds(*id, &hash)) {
             sorted.ids.push(id);
             sorted.unchanged += 1;
@@ -436,7 +435,9 @@ impl Pass<'_> {
             .await?;
         let pulled = match self.kind {
             PassKind::Full => {
-                let before = Arc::new(served::Index::of(&known));
+                let fingerprint =
+                    served::Fingerprint::new(&self.reconciler.translator, object_type);
+                let before = Arc::new(served::Index::of(&known, fingerprint));
                 self.pull(object_type, pages, before, report, seen).await
             }
             PassKind::Cheap => {

@@ -32,25 +32,35 @@ impl Fingerprint {
 }
 
 /// The live keys of one type whose head a full pass made or matched, by id: the hash of the
-/// object it translated then. Sorted, about 24 bytes a key.
-#[derive(Default)]
-pub struct Index(Vec<(u64, ServedHash)>);
+/// object it translated then. Sorted, about 24 bytes a key; with the type's [`Fingerprint`].
+pub struct Index {
+    hashes: Vec<(u64, ServedHash)>,
+    fingerprint: Fingerprint,
+}
 
 impl Index {
-    pub fn of(known: &[Known]) -> Index {
-        let mut index: Vec<(u64, ServedHash)> = known
+    pub fn of(known: &[Known], fingerprint: Fingerprint) -> Index {
+        let mut hashes: Vec<(u64, ServedHash)> = known
             .iter()
             .filter(|k| k.live)
             .filter_map(|k| Some((k.id, k.served?)))
             .collect();
-        index.sort_unstable_by_key(|(id, _)| *id);
-        Index(index)
+        hashes.sort_unstable_by_key(|(id, _)| *id);
+        Index {
+            hashes,
+            fingerprint,
+        }
+    }
+
+    /// The hash of one object as served.
+    pub fn hash(&self, served: &[u8]) -> ServedHash {
+        self.fingerprint.hash(served)
     }
 
     /// Whether the object `id`, served as `hash`, is what its head was made or matched from.
     pub fn holds(&self, id: u64, hash: &ServedHash) -> bool {
-        match self.0.binary_search_by_key(&id, |(id, _)| *id) {
-            Ok(at) => self.0[at].1 == *hash,
+        match self.hashes.binary_search_by_key(&id, |(id, _)| *id) {
+            Ok(at) => self.hashes[at].1 == *hash,
             Err(_) => false,
         }
     }
@@ -98,12 +108,21 @@ mod tests {
             live,
             served,
         };
-        let index = Index::of(&[
-            known(9, true, Some([9; 16])),
-            known(2, true, Some([2; 16])),
-            known(3, false, Some([3; 16])),
-            known(4, true, None),
-        ]);
+        let device = ObjectType::from_name("dcim.device").unwrap();
+        let sweep = SweepOptions {
+            expand_subnets: false,
+            max_expanded_hosts: 0,
+        };
+        let fingerprint = Fingerprint::new(&Translator::new("default", sweep, &[device]), device);
+        let index = Index::of(
+            &[
+                known(9, true, Some([9; 16])),
+                known(2, true, Some([2; 16])),
+                known(3, false, Some([3; 16])),
+                known(4, true, None),
+            ],
+            fingerprint,
+        );
         assert!(index.holds(9, &[9; 16]) && index.holds(2, &[2; 16]));
         assert!(!index.holds(2, &[9; 16]), "another hash");
         assert!(!index.holds(3, &[3; 16]), "not live");

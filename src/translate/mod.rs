@@ -255,7 +255,8 @@ impl Translator {
     }
 
     /// What an entry of `object_type` depends on besides the object: this build's translation
-    /// (its source, so that any change to it counts) and its settings.
+    /// (its source, so that any change to it counts, and the release, for its dependencies) and
+    /// its settings.
     pub fn fingerprint(&self, object_type: ObjectType) -> String {
         let source = TRANSLATION.iter().map(|file| file.len()).sum::<usize>();
         let mut fingerprint = String::with_capacity(source + 128);
@@ -263,8 +264,11 @@ impl Translator {
             fingerprint.push_str(file);
         }
         fingerprint.push_str(&format!(
-            "\0{}\0{:?}\0{}",
-            self.partition, self.sweep, object_type.name
+            "\0{}\0{}\0{:?}\0{}",
+            env!("CARGO_PKG_VERSION"),
+            self.partition,
+            self.sweep,
+            object_type.name
         ));
         fingerprint
     }
