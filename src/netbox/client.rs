@@ -294,14 +294,18 @@ impl NetboxClient {
             Ok(None) => return Err(decode_error(object_type.name, "no results list".into())),
             Err(e) => return Err(unreadable(object_type.name, e)),
         };
+        // Each object is a slice of the body (serde_json borrows it): kept as its place.
         let start = body.as_ptr() as usize;
+        let place = |raw: &str| {
+            let at = (raw.as_ptr() as usize).checked_sub(start)?;
+            let place = at..at.checked_add(raw.len())?;
+            body.get(place.clone()).map(|_| place)
+        };
         let objects = objects
             .into_iter()
-            .map(|raw| {
-                let at = raw.get().as_ptr() as usize - start;
-                (wire::id_of(raw.get().as_bytes()), at..at + raw.get().len())
-            })
-            .collect();
+            .map(|raw| Some((wire::id_of(raw.get().as_bytes()), place(raw.get())?)))
+            .collect::<Option<_>>()
+            .ok_or_else(|| decode_error(object_type.name, "an object outside the body".into()))?;
         Ok(ServedPage {
             what: object_type.name,
             objects,

@@ -224,7 +224,6 @@ pub async fn cascade(
         page_size: reconciler.page_size,
         concurrency: 1,
         listing: false,
-        reads: crate::translate::READS,
     };
     let enabled: HashSet<&str> = reconciler.types.iter().map(|t| t.name).collect();
     let mut tally = CascadeTally::default();

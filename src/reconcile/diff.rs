@@ -420,7 +420,6 @@ impl Pass<'_> {
             page_size: self.reconciler.page_size,
             concurrency: self.reconciler.concurrency,
             listing: self.kind == PassKind::Cheap,
-            reads: crate::translate::READS,
         };
         let pages = super::pull::pages(client.clone(), object_type, options);
         let scan = self.reconciler.translator.key_prefix(object_type);

@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::netbox::client::{ApiError, NetboxClient, ServedPage};
-use crate::netbox::{ObjectType, Reads};
+use crate::netbox::ObjectType;
 use crate::translate::{fields_read, Object, READS};
 
 /// NetBox's default `MAX_PAGE_SIZE`; a larger `limit` is silently capped.
@@ -23,8 +23,6 @@ pub struct PullOptions {
     pub concurrency: usize,
     /// List ids and revisions only (`fields=id,last_updated,created`), for the cheap pass.
     pub listing: bool,
-    /// What of each object is parsed (the relay: what translation reads).
-    pub reads: Reads,
 }
 
 /// What the cheap pass lists of each object: enough to tell a changed object from the stored one.
@@ -77,7 +75,7 @@ async fn segments(
         true => "ordering=-id&limit=1&fields=id",
         false => "ordering=-id&limit=1",
     };
-    let newest = client.page(object_type, query, options.reads).await?;
+    let newest = client.page(object_type, query, READS).await?;
     let max = newest
         .results
         .first()
@@ -103,7 +101,6 @@ pub struct Pager<'a> {
     /// `fields=` is understood from NetBox 4.0 on.
     fields: bool,
     listing: bool,
-    reads: Reads,
     after: Option<u64>,
     below: Option<u64>,
     /// A NetBox filter such as `site_id=3`, for a cascade.
@@ -127,7 +124,6 @@ impl<'a> Pager<'a> {
             cursor_pagination: options.version >= (4, 6),
             fields: options.version >= (4, 0),
             listing: options.listing,
-            reads: options.reads,
             after,
             below,
             filter: None,
@@ -171,10 +167,10 @@ impl<'a> Pager<'a> {
         }
     }
 
-    /// [`Self::next_page`], each object parsed for what the pull reads.
+    /// [`Self::next_page`], each object parsed for what translation reads.
     pub async fn next_objects(&mut self) -> Result<Option<Vec<Object>>, ApiError> {
         let page = self.next_page().await?;
-        page.map(|page| page.parse(self.reads)).transpose()
+        page.map(|page| page.parse(READS)).transpose()
     }
 
     fn query(&self) -> String {
