@@ -56,10 +56,6 @@ pub struct ServedPage {
 }
 
 impl ServedPage {
-    pub fn len(&self) -> usize {
-        self.objects.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.objects.is_empty()
     }

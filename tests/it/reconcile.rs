@@ -599,20 +599,25 @@ async fn several_segments_in_flight_fetch_every_object_exactly_once() {
     }
 }
 
+/// A fake NetBox with the recorded devices, device 2 as the API showed it before webhook 048
+/// renamed it (at 10:46:24.81).
+async fn devices_before_the_rename() -> FakeNetbox {
+    let fake = FakeNetbox::start("4.6.8").await;
+    fake.load_recorded("dcim_devices.json");
+    fake.with(|s| {
+        let devices = s.objects.get_mut("dcim/devices").unwrap();
+        devices.get_mut(&2).unwrap()["last_updated"] = json!("2026-11-22T10:46:18.511967Z");
+    });
+    fake
+}
+
 /// A delete reconcile inferred is not a fact: objects hidden from the token (permissions
 /// narrowed) and shown again are all back after the next complete pull, whatever their
 /// `last_updated`, and a webhook that came in between is not lost.
 #[tokio::test]
 async fn objects_hidden_from_a_pull_and_shown_again_are_back_after_the_next() {
     let nats = NatsServer::start();
-    let fake = FakeNetbox::start("4.6.8").await;
-    fake.load_recorded("dcim_devices.json");
-    // Device 2 as the API shows it is older than the webhook below (renamed at 10:46:24.81).
-    fake.with(|s| {
-        let devices = s.objects.get_mut("dcim/devices").unwrap();
-        let device = devices.get_mut(&2).unwrap();
-        device["last_updated"] = json!("2026-11-22T10:46:18.511967Z");
-    });
+    let fake = devices_before_the_rename().await;
     let relay = TestRelay::start(config(&nats, &fake, 1000)).await;
     let devices = fake.with(|s| s.objects["dcim/devices"].clone());
     assert_eq!(
@@ -901,13 +906,7 @@ async fn full_pass(relay: &TestRelay, force: bool) -> Value {
 #[tokio::test]
 async fn a_full_pass_reads_again_only_what_is_served_otherwise_or_whose_record_moved() {
     let nats = NatsServer::start();
-    let fake = FakeNetbox::start("4.6.8").await;
-    fake.load_recorded("dcim_devices.json");
-    // Device 2 as the API shows it is older than the webhook below (renamed at 10:46:24.81).
-    fake.with(|s| {
-        let devices = s.objects.get_mut("dcim/devices").unwrap();
-        devices.get_mut(&2).unwrap()["last_updated"] = json!("2026-11-22T10:46:18.511967Z");
-    });
+    let fake = devices_before_the_rename().await;
     let relay = TestRelay::start(config(&nats, &fake, 2)).await;
     let devices = fake.with(|s| s.objects["dcim/devices"].clone());
     let n = devices.len() as u64;
