@@ -207,6 +207,17 @@ pub fn delta_id(
     Ok(hex::encode(&digest[..16]))
 }
 
+/// A hash of an entry: 16 bytes of SHA-256 of its JSON. The state keeps it beside each key's
+/// delta id, so that an entry translated again is compared without the stored entry.
+pub type EntryHash = [u8; 16];
+
+pub fn entry_hash(entry: &Entry) -> Result<EntryHash, serde_json::Error> {
+    let digest = Sha256::digest(serde_json::to_vec(entry)?);
+    let mut hash = EntryHash::default();
+    hash.copy_from_slice(&digest[..16]);
+    Ok(hash)
+}
+
 /// The JSON Schema of [`RegistryDelta`], pretty-printed, as checked in under `schemas/`.
 pub fn json_schema() -> String {
     let schema = schemars::schema_for!(RegistryDelta);

@@ -12,8 +12,8 @@ use super::spool::Spool;
 use super::Publisher;
 use crate::delta::{Op, RegistryDelta};
 use crate::state::{
-    encode, judge, with_seq, Committer, Encoded, RecordHead, Served, Store, StoreError, Verdict,
-    Write,
+    self, encode, judge, with_seq, Committer, Encoded, RecordHead, Served, Store, StoreError,
+    Verdict, Write,
 };
 
 /// Where a delta went.
@@ -84,7 +84,7 @@ impl Delivery {
 
     /// Remembers a delta read from the stream (another relay published it) as the key's record.
     pub async fn remember(&self, latest: &RegistryDelta, seq: u64) -> Result<(), DeliveryError> {
-        let record = with_seq(encode(latest)?.record, seq);
+        let record = with_seq(state::record(latest)?, seq);
         let key = latest.key.clone();
         self.committer.commit(Write::Record { key, record }).await?;
         Ok(())
@@ -122,8 +122,8 @@ impl Delivery {
         }
         let restamped = after_inferred_delete(head.as_ref(), delta);
         let delta = restamped.as_ref().unwrap_or(delta);
-        // Serialized once: one buffer holds the record's head and the JSON that is published,
-        // spooled if need be, and remembered behind that head.
+        // Serialized once: the JSON that is published (or spooled), and the record (the head,
+        // with the entry's hash) that is remembered.
         let (delta, Encoded { record, json }) = self.fit(delta)?;
         // A delta made to fit has another id: it may be the one already published.
         if let Cow::Owned(fitted) = &delta {
@@ -139,18 +139,14 @@ impl Delivery {
         // While the spool holds anything, new deltas queue behind it so that per-key order holds.
         if self.spool.depth() == 0 {
             match publish_checked(&self.publisher, &delta, &json, known).await {
-                // The published JSON shares the record's buffer: dropped first, the sequence is
-                // written into the record in place.
                 // The record is not waited for: the delta is safe in JetStream, and the key's
                 // next delta reads the record from the pending ones until it is committed.
                 Ok(Checked::Published(seq)) => {
-                    drop(json);
                     let record = with_seq(record, seq);
                     self.committer.record_later(key, record).await?;
                     return Ok(Delivered::Published);
                 }
                 Ok(Checked::AlreadyStored(seq)) => {
-                    drop(json);
                     let record = with_seq(record, seq);
                     self.committer.record_later(key, record).await?;
                     return Ok(Delivered::Dropped(Verdict::Duplicate));

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use super::jetstream::Last;
 use super::{PublishError, Publisher};
 use crate::delta::RegistryDelta;
-use crate::state::{encode, judge, with_seq, RecordHead, Verdict, Write};
+use crate::state::{self, judge, with_seq, RecordHead, Verdict, Write};
 use crate::telemetry;
 
 /// What a checked publish came to.
@@ -55,9 +55,8 @@ pub(super) async fn publish_checked(
                     };
                     let verdict = judge(Some(&head), delta);
                     if verdict != Verdict::Accept {
-                        let record = encode(&latest)
-                            .map_err(|e| PublishError::Encode(e.to_string()))?
-                            .record;
+                        let record = state::record(&latest)
+                            .map_err(|e| PublishError::Encode(e.to_string()))?;
                         let key = latest.key;
                         let latest = Write::Record {
                             key,

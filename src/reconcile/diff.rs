@@ -12,11 +12,11 @@ use tokio::task::JoinHandle;
 use super::runs::{PassKind, RunStatus, TypeReport};
 use super::served;
 use super::{Output, Reconciler};
-use crate::delta::RegistryDelta;
+use crate::delta::{entry_hash, RegistryDelta};
 use crate::netbox::client::{ApiError, NetboxClient, ServedPage};
 use crate::netbox::{ObjectType, Reads};
 use crate::publish::{Delivered, Last};
-use crate::state::{Known, Served, ServedHash, Store, StoreError};
+use crate::state::{Known, RecordHead, Served, ServedHash, Store, StoreError};
 use crate::telemetry;
 use crate::translate::{listed_revision, Object, Translator, READS};
 
@@ -178,7 +178,7 @@ impl Compared {
 
 /// The deltas whose entry differs from the stored one, how many did not, and for those served
 /// with a hash what they matched or made. An equal `delta_id` proves an equal entry (it hashes
-/// key, op, revision and entry), so stored entries are parsed only for the rest.
+/// key, op, revision and entry); for the rest the entry's hash is compared with the head's.
 fn changed(
     store: &Store,
     deltas: Vec<(RegistryDelta, Option<ServedHash>)>,
@@ -186,22 +186,11 @@ fn changed(
     let count = deltas.len() as u64;
     let keys: Vec<&str> = deltas.iter().map(|(d, _)| d.key.as_str()).collect();
     let heads = store.heads(&keys).map_err(|e| (e, count))?;
-    let (mut compared, mut maybe) = (Compared::default(), Vec::new());
+    let mut compared = Compared::default();
     for ((delta, hash), head) in deltas.into_iter().zip(heads) {
         match head {
-            Some(h) if !h.deleted() && h.delta_id == delta.delta_id => {
+            Some(h) if !h.deleted() && same_entry(&h, &delta) => {
                 compared.remember(&delta.key, hash, &h.delta_id);
-                compared.same += 1;
-            }
-            _ => maybe.push((delta, hash)),
-        }
-    }
-    let keys: Vec<&str> = maybe.iter().map(|(d, _)| d.key.as_str()).collect();
-    let records = store.records(&keys).map_err(|e| (e, count))?;
-    for ((delta, hash), record) in maybe.into_iter().zip(records) {
-        match record {
-            Some(r) if !r.deleted() && r.entry == delta.entry => {
-                compared.remember(&delta.key, hash, &r.delta_id);
                 compared.same += 1;
             }
             _ => {
@@ -211,6 +200,15 @@ fn changed(
         }
     }
     Ok(compared)
+}
+
+/// Whether `delta` has the entry of the delta `head` stands for.
+fn same_entry(head: &RecordHead, delta: &RegistryDelta) -> bool {
+    if head.delta_id == delta.delta_id {
+        return true;
+    }
+    let translated = delta.entry.as_ref().map(entry_hash);
+    matches!((head.entry, translated), (Some(stored), Some(Ok(translated))) if stored == translated)
 }
 
 /// What became of one delta.

@@ -5,7 +5,7 @@
 use chrono::DateTime;
 use redb::ReadableTable;
 
-use super::codec::{encode, head};
+use super::codec::encode;
 use super::letter::DeadLetter;
 use super::store::{RecordTables, Store, StoreError, DEAD, SPOOL};
 use crate::delta::RegistryDelta;
@@ -76,16 +76,10 @@ impl Store {
                         continue;
                     }
                 };
-                let newer = match records
-                    .records
-                    .get(delta.key.as_str())
+                let newer = records
+                    .head(&delta.key)
                     .map_err(|e| self.fail(e))?
-                {
-                    Some(v) => {
-                        head(&delta.key, v.value()).is_ok_and(|h| h.revision > delta.revision)
-                    }
-                    None => false,
-                };
+                    .is_some_and(|h| h.revision > delta.revision);
                 if newer {
                     let why = format!("{}: a newer delta of the key was accepted since", delta.key);
                     retried.kept.push((letter.seq, why));

@@ -6,15 +6,16 @@ mod codec;
 mod committer;
 mod dead;
 mod letter;
+mod migrate;
 mod pending;
 mod record;
 mod store;
 
-pub use codec::{encode, with_seq, Encoded};
+pub use codec::{encode, record, with_seq, Encoded};
 pub use committer::{Committer, Health};
 pub use dead::{Retried, Selection};
 pub use letter::{key_and_id, DeadLetter};
-pub use record::{judge, Record, RecordHead, Verdict};
+pub use record::{judge, RecordHead, Verdict};
 pub use store::{
     Acked, Known, Served, ServedHash, SpoolStats, SpooledDelta, Store, StoreError, Write,
     CACHE_BYTES,

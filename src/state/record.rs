@@ -1,34 +1,14 @@
-//! A key's record: what the relay last accepted for it (its head: op, revision, delta id, stream
-//! sequence; then the delta), and the rule that judges a new delta against it (stale, duplicate,
-//! accept).
+//! A key's record: what the relay last accepted for it (the head of its delta: op, revision,
+//! delta id, stream sequence, a hash of the entry), and the rule that judges a new delta against
+//! it (stale, duplicate, accept).
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 
-use crate::delta::{Entry, Op, Origin, RegistryDelta};
+use crate::delta::{entry_hash, EntryHash, Op, Origin, RegistryDelta};
 
-/// What the relay last accepted for one registry key. It is stored as the accepted delta itself,
-/// the bytes that were published, so a webhook serializes its delta once; these are the fields
-/// read back.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Record {
-    pub revision: DateTime<Utc>,
-    pub delta_id: String,
-    pub op: Op,
-    pub entry: Option<Entry>,
-}
-
-impl Record {
-    /// A tombstone: the last accepted delta was a delete.
-    pub fn deleted(&self) -> bool {
-        self.op == Op::Delete
-    }
-}
-
-/// A [`Record`] without its entry, which parsing skips: all that judging a delta and the delete
-/// scan need.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(from = "HeadFields")]
+/// What the relay last accepted for one registry key: the head of its last delta. The delta
+/// itself is on the stream; its entry is kept as a hash, all reconcile compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordHead {
     pub revision: DateTime<Utc>,
     pub delta_id: String,
@@ -39,40 +19,22 @@ pub struct RecordHead {
     /// The stream sequence of this delta's message, when known: the next delta of the key is
     /// published only if it is still the key's last message (`Nats-Expected-Last-Subject-Sequence`).
     pub seq: Option<u64>,
+    /// The hash of the delta's entry ([`entry_hash`]); None for a delete.
+    pub entry: Option<EntryHash>,
 }
 
-/// The fields of a record's JSON that make its head.
-#[derive(Deserialize)]
-struct HeadFields {
-    revision: DateTime<Utc>,
-    delta_id: String,
-    op: Op,
-    origin: Option<Origin>,
-}
-
-impl From<HeadFields> for RecordHead {
-    fn from(f: HeadFields) -> Self {
-        RecordHead {
-            inferred: f.op == Op::Delete && f.origin == Some(Origin::Reconcile),
-            revision: f.revision,
-            delta_id: f.delta_id,
-            op: f.op,
-            seq: None,
-        }
-    }
-}
-
-/// The op byte of the heads layout. `LEGACY_DELETE` was written for every delete before
-/// inferred deletes were told apart: such a head is read from its record's JSON instead.
+/// The op byte of the heads layout. 1 was written for every delete before inferred deletes
+/// were told apart, only in records that held the delta's JSON too ([`super::migrate`]).
 const UPSERT: u8 = 0;
-pub(super) const LEGACY_DELETE: u8 = 1;
 const STATED_DELETE: u8 = 2;
 const INFERRED_DELETE: u8 = 3;
 /// Added to the op byte when a slot for the stream sequence follows the revision. Heads written
 /// before it have no slot and read as sequence unknown.
 const WITH_SEQ: u8 = 0x10;
+/// Added to the op byte when the entry's hash follows the sequence slot.
+const WITH_ENTRY: u8 = 0x20;
 /// Where the sequence slot starts in a head.
-pub(super) const SEQ_AT: usize = 13;
+const SEQ_AT: usize = 13;
 /// The slot's value until the delta's ack fills it in: sequence unknown.
 const UNKNOWN_SEQ: u64 = u64::MAX;
 
@@ -81,6 +43,7 @@ impl RecordHead {
         self.op == Op::Delete
     }
 
+    /// The head of `delta`, without its entry's hash (enough to judge a delta against it).
     pub fn of(delta: &RegistryDelta) -> RecordHead {
         RecordHead {
             revision: delta.revision,
@@ -88,36 +51,55 @@ impl RecordHead {
             op: delta.op,
             inferred: delta.op == Op::Delete && delta.origin == Origin::Reconcile,
             seq: None,
+            entry: None,
         }
     }
 
+    /// The head of `delta` as it is stored, its entry's hash included.
+    pub fn stored(delta: &RegistryDelta) -> Result<RecordHead, serde_json::Error> {
+        let entry = delta.entry.as_ref().map(entry_hash).transpose()?;
+        Ok(RecordHead {
+            entry,
+            ..RecordHead::of(delta)
+        })
+    }
+
     /// The heads table's layout: op (1 byte), revision as seconds (8) and nanoseconds (4), big
-    /// endian, the stream sequence (8, [`UNKNOWN_SEQ`] until known), then the delta id. Fixed
-    /// and small, so heads stay in redb's cache and reading one parses nothing; the sequence has
-    /// a fixed place so that the ack's can be written into an encoded record in place.
+    /// endian, the stream sequence (8, [`UNKNOWN_SEQ`] until known), the entry's hash (16, where
+    /// there is an entry), then the delta id. Fixed and small (under 80 bytes), so heads stay
+    /// in redb's cache and reading one parses nothing; the sequence has a fixed place so that the
+    /// ack's can be written into an encoded head in place.
     pub(super) fn to_bytes(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(SEQ_AT + 8 + self.delta_id.len());
+        let mut bytes = Vec::with_capacity(SEQ_AT + 8 + 16 + self.delta_id.len());
         let op = match (self.op, self.inferred) {
             (Op::Upsert, _) => UPSERT,
             (Op::Delete, false) => STATED_DELETE,
             (Op::Delete, true) => INFERRED_DELETE,
         };
-        bytes.push(op | WITH_SEQ);
+        let with_entry = if self.entry.is_some() { WITH_ENTRY } else { 0 };
+        bytes.push(op | WITH_SEQ | with_entry);
         bytes.extend(self.revision.timestamp().to_be_bytes());
         bytes.extend(self.revision.timestamp_subsec_nanos().to_be_bytes());
         bytes.extend(self.seq.unwrap_or(UNKNOWN_SEQ).to_be_bytes());
+        if let Some(entry) = &self.entry {
+            bytes.extend(entry);
+        }
         bytes.extend(self.delta_id.as_bytes());
         bytes
     }
 
-    /// Whether `head` (bytes of [`RecordHead::to_bytes`]) has a sequence slot at [`SEQ_AT`].
-    pub(super) fn has_seq_slot(head: &[u8]) -> bool {
-        head.first().is_some_and(|op| op & WITH_SEQ != 0) && head.len() >= SEQ_AT + 8
+    /// `head` (bytes of [`RecordHead::to_bytes`]) with the stream sequence `seq` in its slot, if
+    /// it has one.
+    pub(super) fn set_seq(head: &mut [u8], seq: u64) {
+        let slotted = head.first().is_some_and(|op| op & WITH_SEQ != 0);
+        if let Some(slot) = head.get_mut(SEQ_AT..SEQ_AT + 8).filter(|_| slotted) {
+            slot.copy_from_slice(&seq.to_be_bytes());
+        }
     }
 
     pub(super) fn from_bytes(bytes: &[u8]) -> Option<RecordHead> {
         let first = *bytes.first()?;
-        let (op, inferred) = match first & !WITH_SEQ {
+        let (op, inferred) = match first & !(WITH_SEQ | WITH_ENTRY) {
             UPSERT => (Op::Upsert, false),
             STATED_DELETE => (Op::Delete, false),
             INFERRED_DELETE => (Op::Delete, true),
@@ -125,20 +107,25 @@ impl RecordHead {
         };
         let secs = i64::from_be_bytes(bytes.get(1..9)?.try_into().ok()?);
         let nanos = u32::from_be_bytes(bytes.get(9..13)?.try_into().ok()?);
-        let (seq, id_start) = match first & WITH_SEQ {
-            0 => (None, SEQ_AT),
-            _ => {
-                let slot = bytes.get(SEQ_AT..SEQ_AT + 8)?.try_into().ok()?;
-                let seq = Some(u64::from_be_bytes(slot)).filter(|s| *s != UNKNOWN_SEQ);
-                (seq, SEQ_AT + 8)
-            }
-        };
+        let mut at = SEQ_AT;
+        let mut seq = None;
+        if first & WITH_SEQ != 0 {
+            let slot = bytes.get(at..at + 8)?.try_into().ok()?;
+            seq = Some(u64::from_be_bytes(slot)).filter(|s| *s != UNKNOWN_SEQ);
+            at += 8;
+        }
+        let mut entry = None;
+        if first & WITH_ENTRY != 0 {
+            entry = Some(bytes.get(at..at + 16)?.try_into().ok()?);
+            at += 16;
+        }
         Some(RecordHead {
             revision: DateTime::from_timestamp(secs, nanos)?,
-            delta_id: String::from_utf8(bytes.get(id_start..)?.to_vec()).ok()?,
+            delta_id: String::from_utf8(bytes.get(at..)?.to_vec()).ok()?,
             op,
             inferred,
             seq,
+            entry,
         })
     }
 }

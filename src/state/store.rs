@@ -1,4 +1,4 @@
-//! The redb file: its tables (records, spool, dead letters, held webhooks), the reads the pipeline
+//! The redb file: its tables (records as heads, spool, dead letters, held webhooks), the reads the pipeline
 //! makes and the one write transaction the commit thread applies.
 
 use std::path::{Path, PathBuf};
@@ -11,20 +11,15 @@ use redb::{
 
 use bytes::Bytes;
 
-use super::codec::{head, parse, split, with_seq};
 use super::letter::DeadLetter;
 use super::pending::Pending;
-use super::record::{Record, RecordHead};
+use super::record::RecordHead;
 
-/// Registry key -> the last accepted delta, read back as a [`Record`]: a marker byte, the length
-/// of the head and the head ([`RecordHead::to_bytes`]), then the delta's JSON. Judging a delta and
-/// diffing a reconcile read only the head, without scanning the entry. Files written before the
-/// head prefix hold the JSON alone (it starts with `{`); both are read.
-pub(super) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
-/// Registry key -> the head of its record ([`RecordHead::to_bytes`]), written with the record in
-/// the same transaction: judging a delta and reconcile's scans read these few bytes, not each
-/// record's JSON (a million records are about 1 GB, their heads under 100 MB). Files written
-/// before it get it filled at open.
+/// Registry key -> the key's record: the head of the last delta accepted for it
+/// ([`RecordHead::to_bytes`], under 80 bytes; the delta itself is on the stream). Judging a
+/// delta and reconcile's scans and comparisons read these few bytes, so a million of them stay
+/// in redb's cache. Files that also kept each delta's JSON are migrated at open
+/// ([`super::migrate`]).
 pub(super) const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("heads");
 /// Registry key -> what a full pass last translated for it: a hash of the object as NetBox served
 /// it ([`ServedHash`]), then the delta id of the record that translation matched or made. While
@@ -181,6 +176,13 @@ impl Store {
 
     /// [`Store::open`] with a page cache of `cache_bytes`.
     pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
+        let store = Store::open_unmigrated(path, cache_bytes)?;
+        super::migrate::records_into_heads(&store)?;
+        Ok(store)
+    }
+
+    /// Opens the file and creates its tables, leaving an older file's records as they are.
+    pub(super) fn open_unmigrated(path: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
         let fail = |e: &dyn std::fmt::Display| StoreError::Db {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -195,66 +197,7 @@ impl Store {
             cache_bytes,
         };
         store.write(&[], &mut 0, true)?;
-        store.fill_heads()?;
         Ok(store)
-    }
-
-    /// Writes the heads of records that have none (a file from before the heads table, or
-    /// records an older relay wrote), in transactions of at most `FILL_CHUNK` records.
-    fn fill_heads(&self) -> Result<(), StoreError> {
-        let counts = {
-            let tx = self.begin_read()?;
-            let records = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
-            let heads = tx.open_table(HEADS).map_err(|e| self.fail(e))?;
-            let records = records.len().map_err(|e| self.fail(e))?;
-            (records, heads.len().map_err(|e| self.fail(e))?)
-        };
-        if counts.0 == counts.1 {
-            return Ok(());
-        }
-        tracing::info!(
-            records = counts.0,
-            heads = counts.1,
-            "state file: writing the heads of its records once"
-        );
-        let mut after: Option<String> = None;
-        loop {
-            let tx = self.begin_write()?;
-            let last = {
-                let mut tables = RecordTables::open(&tx).map_err(|e| self.fail(e))?;
-                let chunk = self.chunk_after(&tables, after.as_deref())?;
-                for (key, record) in &chunk {
-                    tables.set_head(key, record).map_err(|e| self.fail(e))?;
-                }
-                chunk.last().map(|(key, _)| key.clone())
-            };
-            tx.commit().map_err(|e| self.fail(e))?;
-            match last {
-                Some(key) => after = Some(key),
-                None => return Ok(()),
-            }
-        }
-    }
-
-    /// Up to `FILL_CHUNK` records after the key `after` (from the first when None).
-    fn chunk_after(
-        &self,
-        tables: &RecordTables,
-        after: Option<&str>,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        use std::ops::Bound;
-        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let range = tables
-            .records
-            .range::<&str>((from, Bound::Unbounded))
-            .map_err(|e| self.fail(e))?;
-        range
-            .take(FILL_CHUNK)
-            .map(|row| {
-                let (key, value) = row.map_err(|e| self.fail(e))?;
-                Ok((key.value().to_string(), value.value().to_vec()))
-            })
-            .collect()
     }
 
     /// After a failed write redb refuses every further one ("previous I/O error") until the file
@@ -308,53 +251,20 @@ impl Store {
         Ok(self.heads(&[key])?.pop().flatten())
     }
 
-    /// The records of `keys`, in order, read in one transaction (or on their way to it).
-    pub fn records(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, StoreError> {
-        let tx = self.begin_read()?;
-        let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
-        keys.iter()
-            .map(|key| {
-                if let Some(record) = self.pending.get(key) {
-                    return parse(key, split(&record).1).map(Some);
-                }
-                match table.get(*key).map_err(|e| self.fail(e))? {
-                    Some(value) => parse(key, split(value.value()).1).map(Some),
-                    None => Ok(None),
-                }
-            })
-            .collect()
-    }
-
     /// The heads of `keys`, in order, read in one transaction (or on their way to it).
     pub fn heads(&self, keys: &[&str]) -> Result<Vec<Option<RecordHead>>, StoreError> {
         let tx = self.begin_read()?;
         let heads = tx.open_table(HEADS).map_err(|e| self.fail(e))?;
-        // Opened only for a head that does not say it all (an old delete's, an unreadable one).
-        let records = std::cell::OnceCell::new();
         keys.iter()
             .map(|key| {
-                if let Some(record) = self.pending.get(key) {
-                    return head(key, &record).map(Some);
-                }
-                // Every record has a head row (written together, filled at open): without one
-                // the key has no record, and a new key costs one lookup, not two.
-                let Some(bytes) = heads.get(*key).map_err(|e| self.fail(e))? else {
-                    return Ok(None);
+                let head = match self.pending.get(key) {
+                    Some(record) => RecordHead::from_bytes(&record),
+                    None => match heads.get(*key).map_err(|e| self.fail(e))? {
+                        Some(bytes) => RecordHead::from_bytes(bytes.value()),
+                        None => return Ok(None),
+                    },
                 };
-                if let Some(head) = RecordHead::from_bytes(bytes.value()) {
-                    return Ok(Some(head));
-                }
-                let table = match records.get() {
-                    Some(table) => table,
-                    None => {
-                        let opened = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
-                        records.get_or_init(|| opened)
-                    }
-                };
-                match table.get(*key).map_err(|e| self.fail(e))? {
-                    Some(value) => head(key, value.value()).map(Some),
-                    None => Ok(None),
-                }
+                head.map(Some).ok_or_else(|| corrupt(key, "malformed head"))
             })
             .collect()
     }
@@ -362,7 +272,7 @@ impl Store {
     /// Whether no key has a record: a new state file, or one deleted.
     pub fn has_no_records(&self) -> Result<bool, StoreError> {
         let tx = self.begin_read()?;
-        let table = tx.open_table(RECORDS).map_err(|e| self.fail(e))?;
+        let table = tx.open_table(HEADS).map_err(|e| self.fail(e))?;
         let first = table.first().map_err(|e| self.fail(e))?;
         Ok(first.is_none())
     }
@@ -440,9 +350,6 @@ impl Store {
             let key = key.value();
             if !key.starts_with(prefix) {
                 break;
-            }
-            if value.value() == UNREADABLE {
-                continue;
             }
             let head = RecordHead::from_bytes(value.value())
                 .ok_or_else(|| corrupt(key, "malformed head"))?;
@@ -617,47 +524,32 @@ fn create(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
         })
 }
 
-/// The records and their heads, written together.
+/// The records (heads) as the commit thread and the dead letters write them.
 pub(super) struct RecordTables<'t> {
-    pub records: redb::Table<'t, &'static str, &'static [u8]>,
     heads: redb::Table<'t, &'static str, &'static [u8]>,
 }
 
 impl<'t> RecordTables<'t> {
     pub fn open(tx: &'t WriteTransaction) -> Result<Self, redb::TableError> {
         Ok(RecordTables {
-            records: tx.open_table(RECORDS)?,
             heads: tx.open_table(HEADS)?,
         })
     }
 
     pub fn insert(&mut self, key: &str, record: &[u8]) -> Result<(), redb::StorageError> {
-        self.records.insert(key, record)?;
-        self.set_head(key, record)
+        self.heads.insert(key, record).map(drop)
     }
 
-    /// The head of `record` (as stored under `key`) into the heads table. A record whose head
-    /// cannot be read gets an empty one ([`UNREADABLE`]): scans pass over it, reads find the record
-    /// itself (and its error), and the heads table still counts every record, so that the next
-    /// open does not fill it again.
-    fn set_head(&mut self, key: &str, record: &[u8]) -> Result<(), redb::StorageError> {
-        let bytes = match split(record) {
-            (Some(h), _) if RecordHead::has_seq_slot(h) => Some(h.to_vec()),
-            _ => head(key, record).ok().map(|h| h.to_bytes()),
-        };
-        let bytes = bytes.as_deref().unwrap_or(UNREADABLE);
-        self.heads.insert(key, bytes).map(drop)
+    /// The key's head; None also for one that cannot be read, which the next write replaces.
+    pub fn head(&self, key: &str) -> Result<Option<RecordHead>, redb::StorageError> {
+        let bytes = self.heads.get(key)?;
+        Ok(bytes.and_then(|b| RecordHead::from_bytes(b.value())))
     }
 
     pub fn remove(&mut self, key: &str) -> Result<(), redb::StorageError> {
-        self.records.remove(key)?;
-        self.heads.remove(key)?;
-        Ok(())
+        self.heads.remove(key).map(drop)
     }
 }
-
-/// The head of a record whose own head cannot be read.
-const UNREADABLE: &[u8] = &[];
 
 /// A [`SERVED`] row's hash, if it was stored with `head`'s delta id and the head is live.
 fn served_hash(row: &[u8], head: &RecordHead) -> Option<ServedHash> {
@@ -666,22 +558,19 @@ fn served_hash(row: &[u8], head: &RecordHead) -> Option<ServedHash> {
     live.then(|| hash.try_into().ok())?
 }
 
-/// Records taken per transaction when the heads of an older file are written.
-const FILL_CHUNK: usize = 50_000;
-
 /// The key's record gets the sequence its delta was stored at, if it still is that delta (a
 /// later one may have been spooled since).
 fn learn_seq(tables: &mut RecordTables, acked: &Acked) -> Result<(), redb::StorageError> {
-    let record = match tables.records.get(acked.key.as_str())? {
-        Some(value)
-            if head(&acked.key, value.value()).is_ok_and(|h| h.delta_id == acked.delta_id) =>
-        {
-            Bytes::copy_from_slice(value.value())
+    match tables.head(&acked.key)? {
+        Some(head) if head.delta_id == acked.delta_id => {
+            let head = RecordHead {
+                seq: Some(acked.seq),
+                ..head
+            };
+            tables.insert(&acked.key, &head.to_bytes())
         }
-        _ => return Ok(()),
-    };
-    let record = with_seq(record, acked.seq);
-    tables.insert(&acked.key, &record)
+        _ => Ok(()),
+    }
 }
 
 /// A dead-lettered delta no longer stands for its key: the record is removed when it still
@@ -690,14 +579,10 @@ fn forget(tables: &mut RecordTables, letter: &DeadLetter) -> Result<(), redb::St
     let Some((key, delta_id)) = letter.key_and_id() else {
         return Ok(());
     };
-    let points_at_it = match tables.records.get(key.as_str())? {
-        Some(value) => head(&key, value.value()).is_ok_and(|h| h.delta_id == delta_id),
-        None => false,
-    };
-    if points_at_it {
-        tables.remove(&key)?;
+    match tables.head(&key)? {
+        Some(head) if head.delta_id == delta_id => tables.remove(&key),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 pub(super) fn corrupt(key: &str, message: impl ToString) -> StoreError {
@@ -709,15 +594,25 @@ pub(super) fn corrupt(key: &str, message: impl ToString) -> StoreError {
 
 #[cfg(test)]
 mod tests {
-    use super::super::codec::{encode, with_seq, Encoded, HEAD_PREFIX};
-    use super::super::record::LEGACY_DELETE;
+    use super::super::codec::{encode, with_seq, Encoded};
     use super::*;
-    use crate::delta::Op;
+    use crate::delta::{entry_hash, Op, RegistryDelta};
+
+    /// A translator of devices, and a delete of device `id` at `revision` made by it.
+    fn device_delete(id: u64, revision: chrono::DateTime<chrono::Utc>) -> RegistryDelta {
+        let device = crate::netbox::ObjectType::from_name("dcim.device").unwrap();
+        let sweep = crate::translate::SweepOptions {
+            expand_subnets: false,
+            max_expanded_hosts: 0,
+        };
+        let translator = crate::translate::Translator::new("default", sweep, &[device]);
+        translator
+            .reconcile_delete(device, id, revision, revision)
+            .unwrap()
+    }
 
     #[test]
-    fn heads_are_read_from_the_prefix_and_from_records_written_before_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.redb");
+    fn heads_keep_op_revision_sequence_entry_hash_and_delta_id_in_a_few_bytes() {
         let revision = "2026-11-22T10:45:01.583546Z".parse().unwrap();
         let head = RecordHead {
             revision,
@@ -725,48 +620,23 @@ mod tests {
             op: Op::Delete,
             inferred: false,
             seq: None,
+            entry: None,
         };
         assert_eq!(RecordHead::from_bytes(&head.to_bytes()), Some(head.clone()));
         assert_eq!(RecordHead::from_bytes(&[7, 0]), None);
-        // With the stream sequence of its message, and a record that gains one after the ack.
-        let sequenced = RecordHead {
+        let full = RecordHead {
+            op: Op::Upsert,
             seq: Some(1 << 40 | 7),
+            entry: Some([9; 16]),
             ..head.clone()
         };
+        let bytes = full.to_bytes();
+        assert_eq!(RecordHead::from_bytes(&bytes), Some(full.clone()));
+        assert_eq!(bytes.len(), 1 + 12 + 8 + 16 + 32, "under 80 bytes");
         assert_eq!(
-            RecordHead::from_bytes(&sequenced.to_bytes()),
-            Some(sequenced.clone())
-        );
-        let device = crate::netbox::ObjectType::from_name("dcim.device").unwrap();
-        let sweep = crate::translate::SweepOptions {
-            expand_subnets: false,
-            max_expanded_hosts: 0,
-        };
-        let translator = crate::translate::Translator::new("default", sweep, &[device]);
-        let delta = translator
-            .reconcile_delete(device, 7, revision, revision)
-            .unwrap();
-        let encoded = encode(&delta).unwrap();
-        let stored = with_seq(encoded.record.clone(), 42);
-        let (head_bytes, json) = split(&stored);
-        assert_eq!(json, &encoded.json[..], "the JSON is kept as it was");
-        let read = RecordHead::from_bytes(head_bytes.unwrap()).unwrap();
-        assert_eq!(read.seq, Some(42));
-        assert_eq!(read.delta_id, delta.delta_id);
-        // Before its ack a record's sequence is unknown; once the published JSON is gone, the
-        // ack's is written into the same buffer.
-        let Encoded { record, json } = encode(&delta).unwrap();
-        let unacked = RecordHead::from_bytes(split(&record).0.unwrap()).unwrap();
-        assert_eq!(unacked.seq, None);
-        drop(json);
-        let buffer = record.as_ptr();
-        let acked = with_seq(record, 43);
-        assert_eq!(acked.as_ptr(), buffer, "written in place");
-        assert_eq!(
-            RecordHead::from_bytes(split(&acked).0.unwrap())
-                .unwrap()
-                .seq,
-            Some(43)
+            RecordHead::from_bytes(&bytes[..bytes.len() - 33]),
+            None,
+            "cut inside the entry's hash"
         );
         // A head written before the sequence slot: the id follows the revision directly.
         let mut old = head.to_bytes();
@@ -774,134 +644,106 @@ mod tests {
         old.drain(13..21);
         assert_eq!(RecordHead::from_bytes(&old), Some(head.clone()));
 
-        // A record as the relay wrote it before the head prefix: the delta's JSON alone.
-        let record = serde_json::json!({
-            "revision": "2026-11-22T10:45:01.583546Z",
-            "delta_id": "00112233445566778899aabbccddeeff",
-            "op": "delete",
-            "entry": null,
+        // An encoded upsert: its record holds the entry's hash; before its ack the sequence is
+        // unknown, then the ack's is written into the same buffer.
+        let mut delta = device_delete(7, revision);
+        delta.op = Op::Upsert;
+        delta.entry = Some(crate::delta::Entry {
+            name: "dmi01-akron-rtr01".into(),
+            status: Some("active".into()),
+            addresses: vec!["10.0.0.1".into()],
+            labels: [("source".to_string(), "netbox".to_string())].into(),
+            attributes: Default::default(),
+            sweep: None,
+            netbox_url: "/api/dcim/devices/7/".into(),
         });
-        {
-            let db = Database::create(&path).unwrap();
-            let tx = db.begin_write().unwrap();
-            {
-                let mut records = tx.open_table(RECORDS).unwrap();
-                let bytes = serde_json::to_vec(&record).unwrap();
-                records
-                    .insert("netbox/default/dcim.device/1", bytes.as_slice())
-                    .unwrap();
-            }
-            tx.commit().unwrap();
-        }
-        let store = Store::open(&path).unwrap();
+        let Encoded { record, json } = encode(&delta).unwrap();
         assert_eq!(
-            store.head("netbox/default/dcim.device/1").unwrap(),
-            Some(head)
+            serde_json::from_slice::<RegistryDelta>(&json).unwrap(),
+            delta
         );
-        let known = Known {
-            id: 1,
-            revision,
-            live: false,
-            served: None,
-        };
-        assert_eq!(
-            store.known_under("netbox/default/dcim.device/").unwrap(),
-            vec![known]
-        );
-        assert!(store
-            .known_under("netbox/default/ipam.prefix/")
-            .unwrap()
-            .is_empty());
+        let unacked = RecordHead::from_bytes(&record).unwrap();
+        assert_eq!(unacked.seq, None);
+        let hash = entry_hash(delta.entry.as_ref().unwrap()).unwrap();
+        assert_eq!(unacked.entry, Some(hash));
+        assert_eq!(unacked.delta_id, delta.delta_id);
+        let buffer = record.as_ptr();
+        let acked = with_seq(record, 43);
+        assert_eq!(acked.as_ptr(), buffer, "written in place");
+        let acked = RecordHead::from_bytes(&acked).unwrap();
+        assert_eq!((acked.seq, acked.entry), (Some(43), Some(hash)));
     }
 
     #[test]
-    fn heads_follow_their_records_and_an_older_files_are_filled_at_open() {
+    fn an_ack_fills_in_a_records_sequence_and_a_dead_letter_removes_it() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.redb");
-        let device = crate::netbox::ObjectType::from_name("dcim.device").unwrap();
-        let sweep = crate::translate::SweepOptions {
-            expand_subnets: false,
-            max_expanded_hosts: 0,
-        };
-        let translator = crate::translate::Translator::new("default", sweep, &[device]);
+        let store = Store::open(&dir.path().join("state.redb")).unwrap();
         let revision = "2026-11-22T10:45:01.583546Z".parse().unwrap();
-        let delta = |id| {
-            translator
-                .reconcile_delete(device, id, revision, revision)
-                .unwrap()
-        };
         let ids = |store: &Store| -> Vec<u64> {
             let known = store.known_under("netbox/default/dcim.device/").unwrap();
             known.iter().map(|k| k.id).collect()
         };
-        let store = Store::open(&path).unwrap();
-        let writes: Vec<Write> = (1..=3)
-            .map(|id| {
-                let d = delta(id);
-                Write::Record {
-                    key: d.key.clone(),
-                    record: encode(&d).unwrap().record,
-                }
+        assert!(store.has_no_records().unwrap());
+        let deltas: Vec<RegistryDelta> = (1..=3).map(|id| device_delete(id, revision)).collect();
+        let writes: Vec<Write> = deltas
+            .iter()
+            .map(|d| Write::Record {
+                key: d.key.clone(),
+                record: encode(d).unwrap().record,
             })
             .collect();
         store.write(&writes, &mut 0, true).unwrap();
         assert_eq!(ids(&store), [1, 2, 3]);
-        drop(store);
-        // A relay from before the heads table writes a record: its head is written at open.
-        {
-            let db = Database::create(&path).unwrap();
-            let tx = db.begin_write().unwrap();
-            {
-                let mut records = tx.open_table(RECORDS).unwrap();
-                let d = delta(4);
-                let record = encode(&d).unwrap().record;
-                records.insert(d.key.as_str(), record.as_ref()).unwrap();
-            }
-            tx.commit().unwrap();
-        }
-        let store = Store::open(&path).unwrap();
-        assert_eq!(ids(&store), [1, 2, 3, 4]);
-        // A record whose head cannot be read: its read fails, scans pass over it, and its
-        // empty head keeps the counts equal, so that the next open fills nothing.
-        drop(store);
-        let broken = "netbox/default/dcim.device/5";
-        let counts = |db: &Database| {
-            let tx = db.begin_read().unwrap();
-            let records = tx.open_table(RECORDS).unwrap().len().unwrap();
-            (records, tx.open_table(HEADS).unwrap().len().unwrap())
-        };
-        {
-            let db = Database::create(&path).unwrap();
-            let tx = db.begin_write().unwrap();
-            tx.open_table(RECORDS)
-                .unwrap()
-                .insert(broken, b"not a record".as_slice())
-                .unwrap();
-            tx.commit().unwrap();
-            assert_eq!(counts(&db), (5, 4));
-        }
-        let store = Store::open(&path).unwrap();
-        assert!(store.head(broken).is_err());
-        assert_eq!(ids(&store), [1, 2, 3, 4]);
-        drop(store);
-        assert_eq!(counts(&Database::create(&path).unwrap()), (5, 5));
-        let store = Store::open(&path).unwrap();
-        // A dead letter's record goes, and its head with it.
-        let first = delta(1);
-        let letter = DeadLetter {
-            seq: 0,
-            reason: "refused".into(),
-            dead_at: revision,
-            bytes: encode(&first).unwrap().json.to_vec(),
+        assert!(!store.has_no_records().unwrap());
+        assert!(store
+            .known_under("netbox/default/ipam.prefix/")
+            .unwrap()
+            .is_empty());
+        // A spooled delta's ack gives its record the stream sequence, unless the key moved on.
+        let acked = |d: &RegistryDelta, delta_id: &str, seq| Acked {
+            key: d.key.clone(),
+            delta_id: delta_id.to_string(),
+            seq,
         };
         let unspool = Write::Unspool {
             seqs: Vec::new(),
-            dead: vec![letter],
+            dead: Vec::new(),
+            acked: vec![
+                acked(&deltas[1], &deltas[1].delta_id, 77),
+                acked(&deltas[2], "an older delta", 78),
+            ],
+        };
+        store.write(&[unspool], &mut 0, true).unwrap();
+        assert_eq!(store.head(&deltas[1].key).unwrap().unwrap().seq, Some(77));
+        assert_eq!(store.head(&deltas[2].key).unwrap().unwrap().seq, None);
+        // A dead letter's record goes while it still points at the dead delta.
+        let letter = |d: &RegistryDelta, seq| DeadLetter {
+            seq,
+            reason: "refused".into(),
+            dead_at: revision,
+            bytes: encode(d).unwrap().json.to_vec(),
+        };
+        let mut older = device_delete(3, revision);
+        older.delta_id = "an older delta".into();
+        let unspool = Write::Unspool {
+            seqs: Vec::new(),
+            dead: vec![letter(&deltas[0], 0), letter(&older, 1)],
             acked: Vec::new(),
         };
         store.write(&[unspool], &mut 0, true).unwrap();
-        assert_eq!(ids(&store), [2, 3, 4]);
-        assert_eq!(store.head(&first.key).unwrap(), None);
+        assert_eq!(ids(&store), [2, 3]);
+        assert_eq!(store.head(&deltas[0].key).unwrap(), None);
+        // A head that cannot be read is an error, not a missing key.
+        {
+            let tx = store.begin_write().unwrap();
+            let mut heads = tx.open_table(HEADS).unwrap();
+            heads
+                .insert(deltas[1].key.as_str(), b"junk".as_slice())
+                .unwrap();
+            drop(heads);
+            tx.commit().unwrap();
+        }
+        assert!(store.head(&deltas[1].key).is_err());
     }
 
     #[test]
@@ -969,48 +811,5 @@ mod tests {
             .write(&[record(&delta(1, 60, Op::Upsert))], &mut 0, false)
             .unwrap();
         assert_eq!(served(&store)[0], (1, None), "the head moved on");
-    }
-
-    #[test]
-    fn deletes_written_before_inferred_ones_were_told_apart_are_read_from_their_json() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.redb");
-        let revision = "2026-11-22T10:45:01.583546Z".parse().unwrap();
-        let old_head = |id: &str| {
-            let mut bytes = RecordHead {
-                revision,
-                delta_id: id.into(),
-                op: Op::Delete,
-                inferred: false,
-                seq: None,
-            }
-            .to_bytes();
-            bytes[0] = LEGACY_DELETE;
-            bytes
-        };
-        {
-            let db = Database::create(&path).unwrap();
-            let tx = db.begin_write().unwrap();
-            {
-                let mut records = tx.open_table(RECORDS).unwrap();
-                for (id, origin) in [("1", "reconcile"), ("2", "webhook")] {
-                    let head = old_head(id);
-                    let json = serde_json::json!({
-                        "revision": "2026-11-22T10:45:01.583546Z",
-                        "delta_id": id, "op": "delete", "origin": origin, "entry": null,
-                    });
-                    let mut value = vec![HEAD_PREFIX, head.len() as u8];
-                    value.extend(head);
-                    value.extend(serde_json::to_vec(&json).unwrap());
-                    let key = format!("netbox/default/dcim.device/{id}");
-                    records.insert(key.as_str(), value.as_slice()).unwrap();
-                }
-            }
-            tx.commit().unwrap();
-        }
-        let store = Store::open(&path).unwrap();
-        let inferred = |id| store.head(&format!("netbox/default/dcim.device/{id}"));
-        assert!(inferred(1).unwrap().unwrap().inferred, "a reconcile delete");
-        assert!(!inferred(2).unwrap().unwrap().inferred, "a webhook delete");
     }
 }

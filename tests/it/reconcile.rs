@@ -153,11 +153,19 @@ async fn a_change_a_removal_and_an_addition_publish_exactly_three_deltas() {
         devices.remove(&5);
         let added = device_like(&devices[&6], 99);
         devices.insert(99, added);
+        // Saved again with nothing the registry shows changed: a new revision, the same entry
+        // (compared by the hash its record keeps), so nothing to publish.
+        let touched = devices.get_mut(&6).unwrap();
+        touched["last_updated"] = json!("2026-11-22T12:00:01.000000Z");
     });
     let report = reconcile(&relay).await;
     assert_eq!(
         report["object_types"]["dcim.device"]["upserted"], 2,
         "{report}"
+    );
+    assert_eq!(
+        report["object_types"]["dcim.device"]["fetched_in_full"], 3,
+        "4, 6 and 99: {report}"
     );
     assert_eq!(
         report["object_types"]["dcim.device"]["deleted"], 1,
