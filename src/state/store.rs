@@ -200,6 +200,13 @@ impl Store {
         Ok(store)
     }
 
+    /// Gives the file's free pages back (redb keeps them for later writes otherwise).
+    pub(super) fn compact(&self) -> Result<(), StoreError> {
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        let db = db.as_mut().ok_or_else(|| self.fail(REOPENING))?;
+        db.compact().map(drop).map_err(|e| self.fail(e))
+    }
+
     /// After a failed write redb refuses every further one ("previous I/O error") until the file
     /// is opened again: closes it and opens it again, which succeeds once the disk takes writes.
     pub(super) fn reopen(&self) -> Result<(), StoreError> {
