@@ -58,14 +58,18 @@ impl Tls {
         current.acceptor.clone()
     }
 
-    /// Reads the files again whenever either changes, until `shutdown`.
+    /// Reads the files again whenever either changes, until `shutdown`. The files are read on
+    /// the blocking pool, and without the lock: new connections keep being accepted meanwhile.
     pub async fn reload_on_change(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(RELOAD_EVERY) => {}
                 _ = shutdown.cancelled() => return,
             }
-            self.reload_if_changed();
+            let tls = self.clone();
+            tokio::task::spawn_blocking(move || tls.reload_if_changed())
+                .await
+                .ok();
         }
     }
 
@@ -75,16 +79,21 @@ impl Tls {
         if now == seen {
             return;
         }
+        let read = acceptor(&self.cert, &self.key);
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         // Looked at once per change, even when the new files do not read.
         current.stamp = now;
-        match acceptor(&self.cert, &self.key) {
+        match read {
             Ok(acceptor) => {
                 current.acceptor = acceptor;
+                drop(current);
                 tracing::info!(cert = %self.cert.display(), "TLS certificate read again");
             }
-            Err(e) => tracing::error!(error = %e,
-                "the changed TLS files do not read; the previous certificate stays in use"),
+            Err(e) => {
+                drop(current);
+                tracing::error!(error = %e,
+                    "the changed TLS files do not read; the previous certificate stays in use")
+            }
         }
     }
 }
