@@ -473,28 +473,18 @@ async fn the_cli_dry_run_prints_deltas_and_a_real_run_publishes_them() {
 /// the relay's own process (`serve`, its `VmHWM` once the run has ended), so that the fake API's
 /// objects do not count. The state file's page cache, bounded by `state.cache_bytes`, is set
 /// small here so that it is full at both sizes and what is left to grow is what scales.
+///
+/// Each size runs twice and counts with its lower peak: a peak also catches a moment's spike of
+/// pages and deltas in flight, whose height depends on timing (20-30 MiB either way between two
+/// runs of one size on a busy machine), while growth with the count shows in every run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_of_sixty_thousand_devices_completes_in_bounded_memory() {
     let mut peaks = Vec::new();
     for count in [20_000, 60_000] {
-        let nats = NatsServer::start();
-        let fake = FakeNetbox::start("4.6.8").await;
-        fake.generate_devices(1, count);
-        let env = [
-            ("NETBOX_RELAY_LOG__LEVEL", "warn"),
-            ("NETBOX_RELAY_NETBOX__URL", fake.url.as_str()),
-            ("NETBOX_RELAY_NETBOX__TOKEN", TOKEN),
-            ("NETBOX_RELAY_API__ADMIN_TOKEN", ADMIN),
-            ("NETBOX_RELAY_RECONCILE__ON_START", "false"),
-            ("NETBOX_RELAY_RECONCILE__INTERVAL", "0"),
-            ("NETBOX_RELAY_STATE__CACHE_BYTES", "4194304"),
-        ];
-        let relay = RelayProcess::start_with(&nats, free_port(), &env, None);
-        relay.wait_ready().await;
-        let report = crate::helpers::reconcile_through_api(&relay.base, ADMIN).await;
-        assert_eq!(report["status"], "succeeded", "{report}");
-        assert_eq!(published_count(&nats.url()).await, count);
-        peaks.push(relay.peak_memory_mib());
+        let first = reconcile_peak_mib(count).await;
+        let second = reconcile_peak_mib(count).await;
+        println!("{count} devices: peaks {first:.1} and {second:.1} MiB");
+        peaks.push(first.min(second));
     }
     let (small, large) = (peaks[0], peaks[1]);
     println!("peak memory of the relay (debug build) reconciling 20,000 devices: {small:.1} MiB, 60,000 devices: {large:.1} MiB");
@@ -506,6 +496,28 @@ async fn a_pull_of_sixty_thousand_devices_completes_in_bounded_memory() {
         large - small < 32.0,
         "memory grows with the object count: {small:.1} MiB for 20,000 devices, {large:.1} MiB for 60,000"
     );
+}
+
+/// The relay's peak memory (MiB) over a first reconcile of `count` generated devices.
+async fn reconcile_peak_mib(count: u64) -> f64 {
+    let nats = NatsServer::start();
+    let fake = FakeNetbox::start("4.6.8").await;
+    fake.generate_devices(1, count);
+    let env = [
+        ("NETBOX_RELAY_LOG__LEVEL", "warn"),
+        ("NETBOX_RELAY_NETBOX__URL", fake.url.as_str()),
+        ("NETBOX_RELAY_NETBOX__TOKEN", TOKEN),
+        ("NETBOX_RELAY_API__ADMIN_TOKEN", ADMIN),
+        ("NETBOX_RELAY_RECONCILE__ON_START", "false"),
+        ("NETBOX_RELAY_RECONCILE__INTERVAL", "0"),
+        ("NETBOX_RELAY_STATE__CACHE_BYTES", "4194304"),
+    ];
+    let relay = RelayProcess::start_with(&nats, free_port(), &env, None);
+    relay.wait_ready().await;
+    let report = crate::helpers::reconcile_through_api(&relay.base, ADMIN).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(published_count(&nats.url()).await, count);
+    relay.peak_memory_mib()
 }
 
 /// Scripts and cron jobs branch on the exit code: 0 succeeded, 1 failed, 2 bad usage or
