@@ -1,5 +1,6 @@
 //! Group commit: every write waiting when the store is free goes into one transaction with one
-//! fsync, so durability costs one fsync per batch, not one per webhook. A failed commit (disk
+//! fsync, so durability costs one fsync per batch, not one per webhook. After a batch of records
+//! nobody waits for, the thread sleeps a millisecond instead of being woken by each next one. A failed commit (disk
 //! full, I/O error) marks the store faulted; the thread reopens the file until it takes writes
 //! again, and writes back the records of deltas JetStream already has.
 
@@ -73,6 +74,9 @@ pub struct Committer {
 
 /// Most writes one transaction takes.
 const MAX_BATCH: usize = 2048;
+/// How long the thread sleeps after a batch of records nobody waits for (a write that is waited
+/// for, a spooled delta's say, waits at most this much longer).
+const GATHER_FOR: Duration = Duration::from_millis(1);
 /// How long the store may hold non-durable records before they are flushed: after this much
 /// idle time, and at the latest after `MAX_UNFLUSHED` under sustained load.
 const IDLE_FLUSH: Duration = Duration::from_millis(200);
@@ -218,8 +222,14 @@ impl<'a> Thread<'a> {
                     Err(_) => break,
                 }
             }
+            let unwaited = batch.iter().all(|r| r._room.is_some());
             if self.handle(batch) {
                 return;
+            }
+            // Waiting in the channel, the thread is woken by every record sent; asleep, it is
+            // not, and the records of the next millisecond make one transaction.
+            if unwaited {
+                std::thread::sleep(GATHER_FOR);
             }
         }
     }
