@@ -1,8 +1,8 @@
 //! Group commit: every write waiting when the store is free goes into one transaction with one
 //! fsync, so durability costs one fsync per batch, not one per webhook. After a batch of records
-//! nobody waits for, the thread sleeps a millisecond instead of being woken by each next one. A failed commit (disk
-//! full, I/O error) marks the store faulted; the thread reopens the file until it takes writes
-//! again, and writes back the records of deltas JetStream already has.
+//! nobody waits for, the thread sleeps a millisecond instead of being woken by each next one. A
+//! failed commit (disk full, I/O error) marks the store faulted; the thread reopens the file
+//! until it takes writes again, and writes back the records of deltas JetStream already has.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -20,7 +20,7 @@ struct Request {
     write: Write,
     done: oneshot::Sender<Result<(), StoreError>>,
     /// A record nobody waits for holds a place among the pending ones until it is committed.
-    _room: Option<OwnedSemaphorePermit>,
+    room: Option<OwnedSemaphorePermit>,
 }
 
 /// Whether the store takes writes, and whether the commit thread runs: what `/readyz` reports.
@@ -129,7 +129,7 @@ impl Committer {
         let request = Request {
             write,
             done,
-            _room: None,
+            room: None,
         };
         self.tx.send(request).map_err(|_| StoreError::Closed)?;
         result.await.map_err(|_| StoreError::Closed)?
@@ -145,7 +145,7 @@ impl Committer {
         let request = Request {
             write: Write::Record { key, record },
             done: oneshot::channel().0,
-            _room: Some(room),
+            room: Some(room),
         };
         self.tx.send(request).map_err(|_| StoreError::Closed)
     }
@@ -208,7 +208,7 @@ impl<'a> Thread<'a> {
                 Err(RecvTimeoutError::Timeout) => Request {
                     write: Write::Flush,
                     done: oneshot::channel().0,
-                    _room: None,
+                    room: None,
                 },
                 Err(RecvTimeoutError::Disconnected) => {
                     self.commit(Vec::new(), true).ok();
@@ -222,7 +222,7 @@ impl<'a> Thread<'a> {
                     Err(_) => break,
                 }
             }
-            let unwaited = batch.iter().all(|r| r._room.is_some());
+            let unwaited = batch.iter().all(|r| r.room.is_some());
             if self.handle(batch) {
                 return;
             }
@@ -245,7 +245,7 @@ impl<'a> Thread<'a> {
         let (writes, replies): (Vec<Write>, Vec<_>) = batch
             .into_iter()
             .map(|r| {
-                places.push(r._room);
+                places.push(r.room);
                 (r.write, r.done)
             })
             .unzip();

@@ -7,7 +7,7 @@ use redb::ReadableTable;
 
 use super::codec::encode;
 use super::letter::DeadLetter;
-use super::store::{RecordTables, Store, StoreError, DEAD, SPOOL};
+use super::store::{Records, Store, StoreError, DEAD, SPOOL};
 use crate::delta::RegistryDelta;
 
 /// Which dead letters a `retry` or `drop` acts on.
@@ -65,7 +65,7 @@ impl Store {
         let mut retried = Retried::default();
         let tx = self.begin_write()?;
         {
-            let mut records = RecordTables::open(&tx).map_err(|e| self.fail(e))?;
+            let mut records = Records::open(&tx).map_err(|e| self.fail(e))?;
             let mut spool = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
             let mut dead = tx.open_table(DEAD).map_err(|e| self.fail(e))?;
             for letter in picked {

@@ -144,14 +144,7 @@ mod tests {
     const REVISION: &str = "2026-11-22T10:45:01.583546Z";
 
     fn delta(id: u64, op: Op, origin: Origin) -> RegistryDelta {
-        let device = crate::netbox::ObjectType::from_name("dcim.device").unwrap();
-        let sweep = crate::translate::SweepOptions {
-            expand_subnets: false,
-            max_expanded_hosts: 0,
-        };
-        let translator = crate::translate::Translator::new("default", sweep, &[device]);
-        let at = REVISION.parse().unwrap();
-        let mut delta = translator.reconcile_delete(device, id, at, at).unwrap();
+        let mut delta = crate::state::testing::device_delete(id, REVISION.parse().unwrap());
         (delta.op, delta.origin) = (op, origin);
         if op == Op::Upsert {
             delta.entry = Some(Entry {

@@ -20,3 +20,22 @@ pub use store::{
     Acked, Known, Served, ServedHash, SpoolStats, SpooledDelta, Store, StoreError, Write,
     CACHE_BYTES,
 };
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use chrono::{DateTime, Utc};
+
+    use crate::delta::RegistryDelta;
+
+    /// A delete of device `id` at `at`, as reconcile infers it: a delta of the shape every
+    /// state test stores.
+    pub fn device_delete(id: u64, at: DateTime<Utc>) -> RegistryDelta {
+        let device = crate::netbox::ObjectType::from_name("dcim.device").unwrap();
+        let sweep = crate::translate::SweepOptions {
+            expand_subnets: false,
+            max_expanded_hosts: 0,
+        };
+        let translator = crate::translate::Translator::new("default", sweep, &[device]);
+        translator.reconcile_delete(device, id, at, at).unwrap()
+    }
+}

@@ -73,14 +73,8 @@ mod tests {
     use super::super::{encode, with_seq, Committer, Store, Write};
 
     fn record_of(id: u64, seconds: i64) -> (String, bytes::Bytes) {
-        let device = crate::netbox::ObjectType::from_name("dcim.device").unwrap();
-        let sweep = crate::translate::SweepOptions {
-            expand_subnets: false,
-            max_expanded_hosts: 0,
-        };
-        let translator = crate::translate::Translator::new("default", sweep, &[device]);
         let at = chrono::DateTime::from_timestamp(1_790_000_000 + seconds, 0).unwrap();
-        let delta = translator.reconcile_delete(device, id, at, at).unwrap();
+        let delta = super::super::testing::device_delete(id, at);
         (delta.key.clone(), encode(&delta).unwrap().record)
     }
 

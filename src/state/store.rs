@@ -446,7 +446,7 @@ impl Store {
         tx.set_durability(durability).map_err(|e| self.fail(e))?;
         let mut seq = *next_seq;
         {
-            let mut records = RecordTables::open(&tx).map_err(|e| self.fail(e))?;
+            let mut records = Records::open(&tx).map_err(|e| self.fail(e))?;
             let mut spool = tx.open_table(SPOOL).map_err(|e| self.fail(e))?;
             let mut spool_after = tx.open_table(SPOOL_AFTER).map_err(|e| self.fail(e))?;
             let mut dead = tx.open_table(DEAD).map_err(|e| self.fail(e))?;
@@ -532,13 +532,13 @@ fn create(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
 }
 
 /// The records (heads) as the commit thread and the dead letters write them.
-pub(super) struct RecordTables<'t> {
+pub(super) struct Records<'t> {
     heads: redb::Table<'t, &'static str, &'static [u8]>,
 }
 
-impl<'t> RecordTables<'t> {
+impl<'t> Records<'t> {
     pub fn open(tx: &'t WriteTransaction) -> Result<Self, redb::TableError> {
-        Ok(RecordTables {
+        Ok(Records {
             heads: tx.open_table(HEADS)?,
         })
     }
@@ -567,7 +567,7 @@ fn served_hash(row: &[u8], head: &RecordHead) -> Option<ServedHash> {
 
 /// The key's record gets the sequence its delta was stored at, if it still is that delta (a
 /// later one may have been spooled since).
-fn learn_seq(tables: &mut RecordTables, acked: &Acked) -> Result<(), redb::StorageError> {
+fn learn_seq(tables: &mut Records, acked: &Acked) -> Result<(), redb::StorageError> {
     match tables.head(&acked.key)? {
         Some(head) if head.delta_id == acked.delta_id => {
             let head = RecordHead {
@@ -582,7 +582,7 @@ fn learn_seq(tables: &mut RecordTables, acked: &Acked) -> Result<(), redb::Stora
 
 /// A dead-lettered delta no longer stands for its key: the record is removed when it still
 /// points at that delta, so that the next reconcile publishes the key's current state again.
-fn forget(tables: &mut RecordTables, letter: &DeadLetter) -> Result<(), redb::StorageError> {
+fn forget(tables: &mut Records, letter: &DeadLetter) -> Result<(), redb::StorageError> {
     let Some((key, delta_id)) = letter.key_and_id() else {
         return Ok(());
     };
@@ -602,21 +602,9 @@ pub(super) fn corrupt(key: &str, message: impl ToString) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::super::codec::{encode, with_seq, Encoded};
+    use super::super::testing::device_delete;
     use super::*;
     use crate::delta::{entry_hash, Op, RegistryDelta};
-
-    /// A translator of devices, and a delete of device `id` at `revision` made by it.
-    fn device_delete(id: u64, revision: chrono::DateTime<chrono::Utc>) -> RegistryDelta {
-        let device = crate::netbox::ObjectType::from_name("dcim.device").unwrap();
-        let sweep = crate::translate::SweepOptions {
-            expand_subnets: false,
-            max_expanded_hosts: 0,
-        };
-        let translator = crate::translate::Translator::new("default", sweep, &[device]);
-        translator
-            .reconcile_delete(device, id, revision, revision)
-            .unwrap()
-    }
 
     #[test]
     fn heads_keep_op_revision_sequence_entry_hash_and_delta_id_in_a_few_bytes() {
@@ -757,15 +745,9 @@ mod tests {
     fn a_served_hash_counts_only_while_its_key_has_the_live_head_it_was_stored_with() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("state.redb")).unwrap();
-        let device = crate::netbox::ObjectType::from_name("dcim.device").unwrap();
-        let sweep = crate::translate::SweepOptions {
-            expand_subnets: false,
-            max_expanded_hosts: 0,
-        };
-        let translator = crate::translate::Translator::new("default", sweep, &[device]);
         let delta = |id: u64, seconds: i64, op: Op| {
             let at = chrono::DateTime::from_timestamp(1_790_000_000 + seconds, 0).unwrap();
-            let mut d = translator.reconcile_delete(device, id, at, at).unwrap();
+            let mut d = device_delete(id, at);
             d.op = op;
             d.delta_id = format!("{id}-{seconds}-{op:?}");
             d
