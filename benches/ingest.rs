@@ -2,11 +2,14 @@
 //!   (a) baseline: a trivial axum server that reads the body and answers 202;
 //!   (f) floor of the relay's job: a minimal axum handler that verifies the signature, parses the
 //!       body and publishes one JetStream message with the ack awaited, nothing else;
+//!   (f+) the floor publishing as the contract asks of the relay (the object's own subject on a
+//!       stream of one message per subject, `Nats-Msg-Id`, the expected last subject sequence),
+//!       to tell the NATS server's share of the relay's cost from the relay's own;
 //!   (b) the relay with a real local `nats-server -js`, every delta acked by JetStream;
 //!   (b0) optionally, another relay binary (`--before PATH`, e.g. an older commit) beside (b);
 //!   (b2) two relays on the same NATS, each with half the connections (several replicas);
 //!   (c) the relay with NATS stopped: every delta fsynced into the spool.
-//! (f), (b) and (b0) run in turns for `--rounds` rounds so that drift of the machine hits each
+//! (f), (f+), (b) and (b0) run in turns for `--rounds` rounds so that drift of the machine hits each
 //! alike. Reports requests/s, latency p50/p99/p999, errors, the server's CPU time, the ratios to
 //! (a) and to (f), and checks that every accepted delta reached the stream.
 //!
@@ -40,6 +43,7 @@ const SECRET: &str = "bench-secret";
 const BASELINE_ENV: &str = "NETBOX_RELAY_BENCH_BASELINE_PORT";
 const FLOOR_ENV: &str = "NETBOX_RELAY_BENCH_FLOOR";
 const FLOOR_STREAM: &str = "BENCH_FLOOR";
+const KEYED_STREAM: &str = "BENCH_FLOOR_KEYED";
 const ID: &str = "987654321";
 const REVISION: &str = "2099-01-01T00:00:00.000000Z";
 
@@ -48,8 +52,10 @@ fn main() {
         return baseline_server(port.parse().expect("baseline port"));
     }
     if let Ok(target) = std::env::var(FLOOR_ENV) {
-        let (port, nats) = target.split_once(' ').expect("port and NATS url");
-        return floor_server(port.parse().expect("floor port"), nats.to_string());
+        let mut parts = target.split(' ');
+        let (port, nats) = (parts.next().unwrap(), parts.next().expect("NATS url"));
+        let keyed = parts.next() == Some("keyed");
+        return floor_server(port.parse().expect("floor port"), nats.to_string(), keyed);
     }
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -120,7 +126,8 @@ async fn run(args: Args) {
 
     let work = tempfile::tempdir().unwrap();
     let mut nats = Nats::launch(work.path().join("nats"));
-    let floor = Server::floor(&nats);
+    let floor = Server::floor(&nats, "plain");
+    let keyed = Server::floor(&nats, "keyed");
     let relay = Server::relay(
         env!("CARGO_BIN_EXE_netbox-relay").as_ref(),
         &nats,
@@ -142,9 +149,10 @@ async fn run(args: Args) {
     if let Some(before) = &before {
         wait_ready(&before.url).await;
     }
-    let (mut f, mut b, mut b0) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut f, mut fk, mut b, mut b0) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=args.rounds {
         f.push(measure(&floor, &nats, &gen, &args, None).await);
+        fk.push(measure(&keyed, &nats, &gen, &args, None).await);
         b.push(measure(&relay, &nats, &gen, &args, None).await);
         if let Some(before) = &before {
             b0.push(measure(before, &nats, &gen, &args, None).await);
@@ -167,12 +175,14 @@ async fn run(args: Args) {
     let per_round =
         |x: &[Outcome]| -> Vec<f64> { x.iter().zip(&f).map(|(x, f)| x.rps() / f.rps()).collect() };
     let (b_per_round, b0_per_round) = (per_round(&b), per_round(&b0));
-    let (f, b, b0) = (Outcome::merge(f), Outcome::merge(b), Outcome::merge(b0));
+    let fk_per_round = per_round(&fk);
+    let (f, fk) = (Outcome::merge(f), Outcome::merge(fk));
+    let (b, b0) = (Outcome::merge(b), Outcome::merge(b0));
     let accepted = b.ok + b0.ok + b2.ok + b_rate.ok + c.ok;
     nats.restart();
     let stored = wait_for_stream(&nats.url(), accepted).await;
     let rss = relay.peak_rss_mb();
-    drop((relay, before, second, floor));
+    drop((relay, before, second, floor, keyed));
 
     println!();
     println!(
@@ -182,6 +192,7 @@ async fn run(args: Args) {
     let row = |name: &str, o: &Outcome| o.row(name, a.rps(), f.rps());
     row("(a) trivial axum, read body, 202", &a);
     row("(f) floor: verify, parse, one acked JetStream publish", &f);
+    row("(f+) the floor, publishing as the contract asks", &fk);
     row("(b) relay, JetStream ack", &b);
     if b0.ok > 0 {
         row("(b0) --before relay, JetStream ack", &b0);
@@ -222,6 +233,17 @@ async fn run(args: Args) {
         } else {
             String::new()
         }
+    );
+    let nats_us = |o: &Outcome| o.nats_cpu_seconds * 1e6 / o.ok.max(1) as f64;
+    println!(
+        "the contract's publishing: f+/f = {:.3} (per round {}), b/f+ = {:.3}; NATS CPU per \
+         message: f {:.1} us, f+ {:.1} us, b {:.1} us",
+        fk.rps() / f.rps(),
+        listed(&fk_per_round),
+        b.rps() / fk.rps(),
+        nats_us(&f),
+        nats_us(&fk),
+        nats_us(&b)
     );
     println!(
         "two relays: b2/b = {:.3} (both relays' CPU per request to one relay's: {:.3})",
@@ -745,10 +767,10 @@ impl Server {
         Server::wait(child, port)
     }
 
-    fn floor(nats: &Nats) -> Server {
+    fn floor(nats: &Nats, mode: &str) -> Server {
         let port = free_port();
         let child = Command::new(std::env::current_exe().unwrap())
-            .env(FLOOR_ENV, format!("{port} {}", nats.url()))
+            .env(FLOOR_ENV, format!("{port} {} {mode}", nats.url()))
             .spawn()
             .unwrap();
         Server::wait(child, port)
@@ -933,8 +955,15 @@ fn baseline_server(port: u16) {
 
 /// The floor of the relay's job: verify the signature, parse the body, publish one JetStream
 /// message and await its ack. No translation, no de-duplication, no state, no metrics.
-fn floor_server(port: u16, nats: String) {
+///
+/// `keyed` (f+) publishes as the contract asks of the relay, so that what the NATS server spends on
+/// it is told apart from what the relay spends: to the object's own subject on a stream that keeps
+/// one message per subject (rollups and message TTLs allowed, as the relay's), with a `Nats-Msg-Id`
+/// and the subject's expected last sequence (kept in a map; no per-key order, no state file).
+fn floor_server(port: u16, nats: String, keyed: bool) {
     use axum::http::{HeaderMap, StatusCode};
+    use std::collections::HashMap;
+    use std::sync::Mutex;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -942,32 +971,75 @@ fn floor_server(port: u16, nats: String) {
     rt.block_on(async {
         let client = async_nats::connect(nats).await.unwrap();
         let js = async_nats::jetstream::new(client);
-        js.get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: FLOOR_STREAM.to_string(),
-            subjects: vec!["bench.floor".to_string()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let stream = match keyed {
+            false => async_nats::jetstream::stream::Config {
+                name: FLOOR_STREAM.to_string(),
+                subjects: vec!["bench.floor".to_string()],
+                ..Default::default()
+            },
+            true => async_nats::jetstream::stream::Config {
+                name: KEYED_STREAM.to_string(),
+                subjects: vec!["bench.keyed.>".to_string()],
+                max_messages_per_subject: 1,
+                allow_rollup: true,
+                allow_message_ttl: true,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            },
+        };
+        js.get_or_create_stream(stream).await.unwrap();
         let verifier = Arc::new(netbox_relay::webhook::signature::Verifier::new(
             vec![SECRET.to_string().into()],
             true,
         ));
+        let last_seqs = Arc::new(Mutex::new(HashMap::<String, u64>::new()));
         let handler = move |headers: HeaderMap, body: bytes::Bytes| {
-            let (js, verifier) = (js.clone(), verifier.clone());
+            let (js, verifier, last_seqs) = (js.clone(), verifier.clone(), last_seqs.clone());
             async move {
                 let signature = headers.get("x-hook-signature").map(|v| v.as_bytes());
                 let Ok(verified) = verifier.verify(signature, body.clone()) else {
                     return StatusCode::UNAUTHORIZED;
                 };
-                if serde_json::from_slice::<Value>(verified.as_bytes()).is_err() {
+                let Ok(parsed) = serde_json::from_slice::<Value>(verified.as_bytes()) else {
                     return StatusCode::BAD_REQUEST;
+                };
+                if !keyed {
+                    let Ok(ack) = js.publish("bench.floor", body).await else {
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    };
+                    return match ack.await {
+                        Ok(_) => StatusCode::ACCEPTED,
+                        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+                    };
                 }
-                let Ok(ack) = js.publish("bench.floor", body).await else {
+                let (object_type, data) = (&parsed["object_type"], &parsed["data"]);
+                let kind = object_type.as_str().unwrap_or("none").replace('.', "_");
+                let subject = format!("bench.keyed.default.{kind}.{}", data["id"]);
+                let expected = last_seqs
+                    .lock()
+                    .unwrap()
+                    .get(&subject)
+                    .copied()
+                    .unwrap_or(0);
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Content-Type", "application/json");
+                let msg_id = format!("{subject}@{}", data["last_updated"]);
+                headers.insert("Nats-Msg-Id", msg_id.as_str());
+                headers.insert(
+                    "Nats-Expected-Last-Subject-Sequence",
+                    expected.to_string().as_str(),
+                );
+                let Ok(ack) = js
+                    .publish_with_headers(subject.clone(), headers, body)
+                    .await
+                else {
                     return StatusCode::SERVICE_UNAVAILABLE;
                 };
                 match ack.await {
-                    Ok(_) => StatusCode::ACCEPTED,
+                    Ok(ack) => {
+                        last_seqs.lock().unwrap().insert(subject, ack.sequence);
+                        StatusCode::ACCEPTED
+                    }
                     Err(_) => StatusCode::SERVICE_UNAVAILABLE,
                 }
             }

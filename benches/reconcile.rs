@@ -250,9 +250,11 @@ async fn run(args: Args) {
 }
 
 /// What a first run cannot do without: one JetStream publish per object, awaited for its ack, 256
-/// in flight as the relay's reconcile has, each on its own subject with a `Nats-Msg-Id`, of the
-/// mean size of the deltas the relay published (read from its stream), into a stream of its own
-/// (deleted after).
+/// in flight as the relay's reconcile has, of the mean size of the deltas the relay published (read
+/// from its stream), as the contract asks: each on its own subject of a stream that keeps one
+/// message per subject (rollups and message TTLs allowed, as the relay's), with a `Nats-Msg-Id`
+/// and the subject's expected last sequence (0: a first run's keys are new). The stream is its
+/// own, deleted after.
 async fn publish_only(url: &str, objects: u64) {
     use async_nats::jetstream::{self, stream};
     use futures::StreamExt;
@@ -270,6 +272,9 @@ async fn publish_only(url: &str, objects: u64) {
     let config = stream::Config {
         name: "BENCH_FLOOR".into(),
         subjects: vec!["floor.>".into()],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        allow_message_ttl: true,
         ..Default::default()
     };
     js.create_stream(config).await.unwrap();
@@ -280,7 +285,9 @@ async fn publish_only(url: &str, objects: u64) {
             acks.next().await.unwrap();
         }
         let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Content-Type", "application/json");
         headers.insert("Nats-Msg-Id", format!("floor-{id}").as_str());
+        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
         let ack = js
             .publish_with_headers(format!("floor.device.{id}"), headers, payload.clone())
             .await

@@ -17,12 +17,11 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::diff::Emitter;
+use super::diff::{Emitter, PullError};
 use super::pull::{Pager, PullOptions};
 use super::Reconciler;
 use crate::backoff::Backoff;
 use crate::delta::Origin;
-use crate::netbox::client::ApiError;
 use crate::netbox::parents::Trigger;
 use crate::netbox::ObjectType;
 use crate::telemetry;
@@ -39,7 +38,7 @@ pub trait Dependents: Send + Sync + 'static {
     fn cascade(
         &self,
         trigger: &Trigger,
-    ) -> impl Future<Output = Result<CascadeTally, CascadeError>> + Send;
+    ) -> impl Future<Output = Result<CascadeTally, PullError>> + Send;
 }
 
 impl Dependents for Reconciler {
@@ -50,7 +49,7 @@ impl Dependents for Reconciler {
     fn cascade(
         &self,
         trigger: &Trigger,
-    ) -> impl Future<Output = Result<CascadeTally, CascadeError>> + Send {
+    ) -> impl Future<Output = Result<CascadeTally, PullError>> + Send {
         cascade(self, trigger)
     }
 }
@@ -195,29 +194,13 @@ impl Cascades {
     }
 }
 
-/// Why a cascade did not run to its end.
-#[derive(Debug, thiserror::Error)]
-pub enum CascadeError {
-    #[error("netbox.url or netbox.token is not configured")]
-    NotConfigured,
-    #[error(transparent)]
-    Api(#[from] ApiError),
-    #[error("translating a page failed: {0}")]
-    Translate(#[from] tokio::task::JoinError),
-    #[error("{0} deltas not delivered")]
-    NotDelivered(u64),
-}
-
 /// Pulls the dependents of one parent, type by type (the enabled ones), and publishes the
 /// entries that changed.
 pub async fn cascade(
     reconciler: &Reconciler,
     trigger: &Trigger,
-) -> Result<CascadeTally, CascadeError> {
-    let client = reconciler
-        .client
-        .clone()
-        .ok_or(CascadeError::NotConfigured)?;
+) -> Result<CascadeTally, PullError> {
+    let client = reconciler.client.clone().ok_or(PullError::NotConfigured)?;
     let version = client.version().await?;
     let options = PullOptions {
         version,
@@ -244,7 +227,7 @@ pub async fn cascade(
                 Ok(Some(page)) => page,
                 Ok(None) => break,
                 Err(e) => {
-                    failure = Some(CascadeError::Api(e));
+                    failure = Some(PullError::Api(e));
                     break;
                 }
             };
@@ -258,7 +241,7 @@ pub async fn cascade(
         let sent = emitter.finish().await;
         tally.published += sent.out;
         if let Some(e) =
-            failure.or((sent.failed > 0).then_some(CascadeError::NotDelivered(sent.failed)))
+            failure.or((sent.failed > 0).then_some(PullError::NotDelivered(sent.failed)))
         {
             return Err(e);
         }
@@ -284,12 +267,12 @@ mod tests {
             4
         }
 
-        async fn cascade(&self, trigger: &Trigger) -> Result<CascadeTally, CascadeError> {
+        async fn cascade(&self, trigger: &Trigger) -> Result<CascadeTally, PullError> {
             let at = self.epoch.elapsed();
             let pull = (trigger.id, trigger.slug.clone(), at);
             self.pulls.lock().unwrap().push(pull);
             if self.failing.contains(&trigger.id) {
-                return Err(CascadeError::NotDelivered(1));
+                return Err(PullError::NotDelivered(1));
             }
             Ok(CascadeTally::default())
         }

@@ -136,7 +136,7 @@ async fn take(
     report: &mut TypeReport,
     seen: &mut HashSet<u64>,
     emitter: &mut Emitter<'_>,
-) -> Result<(), PullFailure> {
+) -> Result<(), PullError> {
     let sorted = sorted?;
     report.fetched += sorted.ids.len() as u64;
     report.fetched_in_full += sorted.ids.len() as u64;
@@ -329,9 +329,9 @@ async fn count_upserts(emitter: Emitter<'_>, report: &mut TypeReport) {
     report.errors += tally.failed;
 }
 
-/// Why a pull ended early.
+/// Why a pull (of a pass's object type, or of a cascade's dependents) ended early.
 #[derive(Debug, thiserror::Error)]
-enum PullFailure {
+pub enum PullError {
     #[error("netbox.url or netbox.token is not configured")]
     NotConfigured,
     #[error(transparent)]
@@ -340,12 +340,14 @@ enum PullFailure {
     Translate(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0} deltas not delivered")]
+    NotDelivered(u64),
 }
 
-impl PullFailure {
+impl PullError {
     /// NetBox refused to show the type (403: the token lacks its view permission).
     fn refused(&self) -> bool {
-        matches!(self, PullFailure::Api(ApiError::Forbidden { .. }))
+        matches!(self, PullError::Api(ApiError::Forbidden { .. }))
     }
 }
 
@@ -409,9 +411,9 @@ impl Pass<'_> {
         object_type: ObjectType,
         report: &mut TypeReport,
         seen: &mut HashSet<u64>,
-    ) -> Result<(Vec<Known>, Result<(), PullFailure>), StoreError> {
+    ) -> Result<(Vec<Known>, Result<(), PullError>), StoreError> {
         let Some(client) = self.reconciler.client.clone() else {
-            return Ok((Vec::new(), Err(PullFailure::NotConfigured)));
+            return Ok((Vec::new(), Err(PullError::NotConfigured)));
         };
         let options = super::pull::PullOptions {
             version: self.version,
@@ -454,7 +456,7 @@ impl Pass<'_> {
         before: Arc<served::Index>,
         report: &mut TypeReport,
         seen: &mut HashSet<u64>,
-    ) -> Result<(), PullFailure> {
+    ) -> Result<(), PullError> {
         let mut emitter = Emitter::new(self.output);
         let mut sorting = FuturesUnordered::new();
         let mut failure = None;
@@ -569,7 +571,7 @@ impl Pass<'_> {
         stored: HashMap<u64, DateTime<Utc>>,
         report: &mut TypeReport,
         seen: &mut HashSet<u64>,
-    ) -> Result<(), PullFailure> {
+    ) -> Result<(), PullError> {
         let mut emitter = Emitter::new(self.output);
         let mut stale = Vec::new();
         let mut failure = None;
@@ -624,7 +626,7 @@ impl Pass<'_> {
         ids: &[u64],
         report: &mut TypeReport,
         emitter: &mut Emitter<'_>,
-    ) -> Result<(), PullFailure> {
+    ) -> Result<(), PullError> {
         let page = super::pull::by_ids(client, object_type, ids).await?;
         let sorted = self.reconciler.sort_off_runtime(object_type, page).await?;
         report.fetched_in_full += sorted.ids.len() as u64;
