@@ -169,7 +169,12 @@ impl<'de, I: Item<'de>> Visitor<'de> for PageVisitor<I> {
         let mut results = None;
         while let Some(Key(key)) = map.next_key()? {
             match key.as_ref() {
-                "results" => results = map.next_value_seed(Results(self.0))?,
+                "results" => {
+                    results = match map.next_value_seed(SlotOf(Results(self.0)))? {
+                        Slot::Is(objects) => Some(objects),
+                        _ => None,
+                    }
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -214,59 +219,18 @@ impl<'de> Item<'de> for AsWritten {
     }
 }
 
-/// A list of objects, each read by `I`; `None` when the value is no list.
+/// A list of objects, each read by `I`.
 struct Results<I>(I);
 
-impl<'de, I: Item<'de>> DeserializeSeed<'de> for Results<I> {
-    type Value = Option<Vec<I::Out>>;
+impl<'de, I: Item<'de>> Shape<'de> for Results<I> {
+    type Out = Vec<I::Out>;
 
-    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
-        de.deserialize_any(self)
-    }
-}
-
-impl<'de, I: Item<'de>> Visitor<'de> for Results<I> {
-    type Value = Option<Vec<I::Out>>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+    fn read_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Slot<Self::Out>, A::Error> {
         let mut objects = Vec::with_capacity(seq.size_hint().unwrap_or(0));
         while let Some(item) = self.0.next(&mut seq)? {
             objects.extend(item);
         }
-        Ok(Some(objects))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(None)
-    }
-
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(Slot::Is(objects))
     }
 }
 
@@ -299,19 +263,29 @@ impl<'de> Visitor<'de> for TopVisitor<'_> {
     }
 }
 
-/// Builds a `T` from a JSON object's entries.
-trait ReadMap<'de> {
+/// Reads a value of the shape it expects, an object or a list, into [`Slot::Is`]; a value of
+/// another shape is checked to be JSON, skipped and answered as [`Slot::Other`].
+trait Shape<'de>: Sized {
     type Out;
-    fn read_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Out, A::Error>;
+
+    fn read_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Slot<Self::Out>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Slot::Other)
+    }
+
+    fn read_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Slot<Self::Out>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Slot::Other)
+    }
 }
 
 /// `data`'s fields that [`Keep`] names, parsed; the others skipped.
 struct DataFields<'k>(Keep<'k>);
 
-impl<'de> ReadMap<'de> for DataFields<'_> {
+impl<'de> Shape<'de> for DataFields<'_> {
     type Out = Map<String, Value>;
 
-    fn read_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Out, A::Error> {
+    fn read_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Slot<Self::Out>, A::Error> {
         let mut fields = Map::new();
         while let Some(Key(key)) = map.next_key()? {
             if (self.0.fields)(&key) {
@@ -321,17 +295,17 @@ impl<'de> ReadMap<'de> for DataFields<'_> {
                 map.next_value::<IgnoredAny>()?;
             }
         }
-        Ok(fields)
+        Ok(Slot::Is(fields))
     }
 }
 
 /// `snapshots`: its `prechange` and `postchange`.
 struct Snapshots;
 
-impl<'de> ReadMap<'de> for Snapshots {
+impl<'de> Shape<'de> for Snapshots {
     type Out = (Slot<Fields<'de>>, Slot<Fields<'de>>);
 
-    fn read_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Out, A::Error> {
+    fn read_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Slot<Self::Out>, A::Error> {
         let (mut pre, mut post) = (Slot::Absent, Slot::Absent);
         while let Some(Key(key)) = map.next_key()? {
             match key.as_ref() {
@@ -342,29 +316,29 @@ impl<'de> ReadMap<'de> for Snapshots {
                 }
             }
         }
-        Ok((pre, post))
+        Ok(Slot::Is((pre, post)))
     }
 }
 
 /// A snapshot: each field's value left as written.
 struct RawFields;
 
-impl<'de> ReadMap<'de> for RawFields {
+impl<'de> Shape<'de> for RawFields {
     type Out = Fields<'de>;
 
-    fn read_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Out, A::Error> {
+    fn read_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Slot<Self::Out>, A::Error> {
         let mut fields = Fields::new();
         while let Some(Key(key)) = map.next_key()? {
             fields.push((key, map.next_value()?));
         }
-        Ok(fields)
+        Ok(Slot::Is(fields))
     }
 }
 
-/// A value that should be an object: [`Slot::Is`] when it is, otherwise what it was.
+/// A value that should have the shape `F` reads: [`Slot::Is`] when it has, otherwise what it was.
 struct SlotOf<F>(F);
 
-impl<'de, F: ReadMap<'de>> DeserializeSeed<'de> for SlotOf<F> {
+impl<'de, F: Shape<'de>> DeserializeSeed<'de> for SlotOf<F> {
     type Value = Slot<F::Out>;
 
     fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
@@ -372,7 +346,7 @@ impl<'de, F: ReadMap<'de>> DeserializeSeed<'de> for SlotOf<F> {
     }
 }
 
-impl<'de, F: ReadMap<'de>> Visitor<'de> for SlotOf<F> {
+impl<'de, F: Shape<'de>> Visitor<'de> for SlotOf<F> {
     type Value = Slot<F::Out>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -380,12 +354,11 @@ impl<'de, F: ReadMap<'de>> Visitor<'de> for SlotOf<F> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        Ok(Slot::Is(self.0.read_map(map)?))
+        self.0.read_map(map)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Slot::Other)
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        self.0.read_seq(seq)
     }
 
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
