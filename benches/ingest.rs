@@ -962,6 +962,7 @@ fn baseline_server(port: u16) {
 /// and the subject's expected last sequence (kept in a map; no per-key order, no state file).
 fn floor_server(port: u16, nats: String, keyed: bool) {
     use axum::http::{HeaderMap, StatusCode};
+    use sha2::{Digest, Sha256};
     use std::collections::HashMap;
     use std::sync::Mutex;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1023,7 +1024,9 @@ fn floor_server(port: u16, nats: String, keyed: bool) {
                     .unwrap_or(0);
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Content-Type", "application/json");
-                let msg_id = format!("{subject}@{}", data["last_updated"]);
+                // 32 hex characters, as the relay's delta ids.
+                let change = format!("{subject}@{}", data["last_updated"]);
+                let msg_id = hex::encode(&Sha256::digest(change.as_bytes())[..16]);
                 headers.insert("Nats-Msg-Id", msg_id.as_str());
                 headers.insert(
                     "Nats-Expected-Last-Subject-Sequence",
