@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -33,8 +33,10 @@ struct Handled {
 
 /// Every webhook gets one log line (request id, object type, id, event, result, latency) and is
 /// counted by result; lines logged while handling it carry its request id through the span.
-pub async fn receive(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+pub async fn receive(State(app): State<Arc<AppState>>, request: Request) -> Response {
     let started = Instant::now();
+    // The request taken whole: axum's `HeaderMap` extractor would copy every header.
+    let (parts, body) = request.into_parts();
     // NetBox's request id once the body is read; until then, and for bodies without one, ours.
     let span = tracing::info_span!(
         "webhook",
@@ -43,7 +45,9 @@ pub async fn receive(State(app): State<Arc<AppState>>, headers: HeaderMap, body:
         id = field::Empty,
         event = field::Empty
     );
-    let outcome = handle(&app, &headers, body).instrument(span.clone()).await;
+    let outcome = handle(&app, &parts.headers, body)
+        .instrument(span.clone())
+        .await;
     let elapsed = started.elapsed();
     let _entered = span.enter();
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
