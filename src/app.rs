@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::publish::{self, Delivery, Publisher, Spool};
-use crate::reconcile::{Cascades, Confirmer, Output, Reconciler, RunOptions, RunReport};
+use crate::reconcile::{Cascades, Confirmer, Journal, Output, Reconciler, RunOptions, RunReport};
 use crate::sd::{self, Discovery, Source};
 use crate::state::{Committer, Store};
 use crate::supervise::supervise;
@@ -62,14 +62,18 @@ impl Relay {
             Reconciler::new(&config, translator(&config)?, store, output)?
                 .stopping_with(shutdown.clone()),
         );
-        let cascades = cascades(&config, &reconciler);
-        let confirmer = Arc::new(Confirmer::new(
-            &config,
-            reconciler.client(),
-            translator(&config)?,
-            pipeline.store.clone(),
-            pipeline.committer.clone(),
-        )?);
+        let journal = Journal::new(pipeline.store.clone(), pipeline.committer.clone());
+        let cascades = cascades(&config, &reconciler, journal);
+        let confirmer = Arc::new(
+            Confirmer::new(
+                &config,
+                reconciler.client(),
+                translator(&config)?,
+                pipeline.store.clone(),
+                pipeline.committer.clone(),
+            )?
+            .cascading(cascades.clone()),
+        );
         let discovery = Arc::new(Discovery::new(
             sd_source(&config, pipeline.publisher.jetstream().clone()),
             config.sd.token.clone(),
@@ -278,7 +282,7 @@ pub fn sd_source(config: &Config, js: async_nats::jetstream::Context) -> Source 
 
 /// The cascade queue, when cascades are on (`cascade.enabled`, by default whenever NetBox's URL
 /// and token are set); says once why they are off.
-fn cascades(config: &Config, reconciler: &Reconciler) -> Option<Arc<Cascades>> {
+fn cascades(config: &Config, reconciler: &Reconciler, journal: Journal) -> Option<Arc<Cascades>> {
     match (config.cascade.enabled, reconciler.is_configured()) {
         (Some(false), _) => {
             tracing::info!("cascades off: cascade.enabled = false");
@@ -288,7 +292,7 @@ fn cascades(config: &Config, reconciler: &Reconciler) -> Option<Arc<Cascades>> {
             tracing::info!("cascades off: netbox.url or netbox.token is not set, so a renamed site, tenant or tag re-labels its dependents only at the next reconcile");
             None
         }
-        (_, true) => Some(Cascades::new(config.cascade.debounce)),
+        (_, true) => Some(Cascades::kept_in(config.cascade.debounce, journal)),
     }
 }
 

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use super::object_type::api_endpoint;
 use super::webhook::Changes;
+use super::ObjectType;
 
 type Object = Map<String, Value>;
 
@@ -54,6 +55,13 @@ impl Parent {
             .find(|p| p.api_path.split_once('/') == Some((app, endpoint)))
     }
 
+    /// Whether NetBox clears the references to a deleted object of this kind without saving the
+    /// objects that held them (a host's primary IP is a one-to-one field NetBox's delete
+    /// handler passes over): no webhook, no `last_updated` tells of the change.
+    pub fn cleared_unsaved(&self) -> bool {
+        self.name == IP
+    }
+
     /// Whether the parent is only a trigger, not a registry kind of its own.
     pub fn trigger_only(&self) -> bool {
         super::ObjectType::from_name(self.name).is_none()
@@ -76,6 +84,22 @@ impl Parent {
     }
 }
 
+impl Parent {
+    /// The cascade of a change to parent `id` that is known to have happened but not which
+    /// fields it changed: a run that found the parent changed, main's newer object delivered by a
+    /// confirmation. `object` is the parent as the REST API serves it now.
+    pub fn any_change(&'static self, id: u64, object: &Object) -> Trigger {
+        let changes = Changes::default();
+        let unknown = self.trigger(id, object, &changes);
+        unknown.unwrap_or_else(|| Trigger {
+            parent: self,
+            id,
+            slug: None,
+            hosts: Vec::new(),
+        })
+    }
+}
+
 /// A parent whose shown value changed: its dependents are to be pulled again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trigger {
@@ -88,6 +112,34 @@ pub struct Trigger {
 }
 
 impl Trigger {
+    /// The parent it is about, `dcim.site/3`: one pending cascade per parent.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.parent.name, self.id)
+    }
+
+    /// The trigger as the state file keeps it; `token` tells two triggers of one parent apart.
+    pub fn encode(&self, token: &str) -> Vec<u8> {
+        let hosts: Vec<(&str, u64)> = self.hosts.clone();
+        let value = serde_json::json!({"token": token, "slug": self.slug, "hosts": hosts});
+        value.to_string().into_bytes()
+    }
+
+    /// A trigger [`Trigger::encode`] wrote under `key`; None for one no longer understood.
+    pub fn decode(key: &str, bytes: &[u8]) -> Option<Trigger> {
+        let (name, id) = key.rsplit_once('/')?;
+        let value: Value = serde_json::from_slice(bytes).ok()?;
+        let hosts = value.get("hosts")?.as_array()?.iter().map(|host| {
+            let host_type = ObjectType::from_name(host.get(0)?.as_str()?)?.name;
+            Some((host_type, host.get(1)?.as_u64()?))
+        });
+        Some(Trigger {
+            parent: Parent::from_name(name)?,
+            id: id.parse().ok()?,
+            slug: value.get("slug")?.as_str().map(String::from),
+            hosts: hosts.collect::<Option<_>>()?,
+        })
+    }
+
     /// The query selecting the dependents that `filter` names, or `None` when it cannot be
     /// built (a slug filter for a parent that sent no slug).
     pub fn query(&self, filter: Filter) -> Option<String> {

@@ -237,8 +237,10 @@ impl WebhookEvent {
     }
 }
 
-/// Only an update can change what a parent's dependents show: nothing points at a new object,
-/// and a deleted one's references are cleared or protected by NetBox.
+/// An update can change what a parent's dependents show; nothing points at a new object. A
+/// deleted one's references are protected, or cleared by NetBox with a save (and a webhook) of
+/// each object that pointed at it, except a deleted IP address's: NetBox clears it from its
+/// host's primary or OOB IP without saving the host.
 fn cascade_of(
     parent: &'static Parent,
     event: ChangeEvent,
@@ -248,6 +250,7 @@ fn cascade_of(
 ) -> Option<Trigger> {
     match event {
         ChangeEvent::Updated => parent.trigger(id, data, changes),
+        ChangeEvent::Deleted if parent.cleared_unsaved() => Some(parent.any_change(id, data)),
         ChangeEvent::Created | ChangeEvent::Deleted => None,
     }
 }

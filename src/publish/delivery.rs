@@ -82,6 +82,11 @@ impl Delivery {
         &self.publisher
     }
 
+    /// The state file's commit thread, for what reconcile keeps beside the records.
+    pub fn committer(&self) -> &Committer {
+        &self.committer
+    }
+
     /// Remembers a delta read from the stream (another relay published it) as the key's record.
     pub async fn remember(&self, latest: &RegistryDelta, seq: u64) -> Result<(), DeliveryError> {
         let record = with_seq(state::record(latest)?, seq);

@@ -5,14 +5,16 @@
 //! Triggers wait `cascade.debounce` and are coalesced per parent, so a bulk edit of fifty sites
 //! pulls each site's dependents once; at most `netbox.concurrency` parents are pulled at a time,
 //! each on its own, so that a slow one delays no other.
-//! Pending triggers live in memory: a relay that stops with some queued leaves them to the next
-//! reconcile, as it does a cascade that failed `ATTEMPTS` times.
+//! Each trigger is kept in the state file ([`Journal`]) before the parent's change is published,
+//! and forgotten once its dependents were pulled: one queued when the relay stops runs at its next
+//! start, and one that failed `ATTEMPTS` times runs at the next reconcile run.
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +26,7 @@ use crate::backoff::Backoff;
 use crate::delta::Origin;
 use crate::netbox::parents::Trigger;
 use crate::netbox::ObjectType;
+use crate::state::{Committer, PendingCascade, Store, StoreError, Write};
 use crate::telemetry;
 
 /// Tries of one cascade before it is left to the next reconcile; the n-th retry waits
@@ -39,6 +42,63 @@ pub trait Dependents: Send + Sync + 'static {
         &self,
         trigger: &Trigger,
     ) -> impl Future<Output = Result<CascadeTally, PullError>> + Send;
+}
+
+/// The pending cascades in the state file.
+#[derive(Clone)]
+pub struct Journal {
+    store: Arc<Store>,
+    committer: Committer,
+}
+
+impl Journal {
+    pub fn new(store: Arc<Store>, committer: Committer) -> Journal {
+        Journal { store, committer }
+    }
+
+    /// Keeps `triggers` durably; each row is to be given back to [`Journal::done`].
+    pub async fn keep(&self, triggers: &[Trigger]) -> Result<Vec<PendingCascade>, StoreError> {
+        let rows: Vec<PendingCascade> = triggers
+            .iter()
+            .map(|t| PendingCascade {
+                key: t.key(),
+                value: Bytes::from(t.encode(&uuid::Uuid::new_v4().simple().to_string())),
+            })
+            .collect();
+        if !rows.is_empty() {
+            let pending = rows.clone();
+            self.committer.commit(Write::Cascade { pending }).await?;
+        }
+        Ok(rows)
+    }
+
+    /// Forgets cascades carried out (a failure costs one more run of them, and is only logged).
+    pub async fn done(&self, done: Vec<PendingCascade>) {
+        if done.is_empty() {
+            return;
+        }
+        if let Err(e) = self.committer.commit(Write::Cascaded { done }).await {
+            tracing::warn!(error = %e, "cascade: cannot forget cascades carried out; they run again");
+        }
+    }
+
+    /// Every pending cascade; rows no longer understood are forgotten.
+    pub async fn pending(&self) -> Result<Vec<(Trigger, PendingCascade)>, StoreError> {
+        let rows = self.store.read(|s| s.pending_cascades()).await?;
+        let mut pending = Vec::with_capacity(rows.len());
+        let mut unreadable = Vec::new();
+        for row in rows {
+            match Trigger::decode(&row.key, &row.value) {
+                Some(trigger) => pending.push((trigger, row)),
+                None => unreadable.push(row),
+            }
+        }
+        if !unreadable.is_empty() {
+            tracing::error!(count = unreadable.len(), "cascade: pending cascades not understood; forgotten (the next full pass repairs what they would have)");
+            self.done(unreadable).await;
+        }
+        Ok(pending)
+    }
 }
 
 impl Dependents for Reconciler {
@@ -59,11 +119,15 @@ pub struct Cascades {
     pending: Mutex<BTreeMap<(&'static str, u64), Queued>>,
     wake: Notify,
     debounce: Duration,
+    /// Where triggers are kept until carried out (none in the queue's own unit tests).
+    journal: Option<Journal>,
 }
 
 struct Queued {
     trigger: Trigger,
     attempt: u32,
+    /// Its row in the journal.
+    kept: Option<PendingCascade>,
 }
 
 /// What one cascade did.
@@ -79,23 +143,67 @@ impl Cascades {
             pending: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
             debounce,
+            journal: None,
         })
     }
 
-    /// Queues a cascade; one already queued for the same parent takes the newer slug.
-    pub fn push(&self, trigger: Trigger) {
-        self.queue(trigger, 0);
+    /// A queue whose triggers outlive a restart.
+    pub fn kept_in(debounce: Duration, journal: Journal) -> Arc<Cascades> {
+        Arc::new(Cascades {
+            pending: Mutex::new(BTreeMap::new()),
+            wake: Notify::new(),
+            debounce,
+            journal: Some(journal),
+        })
     }
 
-    fn queue(&self, trigger: Trigger, attempt: u32) {
+    /// Queues a cascade, durably once it returns `Ok`; one already queued for the same parent
+    /// takes the newer slug.
+    pub async fn push(&self, trigger: Trigger) -> Result<(), StoreError> {
+        let kept = match &self.journal {
+            Some(journal) => journal.keep(std::slice::from_ref(&trigger)).await?.pop(),
+            None => None,
+        };
+        self.queue(trigger, 0, kept);
+        Ok(())
+    }
+
+    fn queue(&self, trigger: Trigger, attempt: u32, kept: Option<PendingCascade>) {
         let key = (trigger.parent.name, trigger.id);
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let attempt = pending
             .get(&key)
             .map_or(attempt, |q| q.attempt.min(attempt));
-        pending.insert(key, Queued { trigger, attempt });
+        let queued = Queued {
+            trigger,
+            attempt,
+            kept,
+        };
+        pending.insert(key, queued);
         drop(pending);
         self.wake.notify_one();
+    }
+
+    /// Queues the cascades a relay before this one kept and did not carry out.
+    async fn resume(&self) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        match journal.pending().await {
+            Ok(pending) if pending.is_empty() => {}
+            Ok(pending) => {
+                tracing::info!(
+                    count = pending.len(),
+                    "cascade: cascades kept from before are queued again"
+                );
+                for (trigger, kept) in pending {
+                    self.queue(trigger, 0, Some(kept));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cascade: cannot read the pending cascades; the next reconcile run carries them out")
+            }
+        }
     }
 
     /// Runs queued cascades until shutdown. Each parent's pull is a task of its own, at most
@@ -108,6 +216,7 @@ impl Cascades {
     ) {
         let permits = Arc::new(Semaphore::new(reconciler.concurrency().max(1)));
         let pulls = TaskTracker::new();
+        self.resume().await;
         loop {
             tokio::select! {
                 _ = self.wake.notified() => {}
@@ -153,7 +262,7 @@ impl Cascades {
         };
         if let Some((wait, again)) = retry {
             tokio::time::sleep(wait).await;
-            self.queue(again.trigger, again.attempt);
+            self.queue(again.trigger, again.attempt, again.kept);
         }
     }
 
@@ -163,10 +272,17 @@ impl Cascades {
         reconciler: &impl Dependents,
         queued: Queued,
     ) -> Option<(Duration, Queued)> {
-        let Queued { trigger, attempt } = queued;
+        let Queued {
+            trigger,
+            attempt,
+            kept,
+        } = queued;
         let (parent, id) = (trigger.parent.name, trigger.id);
         match reconciler.cascade(&trigger).await {
             Ok(tally) => {
+                if let (Some(journal), Some(kept)) = (&self.journal, kept) {
+                    journal.done(vec![kept]).await;
+                }
                 telemetry::cascade_ran("succeeded", tally.pulled);
                 tracing::info!(
                     parent,
@@ -182,12 +298,17 @@ impl Cascades {
                 let wait = Backoff::nth_wait(first, most, 4.0, attempt as usize);
                 tracing::warn!(parent, id, error = %e, retry_in = ?wait, "cascade: failed; retrying");
                 let attempt = attempt + 1;
-                return Some((wait, Queued { trigger, attempt }));
+                let again = Queued {
+                    trigger,
+                    attempt,
+                    kept,
+                };
+                return Some((wait, again));
             }
             Err(e) => {
                 telemetry::cascade_ran("failed", 0);
                 tracing::error!(parent, id, error = %e,
-                    "cascade: failed for good; the next reconcile re-labels what it missed");
+                    "cascade: failed for good here; kept for the next reconcile run");
             }
         }
         None
@@ -305,10 +426,13 @@ mod tests {
         tokio::task::yield_now().await;
         // Fifty sites renamed over 1.5 s, site 7 twice.
         for id in 1..=50 {
-            cascades.push(site(id, &format!("site-{id}")));
+            cascades
+                .push(site(id, &format!("site-{id}")))
+                .await
+                .unwrap();
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
-        cascades.push(site(7, "site-7-again"));
+        cascades.push(site(7, "site-7-again")).await.unwrap();
         tokio::time::sleep(Duration::from_secs(10)).await;
         shutdown.cancel();
 
@@ -331,9 +455,9 @@ mod tests {
     async fn a_failing_parent_is_tried_four_times_and_holds_no_other() {
         let (cascades, recorder, shutdown) = started(vec![1]);
         tokio::task::yield_now().await;
-        cascades.push(site(1, "failing"));
+        cascades.push(site(1, "failing")).await.unwrap();
         tokio::time::sleep(Duration::from_secs(3)).await;
-        cascades.push(site(2, "healthy"));
+        cascades.push(site(2, "healthy")).await.unwrap();
         tokio::time::sleep(Duration::from_secs(600)).await;
         shutdown.cancel();
 

@@ -21,10 +21,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::pull::selection;
+use super::Cascades;
 use crate::backoff::Backoff;
 use crate::config::{Config, Confirm};
 use crate::delta::{Origin, RegistryDelta};
 use crate::netbox::client::{ApiError, NetboxClient};
+use crate::netbox::parents::{Parent, Trigger};
 use crate::netbox::webhook::{self, ChangeEvent, Parsed, WebhookEvent};
 use crate::publish::{Delivered, Delivery, DeliveryError};
 use crate::state::{Committer, Store, StoreError, Write};
@@ -42,10 +44,16 @@ pub enum Confirmed {
     /// Publish the webhook's own delta: NetBox has no netbox-branching (`auto`), or main lacks
     /// the object the webhook deletes.
     AsSent,
-    /// Publish main's object in its place; with a reason when main's entry differs from the
-    /// webhook's (the change is not on main, and main's object is published only if the
-    /// registry does not show it yet).
-    Main(Box<RegistryDelta>, Option<String>),
+    /// Publish main's object in its place.
+    Main {
+        delta: Box<RegistryDelta>,
+        /// Why, when main's entry differs from the webhook's: the change is not on main, and
+        /// main's object is published only if the registry does not show it yet.
+        differs: Option<String>,
+        /// The cascade main's object calls for when it is newer than the webhook's change
+        /// (changes made since, whose own webhooks may never come) and is a parent.
+        newer: Option<Trigger>,
+    },
     /// Main does not show the change; the reason is for the 200 answer.
     NotOnMain(String),
 }
@@ -62,6 +70,8 @@ pub struct Confirmer {
     held: AtomicU64,
     next_id: AtomicU64,
     wake: Notify,
+    /// Where a confirmed parent's cascade goes (cascades on).
+    cascades: Option<Arc<Cascades>>,
 }
 
 impl Confirmer {
@@ -96,7 +106,14 @@ impl Confirmer {
             held: AtomicU64::new(held),
             next_id: AtomicU64::new(next_id),
             wake: Notify::new(),
+            cascades: None,
         })
+    }
+
+    /// Confirmed webhooks of parents queue their cascades here.
+    pub fn cascading(mut self, cascades: Option<Arc<Cascades>>) -> Self {
+        self.cascades = cascades;
+        self
     }
 
     /// Whether `event` is to be checked against main before it is published: not when its body
@@ -136,8 +153,13 @@ impl Confirmer {
         }
         let confirmed = self.ask(client, status.version, event, delta).await;
         telemetry::confirmed(match &confirmed {
-            Ok(Confirmed::AsSent | Confirmed::Main(_, None)) => "on_main",
-            Ok(Confirmed::Main(_, Some(_)) | Confirmed::NotOnMain(_)) => "not_on_main",
+            Ok(Confirmed::AsSent | Confirmed::Main { differs: None, .. }) => "on_main",
+            Ok(
+                Confirmed::Main {
+                    differs: Some(_), ..
+                }
+                | Confirmed::NotOnMain(_),
+            ) => "not_on_main",
             Err(_) => "failed",
         });
         confirmed
@@ -172,7 +194,15 @@ impl Confirmer {
                         "NetBox's main does not show this change of {what} {id}: made in a branch"
                     )
                 });
-                Confirmed::Main(Box::new(main), differs)
+                let newer = (main.revision > delta.revision || unstamped)
+                    .then(|| Parent::from_name(what))
+                    .flatten()
+                    .map(|parent| parent.any_change(id, &object));
+                Confirmed::Main {
+                    delta: Box::new(main),
+                    differs,
+                    newer,
+                }
             }
             (None, _) => Confirmed::NotOnMain(format!(
                 "{what} {id} is not on NetBox's main: a change made in a branch"
@@ -337,14 +367,21 @@ impl Confirmer {
             }
         };
         let key = delta.key.clone();
-        let main = match self.confirm(&event, &delta).await? {
-            Confirmed::AsSent => None,
-            Confirmed::Main(main, _) => Some(main),
+        let (main, newer) = match self.confirm(&event, &delta).await? {
+            Confirmed::AsSent => (None, None),
+            Confirmed::Main {
+                delta: main, newer, ..
+            } => (Some(main), newer),
             Confirmed::NotOnMain(reason) => {
                 tracing::info!(%key, %reason, "held webhook not published");
                 return Ok(());
             }
         };
+        // As the webhook path does: kept before the delta is delivered, whatever becomes of it.
+        if let (Some(cascades), Some(trigger)) = (&self.cascades, newer.or_else(|| event.cascade()))
+        {
+            cascades.push(trigger).await?;
+        }
         let outcome = match delivery.deliver(main.as_deref().unwrap_or(&delta)).await {
             Ok(Delivered::Published) => "published",
             Ok(Delivered::Spooled) => "spooled",

@@ -9,11 +9,13 @@ use chrono::{DateTime, Utc};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::task::JoinHandle;
 
+use super::repair::RunCascades;
 use super::runs::{PassKind, RunStatus, TypeReport};
 use super::served;
 use super::{Output, Reconciler};
 use crate::delta::{entry_hash, RegistryDelta};
 use crate::netbox::client::{ApiError, NetboxClient, ServedPage};
+use crate::netbox::parents::{Parent, Trigger};
 use crate::netbox::{ObjectType, Reads};
 use crate::publish::{Delivered, Last};
 use crate::state::{Known, RecordHead, Served, ServedHash, Store, StoreError};
@@ -39,6 +41,8 @@ const READ_ONE_BY_ONE: usize = 64;
 pub(super) struct Sorted {
     pub ids: Vec<u64>,
     pub changed: Vec<RegistryDelta>,
+    /// Of the changed, the ids whose key had a live entry before: a new object is shown by none.
+    replaced: Vec<u64>,
     unchanged: u64,
     /// Of the unchanged, those served as when a full pass last translated them: not parsed.
     as_served: u64,
@@ -118,6 +122,7 @@ impl Sorted {
         match changed(store, deltas) {
             Ok(compared) => {
                 self.changed = compared.changed;
+                self.replaced = compared.replaced;
                 self.unchanged += compared.same;
                 self.served = compared.served;
             }
@@ -158,6 +163,7 @@ async fn take(
 #[derive(Default)]
 struct Compared {
     changed: Vec<RegistryDelta>,
+    replaced: Vec<u64>,
     same: u64,
     served: Vec<Served>,
 }
@@ -195,6 +201,9 @@ fn changed(
             }
             _ => {
                 compared.remember(&delta.key, hash, &delta.delta_id);
+                if head.is_some_and(|h| !h.deleted()) {
+                    compared.replaced.push(delta.object_id);
+                }
                 compared.changed.push(delta);
             }
         }
@@ -321,6 +330,19 @@ impl Reconciler {
     }
 }
 
+/// The cascade each object of `page` calls for should its entry have changed, when its type is
+/// also a parent.
+fn cascades_of(object_type: ObjectType, page: &[Object]) -> HashMap<u64, Trigger> {
+    let Some(parent) = Parent::from_name(object_type.name) else {
+        return HashMap::new();
+    };
+    let each = page.iter().filter_map(|obj| {
+        let id = obj.get("id").and_then(serde_json::Value::as_u64)?;
+        Some((id, parent.any_change(id, obj)))
+    });
+    each.collect()
+}
+
 /// Waits for the deltas `emitter` sent and counts them in `report` as upserts.
 async fn count_upserts(emitter: Emitter<'_>, report: &mut TypeReport) {
     let tally = emitter.finish().await;
@@ -359,6 +381,7 @@ pub(super) struct Pass<'a> {
     pub run_start: DateTime<Utc>,
     pub force: bool,
     pub kind: PassKind,
+    pub cascades: &'a RunCascades,
 }
 
 impl Pass<'_> {
@@ -628,10 +651,15 @@ impl Pass<'_> {
         emitter: &mut Emitter<'_>,
     ) -> Result<(), PullError> {
         let page = super::pull::by_ids(client, object_type, ids).await?;
+        let mut candidates = cascades_of(object_type, &page);
         let sorted = self.reconciler.sort_off_runtime(object_type, page).await?;
         report.fetched_in_full += sorted.ids.len() as u64;
         report.unchanged += sorted.unchanged;
         report.errors += sorted.errors;
+        // A changed parent's dependents were not stamped: kept before the parent is published.
+        let triggers = sorted.replaced.iter();
+        let triggers = triggers.filter_map(|id| candidates.remove(id));
+        self.cascades.found(triggers.collect()).await?;
         for delta in sorted.changed {
             emitter.push(delta).await;
         }

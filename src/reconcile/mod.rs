@@ -8,6 +8,7 @@ mod diff;
 mod learn;
 mod lease;
 mod pull;
+mod repair;
 mod run;
 mod runs;
 mod schedule;
@@ -19,10 +20,12 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-pub use cascade::Cascades;
+pub use cascade::{Cascades, Journal};
 pub use confirm::{Confirmed, Confirmer, HoldError};
 use lease::{Coordination, Lease, Refused};
-pub use runs::{InProgress, NotStarted, PassKind, RunReport, RunStatus, Runs, TypeReport};
+pub use runs::{
+    CascadeReport, InProgress, NotStarted, PassKind, RunReport, RunStatus, Runs, TypeReport,
+};
 
 use crate::config::Config;
 use crate::netbox::client::NetboxClient;
@@ -57,6 +60,8 @@ pub struct Reconciler {
     page_size: u32,
     concurrency: usize,
     max_delete_fraction: f64,
+    /// Whether runs carry out cascades (`cascade.enabled` not false).
+    cascades_enabled: bool,
     /// How often a run is a full pass.
     full_interval: Duration,
     /// When this relay's last full pass ended, on its monotonic clock (the shared bucket has
@@ -112,6 +117,7 @@ impl Reconciler {
             page_size: config.netbox.page_size,
             concurrency: config.netbox.concurrency,
             max_delete_fraction: config.reconcile.max_delete_fraction,
+            cascades_enabled: config.cascade.enabled != Some(false),
             full_interval: config.reconcile.full_interval,
             last_full: std::sync::Mutex::new(None),
             runs: Runs::default(),

@@ -6,6 +6,7 @@ use chrono::Utc;
 
 use super::diff;
 use super::lease::Lease;
+use super::repair::RunCascades;
 use super::runs::{PassKind, RunReport, RunStatus, Runs, TypeReport};
 use super::{Output, Reconciler, RunOptions};
 use crate::telemetry;
@@ -92,6 +93,11 @@ impl Reconciler {
         }
         telemetry::reconcile_pass(report.pass.as_str());
         self.runs.update(&report);
+        let cascades = RunCascades::of(self);
+        if let (Ok(version), Some(client)) = (&version, &self.client) {
+            self.list_parents(client, *version, &cascades, &mut report.cascades)
+                .await;
+        }
         for object_type in types {
             let type_report = match &version {
                 Ok(version) => {
@@ -102,6 +108,7 @@ impl Reconciler {
                         run_start: report.started_at,
                         force: options.force,
                         kind: report.pass,
+                        cascades: &cascades,
                     };
                     pass.object_type(object_type).await
                 }
@@ -116,6 +123,9 @@ impl Reconciler {
                 .insert(object_type.name.to_string(), type_report);
             self.runs.update(&report);
             self.share(&report).await;
+        }
+        if version.is_ok() {
+            self.cascade_all(&cascades, &mut report.cascades).await;
         }
         report.finish(Utc::now());
         self.runs.update(&report);

@@ -89,6 +89,26 @@ pub struct RunReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     pub object_types: BTreeMap<String, TypeReport>,
+    /// The cascades the run carried out: those its cheap pass found, and those kept pending.
+    #[serde(default)]
+    pub cascades: CascadeReport,
+}
+
+/// What a run's cascades did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CascadeReport {
+    /// Parents whose dependents were pulled (or were to be).
+    pub parents: u64,
+    /// Dependents fetched in full.
+    pub pulled: u64,
+    /// Dependents whose entry changed, published.
+    pub published: u64,
+    /// Parents whose cascade failed: kept for the next run.
+    pub failed: u64,
+    /// Partial when some failed, or a parent type could not be listed.
+    pub status: Option<RunStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl RunReport {
@@ -105,6 +125,7 @@ impl RunReport {
             ended_at: Some(now),
             message: Some(super::run::STOPPED.to_string()),
             object_types: BTreeMap::new(),
+            cascades: CascadeReport::default(),
         }
     }
 
@@ -112,6 +133,7 @@ impl RunReport {
     /// A run in which NetBox refused every type pulled nothing: failed.
     pub fn finish(&mut self, now: DateTime<Utc>) {
         let statuses = self.object_types.values().filter_map(|t| t.status);
+        let statuses = statuses.chain(self.cascades.status);
         self.status = statuses.fold(RunStatus::Succeeded, |run, t| match (run, t) {
             (RunStatus::Failed, _) | (_, RunStatus::Failed) => RunStatus::Failed,
             (RunStatus::Partial, _) | (_, RunStatus::Partial) => RunStatus::Partial,
@@ -189,6 +211,7 @@ impl Runs {
             ended_at: None,
             message: None,
             object_types: BTreeMap::new(),
+            cascades: CascadeReport::default(),
         };
         inner.running = Some(report.run_id);
         inner.reports.push_back(report.clone());

@@ -2,6 +2,7 @@
 //! diffs), and the spool of deltas waiting for NATS. One redb file at `state.path`; deleting it
 //! is safe (the next reconcile rebuilds the records), except for a spool that still holds deltas.
 
+mod cascades;
 mod codec;
 mod committer;
 mod dead;
@@ -11,6 +12,7 @@ mod pending;
 mod record;
 mod store;
 
+pub use cascades::PendingCascade;
 pub use codec::{encode, record, with_seq, Encoded};
 pub use committer::{Committer, Health};
 pub use dead::{Retried, Selection};

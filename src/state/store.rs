@@ -11,6 +11,7 @@ use redb::{
 
 use bytes::Bytes;
 
+use super::cascades::{self, PendingCascade};
 use super::letter::DeadLetter;
 use super::pending::Pending;
 use super::record::RecordHead;
@@ -67,6 +68,15 @@ pub enum Write {
     Release { ids: Vec<u64> },
     /// Remember what full passes translated (see [`SERVED`]); never fsynced on its own.
     Served { rows: Vec<Served> },
+    /// Keep cascades until they are carried out, durably ([`super::cascades::CASCADES`]).
+    Cascade { pending: Vec<PendingCascade> },
+    /// Forget cascades carried out, each unless it was queued again since (another value).
+    Cascaded { done: Vec<PendingCascade> },
+    /// The slugs a run listed of one parent type, in place of those listed before.
+    Slugs {
+        parent: &'static str,
+        slugs: Vec<(u64, String)>,
+    },
     /// Persist everything written so far.
     Flush,
     /// Persist everything and stop the commit thread.
@@ -75,7 +85,11 @@ pub enum Write {
 
 impl Write {
     pub(super) fn needs_fsync(&self) -> bool {
-        !matches!(self, Write::Record { .. } | Write::Served { .. })
+        // A cascade forgotten too late runs once more; nothing is lost.
+        !matches!(
+            self,
+            Write::Record { .. } | Write::Served { .. } | Write::Cascaded { .. }
+        )
     }
 }
 
@@ -452,6 +466,7 @@ impl Store {
             let mut dead = tx.open_table(DEAD).map_err(|e| self.fail(e))?;
             let mut held = tx.open_table(HELD).map_err(|e| self.fail(e))?;
             let mut served = tx.open_table(SERVED).map_err(|e| self.fail(e))?;
+            cascades::create(&tx).map_err(|e| self.fail(e))?;
             for write in writes {
                 match write {
                     Write::Record { key, record } | Write::Spool { key, record, .. } => {
@@ -493,6 +508,9 @@ impl Store {
                                 .insert(row.key.as_str(), value.as_slice())
                                 .map_err(|e| self.fail(e))?;
                         }
+                    }
+                    Write::Cascade { .. } | Write::Cascaded { .. } | Write::Slugs { .. } => {
+                        cascades::apply(&tx, write).map_err(|e| self.fail(e))?;
                     }
                     Write::Flush | Write::Close => {}
                 }

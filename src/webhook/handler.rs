@@ -19,7 +19,7 @@ use super::AppState;
 use crate::delta::RegistryDelta;
 use crate::netbox::parents::Trigger;
 use crate::netbox::webhook::{self, Parsed, WebhookEvent};
-use crate::publish::Delivered;
+use crate::publish::{Delivered, DeliveryError};
 use crate::reconcile::Confirmed;
 use crate::telemetry;
 use crate::translate::{self, Outcome};
@@ -93,7 +93,7 @@ async fn handle(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Handl
             let span = tracing::Span::current();
             span.record("object_type", parent.name);
             span.record("id", object_id);
-            return Ok(cascade_only(app, trigger));
+            return cascade_only(app, trigger).await;
         }
         Parsed::Ignored(reason) => return Ok(ignored("ignored", reason)),
         Parsed::Branch(branch) => {
@@ -110,14 +110,23 @@ async fn handle(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Handl
     };
     // Why main does not show this change, when main's object is delivered in its place.
     let mut not_on_main = None;
+    let mut cascade = event.cascade();
     if app.confirmer.needed(&event) {
-        (delta, not_on_main) = match confirm(app, &event, delta, &body).await? {
+        let newer;
+        (delta, not_on_main, newer) = match confirm(app, &event, delta, &body).await? {
             Ok(confirmed) => confirmed,
             Err(handled) => return Ok(handled),
         };
+        cascade = newer.or(cascade);
     }
     if let Some(stated) = translate::clamped_from(&app.translator, &event, &delta, now) {
         clamped(app, &delta, stated);
+    }
+    // Kept before the delta is published, and whatever becomes of it: a duplicate or stale
+    // delta (an earlier webhook's confirmation published main's newer object) still leaves this
+    // change's dependents to re-label.
+    if let (Some(cascades), Some(trigger)) = (&app.cascades, cascade) {
+        cascades.push(trigger).await.map_err(DeliveryError::from)?;
     }
     let result = match (app.delivery.deliver(&delta).await?, not_on_main) {
         (Delivered::Published, _) => "published",
@@ -128,17 +137,16 @@ async fn handle(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Handl
         }
     };
     tracing::debug!(delta_id = %delta.delta_id, key = %delta.key, "delta delivered");
-    if let Some(cascades) = &app.cascades {
-        if let Some(trigger) = event.cascade() {
-            cascades.push(trigger);
-        }
-    }
     Ok(Handled {
         result,
         status: StatusCode::ACCEPTED,
         body: json!({"status": "accepted", "deltas": 1}),
     })
 }
+
+/// What to deliver after confirmation: the delta, why main does not show the webhook's change
+/// (when it does not), and the cascade main's newer object calls for.
+type ToDeliver = (Box<RegistryDelta>, Option<String>, Option<Trigger>);
 
 /// Asks NetBox's main about a webhook that does not say where its change was made: the delta to
 /// deliver, or the answer when there is none (not on main; held because NetBox did not answer
@@ -148,12 +156,16 @@ async fn confirm(
     event: &WebhookEvent,
     delta: Box<RegistryDelta>,
     body: &VerifiedBody,
-) -> Result<Result<(Box<RegistryDelta>, Option<String>), Handled>, WebhookError> {
+) -> Result<Result<ToDeliver, Handled>, WebhookError> {
     let confirmer = &app.confirmer;
     let asked = tokio::time::timeout(confirmer.timeout(), confirmer.confirm(event, &delta)).await;
     let why = match asked {
-        Ok(Ok(Confirmed::AsSent)) => return Ok(Ok((delta, None))),
-        Ok(Ok(Confirmed::Main(main, differs))) => return Ok(Ok((main, differs))),
+        Ok(Ok(Confirmed::AsSent)) => return Ok(Ok((delta, None, None))),
+        Ok(Ok(Confirmed::Main {
+            delta,
+            differs,
+            newer,
+        })) => return Ok(Ok((delta, differs, newer))),
         Ok(Ok(Confirmed::NotOnMain(reason))) => return Ok(Err(ignored("not_on_main", reason))),
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!(
@@ -177,20 +189,20 @@ async fn confirm(
 
 /// A parent that is only a trigger (device role, platform, tag, IPAM role): 202 when its
 /// dependents will be pulled, 200 when there is nothing to do.
-fn cascade_only(app: &AppState, trigger: Option<Trigger>) -> Handled {
+async fn cascade_only(app: &AppState, trigger: Option<Trigger>) -> Result<Handled, WebhookError> {
     let (Some(cascades), Some(trigger)) = (&app.cascades, trigger) else {
         let reason = match app.cascades {
             Some(_) => "no value its dependents show changed",
             None => "cascades are off",
         };
-        return ignored("ignored", reason.to_string());
+        return Ok(ignored("ignored", reason.to_string()));
     };
-    cascades.push(trigger);
-    Handled {
+    cascades.push(trigger).await.map_err(DeliveryError::from)?;
+    Ok(Handled {
         result: "cascade",
         status: StatusCode::ACCEPTED,
         body: json!({"status": "accepted", "deltas": 0, "cascade": "queued"}),
-    }
+    })
 }
 
 /// Counts a clamped revision, and logs it once per key (a bounded set of keys: past it, again).

@@ -14,7 +14,7 @@ use crate::helpers::{
 };
 use crate::reconcile::{config, fake_with_recorded, reconcile};
 
-const DEBOUNCE: Duration = Duration::from_millis(300);
+pub(crate) const DEBOUNCE: Duration = Duration::from_millis(300);
 /// For the burst: long enough that fifty-one webhooks arrive within it on a loaded machine.
 const BURST_DEBOUNCE: Duration = Duration::from_secs(3);
 
@@ -55,7 +55,7 @@ async fn lab() -> Lab {
 }
 
 /// Waits until the stream took `count` deltas, lets `quiet` pass, and checks no more came.
-async fn published_exactly(nats: &NatsServer, count: u64, quiet: Duration) {
+pub(crate) async fn published_exactly(nats: &NatsServer, count: u64, quiet: Duration) {
     wait_for_published(&nats.url(), count, Duration::from_secs(30)).await;
     tokio::time::sleep(quiet).await;
     assert_eq!(published_count(&nats.url()).await, count, "nothing more");
@@ -63,7 +63,7 @@ async fn published_exactly(nats: &NatsServer, count: u64, quiet: Duration) {
 
 /// The update webhook of `object` (its API form), NetBox's envelope taken from the recorded
 /// update `envelope`, with snapshots saying `field` went from `before` to the object's value.
-fn update_webhook(
+pub(crate) fn update_webhook(
     envelope: &str,
     object_type: &str,
     object: &Map<String, Value>,
@@ -88,7 +88,7 @@ fn update_webhook(
 
 /// What NetBox shows after renaming `field` (`site`) number `id`: every object pointing at it
 /// (directly, or through a site scope) carries the new slug and name.
-fn rename_in_fake(fake: &FakeNetbox, field: &str, id: u64, slug: &str, name: &str) {
+pub(crate) fn rename_in_fake(fake: &FakeNetbox, field: &str, id: u64, slug: &str, name: &str) {
     fake.with(|s| {
         for object in s.objects.values_mut().flat_map(|o| o.values_mut()) {
             let scope = object["scope_type"] == format!("dcim.{field}");
@@ -109,12 +109,18 @@ fn rename_in_fake(fake: &FakeNetbox, field: &str, id: u64, slug: &str, name: &st
     });
 }
 
-fn site(fake: &FakeNetbox, id: u64) -> Map<String, Value> {
+pub(crate) fn site(fake: &FakeNetbox, id: u64) -> Map<String, Value> {
     fake.with(|s| s.objects["dcim/sites"][&id].as_object().unwrap().clone())
 }
 
 /// Site `id` re-slugged from `old` to `new` (named `name`) in NetBox, and its update webhook.
-fn site_reslugged(fake: &FakeNetbox, id: u64, old: &str, new: &str, name: &str) -> Vec<u8> {
+pub(crate) fn site_reslugged(
+    fake: &FakeNetbox,
+    id: u64,
+    old: &str,
+    new: &str,
+    name: &str,
+) -> Vec<u8> {
     rename_in_fake(fake, "site", id, new, name);
     let mut renamed = site(fake, id);
     renamed.insert("slug".into(), json!(new));
@@ -128,7 +134,7 @@ fn site_reslugged(fake: &FakeNetbox, id: u64, old: &str, new: &str, name: &str) 
 }
 
 /// The requests the fake saw that carry `filter`.
-fn requests_with(fake: &FakeNetbox, filter: &str) -> Vec<String> {
+pub(crate) fn requests_with(fake: &FakeNetbox, filter: &str) -> Vec<String> {
     fake.with(|s| {
         s.log
             .iter()
@@ -139,7 +145,7 @@ fn requests_with(fake: &FakeNetbox, filter: &str) -> Vec<String> {
 }
 
 /// The cascade deltas published after stream sequence `after`, by key.
-async fn cascaded(nats: &NatsServer, after: u64) -> Vec<Value> {
+pub(crate) async fn cascaded(nats: &NatsServer, after: u64) -> Vec<Value> {
     let messages = stream_messages(&nats.url()).await;
     messages
         .into_iter()
@@ -149,7 +155,7 @@ async fn cascaded(nats: &NatsServer, after: u64) -> Vec<Value> {
         .collect()
 }
 
-fn keys(deltas: &[Value]) -> BTreeSet<String> {
+pub(crate) fn keys(deltas: &[Value]) -> BTreeSet<String> {
     deltas
         .iter()
         .map(|d| d["key"].as_str().unwrap().to_string())

@@ -52,8 +52,8 @@ pub struct FakeState {
     /// List requests being answered now, and the most there ever were at once.
     pub in_flight: usize,
     pub max_in_flight: usize,
-    /// Endpoint -> objects served with more than `id`, `last_updated` and `created`: what NetBox
-    /// serializes in full (its costly part), as opposed to the cheap pass's listing.
+    /// Endpoint -> objects served with more than `id`, `last_updated`, `created` and `slug`: what
+    /// NetBox serializes in full (its costly part), as opposed to the cheap pass's listing.
     pub served_in_full: HashMap<String, usize>,
     requests: HashMap<String, usize>,
 }
@@ -291,7 +291,7 @@ async fn list(
     };
     let listing = q.get("fields").is_some_and(|f| {
         f.split(',')
-            .all(|name| ["id", "last_updated", "created"].contains(&name))
+            .all(|name| ["id", "last_updated", "created", "slug"].contains(&name))
     });
     if !listing {
         *s.served_in_full.entry(endpoint.clone()).or_default() += page.len();

@@ -20,6 +20,7 @@ mod nats_auth;
 mod netbox47;
 mod operations;
 mod reconcile;
+mod repair;
 mod replicas;
 mod schema;
 mod shutdown;

@@ -1,0 +1,259 @@
+//! What a run repairs beyond the objects it fetches: the dependents of the parents it finds
+//! changed. NetBox does not retry a webhook it could not deliver, and a renamed site stamps none
+//! of its devices, so a cheap pass that fetched only what `last_updated` shows changed would
+//! leave the devices with the old label. A run therefore cascades as the webhooks would have:
+//! - a registry-kind parent (site, tenant, cluster, VRF, VLAN, device, VM, IP address) whose
+//!   entry the cheap pass found changed;
+//! - a parent that is no registry kind (device role, platform, tag, IPAM role) whose slug differs
+//!   from the one the last run listed (`fields=id,slug`: a few hundred small rows);
+//! - every cascade still pending in the state file (a webhook's whose relay stopped first, or one
+//!   that failed).
+//!
+//! The run's own triggers are kept in the state file before the parents' changes are published,
+//! and all are carried out at the end of the run, which counts them in its report.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use futures::stream::{self, StreamExt};
+use serde_json::Value;
+
+use super::cascade::{cascade, Journal};
+use super::runs::{CascadeReport, RunStatus};
+use super::{Output, Reconciler};
+use crate::netbox::client::{ApiError, NetboxClient};
+use crate::netbox::parents::{Trigger, PARENTS};
+use crate::state::{PendingCascade, StoreError, Write};
+
+/// The cascades of one run.
+pub(super) struct RunCascades {
+    /// None for a dry run (which writes nothing) and when cascades are off.
+    journal: Option<Journal>,
+    enabled: bool,
+    /// The run's own triggers, by parent: a dry run carries out these alone.
+    found: Mutex<BTreeMap<String, Trigger>>,
+}
+
+impl RunCascades {
+    pub fn of(reconciler: &Reconciler) -> RunCascades {
+        let journal = match (&reconciler.output, reconciler.cascades_enabled) {
+            (Output::Publish(delivery), true) => Some(Journal::new(
+                reconciler.store.clone(),
+                delivery.committer().clone(),
+            )),
+            _ => None,
+        };
+        RunCascades {
+            journal,
+            enabled: reconciler.cascades_enabled,
+            found: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Keeps the cascades the run found, durably: call before the parents' changes are published.
+    pub async fn found(&self, triggers: Vec<Trigger>) -> Result<(), StoreError> {
+        if !self.enabled || triggers.is_empty() {
+            return Ok(());
+        }
+        if let Some(journal) = &self.journal {
+            journal.keep(&triggers).await?;
+        }
+        let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
+        for trigger in triggers {
+            found.insert(trigger.key(), trigger);
+        }
+        Ok(())
+    }
+
+    /// What to carry out: the pending cascades in the state file, and the run's own.
+    async fn pending(&self) -> Result<Vec<(Trigger, Option<PendingCascade>)>, StoreError> {
+        let mut own = std::mem::take(&mut *self.found.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut pending = Vec::new();
+        if let Some(journal) = &self.journal {
+            for (trigger, row) in journal.pending().await? {
+                own.remove(&trigger.key());
+                pending.push((trigger, Some(row)));
+            }
+        }
+        pending.extend(own.into_values().map(|t| (t, None)));
+        Ok(pending)
+    }
+}
+
+impl Reconciler {
+    /// Compares the slugs of the parents that are no registry kind with those the last run
+    /// listed, and keeps a cascade for each one that changed. A parent type the token may not
+    /// read is passed over (its dependents' labels wait for a full pass), and said.
+    pub(super) async fn list_parents(
+        &self,
+        client: &NetboxClient,
+        version: (u32, u32),
+        cascades: &RunCascades,
+        report: &mut CascadeReport,
+    ) {
+        if !cascades.enabled {
+            return;
+        }
+        let enabled: Vec<&str> = self.types.iter().map(|t| t.name).collect();
+        let parents = PARENTS.iter().filter(|p| p.trigger_only()).filter(|p| {
+            p.dependents
+                .iter()
+                .any(|(dependent, _)| enabled.contains(dependent))
+        });
+        for parent in parents {
+            let listed = match list_slugs(client, parent.api_path, parent.name, version).await {
+                Ok(listed) => listed,
+                Err(e) => {
+                    tracing::warn!(parent = parent.name, error = %e, "reconcile: cannot list a parent type; its changes reach dependents at the next full pass");
+                    report.status = Some(RunStatus::Partial);
+                    let message = format!("{} not listed: {e}", parent.name);
+                    report.message.get_or_insert(message);
+                    continue;
+                }
+            };
+            let store = self.store.clone();
+            let before = match store.read(move |s| s.slugs_of(parent.name)).await {
+                Ok(before) => before,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconcile: cannot read the parents' slugs");
+                    continue;
+                }
+            };
+            let triggers = changed_slugs(&before, &listed).map(|(id, slug)| Trigger {
+                parent,
+                id,
+                slug: Some(slug.to_string()),
+                hosts: Vec::new(),
+            });
+            let triggers: Vec<Trigger> = triggers.collect();
+            if let Err(e) = cascades.found(triggers).await {
+                tracing::warn!(error = %e, "reconcile: cannot keep the cascades found");
+                report.status = Some(RunStatus::Partial);
+                continue;
+            }
+            if let Output::Publish(delivery) = &self.output {
+                let slugs = listed.into_iter().collect();
+                let write = Write::Slugs {
+                    parent: parent.name,
+                    slugs,
+                };
+                if let Err(e) = delivery.committer().commit(write).await {
+                    tracing::warn!(error = %e, "reconcile: cannot remember the parents' slugs");
+                }
+            }
+        }
+    }
+
+    /// Carries out every pending cascade, `netbox.concurrency` at a time, and counts them.
+    pub(super) async fn cascade_all(&self, cascades: &RunCascades, report: &mut CascadeReport) {
+        if !cascades.enabled {
+            return;
+        }
+        let pending = match cascades.pending().await {
+            Ok(pending) => pending,
+            Err(e) => {
+                report.status = Some(RunStatus::Partial);
+                report.message = Some(format!("pending cascades not read: {e}"));
+                return;
+            }
+        };
+        let outcomes: Vec<_> = stream::iter(pending)
+            .map(|(trigger, row)| async move { (cascade(self, &trigger).await, trigger, row) })
+            .buffer_unordered(self.concurrency.max(1))
+            .collect()
+            .await;
+        let mut done = Vec::new();
+        for (outcome, trigger, row) in outcomes {
+            report.parents += 1;
+            match outcome {
+                Ok(tally) => {
+                    report.pulled += tally.pulled;
+                    report.published += tally.published;
+                    done.extend(row);
+                }
+                Err(e) => {
+                    tracing::warn!(parent = trigger.parent.name, id = trigger.id, error = %e,
+                        "reconcile: a cascade failed; kept for the next run");
+                    report.failed += 1;
+                    report.status = Some(RunStatus::Partial);
+                    let message =
+                        format!("{} cascades failed, kept for the next run", report.failed);
+                    report.message = Some(message);
+                }
+            }
+        }
+        if let Some(journal) = &cascades.journal {
+            journal.done(done).await;
+        }
+        if report.status.is_none() {
+            report.status = Some(RunStatus::Succeeded);
+        }
+    }
+}
+
+/// The parents whose slug differs from the one listed before. A parent not listed before is
+/// passed over: what points at a new parent was saved (and stamped) when it was made to.
+fn changed_slugs<'a>(
+    before: &'a HashMap<u64, String>,
+    listed: &'a [(u64, String)],
+) -> impl Iterator<Item = (u64, &'a str)> + 'a {
+    listed.iter().filter_map(|(id, slug)| {
+        let old = before.get(id)?;
+        (old != slug).then_some((*id, slug.as_str()))
+    })
+}
+
+/// Ids and slugs of every object at `api_path` (`dcim/platforms`), paged by id.
+async fn list_slugs(
+    client: &NetboxClient,
+    api_path: &str,
+    what: &str,
+    version: (u32, u32),
+) -> Result<Vec<(u64, String)>, ApiError> {
+    let (app, model) = what.split_once('.').unwrap_or((what, what));
+    let permission = format!("{app}.view_{model}");
+    let limit = super::pull::MAX_PAGE_SIZE;
+    let mut listed = Vec::new();
+    let mut after: Option<u64> = None;
+    loop {
+        let cursor = match (version >= (4, 6), after) {
+            (true, None) => "start=0".to_string(),
+            (true, Some(last)) => format!("start={}", last + 1),
+            (false, None) => "ordering=id".to_string(),
+            (false, Some(last)) => format!("ordering=id&id__gt={last}"),
+        };
+        let path = format!("/api/{api_path}/?{cursor}&limit={limit}&fields=id,slug");
+        let page = client.get(&path, what, &permission).await?;
+        let results = page.get("results").and_then(Value::as_array);
+        let rows: Vec<(u64, String)> = results
+            .into_iter()
+            .flatten()
+            .filter_map(|o| Some((o.get("id")?.as_u64()?, o.get("slug")?.as_str()?.to_string())))
+            .collect();
+        let Some(last) = rows.iter().map(|(id, _)| *id).max() else {
+            return Ok(listed);
+        };
+        if after.is_some_and(|a| last <= a) {
+            return Ok(listed);
+        }
+        after = Some(last);
+        listed.extend(rows);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_parent_listed_before_with_another_slug_calls_for_a_cascade() {
+        let before = HashMap::from([(1, "junos".to_string()), (2, "eos".to_string())]);
+        let listed = vec![
+            (1, "junos".to_string()),
+            (2, "arista-eos".to_string()),
+            (3, "nxos".to_string()),
+        ];
+        let changed: Vec<_> = changed_slugs(&before, &listed).collect();
+        assert_eq!(changed, [(2, "arista-eos")]);
+    }
+}

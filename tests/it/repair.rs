@@ -1,0 +1,378 @@
+//! Every path repairs what a lost webhook would have changed: a default run cascades from the
+//! parents it finds changed (registry kinds by their entry, device roles, platforms, tags and
+//! IPAM roles by their listed slug), a cascade kept before a restart runs after it, and webhooks
+//! held for confirmation, or answered as duplicates, still cascade.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::cascade::{
+    cascaded, keys, published_exactly, rename_in_fake, site, update_webhook, DEBOUNCE,
+};
+use crate::fake_netbox::FakeNetbox;
+use crate::helpers::{fixture_json, published_count, NatsServer, TestRelay};
+use crate::reconcile::{config, fake_with_recorded, reconcile};
+
+/// A relay whose registry holds the recorded NetBox after one (full) run; cascades on.
+async fn relay_over(fake: &FakeNetbox, nats: &NatsServer) -> TestRelay {
+    let mut config = config(nats, fake, 1000);
+    config.cascade.debounce = DEBOUNCE;
+    let relay = TestRelay::start(config).await;
+    let report = reconcile(&relay).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(report["pass"], "full", "{report}");
+    relay
+}
+
+/// NetBox's time of a save made now, as it writes `last_updated`.
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn object(fake: &FakeNetbox, endpoint: &str, id: u64) -> Map<String, Value> {
+    fake.with(|s| s.objects[endpoint][&id].as_object().unwrap().clone())
+}
+
+/// Sets fields of one object of the fake, as NetBox saves it (`last_updated` now).
+fn save(fake: &FakeNetbox, endpoint: &str, id: u64, fields: Value) {
+    fake.with(|s| {
+        let saved = s.objects.get_mut(endpoint).unwrap().get_mut(&id).unwrap();
+        for (field, value) in fields.as_object().unwrap() {
+            saved[field] = value.clone();
+        }
+        saved["last_updated"] = json!(now());
+    });
+}
+
+/// FRA1 (site 1) re-slugged to fra9 in NetBox, with no webhook: its dependents show the new
+/// slug, unstamped.
+fn site_renamed_quietly(fake: &FakeNetbox) {
+    rename_in_fake(fake, "site", 1, "fra9", "FRA9");
+    save(
+        fake,
+        "dcim/sites",
+        1,
+        json!({"slug": "fra9", "name": "FRA9"}),
+    );
+}
+
+/// What shows site 1 in the recorded NetBox.
+fn site_1_dependents() -> BTreeSet<String> {
+    [
+        "dcim.device/2",
+        "dcim.device/3",
+        "virtualization.virtualmachine/2",
+        "ipam.prefix/1",
+        "ipam.vlan/1",
+        "virtualization.cluster/1",
+    ]
+    .iter()
+    .map(|k| format!("netbox/default/{k}"))
+    .collect()
+}
+
+/// The last delta of `key` on the stream.
+async fn last_of(nats: &NatsServer, key: &str) -> Value {
+    let messages = crate::helpers::stream_messages(&nats.url()).await;
+    let last = messages.into_iter().rev().find(|m| m.delta["key"] == key);
+    last.map(|m| m.delta).unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_run_relabels_the_dependents_of_a_site_renamed_while_no_webhook_came() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = relay_over(&fake, &nats).await;
+    let before = published_count(&nats.url()).await;
+
+    site_renamed_quietly(&fake);
+    let report = reconcile(&relay).await;
+    assert_eq!(report["pass"], "cheap", "{report}");
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(
+        report["object_types"]["dcim.site"]["upserted"], 1,
+        "{report}"
+    );
+    let cascades = &report["cascades"];
+    assert_eq!(cascades["parents"], 1, "{report}");
+    assert_eq!(cascades["published"], 6, "{report}");
+    assert_eq!(cascades["failed"], 0, "{report}");
+
+    // The site, then exactly what shows it, each with the new slug.
+    assert_eq!(published_count(&nats.url()).await, before + 7);
+    let deltas = cascaded(&nats, before).await;
+    assert_eq!(keys(&deltas), site_1_dependents());
+    for delta in &deltas {
+        assert_eq!(delta["entry"]["labels"]["site"], "fra9", "{delta}");
+    }
+    // Nothing is left pending: the next run cascades nothing.
+    let next = reconcile(&relay).await;
+    assert_eq!(next["cascades"]["parents"], 0, "{next}");
+    assert_eq!(published_count(&nats.url()).await, before + 7);
+    relay.relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_run_gives_a_device_its_renumbered_primary_ip() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = relay_over(&fake, &nats).await;
+    let before = published_count(&nats.url()).await;
+
+    // IP address 14 (ams1-leaf1's primary) renumbered: NetBox stamps the address, not the device.
+    save(
+        &fake,
+        "ipam/ip-addresses",
+        14,
+        json!({"address": "198.51.100.110/24"}),
+    );
+    fake.with(|s| {
+        let device = s
+            .objects
+            .get_mut("dcim/devices")
+            .unwrap()
+            .get_mut(&4)
+            .unwrap();
+        device["primary_ip4"]["address"] = json!("198.51.100.110/24");
+        device["primary_ip"]["address"] = json!("198.51.100.110/24");
+    });
+    let report = reconcile(&relay).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(report["object_types"]["ipam.ipaddress"]["upserted"], 1);
+    assert_eq!(report["cascades"]["parents"], 1, "{report}");
+    let device = last_of(&nats, "netbox/default/dcim.device/4").await;
+    assert_eq!(device["origin"], "cascade", "{device}");
+    assert_eq!(device["entry"]["addresses"], json!(["198.51.100.110"]));
+    assert_eq!(
+        published_count(&nats.url()).await,
+        before + 2,
+        "the address and its device"
+    );
+    relay.relay.stop().await.unwrap();
+}
+
+/// The platforms the recorded devices point at, as NetBox lists them.
+fn platforms_from_devices(fake: &FakeNetbox) {
+    fake.with(|s| {
+        let platforms: Vec<Value> = s.objects["dcim/devices"]
+            .values()
+            .filter_map(|d| d["platform"].as_object().cloned().map(Value::Object))
+            .collect();
+        let listed = s.objects.entry("dcim/platforms".into()).or_default();
+        for p in platforms {
+            let mut platform = p.clone();
+            platform["last_updated"] = json!("2026-11-22T10:40:00.000000Z");
+            listed.insert(p["id"].as_u64().unwrap(), platform);
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_run_relabels_what_shows_a_platform_reslugged_while_no_webhook_came() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    platforms_from_devices(&fake);
+    let eos = fake.with(|s| {
+        let platforms = &s.objects["dcim/platforms"];
+        let eos = platforms.values().find(|p| p["slug"] == "eos").unwrap();
+        eos["id"].as_u64().unwrap()
+    });
+    let relay = relay_over(&fake, &nats).await;
+    let before = published_count(&nats.url()).await;
+    // An unchanged run lists the platforms' slugs only: nothing served in full, nothing pulled.
+    fake.with(|s| s.served_in_full.clear());
+    let unchanged = reconcile(&relay).await;
+    assert_eq!(unchanged["cascades"]["parents"], 0, "{unchanged}");
+    assert_eq!(fake.with(|s| s.served_in_full_total()), 0);
+    let listed = crate::cascade::requests_with(&fake, "fields=id,slug");
+    assert!(
+        listed.iter().any(|r| r.starts_with("dcim/platforms")),
+        "{listed:?}"
+    );
+
+    rename_in_fake(&fake, "platform", eos, "arista-eos", "Arista EOS");
+    save(
+        &fake,
+        "dcim/platforms",
+        eos,
+        json!({"slug": "arista-eos", "name": "Arista EOS"}),
+    );
+    let report = reconcile(&relay).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(report["cascades"]["parents"], 1, "{report}");
+    let deltas = cascaded(&nats, before).await;
+    let showing: BTreeSet<String> = fake.with(|s| {
+        let devices = s.objects["dcim/devices"].values();
+        let devices = devices.filter(|d| d["platform"]["id"].as_u64() == Some(eos));
+        let devices = devices.map(|d| format!("netbox/default/dcim.device/{}", d["id"]));
+        let vms = s.objects["virtualization/virtual-machines"].values();
+        let vms = vms.filter(|d| d["platform"]["id"].as_u64() == Some(eos));
+        let vms = vms.map(|d| format!("netbox/default/virtualization.virtualmachine/{}", d["id"]));
+        devices.chain(vms).collect()
+    });
+    assert!(!showing.is_empty());
+    assert_eq!(keys(&deltas), showing);
+    for delta in &deltas {
+        assert_eq!(
+            delta["entry"]["labels"]["platform"], "arista-eos",
+            "{delta}"
+        );
+    }
+    assert_eq!(report["cascades"]["published"], showing.len() as u64);
+    relay.relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cascade_queued_when_the_relay_stops_runs_when_it_starts_again() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let mut config = config(&nats, &fake, 1000);
+    // Long enough that the relay stops before it pulls anything.
+    config.cascade.debounce = Duration::from_secs(120);
+    let relay = TestRelay::start(config.clone()).await;
+    let report = reconcile(&relay).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    let before = published_count(&nats.url()).await;
+
+    site_renamed_quietly(&fake);
+    let body = update_webhook(
+        "051_site_updated.json",
+        "dcim.site",
+        &site(&fake, 1),
+        "slug",
+        &json!("fra1"),
+    );
+    let (status, answer) = relay.post_signed(&body).await;
+    assert_eq!(status, 202, "{answer}");
+    relay.relay.stop().await.unwrap();
+    assert_eq!(
+        published_count(&nats.url()).await,
+        before + 1,
+        "the site alone"
+    );
+
+    config.cascade.debounce = DEBOUNCE;
+    let relay = TestRelay::start(config).await;
+    published_exactly(&nats, before + 7, DEBOUNCE * 3).await;
+    assert_eq!(keys(&cascaded(&nats, before).await), site_1_dependents());
+    relay.relay.stop().await.unwrap();
+}
+
+/// A relay over the recorded NetBox listing netbox-branching, so that webhooks are confirmed.
+async fn confirming_relay(fake: &FakeNetbox, nats: &NatsServer) -> TestRelay {
+    fake.with(|s| s.plugins = json!({"netbox_branching": "1.2.2"}));
+    let mut config = config(nats, fake, 1000);
+    config.cascade.debounce = DEBOUNCE;
+    config.webhook.confirm_timeout = Duration::from_millis(300);
+    let relay = TestRelay::start(config).await;
+    let report = reconcile(&relay).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    relay
+}
+
+/// The update webhook of site 1 as the fake shows it now, its `last_updated` the fake's.
+fn site_webhook(fake: &FakeNetbox, field: &str, before: Value) -> Vec<u8> {
+    let site = site(fake, 1);
+    let body = update_webhook("051_site_updated.json", "dcim.site", &site, field, &before);
+    let mut body: Value = serde_json::from_slice(&body).unwrap();
+    for path in ["/data", "/snapshots/postchange", "/snapshots/prechange"] {
+        body.pointer_mut(path).unwrap()["last_updated"] = site["last_updated"].clone();
+    }
+    serde_json::to_vec(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_webhook_of_a_renamed_site_relabels_its_dependents_once_confirmed() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = confirming_relay(&fake, &nats).await;
+    let before = published_count(&nats.url()).await;
+
+    site_renamed_quietly(&fake);
+    let body = site_webhook(&fake, "slug", json!("fra1"));
+    fake.with(|s| s.delay = Duration::from_secs(1));
+    let (status, answer) = relay.post_signed(&body).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["confirm"], "held", "{answer}");
+    fake.with(|s| s.delay = Duration::ZERO);
+
+    published_exactly(&nats, before + 7, DEBOUNCE * 3).await;
+    let deltas = cascaded(&nats, before).await;
+    assert_eq!(keys(&deltas), site_1_dependents());
+    relay.relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_quick_updates_of_a_site_relabel_its_dependents_when_the_second_is_a_duplicate() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = confirming_relay(&fake, &nats).await;
+    let before = published_count(&nats.url()).await;
+
+    // W1 changed the description; W2 the slug. W1 arrives after both were saved: its
+    // confirmation finds main after W2, and publishes that.
+    let mut first = site(&fake, 1);
+    first.insert("description".into(), json!("Frankfurt"));
+    first.insert("last_updated".into(), json!(now()));
+    let w1 = update_webhook(
+        "051_site_updated.json",
+        "dcim.site",
+        &first,
+        "description",
+        &json!(""),
+    );
+    site_renamed_quietly(&fake);
+    save(&fake, "dcim/sites", 1, json!({"description": "Frankfurt"}));
+    let w2 = site_webhook(&fake, "slug", json!("fra1"));
+    let (status, answer) = relay.post_signed(&w1).await;
+    assert_eq!(status, 202, "{answer}");
+    let (status, answer) = relay.post_signed(&w2).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["reason"], "duplicate", "{answer}");
+
+    published_exactly(&nats, before + 7, DEBOUNCE * 3).await;
+    assert_eq!(keys(&cascaded(&nats, before).await), site_1_dependents());
+    relay.relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_primary_ip_leaves_its_device() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let mut config = config(&nats, &fake, 1000);
+    config.cascade.debounce = DEBOUNCE;
+    let relay = TestRelay::start(config).await;
+    assert_eq!(reconcile(&relay).await["status"], "succeeded");
+    let before = published_count(&nats.url()).await;
+
+    // NetBox clears the device's primary IP without saving the device: no webhook, no stamp.
+    let ip = object(&fake, "ipam/ip-addresses", 14);
+    fake.with(|s| {
+        s.objects.get_mut("ipam/ip-addresses").unwrap().remove(&14);
+        let device = s
+            .objects
+            .get_mut("dcim/devices")
+            .unwrap()
+            .get_mut(&4)
+            .unwrap();
+        device["primary_ip4"] = Value::Null;
+        device["primary_ip"] = Value::Null;
+    });
+    let mut body = fixture_json("066_ipaddress_deleted.json");
+    body.insert("timestamp".into(), json!(now()));
+    body.insert("data".into(), Value::Object(ip.clone()));
+    body.insert(
+        "snapshots".into(),
+        json!({"prechange": ip, "postchange": null}),
+    );
+    let (status, answer) = relay.post_signed(&serde_json::to_vec(&body).unwrap()).await;
+    assert_eq!(status, 202, "{answer}");
+
+    published_exactly(&nats, before + 2, DEBOUNCE * 3).await;
+    let device = last_of(&nats, "netbox/default/dcim.device/4").await;
+    assert_eq!(device["origin"], "cascade", "{device}");
+    assert_eq!(device["entry"]["addresses"], json!([]), "{device}");
+    relay.relay.stop().await.unwrap();
+}
