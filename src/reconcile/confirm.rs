@@ -31,7 +31,7 @@ use crate::netbox::webhook::{self, ChangeEvent, Parsed, WebhookEvent};
 use crate::publish::{Delivered, Delivery, DeliveryError};
 use crate::state::{Committer, Store, StoreError, Write};
 use crate::telemetry;
-use crate::translate::{Outcome, Translator};
+use crate::translate::{dated_unstamped, is_unstamped, Outcome, Translator};
 
 /// Held webhooks read from the state file at a time.
 const BATCH: usize = 64;
@@ -180,21 +180,23 @@ impl Confirmer {
             )),
             (None, ChangeEvent::Deleted) => Confirmed::AsSent,
             (Some(object), _) => {
-                let Some(main) = self.as_main(event, delta, &object) else {
+                let Some(mut main) = self.as_main(event, delta, &object) else {
                     return Ok(Confirmed::AsSent);
                 };
                 // Main shows the change when it shows its entry, saved then or later (a merge
                 // saves again); an older save means the change never reached main. A merge's
-                // creates are not stamped at all.
-                let unstamped = object.get("last_updated").is_none_or(Value::is_null);
-                let shown =
-                    main.entry == delta.entry && (main.revision >= delta.revision || unstamped);
+                // creates are not stamped at all: dated by the webhook, as on every path.
+                let unstamped = is_unstamped(&object);
+                if unstamped {
+                    main = dated_unstamped(main, delta.revision);
+                }
+                let shown = main.entry == delta.entry && main.revision >= delta.revision;
                 let differs = (!shown).then(|| {
                     format!(
                         "NetBox's main does not show this change of {what} {id}: made in a branch"
                     )
                 });
-                let newer = (main.revision > delta.revision || unstamped)
+                let newer = (main.revision > delta.revision)
                     .then(|| Parent::from_name(what))
                     .flatten()
                     .map(|parent| parent.any_change(id, &object));

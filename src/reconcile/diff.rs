@@ -20,7 +20,7 @@ use crate::netbox::{ObjectType, Reads};
 use crate::publish::{Delivered, Last};
 use crate::state::{Known, RecordHead, Served, ServedHash, Store, StoreError};
 use crate::telemetry;
-use crate::translate::{listed_revision, Object, Translator, READS};
+use crate::translate::{dated_unstamped, is_unstamped, listed_revision, Object, Translator, READS};
 
 /// Deltas in flight at once. A pull returns each object once, so they are all of different keys
 /// and per-key order holds; JetStream acks and state commits overlap instead of queueing.
@@ -112,7 +112,7 @@ impl Sorted {
             self.ids
                 .extend(obj.get("id").and_then(serde_json::Value::as_u64));
             match translator.reconcile_upsert(object_type, &obj, now) {
-                Ok(delta) => deltas.push((delta, hash)),
+                Ok(delta) => deltas.push((delta, hash, is_unstamped(&obj))),
                 Err(e) => {
                     tracing::warn!(object_type = object_type.name, error = %e, "reconcile: object not translated");
                     self.errors += 1;
@@ -187,13 +187,17 @@ impl Compared {
 /// key, op, revision and entry); for the rest the entry's hash is compared with the head's.
 fn changed(
     store: &Store,
-    deltas: Vec<(RegistryDelta, Option<ServedHash>)>,
+    deltas: Vec<(RegistryDelta, Option<ServedHash>, bool)>,
 ) -> Result<Compared, (StoreError, u64)> {
     let count = deltas.len() as u64;
-    let keys: Vec<&str> = deltas.iter().map(|(d, _)| d.key.as_str()).collect();
+    let keys: Vec<&str> = deltas.iter().map(|(d, _, _)| d.key.as_str()).collect();
     let heads = store.heads(&keys).map_err(|e| (e, count))?;
     let mut compared = Compared::default();
-    for ((delta, hash), head) in deltas.into_iter().zip(heads) {
+    for ((delta, hash, unstamped), head) in deltas.into_iter().zip(heads) {
+        let delta = match (&head, unstamped) {
+            (Some(h), true) => dated_unstamped(delta, h.revision),
+            _ => delta,
+        };
         match head {
             Some(h) if !h.deleted() && same_entry(&h, &delta) => {
                 compared.remember(&delta.key, hash, &h.delta_id);
@@ -613,9 +617,11 @@ impl Pass<'_> {
                 };
                 seen.insert(id);
                 report.fetched += 1;
-                match stored.get(&id) {
-                    Some(revision) if listed_revision(obj).as_ref() == Some(revision) => {
-                        report.unchanged += 1;
+                match (stored.get(&id), listed_revision(obj)) {
+                    (Some(stored), Some(listed)) if listed == *stored => report.unchanged += 1,
+                    // Unstamped, so unsaved since the sight its record dates (dated_unstamped).
+                    (Some(stored), Some(listed)) if is_unstamped(obj) && listed <= *stored => {
+                        report.unchanged += 1
                     }
                     _ => stale.push(id),
                 }

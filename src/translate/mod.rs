@@ -436,7 +436,27 @@ pub fn revision(obj: &Object) -> Option<DateTime<Utc>> {
 
 /// The revision reconcile gives an object of the API: its `last_updated`, or its `created` for an
 /// object a netbox-branching merge created (it has no `last_updated` on main, NetBox 4.7.3 with
-/// netbox-branching 1.2.2). The cheap pass compares it with the stored revision.
+/// netbox-branching 1.2.2), which [`dated_unstamped`] then dates. The cheap pass compares it with
+/// the stored revision.
 pub fn listed_revision(obj: &Object) -> Option<DateTime<Utc>> {
     revision(obj).or_else(|| fields::text(obj, "created").and_then(parse_timestamp))
+}
+
+/// Whether NetBox never stamped the object: `last_updated` null, as a merge leaves what it
+/// created.
+pub fn is_unstamped(obj: &Object) -> bool {
+    revision(obj).is_none()
+}
+
+/// The one rule for an object NetBox never stamped, on every path. NetBox stamps every save, so
+/// such an object has not been saved since it was made, and what any sight of it shows is no
+/// older than what came before: it is dated no earlier than `floor`, the newest sight of it (a
+/// webhook: its event's time, which the webhook path uses anyway; confirmation: the webhook it
+/// confirms; reconcile and cascades: the key's record). A merge, revert and re-merge of one id is
+/// so accepted again, while a webhook's reordered create stays older than the delete after it.
+pub fn dated_unstamped(delta: RegistryDelta, floor: DateTime<Utc>) -> RegistryDelta {
+    if floor <= delta.revision {
+        return delta;
+    }
+    delta.at_revision(floor).unwrap_or(delta)
 }

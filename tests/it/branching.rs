@@ -72,12 +72,15 @@ impl Recorded {
         format!("netbox/default/{}/{}", self.object_type, self.id)
     }
 
-    /// The object as main shows it after this change: a merged object carries the time of the
-    /// merge (NetBox 4.7.3 with netbox-branching 1.2.2 shows it, while the webhook carries the
-    /// branch-time `last_updated` or none).
+    /// The object as main shows it after this change, as NetBox 4.7.3 with netbox-branching
+    /// 1.2.2 does: an object a merge updated carries the time of the merge, one a merge created
+    /// no `last_updated` at all (while the webhook carries the branch-time `last_updated` or
+    /// none).
     fn as_main(&self) -> Value {
         let mut object = self.data().clone();
-        if self.is_merge() || object["last_updated"].is_null() {
+        if self.is_merge() && self.event == "created" {
+            object["last_updated"] = Value::Null;
+        } else if self.is_merge() || object["last_updated"].is_null() {
             object["last_updated"] = self.body["timestamp"].clone();
         }
         object

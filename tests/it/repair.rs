@@ -376,3 +376,126 @@ async fn a_deleted_primary_ip_leaves_its_device() {
     assert_eq!(device["entry"]["addresses"], json!([]), "{device}");
     relay.relay.stop().await.unwrap();
 }
+
+/// NetBox's time `ago` before now.
+fn ago(ago: Duration) -> String {
+    let at = chrono::Utc::now() - chrono::Duration::from_std(ago).unwrap();
+    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// A webhook of `event` for device `device` (its API form), sent at `at`.
+fn device_webhook(event: &str, device: &Value, at: &str) -> Vec<u8> {
+    let envelope = match event {
+        "created" => "020_device_created.json",
+        _ => "081_device_deleted.json",
+    };
+    let mut body = fixture_json(envelope);
+    body.insert("event".into(), json!(event));
+    body.insert("object_type".into(), json!("dcim.device"));
+    body.insert("timestamp".into(), json!(at));
+    body.insert("data".into(), device.clone());
+    let snapshots = match event {
+        "created" => json!({"prechange": null, "postchange": device}),
+        _ => json!({"prechange": device, "postchange": null}),
+    };
+    body.insert("snapshots".into(), snapshots);
+    serde_json::to_vec(&body).unwrap()
+}
+
+/// Waits until `key`'s last delta satisfies `done`.
+async fn wait_for_last(nats: &NatsServer, key: &str, what: &str, done: impl Fn(&Value) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let last = last_of(nats, key).await;
+        if done(&last) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{key}: {what}; last {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_a_merge_created_unstamped_follows_cascades_reverts_and_re_merges() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = confirming_relay(&fake, &nats).await;
+    const KEY: &str = "netbox/default/dcim.device/900";
+
+    // A device created in a branch an hour ago, merged now: main shows it without a
+    // `last_updated` (NetBox 4.7.3, netbox-branching 1.2.2).
+    let template = Value::Object(object(&fake, "dcim/devices", 2));
+    let mut device = crate::fake_netbox::device_like(&template, 900);
+    device["created"] = json!(ago(Duration::from_secs(3600)));
+    device["last_updated"] = Value::Null;
+    let merged = |fake: &FakeNetbox, device: &Value| {
+        fake.with(|s| {
+            let devices = s.objects.get_mut("dcim/devices").unwrap();
+            devices.insert(900, device.clone());
+        })
+    };
+    merged(&fake, &device);
+    let at = ago(Duration::from_secs(30));
+    let (status, answer) = relay
+        .post_signed(&device_webhook("created", &device, &at))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    wait_for_last(&nats, KEY, "merged", |d| d["op"] == "upsert").await;
+
+    // Its site renamed: the cascade's sight of it is no older than the merge's.
+    site_renamed_quietly(&fake);
+    let (status, answer) = relay
+        .post_signed(&site_webhook(&fake, "slug", json!("fra1")))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    wait_for_last(&nats, KEY, "relabelled by the cascade", |d| {
+        d["entry"]["labels"]["site"] == "fra9"
+    })
+    .await;
+    device = Value::Object(object(&fake, "dcim/devices", 900));
+
+    // Reverted (a delete), then merged again: the same id, the same `created`, still unstamped.
+    fake.with(|s| s.objects.get_mut("dcim/devices").unwrap().remove(&900));
+    let at = ago(Duration::from_secs(20));
+    let (status, answer) = relay
+        .post_signed(&device_webhook("deleted", &device, &at))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    wait_for_last(&nats, KEY, "reverted", |d| d["op"] == "delete").await;
+    merged(&fake, &device);
+    let at = ago(Duration::from_secs(10));
+    let (status, answer) = relay
+        .post_signed(&device_webhook("created", &device, &at))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    wait_for_last(&nats, KEY, "merged again", |d| d["op"] == "upsert").await;
+
+    // Reverted once more, and the re-merge's webhook lost: a default run brings it back.
+    fake.with(|s| s.objects.get_mut("dcim/devices").unwrap().remove(&900));
+    let at = ago(Duration::from_secs(5));
+    let (status, answer) = relay
+        .post_signed(&device_webhook("deleted", &device, &at))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    wait_for_last(&nats, KEY, "reverted again", |d| d["op"] == "delete").await;
+    merged(&fake, &device);
+    let report = reconcile(&relay).await;
+    assert_eq!(
+        report["object_types"]["dcim.device"]["upserted"], 1,
+        "{report}"
+    );
+    wait_for_last(&nats, KEY, "re-merged, found by the run", |d| {
+        d["op"] == "upsert" && d["entry"]["labels"]["site"] == "fra9"
+    })
+    .await;
+    // And the run after it finds it unchanged, without fetching it again.
+    let next = reconcile(&relay).await;
+    assert_eq!(
+        next["object_types"]["dcim.device"]["fetched_in_full"], 0,
+        "{next}"
+    );
+    relay.relay.stop().await.unwrap();
+}
