@@ -724,6 +724,13 @@ impl Pass<'_> {
                     .ok()
             })
             .collect();
+        if Parent::from_name(object_type.name).is_some_and(|p| p.cleared_unsaved()) {
+            let ids: Vec<u64> = deltas.iter().map(|d| d.object_id).collect();
+            let triggers = self.reconciler.hosts_of_deleted(&ids).await;
+            if let Err(e) = self.cascades.found(triggers).await {
+                tracing::warn!(error = %e, "reconcile: cannot keep the cascades of deleted addresses; their hosts keep them until a full pass");
+            }
+        }
         let mut emitter = Emitter::new(self.output);
         for delta in deltas {
             emitter.push(delta).await;

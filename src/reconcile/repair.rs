@@ -21,8 +21,10 @@ use serde_json::Value;
 use super::cascade::{cascade, Journal};
 use super::runs::{CascadeReport, RunStatus};
 use super::{Output, Reconciler};
+use crate::delta::{Entry, Kind};
 use crate::netbox::client::{ApiError, NetboxClient};
-use crate::netbox::parents::{Trigger, PARENTS};
+use crate::netbox::parents::{Parent, Trigger, PARENTS};
+use crate::publish::Last;
 use crate::state::{PendingCascade, StoreError, Write};
 
 /// The cascades of one run.
@@ -190,6 +192,94 @@ impl Reconciler {
         }
     }
 }
+
+impl Reconciler {
+    /// The cascades of IP addresses a run found deleted: NetBox cleared each from its host's
+    /// primary or OOB IP without saving the host. The host is found through the address's last
+    /// entry on the stream (the interface it was assigned to) and NetBox (that interface's device
+    /// or VM), since neither the address nor the state file knows it any more.
+    pub(super) async fn hosts_of_deleted(&self, ids: &[u64]) -> Vec<Trigger> {
+        let (Output::Publish(delivery), Some(client)) = (&self.output, &self.client) else {
+            return Vec::new();
+        };
+        let Some(parent) = Parent::from_name(IP) else {
+            return Vec::new();
+        };
+        let partition = self.translator.partition();
+        let mut interfaces: Vec<(u64, &'static str, u64)> = Vec::new();
+        for &id in ids {
+            let last = delivery
+                .publisher()
+                .last_of_key(partition, Kind::IpAddress, id);
+            let assigned = match last.await {
+                Ok(Some(Last::Delta(delta, _))) => delta.entry.as_ref().and_then(assignment),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "reconcile: cannot read a deleted address's last entry; its host keeps it until a full pass");
+                    None
+                }
+            };
+            interfaces.extend(assigned.map(|(endpoint, interface)| (id, endpoint, interface)));
+        }
+        let mut triggers = Vec::new();
+        for (id, endpoint, interface) in interfaces {
+            match host_of(client, endpoint, interface).await {
+                Ok(hosts) if !hosts.is_empty() => triggers.push(Trigger {
+                    parent,
+                    id,
+                    slug: None,
+                    hosts,
+                }),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "reconcile: cannot find a deleted address's host; it keeps the address until a full pass")
+                }
+            }
+        }
+        triggers
+    }
+}
+
+/// The interface an IP address's entry says it was assigned to: its endpoint and id.
+fn assignment(entry: &Entry) -> Option<(&'static str, u64)> {
+    let id = entry.attributes.get("assigned_object_id")?.as_u64()?;
+    match entry.attributes.get("assigned_object_type")?.as_str()? {
+        "dcim.interface" => Some(("dcim/interfaces", id)),
+        "virtualization.vminterface" => Some(("virtualization/interfaces", id)),
+        _ => None,
+    }
+}
+
+/// The device or VM of interface `id` at `endpoint`, as NetBox serves it now.
+async fn host_of(
+    client: &NetboxClient,
+    endpoint: &str,
+    id: u64,
+) -> Result<Vec<(&'static str, u64)>, ApiError> {
+    let (what, permission) = match endpoint {
+        "dcim/interfaces" => ("dcim.interface", "dcim.view_interface"),
+        _ => (
+            "virtualization.vminterface",
+            "virtualization.view_vminterface",
+        ),
+    };
+    let path = format!("/api/{endpoint}/?id={id}&limit=1&fields=id,device,virtual_machine");
+    let page = client.get(&path, what, permission).await?;
+    let results = page.get("results").and_then(Value::as_array);
+    let hosts = results.into_iter().flatten().flat_map(|interface| {
+        [(DEVICE, "device"), (VM, "virtual_machine")]
+            .into_iter()
+            .filter_map(|(host_type, field)| {
+                let host = interface.get(field)?.get("id")?.as_u64()?;
+                Some((host_type, host))
+            })
+    });
+    Ok(hosts.collect())
+}
+
+const IP: &str = "ipam.ipaddress";
+const DEVICE: &str = "dcim.device";
+const VM: &str = "virtualization.virtualmachine";
 
 /// The parents whose slug differs from the one listed before. A parent not listed before is
 /// passed over: what points at a new parent was saved (and stamped) when it was made to.

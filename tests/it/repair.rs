@@ -499,3 +499,37 @@ async fn an_object_a_merge_created_unstamped_follows_cascades_reverts_and_re_mer
     );
     relay.relay.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_run_takes_a_primary_ip_deleted_while_no_webhook_came_off_its_device() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = relay_over(&fake, &nats).await;
+    let before = published_count(&nats.url()).await;
+
+    // As NetBox deletes ams1-leaf1's primary IP: the device unsaved, so unstamped.
+    fake.with(|s| {
+        s.objects.get_mut("ipam/ip-addresses").unwrap().remove(&14);
+        let device = s
+            .objects
+            .get_mut("dcim/devices")
+            .unwrap()
+            .get_mut(&4)
+            .unwrap();
+        device["primary_ip4"] = Value::Null;
+        device["primary_ip"] = Value::Null;
+    });
+    let report = reconcile(&relay).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(
+        report["object_types"]["ipam.ipaddress"]["deleted"], 1,
+        "{report}"
+    );
+    assert_eq!(report["cascades"]["parents"], 1, "{report}");
+    assert_eq!(report["cascades"]["published"], 1, "{report}");
+    let device = last_of(&nats, "netbox/default/dcim.device/4").await;
+    assert_eq!(device["origin"], "cascade", "{device}");
+    assert_eq!(device["entry"]["addresses"], json!([]), "{device}");
+    assert_eq!(published_count(&nats.url()).await, before + 2);
+    relay.relay.stop().await.unwrap();
+}
