@@ -82,6 +82,11 @@ impl Delivery {
         &self.publisher
     }
 
+    /// The record of `key`: what the registry shows of it, as this relay knows.
+    pub fn head(&self, key: &str) -> Result<Option<RecordHead>, DeliveryError> {
+        Ok(self.store.head(key)?)
+    }
+
     /// The state file's commit thread, for what reconcile keeps beside the records.
     pub fn committer(&self) -> &Committer {
         &self.committer

@@ -380,9 +380,15 @@ impl Confirmer {
             }
         };
         // As the webhook path does: kept before the delta is delivered, whatever becomes of it.
-        if let (Some(cascades), Some(trigger)) = (&self.cascades, newer.or_else(|| event.cascade()))
-        {
-            cascades.push(trigger).await?;
+        if let Some(cascades) = &self.cascades {
+            let recorded = self.store.read({
+                let key = key.clone();
+                move |s| s.head(&key)
+            });
+            let recorded = recorded.await?.map(|h| h.revision);
+            if let Some(trigger) = newer.or_else(|| event.cascade_after(recorded)) {
+                cascades.push(trigger).await?;
+            }
         }
         let outcome = match delivery.deliver(main.as_deref().unwrap_or(&delta)).await {
             Ok(Delivered::Published) => "published",

@@ -111,6 +111,10 @@ async fn handle(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Handl
     // Why main does not show this change, when main's object is delivered in its place.
     let mut not_on_main = None;
     let mut cascade = event.cascade();
+    if cascade.is_none() && event.may_follow_a_lost_change() {
+        let head = app.delivery.head(&delta.key)?;
+        cascade = event.cascade_after(head.map(|h| h.revision));
+    }
     if app.confirmer.needed(&event) {
         let newer;
         (delta, not_on_main, newer) = match confirm(app, &event, delta, &body).await? {

@@ -16,6 +16,7 @@ mod fake_netbox;
 mod hardening;
 mod helpers;
 mod live;
+mod model;
 mod nats_auth;
 mod netbox47;
 mod operations;
