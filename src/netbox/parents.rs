@@ -112,9 +112,23 @@ pub struct Trigger {
 }
 
 impl Trigger {
-    /// The parent it is about, `dcim.site/3`: one pending cascade per parent.
+    /// A read of one object of `object_type` again, as NetBox shows it now.
+    pub fn reread(object_type: &'static str, id: u64) -> Trigger {
+        Trigger {
+            parent: &OBJECT,
+            id,
+            slug: None,
+            hosts: vec![(object_type, id)],
+        }
+    }
+
+    /// The parent it is about, `dcim.site/3` (`netbox-relay.object/dcim.device/4` for a
+    /// re-read): one pending cascade per parent.
     pub fn key(&self) -> String {
-        format!("{}/{}", self.parent.name, self.id)
+        match (self.parent == &OBJECT, self.hosts.first()) {
+            (true, Some((object_type, _))) => format!("{}/{object_type}/{}", OBJECT.name, self.id),
+            _ => format!("{}/{}", self.parent.name, self.id),
+        }
     }
 
     /// The trigger as the state file keeps it; `token` tells two triggers of one parent apart.
@@ -128,6 +142,13 @@ impl Trigger {
     pub fn decode(key: &str, bytes: &[u8]) -> Option<Trigger> {
         let (name, id) = key.rsplit_once('/')?;
         let value: Value = serde_json::from_slice(bytes).ok()?;
+        if let Some(object_type) = name
+            .strip_prefix(OBJECT.name)
+            .and_then(|t| t.strip_prefix('/'))
+        {
+            let object_type = ObjectType::from_name(object_type)?.name;
+            return Some(Trigger::reread(object_type, id.parse().ok()?));
+        }
         let hosts = value.get("hosts")?.as_array()?.iter().map(|host| {
             let host_type = ObjectType::from_name(host.get(0)?.as_str()?)?.name;
             Some((host_type, host.get(1)?.as_u64()?))
@@ -185,6 +206,32 @@ const VLAN: &str = "ipam.vlan";
 const VRF: &str = "ipam.vrf";
 const CLUSTER: &str = "virtualization.cluster";
 const SITE: &str = "dcim.site";
+
+const fn itself(object_type: &'static str) -> (&'static str, Filter) {
+    (object_type, Filter::Host(object_type))
+}
+
+/// No NetBox type: the object itself, read again ([`Trigger::reread`]) when a webhook could not
+/// tell whether it is newer than what the registry shows.
+pub const OBJECT: Parent = Parent {
+    name: "netbox-relay.object",
+    api_path: "",
+    shown: &[],
+    dependents: &[
+        itself(DEVICE),
+        itself(VM),
+        itself(IP),
+        itself(PREFIX),
+        itself(INTERFACE),
+        itself(VM_INTERFACE),
+        itself(VLAN),
+        itself(VRF),
+        itself(CLUSTER),
+        itself(SITE),
+        itself("tenancy.tenant"),
+        itself("ipam.service"),
+    ],
+};
 
 /// Every parent, with the dependents whose entries show it (see `translate`'s readers). The
 /// filters are those of NetBox's filter sets: a prefix's and a cluster's `site_id` follow their
@@ -336,6 +383,27 @@ mod tests {
                 assert!(ObjectType::from_name(dependent).is_some(), "{dependent}");
             }
         }
+    }
+
+    #[test]
+    fn a_reread_reads_every_registry_type_and_keeps_its_type_in_its_key() {
+        assert_eq!(
+            OBJECT.dependents.len(),
+            crate::netbox::object_type::ALL.len()
+        );
+        let reread = Trigger::reread("dcim.interface", 7);
+        assert_eq!(reread.key(), "netbox-relay.object/dcim.interface/7");
+        assert_eq!(
+            reread.query(Filter::Host("dcim.interface")).as_deref(),
+            Some("id=7")
+        );
+        assert_eq!(reread.query(Filter::Host("dcim.device")), None);
+        let stored = reread.encode("t");
+        assert_eq!(Trigger::decode(&reread.key(), &stored), Some(reread));
+        let site = Parent::from_name("dcim.site")
+            .unwrap()
+            .any_change(3, &Object::new());
+        assert_eq!(Trigger::decode(&site.key(), &site.encode("t")), Some(site));
     }
 
     #[test]

@@ -166,7 +166,7 @@ fn cascade(config: &Config) -> Line {
     Line::ok(
         "cascade",
         format!(
-            "on: a changed site, tenant, cluster, VRF, VLAN, device or VM, and {} (listed in the event rule by netbox-setup; no permission on them needed), pull their dependents with the read permissions above",
+            "on: a changed site, tenant, cluster, VRF, VLAN, device or VM, and {} (listed in the event rule by netbox-setup; runs list their slugs with their view permission), pull their dependents with the read permissions above",
             triggers.join(", ")
         ),
     )

@@ -116,6 +116,27 @@ impl Delivery {
     /// Returns once the delta is in JetStream or fsynced in the spool, or judged stale or
     /// duplicate. Deltas of one key are handled one at a time, in arrival order.
     pub async fn deliver(&self, delta: &RegistryDelta) -> Result<Delivered, DeliveryError> {
+        let delivered = self.deliver_unless(delta, false).await?;
+        Ok(delivered.unwrap_or(Delivered::Dropped(Verdict::Stale)))
+    }
+
+    /// [`Delivery::deliver`] for a webhook's own delta, which is not published when the key's
+    /// record is at the same revision with another entry ([`Delivered::Ambiguous`]): NetBox
+    /// changes some objects without stamping them (a deleted tag removed from each), and a late
+    /// webhook may land after a cascade showed the object's renamed parent. The revision cannot
+    /// tell which is newer; NetBox, read again, can. `None` in that case.
+    pub async fn deliver_webhook(
+        &self,
+        delta: &RegistryDelta,
+    ) -> Result<Option<Delivered>, DeliveryError> {
+        self.deliver_unless(delta, true).await
+    }
+
+    async fn deliver_unless(
+        &self,
+        delta: &RegistryDelta,
+        ambiguous_held: bool,
+    ) -> Result<Option<Delivered>, DeliveryError> {
         // While the state file takes no writes nothing is published: a published delta whose
         // record could not be kept would make the store and the stream disagree.
         if let Some(problem) = self.committer.health().problem() {
@@ -128,7 +149,13 @@ impl Delivery {
         let head = self.store.head(&delta.key)?;
         let verdict = judge(head.as_ref(), delta);
         if verdict != Verdict::Accept {
-            return Ok(Delivered::Dropped(verdict));
+            return Ok(Some(Delivered::Dropped(verdict)));
+        }
+        let at_same_revision = head.as_ref().is_some_and(|h| {
+            !h.deleted() && h.revision == delta.revision && delta.op == Op::Upsert
+        });
+        if ambiguous_held && at_same_revision {
+            return Ok(None);
         }
         let restamped = after_inferred_delete(head.as_ref(), delta);
         let delta = restamped.as_ref().unwrap_or(delta);
@@ -139,7 +166,7 @@ impl Delivery {
         if let Cow::Owned(fitted) = &delta {
             let verdict = judge(head.as_ref(), fitted);
             if verdict != Verdict::Accept {
-                return Ok(Delivered::Dropped(verdict));
+                return Ok(Some(Delivered::Dropped(verdict)));
             }
         }
         let key = delta.key.clone();
@@ -154,16 +181,16 @@ impl Delivery {
                 Ok(Checked::Published(seq)) => {
                     let record = with_seq(record, seq);
                     self.committer.record_later(key, record).await?;
-                    return Ok(Delivered::Published);
+                    return Ok(Some(Delivered::Published));
                 }
                 Ok(Checked::AlreadyStored(seq)) => {
                     let record = with_seq(record, seq);
                     self.committer.record_later(key, record).await?;
-                    return Ok(Delivered::Dropped(Verdict::Duplicate));
+                    return Ok(Some(Delivered::Dropped(Verdict::Duplicate)));
                 }
                 Ok(Checked::Superseded { verdict, latest }) => {
                     self.committer.commit(latest).await?;
-                    return Ok(Delivered::Dropped(verdict));
+                    return Ok(Some(Delivered::Dropped(verdict)));
                 }
                 // Per delta only at debug: during an outage this is every webhook. The drainer
                 // logs the spool's depth every 10 s instead.
@@ -189,7 +216,7 @@ impl Delivery {
             return Err(e.into());
         }
         self.spool.added();
-        Ok(Delivered::Spooled)
+        Ok(Some(Delivered::Spooled))
     }
 
     /// Whether `delta` can be made to fit one NATS message (see [`Delivery::deliver`]).

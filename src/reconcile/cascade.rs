@@ -116,7 +116,8 @@ impl Dependents for Reconciler {
 
 /// The queue of cascades and the task that runs them.
 pub struct Cascades {
-    pending: Mutex<BTreeMap<(&'static str, u64), Queued>>,
+    /// By [`Trigger::key`].
+    pending: Mutex<BTreeMap<String, Queued>>,
     wake: Notify,
     debounce: Duration,
     /// Where triggers are kept until carried out (none in the queue's own unit tests).
@@ -169,7 +170,7 @@ impl Cascades {
     }
 
     fn queue(&self, trigger: Trigger, attempt: u32, kept: Option<PendingCascade>) {
-        let key = (trigger.parent.name, trigger.id);
+        let key = trigger.key();
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let attempt = pending
             .get(&key)

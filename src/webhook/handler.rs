@@ -19,8 +19,9 @@ use super::AppState;
 use crate::delta::RegistryDelta;
 use crate::netbox::parents::Trigger;
 use crate::netbox::webhook::{self, Parsed, WebhookEvent};
+use crate::netbox::ObjectType;
 use crate::publish::{Delivered, DeliveryError};
-use crate::reconcile::Confirmed;
+use crate::reconcile::{Cascades, Confirmed};
 use crate::telemetry;
 use crate::translate::{self, Outcome};
 
@@ -111,6 +112,7 @@ async fn handle(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Handl
     // Why main does not show this change, when main's object is delivered in its place.
     let mut not_on_main = None;
     let mut cascade = event.cascade();
+    let mut confirmed = false;
     if cascade.is_none() && event.may_follow_a_lost_change() {
         let head = app.delivery.head(&delta.key)?;
         cascade = event.cascade_after(head.map(|h| h.revision));
@@ -122,6 +124,7 @@ async fn handle(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Handl
             Err(handled) => return Ok(handled),
         };
         cascade = newer.or(cascade);
+        confirmed = true;
     }
     if let Some(stated) = translate::clamped_from(&app.translator, &event, &delta, now) {
         clamped(app, &delta, stated);
@@ -132,7 +135,15 @@ async fn handle(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Handl
     if let (Some(cascades), Some(trigger)) = (&app.cascades, cascade) {
         cascades.push(trigger).await.map_err(DeliveryError::from)?;
     }
-    let result = match (app.delivery.deliver(&delta).await?, not_on_main) {
+    // main's object, once confirmed, is what NetBox shows now: nothing to read again.
+    let delivered = match (&app.cascades, confirmed) {
+        (Some(cascades), false) => match app.delivery.deliver_webhook(&delta).await? {
+            Some(delivered) => delivered,
+            None => return reread(cascades, &delta).await,
+        },
+        _ => app.delivery.deliver(&delta).await?,
+    };
+    let result = match (delivered, not_on_main) {
         (Delivered::Published, _) => "published",
         (Delivered::Spooled, _) => "spooled",
         (Delivered::Dropped(_), Some(reason)) => return Ok(ignored("not_on_main", reason)),
@@ -189,6 +200,20 @@ async fn confirm(
         status: StatusCode::ACCEPTED,
         body: json!({"status": "accepted", "deltas": 0, "confirm": "held"}),
     }))
+}
+
+/// A webhook at the revision the registry already shows, with another entry: the object is read
+/// again from NetBox, through the cascade queue (kept before the 202), and what NetBox shows is
+/// published.
+async fn reread(cascades: &Cascades, delta: &RegistryDelta) -> Result<Handled, WebhookError> {
+    let object_type = ObjectType::from_kind(delta.kind);
+    let reread = Trigger::reread(object_type.name, delta.object_id);
+    cascades.push(reread).await.map_err(DeliveryError::from)?;
+    Ok(Handled {
+        result: "reread",
+        status: StatusCode::ACCEPTED,
+        body: json!({"status": "accepted", "deltas": 0, "reread": "queued"}),
+    })
 }
 
 /// A parent that is only a trigger (device role, platform, tag, IPAM role): 202 when its

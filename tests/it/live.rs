@@ -46,6 +46,8 @@ struct Live {
     relay: RelayProcess,
     /// Makes this run's names unique: the NetBox database outlives a run.
     run: String,
+    /// The relay's settings, for a restart.
+    env: Vec<(String, String)>,
 }
 
 impl Live {
@@ -53,7 +55,7 @@ impl Live {
         let nats = NatsServer::start();
         let port = free_port();
         let reader = settings["NETBOX_READER_TOKEN"].clone();
-        let env = [
+        let env: Vec<(String, String)> = [
             ("NETBOX_RELAY_LOG__LEVEL", "warn"),
             ("NETBOX_RELAY_NETBOX__URL", settings["NETBOX_URL"].as_str()),
             ("NETBOX_RELAY_NETBOX__TOKEN", reader.as_str()),
@@ -61,9 +63,11 @@ impl Live {
             ("NETBOX_RELAY_RECONCILE__INTERVAL", "0"),
             ("NETBOX_RELAY_CASCADE__DEBOUNCE", "300ms"),
             ("NETBOX_RELAY_API__ADMIN_TOKEN", ADMIN),
-        ];
-        let relay = RelayProcess::start_with(&nats, port, &env, None);
-        relay.wait_ready().await;
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let relay = spawn_relay(&nats, port, &env).await;
         let live = Live {
             netbox: settings["NETBOX_URL"].clone(),
             admin_token: settings["NETBOX_ADMIN_TOKEN"].clone(),
@@ -72,6 +76,7 @@ impl Live {
             nats,
             relay,
             run: format!("{}", chrono::Utc::now().timestamp_micros() % 100_000_000),
+            env,
         };
         let setup = live.cli(
             &["netbox-setup", "--relay-url", &live.relay.base],
@@ -83,6 +88,20 @@ impl Live {
             String::from_utf8_lossy(&setup.stderr)
         );
         live
+    }
+
+    /// Stops the relay (SIGTERM); NetBox's deliveries fail until [`Live::start_relay`].
+    fn stop_relay(&mut self) {
+        assert!(
+            self.relay.terminate(Duration::from_secs(20)),
+            "the relay did not stop"
+        );
+    }
+
+    /// Starts the relay again, on the same port, NATS and state file.
+    async fn start_relay(&mut self) {
+        let port = self.relay.addr.port();
+        self.relay = spawn_relay(&self.nats, port, &self.env).await;
     }
 
     /// `netbox-relay <args>` against this NetBox with `token`.
@@ -247,6 +266,13 @@ impl Live {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+async fn spawn_relay(nats: &NatsServer, port: u16, env: &[(String, String)]) -> RelayProcess {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let relay = RelayProcess::start_with(nats, port, &env, None);
+    relay.wait_ready().await;
+    relay
 }
 
 fn upserted_count(report: &Value) -> u64 {
@@ -766,4 +792,156 @@ async fn check_with_the_read_only_token_lists_what_it_may_see() {
         !report.contains(&live.reader_token),
         "the token is never printed"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_down_through_a_site_rename_and_a_renumbering_is_right_after_one_default_run() {
+    let Some(settings) = settings() else { return };
+    let _turn = TURN.lock().await;
+    let mut live = Live::start(&settings).await;
+    let made = make_all(&live).await;
+    live.wait_for("service", made.service, "created", |d| d["op"] == "upsert")
+        .await;
+    live.make_primary(&made).await;
+    let first = live.reconcile().await;
+    assert_eq!(first["status"], "succeeded", "{first}");
+
+    // The relay stopped: NetBox's deliveries of these two changes fail, and are never retried.
+    live.stop_relay();
+    let slug = live.name("site-while-down");
+    let site = format!("dcim/sites/{}/", made.site);
+    live.api("PATCH", &site, json!({"slug": slug}), &[]).await;
+    let new = format!("10.{}.0.220", live.octet());
+    let ip = format!("ipam/ip-addresses/{}/", made.ip);
+    live.api("PATCH", &ip, json!({"address": format!("{new}/24")}), &[])
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    live.start_relay().await;
+
+    let report = live.reconcile().await;
+    assert_eq!(report["pass"], "cheap", "{report}");
+    assert_eq!(report["status"], "succeeded", "{report}");
+    // Both changes came through the run, not a late webhook.
+    assert_eq!(
+        report["object_types"]["dcim.site"]["upserted"], 1,
+        "{report}"
+    );
+    assert_eq!(
+        report["object_types"]["ipam.ipaddress"]["upserted"], 1,
+        "{report}"
+    );
+    assert!(
+        report["cascades"]["parents"].as_u64() >= Some(2),
+        "{report}"
+    );
+    let device = live
+        .wait_for("device", made.device, "repaired", |d| {
+            d["entry"]["labels"]["site"] == slug.as_str() && d["entry"]["addresses"] == json!([new])
+        })
+        .await;
+    assert_eq!(device["origin"], "cascade", "{device}");
+    live.wait_for("service", made.service, "renumbered", |d| {
+        d["entry"]["addresses"] == json!([new])
+    })
+    .await;
+    // Repaired in one run: the next finds nothing.
+    let next = live.reconcile().await;
+    assert_eq!(upserted_count(&next), 0, "{next}");
+    assert_eq!(next["cascades"]["published"], 0, "{next}");
+    live.delete(&made.all()).await;
+}
+
+/// A new branch, once provisioned: its id and schema.
+async fn branch(live: &Live, name: &str) -> (u64, String) {
+    let branch = live
+        .api(
+            "POST",
+            "plugins/branching/branches/",
+            json!({"name": live.name(name)}),
+            &[],
+        )
+        .await;
+    let id = branch["id"].as_u64().unwrap();
+    let path = format!("plugins/branching/branches/{id}/");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let branch = live.api("GET", &path, Value::Null, &[]).await;
+        if branch["status"]["value"] == "ready" {
+            return (id, branch["schema_id"].as_str().unwrap().to_string());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the branch was never provisioned"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_merged_reverted_and_merged_again_follows_its_sites_rename() {
+    let Some(settings) = settings() else { return };
+    let _turn = TURN.lock().await;
+    let live = Live::start(&settings).await;
+    let made = make_all(&live).await;
+    live.wait_for("device", made.device, "created", |d| d["op"] == "upsert")
+        .await;
+    let first = live.reconcile().await;
+    assert_eq!(first["status"], "succeeded", "{first}");
+    let template = live
+        .api(
+            "GET",
+            &format!("dcim/devices/{}/", made.device),
+            Value::Null,
+            &[],
+        )
+        .await;
+
+    // A device created in a branch: main shows it after the merge with no `last_updated`.
+    let (branch, schema) = branch(&live, "merge-revert").await;
+    let name = live.name("merged-device");
+    let device = live
+        .api(
+            "POST",
+            "dcim/devices/",
+            json!({"name": name, "device_type": template["device_type"]["id"],
+                "role": template["role"]["id"], "site": made.site, "status": "active"}),
+            &[("X-NetBox-Branch", schema.as_str())],
+        )
+        .await;
+    let id = device["id"].as_u64().unwrap();
+    let act = |what: &'static str| {
+        let path = format!("plugins/branching/branches/{branch}/{what}/");
+        let live = &live;
+        async move { live.api("POST", &path, json!({"commit": true}), &[]).await }
+    };
+    act("merge").await;
+    live.upserted("device", id, &name).await;
+    let merged = live
+        .api("GET", &format!("dcim/devices/{id}/"), Value::Null, &[])
+        .await;
+    assert!(merged["last_updated"].is_null(), "{merged}");
+    act("revert").await;
+    live.deleted("device", id).await;
+    act("merge").await;
+    live.upserted("device", id, &name).await;
+
+    // Its site re-slugged: the cascade's sight of it is not judged older than the merge's.
+    let slug = live.name("site-after-merges");
+    live.api(
+        "PATCH",
+        &format!("dcim/sites/{}/", made.site),
+        json!({"slug": slug}),
+        &[],
+    )
+    .await;
+    live.wait_for("device", id, "re-labelled", |d| {
+        d["op"] == "upsert" && d["entry"]["labels"]["site"] == slug.as_str()
+    })
+    .await;
+    let report = live.reconcile().await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(upserted_count(&report), 0, "{report}");
+    live.api("DELETE", &format!("dcim/devices/{id}/"), Value::Null, &[])
+        .await;
+    live.delete(&made.all()).await;
 }
