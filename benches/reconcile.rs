@@ -8,7 +8,11 @@
 //!   (d) `reconcile` (the cheap pass) with nothing changed;
 //!   (e) the cheap pass after 1 % of the objects changed;
 //!   (f) a relay with a new state file on the same stream (it learns the registry, then a full
-//!       pass that finds nothing to publish).
+//!       pass that finds nothing to publish);
+//!   (g) the cheap pass after one site of 10,000 devices was renamed (no webhook): the devices
+//!       show the new slug unstamped, and the run's cascade must fetch and publish exactly them.
+//! The devices are in sites of 10,000 (`dcim.site` enabled too); each IP address is assigned to
+//! the device of its id.
 //! Reports seconds, objects/s, the ratio to its baseline, CPU seconds (the relay's, or the
 //! downloading client's) and their ratio, objects NetBox serialized in full and the relay's peak
 //! RSS. The wall-time ratio moves with the fake NetBox's speed, which shares the cores; the CPU
@@ -125,7 +129,7 @@ async fn run(args: Args) {
             ),
             (
                 "NETBOX_RELAY_REGISTRY__OBJECT_TYPES",
-                format!("[{}]", TYPES.join(",")),
+                format!("[{},dcim.site]", TYPES.join(",")),
             ),
             ("NETBOX_RELAY_LOG__LEVEL", "info".to_string()),
         ]
@@ -145,6 +149,7 @@ async fn run(args: Args) {
         state,
         args,
         touch_every,
+        rename_site: false,
         binary,
     };
     let mut phases = vec![
@@ -183,6 +188,16 @@ async fn run(args: Args) {
             None,
             &relay,
         ),
+        Phase {
+            rename_site: true,
+            ..phase(
+                "(g) cheap pass after a site of 10,000 devices was renamed",
+                "state.redb",
+                &[],
+                None,
+                &relay,
+            )
+        },
     ];
     if let Some(before) = &args.before {
         let name = "(f) with --before: new state file, a full pass";
@@ -196,11 +211,15 @@ async fn run(args: Args) {
         state,
         args,
         touch_every,
+        rename_site,
         binary,
     } in phases
     {
         if let Some(every) = touch_every {
             fake_api.touch(every).await;
+        }
+        if rename_site {
+            fake_api.rename_site(1).await;
         }
         let before = fake_api.served_in_full().await;
         let run = reconcile(binary, &env(state), args);
@@ -305,6 +324,8 @@ struct Phase<'a> {
     args: &'static [&'static str],
     /// Change every N-th object first.
     touch_every: Option<u64>,
+    /// Rename site 1 first.
+    rename_site: bool,
     binary: &'a PathBuf,
 }
 
@@ -362,6 +383,13 @@ impl FakeApi {
     async fn served_in_full(&self) -> u64 {
         let url = format!("{}/bench/served-in-full", self.0);
         reqwest::get(url).await.unwrap().json().await.unwrap()
+    }
+
+    /// Renames site `id`: a new slug and `last_updated`, its devices showing it unstamped.
+    async fn rename_site(&self, id: u64) {
+        let url = format!("{}/bench/rename-site?id={id}", self.0);
+        let answer = reqwest::Client::new().post(url).send().await.unwrap();
+        assert!(answer.status().is_success());
     }
 
     /// Changes every `every`-th object (a new `display` and `last_updated`).
@@ -502,7 +530,11 @@ fn fake_netbox(port: u16, per_type: u64) {
     let templates = Arc::new((
         recorded("dcim_devices.json"),
         recorded("ipam_ip-addresses.json"),
+        recorded("dcim_sites.json"),
     ));
+    let sites = per_type.div_ceil(SITE_SIZE).max(1);
+    // The site renamed, 0 for none.
+    let renamed = Arc::new(AtomicU64::new(0));
     // Touches so far, and the stride of the last one.
     let touch = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     let served = Arc::new(AtomicU64::new(0));
@@ -514,20 +546,36 @@ fn fake_netbox(port: u16, per_type: u64) {
         use axum::extract::{Path, RawQuery};
         use axum::routing::{get, post};
         let (list_touch, list_served) = (touch.clone(), served.clone());
+        let list_renamed = renamed.clone();
         let list = move |Path((app, endpoint)): Path<(String, String)>, RawQuery(q): RawQuery| {
             let (templates, touch, served) =
                 (templates.clone(), list_touch.clone(), list_served.clone());
+            let renamed = list_renamed.load(Ordering::Relaxed);
             async move {
                 let query = Query::parse(q.as_deref().unwrap_or(""));
-                let ids = query.ids(per_type);
+                let range = match (endpoint.as_str(), query.number("site_id")) {
+                    ("sites", _) => (1, sites),
+                    ("devices", Some(site)) => {
+                        let first = (site - 1) * SITE_SIZE + 1;
+                        (first, (first + SITE_SIZE - 1).min(per_type))
+                    }
+                    _ => match query.number("device_id") {
+                        Some(device) => (device, device),
+                        None => (1, per_type),
+                    },
+                };
+                let ids = query.ids(range);
                 let touched = (
                     touch.0.load(Ordering::Relaxed),
                     touch.1.load(Ordering::Relaxed),
                 );
                 let make = |id: u64| -> Option<Value> {
                     let object = match (app.as_str(), endpoint.as_str()) {
-                        ("dcim", "devices") => make_device(&templates.0, id),
+                        ("dcim", "devices") => make_device(&templates.0, id, renamed),
                         ("ipam", "ip-addresses") => make_ip(&templates.1, id),
+                        ("dcim", "sites") => {
+                            return Some(query.select(make_site(&templates.2, id, renamed)))
+                        }
                         _ => return None,
                     };
                     Some(query.select(touched_object(object, id, touched)))
@@ -553,6 +601,13 @@ fn fake_netbox(port: u16, per_type: u64) {
                 touch.0.fetch_add(1, Ordering::Relaxed);
             }
         };
+        let rename = move |RawQuery(q): RawQuery| {
+            let renamed = renamed.clone();
+            async move {
+                let id = Query::parse(q.as_deref().unwrap_or("")).number("id");
+                renamed.store(id.unwrap_or(1), Ordering::Relaxed);
+            }
+        };
         let app = axum::Router::new()
             .route(
                 "/api/status/",
@@ -560,6 +615,7 @@ fn fake_netbox(port: u16, per_type: u64) {
             )
             .route("/api/{app}/{endpoint}/", get(list))
             .route("/bench/touch", post(touch_now))
+            .route("/bench/rename-site", post(rename))
             .route(
                 "/bench/served-in-full",
                 get(move || {
@@ -609,30 +665,31 @@ impl Query {
         self.value(key)?.parse().ok()
     }
 
-    /// The ids a request asks for: `id=` repeated, else a page after `start` / `id__gt` below
-    /// `id__lt`, or the newest with `ordering=-id`.
-    fn ids(&self, per_type: u64) -> Vec<u64> {
+    /// The ids a request asks for among `first..=last` (what its filter selects): `id=`
+    /// repeated, else a page after `start` / `id__gt` below `id__lt`, or the newest with
+    /// `ordering=-id`.
+    fn ids(&self, (first, last): (u64, u64)) -> Vec<u64> {
         let limit = self.number("limit").unwrap_or(50).min(1000) as usize;
         let listed: Vec<u64> = self
             .0
             .iter()
             .filter(|(k, _)| k == "id")
             .filter_map(|(_, v)| v.parse().ok())
-            .filter(|id| (1..=per_type).contains(id))
+            .filter(|id| (first..=last).contains(id))
             .collect();
         if self.value("id").is_some() {
             return listed;
         }
-        let below = self.number("id__lt").unwrap_or(u64::MAX).min(per_type + 1);
+        let below = self.number("id__lt").unwrap_or(u64::MAX).min(last + 1);
         if self.value("ordering") == Some("-id") {
-            return (1..below).rev().take(limit).collect();
+            return (first..below).rev().take(limit).collect();
         }
         let from = match (self.number("start"), self.number("id__gt")) {
             (Some(start), _) => start,
             (None, Some(after)) => after + 1,
             (None, None) => 0,
         };
-        (from.max(1)..below).take(limit).collect()
+        (from.max(first)..below).take(limit).collect()
     }
 
     /// `object` with only the `fields=` asked for.
@@ -648,9 +705,9 @@ impl Query {
         Value::Object(map)
     }
 
-    /// Whether the objects are served with more than ids and revisions.
+    /// Whether the objects are served with more than ids and revisions (or slugs).
     fn in_full(&self) -> bool {
-        let listing = ["id", "last_updated", "created"];
+        let listing = ["id", "last_updated", "created", "slug"];
         self.value("fields")
             .is_none_or(|f| f.split(',').any(|field| !listing.contains(&field)))
     }
@@ -669,17 +726,53 @@ fn touched_object(mut object: Value, id: u64, touched: (u64, u64)) -> Value {
     object
 }
 
-fn make_device(template: &Value, id: u64) -> Value {
+/// Devices per site.
+const SITE_SIZE: u64 = 10_000;
+
+/// Site `id`'s slug: renamed once `renamed` is its id.
+fn site_slug(id: u64, renamed: u64) -> String {
+    match id == renamed {
+        true => format!("site-{id}-renamed"),
+        false => format!("site-{id}"),
+    }
+}
+
+fn make_site(template: &Value, id: u64, renamed: u64) -> Value {
+    let mut site = template.clone();
+    let slug = site_slug(id, renamed);
+    site["id"] = json!(id);
+    site["slug"] = json!(slug);
+    site["name"] = json!(slug.to_uppercase());
+    site["display"] = json!(slug.to_uppercase());
+    site["url"] = json!(format!("http://127.0.0.1:8000/api/dcim/sites/{id}/"));
+    if id == renamed {
+        site["last_updated"] = json!("2026-12-05T00:00:00.000000Z");
+    }
+    site
+}
+
+/// Device `id`, in site `(id - 1) / SITE_SIZE + 1`, which it shows as NetBox nests it.
+fn make_device(template: &Value, id: u64, renamed: u64) -> Value {
     let mut d = template.clone();
     d["id"] = json!(id);
     d["name"] = json!(format!("bench-{id:07}"));
     d["url"] = json!(format!("http://127.0.0.1:8000/api/dcim/devices/{id}/"));
     d["serial"] = json!(format!("B{id}"));
+    let site = (id - 1) / SITE_SIZE + 1;
+    let slug = site_slug(site, renamed);
+    d["site"] = json!({"id": site, "url": format!("http://127.0.0.1:8000/api/dcim/sites/{site}/"),
+        "display": slug.to_uppercase(), "name": slug.to_uppercase(), "slug": slug, "description": ""});
     d
 }
 
+/// IP address `id`, assigned to an interface of device `id`.
 fn make_ip(template: &Value, id: u64) -> Value {
     let mut ip = template.clone();
+    if let Some(device) = ip.pointer_mut("/assigned_object/device") {
+        device["id"] = json!(id);
+        device["name"] = json!(format!("bench-{id:07}"));
+        device["display"] = json!(format!("bench-{id:07}"));
+    }
     let address = format!(
         "10.{}.{}.{}/16",
         (id >> 16) & 255,

@@ -74,7 +74,8 @@ pub(crate) fn update_webhook(
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let mut data = object.clone();
     data.insert("last_updated".into(), json!(now));
-    let mut prechange = data.clone();
+    // Before the change: as saved the time before (its `last_updated` then).
+    let mut prechange = object.clone();
     prechange.insert(field.into(), before.clone());
     body.insert("object_type".into(), json!(object_type));
     body.insert("timestamp".into(), json!(now));
