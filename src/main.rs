@@ -244,6 +244,12 @@ async fn reconcile(
             t.fetched, t.upserted, t.deleted, t.unchanged, t.errors
         );
     }
+    let c = &report.cascades;
+    let note = c.message.as_deref().unwrap_or_default();
+    eprintln!(
+        "cascades: {} parents, {} dependents pulled, {} published, {} failed  {note}",
+        c.parents, c.pulled, c.published, c.failed
+    );
     match report.status {
         RunStatus::Succeeded => ExitCode::SUCCESS,
         RunStatus::Partial => ExitCode::from(3),
