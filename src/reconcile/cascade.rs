@@ -19,7 +19,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::diff::{Emitter, PullError};
+use super::diff::{cascades_of, Emitter, PullError};
 use super::pull::{Pager, PullOptions};
 use super::Reconciler;
 use crate::backoff::Backoff;
@@ -132,10 +132,14 @@ struct Queued {
 }
 
 /// What one cascade did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CascadeTally {
     pub pulled: u64,
     pub published: u64,
+    /// The cascades its dependents call for in turn: a dependent that is a parent too, found
+    /// changed (a device renamed by a lost webhook, re-labelled by its site's cascade), each with
+    /// its row in the journal (none for a dry run).
+    pub further: Vec<(Trigger, Option<PendingCascade>)>,
 }
 
 impl Cascades {
@@ -284,6 +288,9 @@ impl Cascades {
                 if let (Some(journal), Some(kept)) = (&self.journal, kept) {
                     journal.done(vec![kept]).await;
                 }
+                for (further, kept) in tally.further {
+                    self.queue(further, 0, kept);
+                }
                 telemetry::cascade_ran("succeeded", tally.pulled);
                 tracing::info!(
                     parent,
@@ -353,8 +360,12 @@ pub async fn cascade(
                     break;
                 }
             };
+            let candidates = cascades_of(object_type, &page);
             let sorted = reconciler.sort_off_runtime(object_type, page).await?;
             tally.pulled += sorted.ids.len() as u64;
+            // Kept before the dependents that call for them are published.
+            let further = reconciler.keep(candidates, &sorted.replaced).await?;
+            tally.further.extend(further);
             for mut delta in sorted.changed {
                 delta.origin = Origin::Cascade;
                 emitter.push(delta).await;

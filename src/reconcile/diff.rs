@@ -42,7 +42,7 @@ pub(super) struct Sorted {
     pub ids: Vec<u64>,
     pub changed: Vec<RegistryDelta>,
     /// Of the changed, the ids whose key had a live entry before: a new object is shown by none.
-    replaced: Vec<u64>,
+    pub replaced: Vec<u64>,
     unchanged: u64,
     /// Of the unchanged, those served as when a full pass last translated them: not parsed.
     as_served: u64,
@@ -336,7 +336,7 @@ impl Reconciler {
 
 /// The cascade each object of `page` calls for should its entry have changed, when its type is
 /// also a parent.
-fn cascades_of(object_type: ObjectType, page: &[Object]) -> HashMap<u64, Trigger> {
+pub(super) fn cascades_of(object_type: ObjectType, page: &[Object]) -> HashMap<u64, Trigger> {
     let Some(parent) = Parent::from_name(object_type.name) else {
         return HashMap::new();
     };

@@ -12,7 +12,7 @@
 //! The run's own triggers are kept in the state file before the parents' changes are published,
 //! and all are carried out at the end of the run, which counts them in its report.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use futures::stream::{self, StreamExt};
@@ -38,15 +38,8 @@ pub(super) struct RunCascades {
 
 impl RunCascades {
     pub fn of(reconciler: &Reconciler) -> RunCascades {
-        let journal = match (&reconciler.output, reconciler.cascades_enabled) {
-            (Output::Publish(delivery), true) => Some(Journal::new(
-                reconciler.store.clone(),
-                delivery.committer().clone(),
-            )),
-            _ => None,
-        };
         RunCascades {
-            journal,
+            journal: reconciler.journal(),
             enabled: reconciler.cascades_enabled,
             found: Mutex::new(BTreeMap::new()),
         }
@@ -60,11 +53,16 @@ impl RunCascades {
         if let Some(journal) = &self.journal {
             journal.keep(&triggers).await?;
         }
+        self.remember(triggers);
+        Ok(())
+    }
+
+    /// Keeps triggers in memory, for a run without a journal (a dry run).
+    fn remember(&self, triggers: impl IntoIterator<Item = Trigger>) {
         let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
         for trigger in triggers {
             found.insert(trigger.key(), trigger);
         }
-        Ok(())
     }
 
     /// What to carry out: the pending cascades in the state file, and the run's own.
@@ -83,6 +81,41 @@ impl RunCascades {
 }
 
 impl Reconciler {
+    /// Where cascades are kept: the state file, unless this is a dry run or cascades are off.
+    pub(super) fn journal(&self) -> Option<Journal> {
+        match (&self.output, self.cascades_enabled) {
+            (Output::Publish(delivery), true) => Some(Journal::new(
+                self.store.clone(),
+                delivery.committer().clone(),
+            )),
+            _ => None,
+        }
+    }
+
+    /// Keeps the cascades of the `replaced` objects (changed, and live before) among
+    /// `candidates`, durably where there is a journal: what the cascade or run publishing them
+    /// carries out in turn.
+    pub(super) async fn keep(
+        &self,
+        mut candidates: HashMap<u64, Trigger>,
+        replaced: &[u64],
+    ) -> Result<Vec<(Trigger, Option<PendingCascade>)>, StoreError> {
+        let triggers: Vec<Trigger> = replaced
+            .iter()
+            .filter_map(|id| candidates.remove(id))
+            .collect();
+        let rows = match (self.journal(), triggers.is_empty()) {
+            (Some(journal), false) => journal
+                .keep(&triggers)
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect(),
+            _ => vec![None; triggers.len()],
+        };
+        Ok(triggers.into_iter().zip(rows).collect())
+    }
+
     /// Compares the slugs of the parents that are no registry kind with those the last run
     /// listed, and keeps a cascade for each one that changed. A parent type the token may not
     /// read is passed over (its dependents' labels wait for a full pass), and said.
@@ -146,19 +179,44 @@ impl Reconciler {
         }
     }
 
-    /// Carries out every pending cascade, `netbox.concurrency` at a time, and counts them.
+    /// Carries out every pending cascade, `netbox.concurrency` at a time, and counts them; then
+    /// the cascades those call for in turn, up to `ROUNDS` deep (what is left stays pending).
     pub(super) async fn cascade_all(&self, cascades: &RunCascades, report: &mut CascadeReport) {
         if !cascades.enabled {
             return;
         }
-        let pending = match cascades.pending().await {
-            Ok(pending) => pending,
-            Err(e) => {
-                report.status = Some(RunStatus::Partial);
-                report.message = Some(format!("pending cascades not read: {e}"));
-                return;
+        let mut tried = HashSet::new();
+        for _ in 0..ROUNDS {
+            let pending = match cascades.pending().await {
+                Ok(pending) => pending,
+                Err(e) => {
+                    report.status = Some(RunStatus::Partial);
+                    report.message = Some(format!("pending cascades not read: {e}"));
+                    return;
+                }
+            };
+            // Each row once a run: one that failed waits for the next run.
+            let fresh = pending.into_iter().filter(|(trigger, row)| {
+                let value = row.as_ref().map(|r| r.value.clone());
+                tried.insert((trigger.key(), value))
+            });
+            let fresh: Vec<_> = fresh.collect();
+            if fresh.is_empty() {
+                break;
             }
-        };
+            self.cascade_round(cascades, fresh, report).await;
+        }
+        if report.status.is_none() {
+            report.status = Some(RunStatus::Succeeded);
+        }
+    }
+
+    async fn cascade_round(
+        &self,
+        cascades: &RunCascades,
+        pending: Vec<(Trigger, Option<PendingCascade>)>,
+        report: &mut CascadeReport,
+    ) {
         let outcomes: Vec<_> = stream::iter(pending)
             .map(|(trigger, row)| async move { (cascade(self, &trigger).await, trigger, row) })
             .buffer_unordered(self.concurrency.max(1))
@@ -172,6 +230,9 @@ impl Reconciler {
                     report.pulled += tally.pulled;
                     report.published += tally.published;
                     done.extend(row);
+                    // A dry run keeps them in memory; the journal has the others already.
+                    let unkept = tally.further.into_iter().filter(|(_, row)| row.is_none());
+                    cascades.remember(unkept.map(|(t, _)| t));
                 }
                 Err(e) => {
                     tracing::warn!(parent = trigger.parent.name, id = trigger.id, error = %e,
@@ -187,11 +248,11 @@ impl Reconciler {
         if let Some(journal) = &cascades.journal {
             journal.done(done).await;
         }
-        if report.status.is_none() {
-            report.status = Some(RunStatus::Succeeded);
-        }
     }
 }
+
+/// How deep a run follows cascades that call for cascades (site, device, its interfaces).
+const ROUNDS: usize = 8;
 
 impl Reconciler {
     /// The cascades of IP addresses a run found deleted: NetBox cleared each from its host's

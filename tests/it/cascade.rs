@@ -197,18 +197,7 @@ async fn a_site_rename_relabels_exactly_that_sites_dependents() {
     // The site's own delta, then its two devices, its VM, prefix, VLAN and cluster.
     published_exactly(&nats, before + 7, DEBOUNCE * 3).await;
     let deltas = cascaded(&nats, before).await;
-    let expected: BTreeSet<String> = [
-        "dcim.device/2",
-        "dcim.device/3",
-        "virtualization.virtualmachine/2",
-        "ipam.prefix/1",
-        "ipam.vlan/1",
-        "virtualization.cluster/1",
-    ]
-    .iter()
-    .map(|k| format!("netbox/default/{k}"))
-    .collect();
-    assert_eq!(keys(&deltas), expected);
+    assert_eq!(keys(&deltas), crate::repair::site_1_dependents());
     for delta in &deltas {
         assert_eq!(delta["entry"]["labels"]["site"], "fra9", "{delta}");
         assert_eq!(delta["op"], "upsert");

@@ -665,35 +665,7 @@ async fn changes_in_a_branch_stay_out_until_the_merge_and_the_merge_arrives() {
     let first = live.reconcile().await;
     assert_eq!(first["status"], "succeeded", "{first}");
 
-    let branch = live
-        .api(
-            "POST",
-            "plugins/branching/branches/",
-            json!({"name": live.name("branch")}),
-            &[],
-        )
-        .await;
-    let (id, schema) = (
-        branch["id"].as_u64().unwrap(),
-        branch["schema_id"].as_str().unwrap().to_string(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while live
-        .api(
-            "GET",
-            &format!("plugins/branching/branches/{id}/"),
-            Value::Null,
-            &[],
-        )
-        .await["status"]["value"]
-        != "ready"
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the branch was never provisioned"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (id, schema) = branch(&live, "branch").await;
     // Through the REST API with the branch header, and with the branch cookie.
     let in_branch = live.name("device-in-branch");
     let header = [("X-NetBox-Branch", schema.as_str())];

@@ -568,3 +568,29 @@ async fn a_webhook_later_than_the_cascade_after_it_leaves_the_registry_as_netbox
     ];
     play(&steps).await.unwrap();
 }
+
+/// Found by the model: a device renamed with its webhook lost, then its site renamed twice (the
+/// first webhook late, the second showing no rename). The site's cascade publishes the device
+/// with its new name; the device's own dependents must follow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cascade_that_publishes_a_renamed_parent_cascades_in_turn() {
+    let rename = Change::RenameSite { site: 0, to: 0 };
+    let steps = [
+        Step {
+            change: Change::RenameDevice { device: 0, to: 0 },
+            fate: Fate::Lost,
+            restart: false,
+        },
+        Step {
+            change: rename.clone(),
+            fate: Fate::Later,
+            restart: false,
+        },
+        Step {
+            change: rename,
+            fate: Fate::Delivered,
+            restart: false,
+        },
+    ];
+    play(&steps).await.unwrap();
+}

@@ -59,7 +59,7 @@ fn site_renamed_quietly(fake: &FakeNetbox) {
 }
 
 /// What shows site 1 in the recorded NetBox.
-fn site_1_dependents() -> BTreeSet<String> {
+pub(crate) fn site_1_dependents() -> BTreeSet<String> {
     [
         "dcim.device/2",
         "dcim.device/3",
@@ -402,6 +402,19 @@ fn device_webhook(event: &str, device: &Value, at: &str) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap()
 }
 
+/// Posts `event` of `device`, sent `at`; asserts the 202 and waits for the key's `op`.
+async fn device_event(relay: &TestRelay, nats: &NatsServer, event: &str, device: &Value, at: &str) {
+    let (status, answer) = relay.post_signed(&device_webhook(event, device, at)).await;
+    assert_eq!(status, 202, "{answer}");
+    let key = format!("netbox/default/dcim.device/{}", device["id"]);
+    let op = if event == "deleted" {
+        "delete"
+    } else {
+        "upsert"
+    };
+    wait_for_last(nats, &key, event, |d| d["op"] == op).await;
+}
+
 /// Waits until `key`'s last delta satisfies `done`.
 async fn wait_for_last(nats: &NatsServer, key: &str, what: &str, done: impl Fn(&Value) -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
@@ -438,12 +451,14 @@ async fn an_object_a_merge_created_unstamped_follows_cascades_reverts_and_re_mer
         })
     };
     merged(&fake, &device);
-    let at = ago(Duration::from_secs(30));
-    let (status, answer) = relay
-        .post_signed(&device_webhook("created", &device, &at))
-        .await;
-    assert_eq!(status, 202, "{answer}");
-    wait_for_last(&nats, KEY, "merged", |d| d["op"] == "upsert").await;
+    device_event(
+        &relay,
+        &nats,
+        "created",
+        &device,
+        &ago(Duration::from_secs(30)),
+    )
+    .await;
 
     // Its site renamed: the cascade's sight of it is no older than the merge's.
     site_renamed_quietly(&fake);
@@ -459,28 +474,34 @@ async fn an_object_a_merge_created_unstamped_follows_cascades_reverts_and_re_mer
 
     // Reverted (a delete), then merged again: the same id, the same `created`, still unstamped.
     fake.with(|s| s.objects.get_mut("dcim/devices").unwrap().remove(&900));
-    let at = ago(Duration::from_secs(20));
-    let (status, answer) = relay
-        .post_signed(&device_webhook("deleted", &device, &at))
-        .await;
-    assert_eq!(status, 202, "{answer}");
-    wait_for_last(&nats, KEY, "reverted", |d| d["op"] == "delete").await;
+    device_event(
+        &relay,
+        &nats,
+        "deleted",
+        &device,
+        &ago(Duration::from_secs(20)),
+    )
+    .await;
     merged(&fake, &device);
-    let at = ago(Duration::from_secs(10));
-    let (status, answer) = relay
-        .post_signed(&device_webhook("created", &device, &at))
-        .await;
-    assert_eq!(status, 202, "{answer}");
-    wait_for_last(&nats, KEY, "merged again", |d| d["op"] == "upsert").await;
+    device_event(
+        &relay,
+        &nats,
+        "created",
+        &device,
+        &ago(Duration::from_secs(10)),
+    )
+    .await;
 
     // Reverted once more, and the re-merge's webhook lost: a default run brings it back.
     fake.with(|s| s.objects.get_mut("dcim/devices").unwrap().remove(&900));
-    let at = ago(Duration::from_secs(5));
-    let (status, answer) = relay
-        .post_signed(&device_webhook("deleted", &device, &at))
-        .await;
-    assert_eq!(status, 202, "{answer}");
-    wait_for_last(&nats, KEY, "reverted again", |d| d["op"] == "delete").await;
+    device_event(
+        &relay,
+        &nats,
+        "deleted",
+        &device,
+        &ago(Duration::from_secs(5)),
+    )
+    .await;
     merged(&fake, &device);
     let report = reconcile(&relay).await;
     assert_eq!(
