@@ -113,7 +113,8 @@ async fn handle(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Handl
     let mut not_on_main = None;
     let mut cascade = event.cascade();
     let mut confirmed = false;
-    if cascade.is_none() && event.may_follow_a_lost_change() {
+    // One more look-up of the key's record (in redb's cache), only where a cascade can follow.
+    if cascade.is_none() && app.cascades.is_some() && event.may_follow_a_lost_change() {
         let head = app.delivery.head(&delta.key)?;
         cascade = event.cascade_after(head.map(|h| h.revision));
     }

@@ -515,7 +515,7 @@ fn runtime() -> tokio::runtime::Runtime {
 proptest! {
     // MODEL_CASES=1000 for a longer hunt than CI's.
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("MODEL_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(24),
+        cases: std::env::var("MODEL_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(32),
         max_shrink_iters: 64,
         ..ProptestConfig::default()
     })]
