@@ -41,7 +41,9 @@ const READ_ONE_BY_ONE: usize = 64;
 pub(super) struct Sorted {
     pub ids: Vec<u64>,
     pub changed: Vec<RegistryDelta>,
-    /// Of the changed, the ids whose key had a live entry before: a new object is shown by none.
+    /// Of the changed, the ids of objects saved since their key's live entry was published:
+    /// only a save changes what an object's dependents show (a new object is shown by none, and
+    /// one re-labelled by a cascade was not saved).
     pub replaced: Vec<u64>,
     unchanged: u64,
     /// Of the unchanged, those served as when a full pass last translated them: not parsed.
@@ -205,7 +207,7 @@ fn changed(
             }
             _ => {
                 compared.remember(&delta.key, hash, &delta.delta_id);
-                if head.is_some_and(|h| !h.deleted()) {
+                if head.is_some_and(|h| !h.deleted() && h.revision < delta.revision) {
                     compared.replaced.push(delta.object_id);
                 }
                 compared.changed.push(delta);
