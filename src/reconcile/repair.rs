@@ -2,12 +2,13 @@
 //! changed. NetBox does not retry a webhook it could not deliver, and a renamed site stamps none
 //! of its devices, so a cheap pass that fetched only what `last_updated` shows changed would
 //! leave the devices with the old label. A run therefore cascades as the webhooks would have:
-//! - a registry-kind parent (site, tenant, cluster, VRF, VLAN, device, VM, IP address) whose
-//!   entry the cheap pass found changed;
+//! - a registry-kind parent (site, tenant, cluster, VRF, VLAN, device, VM, IP address) saved
+//!   since its entry was published, whose entry the cheap pass found changed;
 //! - a parent that is no registry kind (device role, platform, tag, IPAM role) whose slug differs
 //!   from the one the last run listed (`fields=id,slug`: a few hundred small rows);
+//! - an IP address found deleted (its host, which NetBox does not save);
 //! - every cascade still pending in the state file (a webhook's whose relay stopped first, or one
-//!   that failed).
+//!   that failed), and those the cascades call for in turn.
 //!
 //! The run's own triggers are kept in the state file before the parents' changes are published,
 //! and all are carried out at the end of the run, which counts them in its report.
@@ -92,9 +93,9 @@ impl Reconciler {
         }
     }
 
-    /// Keeps the cascades of the `replaced` objects (changed, and live before) among
-    /// `candidates`, durably where there is a journal: what the cascade or run publishing them
-    /// carries out in turn.
+    /// Keeps the cascades of the `replaced` objects (changed, and saved since their entry was
+    /// published) among `candidates`, durably where there is a journal: what the cascade
+    /// publishing them carries out in turn.
     pub(super) async fn keep(
         &self,
         mut candidates: HashMap<u64, Trigger>,
