@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use super::object_type::api_endpoint;
 use super::webhook::Changes;
 use super::ObjectType;
+use crate::delta::Entry;
 
 type Object = Map<String, Value>;
 
@@ -60,6 +61,27 @@ impl Parent {
     /// handler passes over): no webhook, no `last_updated` tells of the change.
     pub fn cleared_unsaved(&self) -> bool {
         self.name == IP
+    }
+
+    /// What its dependents show of a registry-kind parent, as its own entry has it: two entries
+    /// of the parent whose values here differ call for a cascade. `None` for a parent that is
+    /// only a trigger.
+    pub fn shown_in(&self, entry: &Entry) -> Option<Vec<Option<String>>> {
+        let label = |name: &str| entry.labels.get(name).cloned();
+        let attribute = |name: &str| entry.attributes.get(name).map(|v| v.to_string());
+        Some(match self.name {
+            SITE => vec![label("site")],
+            "tenancy.tenant" => vec![label("tenant")],
+            VLAN => vec![label("vlan")],
+            IP => vec![
+                Some(entry.name.clone()),
+                entry.status.clone(),
+                attribute("assigned_object_type"),
+                attribute("assigned_object_id"),
+            ],
+            CLUSTER | VRF | DEVICE | VM => vec![Some(entry.name.clone())],
+            _ => return None,
+        })
     }
 
     /// Whether the parent is only a trigger, not a registry kind of its own.
@@ -383,6 +405,34 @@ mod tests {
                 assert!(ObjectType::from_name(dependent).is_some(), "{dependent}");
             }
         }
+    }
+
+    #[test]
+    fn every_registry_kind_parent_says_what_its_entry_shows() {
+        let entry = Entry {
+            name: "leaf1".into(),
+            status: Some("active".into()),
+            addresses: Vec::new(),
+            labels: Default::default(),
+            attributes: Default::default(),
+            sweep: None,
+            netbox_url: String::new(),
+        };
+        for parent in PARENTS {
+            assert_eq!(
+                parent.shown_in(&entry).is_some(),
+                !parent.trigger_only(),
+                "{}",
+                parent.name
+            );
+        }
+        let device = Parent::from_name(DEVICE).unwrap();
+        let mut renamed = entry.clone();
+        renamed.name = "leaf2".into();
+        let mut offline = entry.clone();
+        offline.status = Some("offline".into());
+        assert_ne!(device.shown_in(&entry), device.shown_in(&renamed));
+        assert_eq!(device.shown_in(&entry), device.shown_in(&offline));
     }
 
     #[test]

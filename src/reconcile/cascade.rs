@@ -364,7 +364,9 @@ pub async fn cascade(
             let sorted = reconciler.sort_off_runtime(object_type, page).await?;
             tally.pulled += sorted.ids.len() as u64;
             // Kept before the dependents that call for them are published.
-            let further = reconciler.keep(candidates, &sorted.replaced).await?;
+            let further = reconciler
+                .keep(candidates, &sorted.replaced, &sorted.changed)
+                .await?;
             tally.further.extend(further);
             for mut delta in sorted.changed {
                 delta.origin = Origin::Cascade;

@@ -666,8 +666,12 @@ impl Pass<'_> {
         report.errors += sorted.errors;
         // A changed parent's dependents were not stamped: kept before the parent is published.
         let triggers = sorted.replaced.iter();
-        let triggers = triggers.filter_map(|id| candidates.remove(id));
-        self.cascades.found(triggers.collect()).await?;
+        let triggers = triggers.filter_map(|id| candidates.remove(id)).collect();
+        let triggers = self
+            .reconciler
+            .shown_changed(triggers, &sorted.changed)
+            .await;
+        self.cascades.found(triggers).await?;
         for delta in sorted.changed {
             emitter.push(delta).await;
         }

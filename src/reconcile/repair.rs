@@ -22,9 +22,10 @@ use serde_json::Value;
 use super::cascade::{cascade, Journal};
 use super::runs::{CascadeReport, RunStatus};
 use super::{Output, Reconciler};
-use crate::delta::{Entry, Kind};
+use crate::delta::{Entry, Kind, RegistryDelta};
 use crate::netbox::client::{ApiError, NetboxClient};
 use crate::netbox::parents::{Parent, Trigger, PARENTS};
+use crate::netbox::ObjectType;
 use crate::publish::Last;
 use crate::state::{PendingCascade, StoreError, Write};
 
@@ -100,11 +101,13 @@ impl Reconciler {
         &self,
         mut candidates: HashMap<u64, Trigger>,
         replaced: &[u64],
+        changed: &[RegistryDelta],
     ) -> Result<Vec<(Trigger, Option<PendingCascade>)>, StoreError> {
         let triggers: Vec<Trigger> = replaced
             .iter()
             .filter_map(|id| candidates.remove(id))
             .collect();
+        let triggers = self.shown_changed(triggers, changed).await;
         let rows = match (self.journal(), triggers.is_empty()) {
             (Some(journal), false) => journal
                 .keep(&triggers)
@@ -115,6 +118,49 @@ impl Reconciler {
             _ => vec![None; triggers.len()],
         };
         Ok(triggers.into_iter().zip(rows).collect())
+    }
+
+    /// Of `triggers` (parents found saved and changed), those whose change reaches their
+    /// dependents: what they show differs between the registry's entry (the key's last message on
+    /// the stream) and the new one in `changed`. One read of the stream per parent spares NetBox a
+    /// filtered pull per dependent type for each parent whose save changed nothing its dependents
+    /// show (a status, a description). A parent whose last entry cannot be read cascades.
+    pub(super) async fn shown_changed(
+        &self,
+        triggers: Vec<Trigger>,
+        changed: &[RegistryDelta],
+    ) -> Vec<Trigger> {
+        let Output::Publish(delivery) = &self.output else {
+            return triggers;
+        };
+        let entries: HashMap<u64, &Entry> = changed
+            .iter()
+            .filter_map(|d| Some((d.object_id, d.entry.as_ref()?)))
+            .collect();
+        let partition = self.translator.partition();
+        let judged = stream::iter(triggers).map(|trigger| {
+            let new = entries.get(&trigger.id).copied();
+            async move {
+                let Some(kind) = ObjectType::from_name(trigger.parent.name).map(|t| t.kind) else {
+                    return Some(trigger);
+                };
+                let old = delivery
+                    .publisher()
+                    .last_of_key(partition, kind, trigger.id);
+                let old = match old.await {
+                    Ok(Some(Last::Delta(old, _))) => old.entry,
+                    _ => None,
+                };
+                let shown = |entry: Option<&Entry>| entry.and_then(|e| trigger.parent.shown_in(e));
+                let same = old.is_some() && shown(old.as_ref()) == shown(new);
+                (!same).then_some(trigger)
+            }
+        });
+        judged
+            .buffered(READS_AT_ONCE)
+            .filter_map(|t| async { t })
+            .collect()
+            .await
     }
 
     /// Compares the slugs of the parents that are no registry kind with those the last run
@@ -251,6 +297,9 @@ impl Reconciler {
         }
     }
 }
+
+/// Stream reads in flight at once when a run compares parents' entries.
+const READS_AT_ONCE: usize = 64;
 
 /// How deep a run follows cascades that call for cascades (site, device, its interfaces).
 const ROUNDS: usize = 8;

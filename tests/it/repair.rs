@@ -554,3 +554,37 @@ async fn a_default_run_takes_a_primary_ip_deleted_while_no_webhook_came_off_its_
     assert_eq!(published_count(&nats.url()).await, before + 2);
     relay.relay.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_run_pulls_nothing_for_a_parent_saved_without_a_change_its_dependents_show() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = relay_over(&fake, &nats).await;
+    let before = published_count(&nats.url()).await;
+
+    // ams1-leaf1 taken offline, and FRA1's time zone changed: saved, entries changed, nothing
+    // their dependents show.
+    save(
+        &fake,
+        "dcim/devices",
+        4,
+        json!({"status": {"value": "offline", "label": "Offline"}}),
+    );
+    save(&fake, "dcim/sites", 1, json!({"time_zone": "Europe/Paris"}));
+    fake.with(|s| s.log.clear());
+    let report = reconcile(&relay).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(
+        report["object_types"]["dcim.device"]["upserted"], 1,
+        "{report}"
+    );
+    assert_eq!(
+        report["object_types"]["dcim.site"]["upserted"], 1,
+        "{report}"
+    );
+    assert_eq!(report["cascades"]["parents"], 0, "{report}");
+    assert!(crate::cascade::requests_with(&fake, "device_id=4").is_empty());
+    assert!(crate::cascade::requests_with(&fake, "site_id=1").is_empty());
+    assert_eq!(published_count(&nats.url()).await, before + 2);
+    relay.relay.stop().await.unwrap();
+}
