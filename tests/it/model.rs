@@ -529,22 +529,23 @@ proptest! {
     }
 }
 
+/// One step of a found history, the relay not restarted.
+fn step_of(change: Change, fate: Fate) -> Step {
+    Step {
+        change,
+        fate,
+        restart: false,
+    }
+}
+
 /// Found by the model: a device renamed twice to the same name, the first webhook lost. The
 /// second's snapshots show no rename, while the registry still showed the name before the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rename_whose_webhook_was_lost_reaches_dependents_through_the_next_update() {
     let rename = Change::RenameDevice { device: 4, to: 3 };
     let steps = [
-        Step {
-            change: rename.clone(),
-            fate: Fate::Lost,
-            restart: false,
-        },
-        Step {
-            change: rename,
-            fate: Fate::Delivered,
-            restart: false,
-        },
+        step_of(rename.clone(), Fate::Lost),
+        step_of(rename, Fate::Delivered),
     ];
     play(&steps).await.unwrap();
 }
@@ -555,16 +556,8 @@ async fn a_rename_whose_webhook_was_lost_reaches_dependents_through_the_next_upd
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_later_than_the_cascade_after_it_leaves_the_registry_as_netbox() {
     let steps = [
-        Step {
-            change: Change::CreateDevice { site: 0 },
-            fate: Fate::Later,
-            restart: false,
-        },
-        Step {
-            change: Change::RenameSite { site: 0, to: 0 },
-            fate: Fate::Delivered,
-            restart: false,
-        },
+        step_of(Change::CreateDevice { site: 0 }, Fate::Later),
+        step_of(Change::RenameSite { site: 0, to: 0 }, Fate::Delivered),
     ];
     play(&steps).await.unwrap();
 }
@@ -576,21 +569,9 @@ async fn a_webhook_later_than_the_cascade_after_it_leaves_the_registry_as_netbox
 async fn a_cascade_that_publishes_a_renamed_parent_cascades_in_turn() {
     let rename = Change::RenameSite { site: 0, to: 0 };
     let steps = [
-        Step {
-            change: Change::RenameDevice { device: 0, to: 0 },
-            fate: Fate::Lost,
-            restart: false,
-        },
-        Step {
-            change: rename.clone(),
-            fate: Fate::Later,
-            restart: false,
-        },
-        Step {
-            change: rename,
-            fate: Fate::Delivered,
-            restart: false,
-        },
+        step_of(Change::RenameDevice { device: 0, to: 0 }, Fate::Lost),
+        step_of(rename.clone(), Fate::Later),
+        step_of(rename, Fate::Delivered),
     ];
     play(&steps).await.unwrap();
 }

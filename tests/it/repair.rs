@@ -15,6 +15,27 @@ use crate::fake_netbox::FakeNetbox;
 use crate::helpers::{fixture_json, published_count, NatsServer, TestRelay};
 use crate::reconcile::{config, fake_with_recorded, reconcile};
 
+/// A relay over the recorded NetBox after one full run, with how many deltas the stream took.
+struct Lab {
+    nats: NatsServer,
+    fake: FakeNetbox,
+    relay: TestRelay,
+    before: u64,
+}
+
+async fn lab() -> Lab {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = relay_over(&fake, &nats).await;
+    let before = published_count(&nats.url()).await;
+    Lab {
+        nats,
+        fake,
+        relay,
+        before,
+    }
+}
+
 /// A relay whose registry holds the recorded NetBox after one (full) run; cascades on.
 async fn relay_over(fake: &FakeNetbox, nats: &NatsServer) -> TestRelay {
     let mut config = config(nats, fake, 1000);
@@ -58,6 +79,21 @@ fn site_renamed_quietly(fake: &FakeNetbox) {
     );
 }
 
+/// ams1-leaf1's primary IP (14) deleted as NetBox does it: the device cleared, not saved.
+fn primary_ip_deleted(fake: &FakeNetbox) {
+    fake.with(|s| {
+        s.objects.get_mut("ipam/ip-addresses").unwrap().remove(&14);
+        let device = s
+            .objects
+            .get_mut("dcim/devices")
+            .unwrap()
+            .get_mut(&4)
+            .unwrap();
+        device["primary_ip4"] = Value::Null;
+        device["primary_ip"] = Value::Null;
+    });
+}
+
 /// What shows site 1 in the recorded NetBox.
 pub(crate) fn site_1_dependents() -> BTreeSet<String> {
     [
@@ -82,10 +118,12 @@ async fn last_of(nats: &NatsServer, key: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_default_run_relabels_the_dependents_of_a_site_renamed_while_no_webhook_came() {
-    let nats = NatsServer::start();
-    let fake = fake_with_recorded("4.6.8").await;
-    let relay = relay_over(&fake, &nats).await;
-    let before = published_count(&nats.url()).await;
+    let Lab {
+        nats,
+        fake,
+        relay,
+        before,
+    } = lab().await;
 
     site_renamed_quietly(&fake);
     let report = reconcile(&relay).await;
@@ -116,10 +154,12 @@ async fn a_default_run_relabels_the_dependents_of_a_site_renamed_while_no_webhoo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_default_run_gives_a_device_its_renumbered_primary_ip() {
-    let nats = NatsServer::start();
-    let fake = fake_with_recorded("4.6.8").await;
-    let relay = relay_over(&fake, &nats).await;
-    let before = published_count(&nats.url()).await;
+    let Lab {
+        nats,
+        fake,
+        relay,
+        before,
+    } = lab().await;
 
     // IP address 14 (ams1-leaf1's primary) renumbered: NetBox stamps the address, not the device.
     save(
@@ -339,27 +379,16 @@ async fn two_quick_updates_of_a_site_relabel_its_dependents_when_the_second_is_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_primary_ip_leaves_its_device() {
-    let nats = NatsServer::start();
-    let fake = fake_with_recorded("4.6.8").await;
-    let mut config = config(&nats, &fake, 1000);
-    config.cascade.debounce = DEBOUNCE;
-    let relay = TestRelay::start(config).await;
-    assert_eq!(reconcile(&relay).await["status"], "succeeded");
-    let before = published_count(&nats.url()).await;
+    let Lab {
+        nats,
+        fake,
+        relay,
+        before,
+    } = lab().await;
 
     // NetBox clears the device's primary IP without saving the device: no webhook, no stamp.
     let ip = object(&fake, "ipam/ip-addresses", 14);
-    fake.with(|s| {
-        s.objects.get_mut("ipam/ip-addresses").unwrap().remove(&14);
-        let device = s
-            .objects
-            .get_mut("dcim/devices")
-            .unwrap()
-            .get_mut(&4)
-            .unwrap();
-        device["primary_ip4"] = Value::Null;
-        device["primary_ip"] = Value::Null;
-    });
+    primary_ip_deleted(&fake);
     let mut body = fixture_json("066_ipaddress_deleted.json");
     body.insert("timestamp".into(), json!(now()));
     body.insert("data".into(), Value::Object(ip.clone()));
@@ -523,23 +552,15 @@ async fn an_object_a_merge_created_unstamped_follows_cascades_reverts_and_re_mer
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_default_run_takes_a_primary_ip_deleted_while_no_webhook_came_off_its_device() {
-    let nats = NatsServer::start();
-    let fake = fake_with_recorded("4.6.8").await;
-    let relay = relay_over(&fake, &nats).await;
-    let before = published_count(&nats.url()).await;
+    let Lab {
+        nats,
+        fake,
+        relay,
+        before,
+    } = lab().await;
 
     // As NetBox deletes ams1-leaf1's primary IP: the device unsaved, so unstamped.
-    fake.with(|s| {
-        s.objects.get_mut("ipam/ip-addresses").unwrap().remove(&14);
-        let device = s
-            .objects
-            .get_mut("dcim/devices")
-            .unwrap()
-            .get_mut(&4)
-            .unwrap();
-        device["primary_ip4"] = Value::Null;
-        device["primary_ip"] = Value::Null;
-    });
+    primary_ip_deleted(&fake);
     let report = reconcile(&relay).await;
     assert_eq!(report["status"], "succeeded", "{report}");
     assert_eq!(
@@ -557,10 +578,12 @@ async fn a_default_run_takes_a_primary_ip_deleted_while_no_webhook_came_off_its_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_default_run_pulls_nothing_for_a_parent_saved_without_a_change_its_dependents_show() {
-    let nats = NatsServer::start();
-    let fake = fake_with_recorded("4.6.8").await;
-    let relay = relay_over(&fake, &nats).await;
-    let before = published_count(&nats.url()).await;
+    let Lab {
+        nats,
+        fake,
+        relay,
+        before,
+    } = lab().await;
 
     // ams1-leaf1 taken offline, and FRA1's time zone changed: saved, entries changed, nothing
     // their dependents show.
