@@ -34,14 +34,14 @@ async fn relay_debounced(fake: &FakeNetbox, nats: &NatsServer, debounce: Duratio
 }
 
 /// A relay over the recorded NetBox, with how many deltas the stream took before the test acts.
-struct Lab {
-    nats: NatsServer,
-    fake: FakeNetbox,
-    relay: TestRelay,
-    before: u64,
+pub(crate) struct Lab {
+    pub(crate) nats: NatsServer,
+    pub(crate) fake: FakeNetbox,
+    pub(crate) relay: TestRelay,
+    pub(crate) before: u64,
 }
 
-async fn lab() -> Lab {
+pub(crate) async fn lab() -> Lab {
     let nats = NatsServer::start();
     let fake = fake_with_recorded("4.6.8").await;
     let relay = relay_with_registry(&fake, &nats).await;

@@ -9,32 +9,11 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use crate::cascade::{
-    cascaded, keys, published_exactly, rename_in_fake, site, update_webhook, DEBOUNCE,
+    cascaded, keys, lab, published_exactly, rename_in_fake, site, update_webhook, Lab, DEBOUNCE,
 };
 use crate::fake_netbox::FakeNetbox;
 use crate::helpers::{fixture_json, published_count, NatsServer, TestRelay};
 use crate::reconcile::{config, fake_with_recorded, reconcile};
-
-/// A relay over the recorded NetBox after one full run, with how many deltas the stream took.
-struct Lab {
-    nats: NatsServer,
-    fake: FakeNetbox,
-    relay: TestRelay,
-    before: u64,
-}
-
-async fn lab() -> Lab {
-    let nats = NatsServer::start();
-    let fake = fake_with_recorded("4.6.8").await;
-    let relay = relay_over(&fake, &nats).await;
-    let before = published_count(&nats.url()).await;
-    Lab {
-        nats,
-        fake,
-        relay,
-        before,
-    }
-}
 
 /// A relay whose registry holds the recorded NetBox after one (full) run; cascades on.
 async fn relay_over(fake: &FakeNetbox, nats: &NatsServer) -> TestRelay {
