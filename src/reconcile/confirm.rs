@@ -186,8 +186,7 @@ impl Confirmer {
                 // Main shows the change when it shows its entry, saved then or later (a merge
                 // saves again); an older save means the change never reached main. A merge's
                 // creates are not stamped at all: dated by the webhook, as on every path.
-                let unstamped = is_unstamped(&object);
-                if unstamped {
+                if is_unstamped(&object) {
                     main = dated_unstamped(main, delta.revision);
                 }
                 let shown = main.entry == delta.entry && main.revision >= delta.revision;
@@ -381,12 +380,14 @@ impl Confirmer {
         };
         // As the webhook path does: kept before the delta is delivered, whatever becomes of it.
         if let Some(cascades) = &self.cascades {
-            let recorded = self.store.read({
+            let mut trigger = newer.or_else(|| event.cascade());
+            // The key's record is read only where a lost change may call for a cascade.
+            if trigger.is_none() && event.may_follow_a_lost_change() {
                 let key = key.clone();
-                move |s| s.head(&key)
-            });
-            let recorded = recorded.await?.map(|h| h.revision);
-            if let Some(trigger) = newer.or_else(|| event.cascade_after(recorded)) {
+                let recorded = self.store.read(move |s| s.head(&key)).await?;
+                trigger = event.cascade_after(recorded.map(|h| h.revision));
+            }
+            if let Some(trigger) = trigger {
                 cascades.push(trigger).await?;
             }
         }

@@ -665,13 +665,15 @@ impl Pass<'_> {
         report.unchanged += sorted.unchanged;
         report.errors += sorted.errors;
         // A changed parent's dependents were not stamped: kept before the parent is published.
-        let triggers = sorted.replaced.iter();
-        let triggers = triggers.filter_map(|id| candidates.remove(id)).collect();
-        let triggers = self
-            .reconciler
-            .shown_changed(triggers, &sorted.changed)
-            .await;
-        self.cascades.found(triggers).await?;
+        if self.cascades.enabled() {
+            let triggers = sorted.replaced.iter();
+            let triggers = triggers.filter_map(|id| candidates.remove(id)).collect();
+            let triggers = self
+                .reconciler
+                .shown_changed(triggers, &sorted.changed)
+                .await;
+            self.cascades.found(triggers).await?;
+        }
         for delta in sorted.changed {
             emitter.push(delta).await;
         }
@@ -730,7 +732,9 @@ impl Pass<'_> {
                     .ok()
             })
             .collect();
-        if Parent::from_name(object_type.name).is_some_and(|p| p.cleared_unsaved()) {
+        let clears_unsaved =
+            Parent::from_name(object_type.name).is_some_and(|p| p.cleared_unsaved());
+        if clears_unsaved && self.cascades.enabled() {
             let ids: Vec<u64> = deltas.iter().map(|d| d.object_id).collect();
             let triggers = self.reconciler.hosts_of_deleted(&ids).await;
             if let Err(e) = self.cascades.found(triggers).await {

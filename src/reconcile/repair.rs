@@ -47,6 +47,12 @@ impl RunCascades {
         }
     }
 
+    /// Whether the run carries out cascades (`cascade.enabled` not false): when not, nothing is
+    /// read to find them.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// Keeps the cascades the run found, durably: call before the parents' changes are published.
     pub async fn found(&self, triggers: Vec<Trigger>) -> Result<(), StoreError> {
         if !self.enabled || triggers.is_empty() {
