@@ -23,6 +23,8 @@ settings="$dir/settings.env"
 # Fixed credentials: this NetBox listens on loopback only and lives for the tests.
 ADMIN_TOKEN="nbt_relayadmin01.0123456789abcdef0123456789abcdef01234567"
 READER_TOKEN="nbt_relayreader1.fedcba9876543210fedcba9876543210fedcba98"
+# Reads everything but services: a token short of one view permission, as users get wrong.
+PARTIAL_TOKEN="nbt_relaypartial.00112233445566778899aabbccddeeff00112233"
 
 say() { echo "netbox.sh: $*" >&2; }
 
@@ -159,7 +161,6 @@ database() {
     "$(pg_bin)/pg_dump" -h 127.0.0.1 -p "$PG_PORT" -U netbox -d netbox -O -x >"$cache/migrated.sql.new"
     mv "$cache/migrated.sql.new" "$cache/migrated.sql"
   fi
-  users
 }
 
 users() {
@@ -174,7 +175,12 @@ reader, _ = User.objects.get_or_create(username='reader')
 view, _ = ObjectPermission.objects.get_or_create(name='relay read-only', defaults={'actions': ['view']})
 view.users.add(reader)
 view.object_types.set(ObjectType.objects.public())
-for user, value, write in ((admin, '$ADMIN_TOKEN', True), (reader, '$READER_TOKEN', False)):
+partial, _ = User.objects.get_or_create(username='partial')
+most, _ = ObjectPermission.objects.get_or_create(name='relay read-only but services', defaults={'actions': ['view']})
+most.users.add(partial)
+most.object_types.set(ObjectType.objects.public().exclude(app_label='ipam', model='service'))
+tokens = ((admin, '$ADMIN_TOKEN', True), (reader, '$READER_TOKEN', False), (partial, '$PARTIAL_TOKEN', False))
+for user, value, write in tokens:
     key, plaintext = value.removeprefix('nbt_').split('.', 1)
     if not Token.objects.filter(key=key).exists():
         Token(user=user, version=2, key=key, token=plaintext, write_enabled=write).save()
@@ -229,6 +235,8 @@ up() {
     sleep 0.2
   fi
   database
+  # Every time: a database restored or made by an older version of this script gets them too.
+  users
   start_netbox
   cat >"$settings" <<EOF
 NETBOX_URL=http://127.0.0.1:$WEB_PORT
@@ -236,6 +244,7 @@ NETBOX_VERSION=$NETBOX_VERSION
 NETBOX_BRANCHING_VERSION=$BRANCHING_VERSION
 NETBOX_ADMIN_TOKEN=$ADMIN_TOKEN
 NETBOX_READER_TOKEN=$READER_TOKEN
+NETBOX_PARTIAL_TOKEN=$PARTIAL_TOKEN
 NETBOX_ROOT=$dir/root
 NETBOX_CLI=$dir/venv/bin/netbox
 EOF

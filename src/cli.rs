@@ -96,6 +96,13 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<SpoolAction>,
     },
+    /// List the webhooks held for NetBox's main to confirm (netbox-branching), by object type;
+    /// release them (publish as sent) or drop them (the next reconcile publishes main's
+    /// objects). Works on the state file, so the relay must be stopped (it holds the file).
+    Held {
+        #[command(subcommand)]
+        action: Option<HeldAction>,
+    },
     /// Send the relay a test webhook signed with webhook.secrets' first secret, as NetBox would:
     /// a device "created" shaped like NetBox's, id 999999999, named netbox-relay-test (the next
     /// reconcile deletes it). Prints the relay's answer.
@@ -134,6 +141,27 @@ pub enum SpoolAction {
     Retry(Pick),
     /// Remove dead letters for good (the next reconcile publishes their objects' current state).
     Drop(Pick),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HeldAction {
+    /// Publish held webhooks as NetBox sent them, unconfirmed: for changes known to be main's
+    /// (put in the spool; the relay publishes them at its next start).
+    Release(HeldPick),
+    /// Forget held webhooks; the next reconcile publishes what NetBox's main has of the types
+    /// the token may read.
+    Drop(HeldPick),
+}
+
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct HeldPick {
+    /// Held webhooks of this object type (e.g. ipam.service); repeatable.
+    #[arg(long = "object-type", value_name = "TYPE")]
+    pub object_types: Vec<String>,
+    /// Every held webhook.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Debug, clap::Args)]

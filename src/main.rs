@@ -57,6 +57,22 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Held { action } => {
+            let held =
+                app::translator(&config).and_then(|t| ops::held::run(&config, &t, action.as_ref()));
+            match held {
+                Ok(lines) => {
+                    for line in lines {
+                        println!("{line}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("netbox-relay: held: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::NetboxSetup {
             relay_url,
             name,

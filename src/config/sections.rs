@@ -79,6 +79,10 @@ pub struct NetboxConfig {
     pub timeout: Duration,
     pub insecure_skip_verify: bool,
     pub ca_file: Option<PathBuf>,
+    /// How long NetBox's version and plugins (`/api/status/`) are taken as last said: runs,
+    /// cascades and webhook confirmations all read them, and one answer serves them all.
+    #[serde(deserialize_with = "duration")]
+    pub status_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -240,6 +244,7 @@ impl Default for NetboxConfig {
             timeout: Duration::from_secs(30),
             insecure_skip_verify: false,
             ca_file: None,
+            status_ttl: Duration::from_secs(300),
         }
     }
 }

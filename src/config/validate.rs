@@ -93,6 +93,9 @@ impl Config {
         if self.netbox.page_size == 0 {
             return Err(invalid("netbox.page_size", "must be at least 1"));
         }
+        if self.netbox.status_ttl.is_zero() {
+            return Err(invalid("netbox.status_ttl", "must be greater than 0"));
+        }
         if self.netbox.concurrency == 0 {
             return Err(invalid("netbox.concurrency", "must be at least 1"));
         }

@@ -1,6 +1,7 @@
 //! The NetBox REST API, as reconciliation reads it: token auth (v1 `Token <key>`, v2
 //! `Bearer nbt_...`, chosen by the token's form), keyset pages, retries that honour `Retry-After`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -92,6 +93,9 @@ pub struct NetboxClient {
     attempts: u32,
     /// `/api/status/`'s last answer and when it came (or was last kept through a failure).
     status: std::sync::Mutex<Option<(std::time::Instant, NetboxStatus)>>,
+    /// One refresh of the status at a time: callers that find one under way take the last answer.
+    refreshing: tokio::sync::Mutex<()>,
+    status_ttl: Duration,
 }
 
 /// What NetBox's `/api/status/` says that the relay needs.
@@ -114,10 +118,6 @@ impl NetboxStatus {
         })
     }
 }
-
-/// How long NetBox's version and plugins are taken as they were last said: runs, cascades and
-/// webhook confirmations all ask, and one answer serves them all.
-const STATUS_TTL: Duration = Duration::from_secs(300);
 
 /// Attempts per request: the first and up to four retries.
 const ATTEMPTS: u32 = 5;
@@ -166,6 +166,8 @@ impl NetboxClient {
             base: url.trim_end_matches('/').to_string(),
             attempts: ATTEMPTS,
             status: std::sync::Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
+            status_ttl: cfg.status_ttl,
         })
     }
 
@@ -184,16 +186,29 @@ impl NetboxClient {
         Ok(self.status().await?.version)
     }
 
-    /// `/api/status/` (version, plugins), asked at most every five minutes. Once NetBox has
-    /// answered, its answer stands while it does not answer again (a NetBox without
-    /// netbox-branching stays trusted through an outage), and is asked again five minutes later.
+    /// `/api/status/` (version, plugins), asked at most every `netbox.status_ttl`. Once NetBox
+    /// has answered, its answer stands while it does not answer again (a NetBox without
+    /// netbox-branching stays trusted through an outage), and is asked again a TTL later. One
+    /// caller asks at a time; the others are served the last answer meanwhile, and wait only
+    /// when there is none yet.
     pub async fn status(&self) -> Result<NetboxStatus, ApiError> {
         let known = self.known_status();
         if let Some((at, status)) = &known {
-            if at.elapsed() < STATUS_TTL {
+            if at.elapsed() < self.status_ttl {
                 return Ok(status.clone());
             }
         }
+        let _refresh = match (self.refreshing.try_lock(), &known) {
+            (Ok(guard), _) => guard,
+            (Err(_), Some((_, status))) => return Ok(status.clone()),
+            (Err(_), None) => {
+                let guard = self.refreshing.lock().await;
+                if let Some((_, status)) = self.known_status() {
+                    return Ok(status);
+                }
+                guard
+            }
+        };
         let asked = self
             .get("/api/status/", "the status endpoint", "")
             .await
@@ -221,12 +236,16 @@ impl NetboxClient {
         Ok(status)
     }
 
-    /// Whether NetBox has netbox-branching, when its status was asked within five minutes:
-    /// read on every webhook, so it takes a lock and clones nothing.
-    pub fn has_branching(&self) -> Option<bool> {
-        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        let (at, status) = status.as_ref()?;
-        (at.elapsed() < STATUS_TTL).then_some(status.branching.is_some())
+    /// NetBox's last known status, however old, without waiting: a stale one is asked again in
+    /// the background. `None` until NetBox has answered once. Read on every webhook that may
+    /// need confirmation, so that no webhook waits for the plugin question.
+    pub fn last_status(self: &Arc<Self>) -> Option<NetboxStatus> {
+        let (at, status) = self.known_status()?;
+        if at.elapsed() >= self.status_ttl && self.refreshing.try_lock().is_ok() {
+            let client = self.clone();
+            tokio::spawn(async move { client.status().await });
+        }
+        Some(status)
     }
 
     fn known_status(&self) -> Option<(std::time::Instant, NetboxStatus)> {

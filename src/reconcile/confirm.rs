@@ -7,36 +7,30 @@
 //!
 //! NetBox is asked while the webhook waits, for at most `webhook.confirm_timeout`; past it (NetBox
 //! down, slow or refusing) the verified body is held in the state file, the webhook answered 202,
-//! and [`Confirmer::run`] confirms it once NetBox answers, after a restart too.
+//! and [`Confirmer::run`] confirms it once NetBox answers, after a restart too (`held.rs`). While
+//! NetBox is known to be away, or a type known to be unreadable, webhooks are held at once.
+//! Confirmations go through [`MainReads`], many ids to a request.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use chrono::Utc;
-use futures::stream::{self, StreamExt};
 use serde_json::Value;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
-use super::pull::selection;
+use super::on_main::MainReads;
+use super::unconfirmed::{Blame, Failure, Unconfirmed, Waits};
 use super::Cascades;
-use crate::backoff::Backoff;
 use crate::config::{Config, Confirm};
 use crate::delta::{Origin, RegistryDelta};
-use crate::netbox::client::{ApiError, NetboxClient};
+use crate::netbox::client::NetboxClient;
 use crate::netbox::parents::{Parent, Trigger};
-use crate::netbox::webhook::{self, ChangeEvent, Parsed, WebhookEvent};
-use crate::publish::{Delivered, Delivery, DeliveryError};
-use crate::state::{Committer, Store, StoreError, Write};
+use crate::netbox::webhook::{ChangeEvent, WebhookEvent};
+use crate::publish::DeliveryError;
+use crate::state::{Committer, Store, StoreError};
 use crate::telemetry;
-use crate::translate::{dated_unstamped, is_unstamped, Outcome, Translator};
-
-/// Held webhooks read from the state file at a time.
-const BATCH: usize = 64;
-/// The longest wait between two tries to confirm held webhooks.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+use crate::translate::{dated_unstamped, is_unstamped, Translator};
 
 /// What main says of one webhook.
 #[derive(Debug)]
@@ -59,19 +53,21 @@ pub enum Confirmed {
 }
 
 pub struct Confirmer {
-    client: Option<Arc<NetboxClient>>,
-    translator: Translator,
-    store: Arc<Store>,
-    committer: Committer,
+    pub(super) client: Option<Arc<NetboxClient>>,
+    pub(super) main: Option<Arc<MainReads>>,
+    pub(super) translator: Translator,
+    pub(super) store: Arc<Store>,
+    pub(super) committer: Committer,
     mode: Confirm,
     timeout: Duration,
-    max_held: u64,
-    concurrency: usize,
-    held: AtomicU64,
-    next_id: AtomicU64,
-    wake: Notify,
+    pub(super) max_held: u64,
+    pub(super) held: AtomicU64,
+    pub(super) next_id: AtomicU64,
+    pub(super) wake: Notify,
+    /// What confirmations wait for: NetBox, a type, a held webhook.
+    pub(super) waits: Mutex<Waits>,
     /// Where a confirmed parent's cascade goes (cascades on).
-    cascades: Option<Arc<Cascades>>,
+    pub(super) cascades: Option<Arc<Cascades>>,
 }
 
 impl Confirmer {
@@ -94,18 +90,22 @@ impl Confirmer {
                 "webhooks held from before wait for NetBox's main to confirm them"
             );
         }
+        let main = client
+            .clone()
+            .map(|c| MainReads::new(c, config.netbox.concurrency));
         Ok(Confirmer {
             client,
+            main,
             translator,
             store,
             committer,
             mode: config.webhook.confirm,
             timeout: config.webhook.confirm_timeout,
             max_held: config.webhook.max_held,
-            concurrency: config.netbox.concurrency.max(1),
             held: AtomicU64::new(held),
             next_id: AtomicU64::new(next_id),
             wake: Notify::new(),
+            waits: Mutex::new(Waits::default()),
             cascades: None,
         })
     }
@@ -117,8 +117,9 @@ impl Confirmer {
     }
 
     /// Whether `event` is to be checked against main before it is published: not when its body
-    /// says it comes from main, nor (`auto`) while NetBox is known to have no netbox-branching,
-    /// so that most relays ask nothing per webhook.
+    /// says it comes from main, nor (`auto`) while NetBox was last known to have no
+    /// netbox-branching, so that most relays ask nothing per webhook. Never waits: the plugin
+    /// question is asked again in the background.
     pub fn needed(&self, event: &WebhookEvent) -> bool {
         let Some(client) = &self.client else {
             return false;
@@ -126,9 +127,40 @@ impl Confirmer {
         match self.mode {
             Confirm::Never => false,
             _ if event.on_main => false,
-            Confirm::Auto => client.has_branching() != Some(false),
+            Confirm::Auto => client
+                .last_status()
+                .is_none_or(|status| status.branching.is_some()),
             Confirm::Always => true,
         }
+    }
+
+    /// Why a webhook of `object_type` is held without asking NetBox: NetBox away, or the type
+    /// unreadable, since held webhooks were last tried.
+    pub fn holds_at_once(&self, object_type: &str) -> Option<String> {
+        self.waits().holds_at_once(object_type)
+    }
+
+    /// A live confirmation failed: what it blames waits, and the next ones are held at once.
+    pub fn failed(&self, object_type: &'static str, error: &Unconfirmed) {
+        self.waits()
+            .failed(None, object_type, &error.failure(), Instant::now());
+    }
+
+    pub(super) fn waits(&self) -> std::sync::MutexGuard<'_, Waits> {
+        self.waits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Held webhooks that wait while the others go on, by type and reason.
+    pub fn stuck(&self) -> Vec<super::unconfirmed::Stuck> {
+        self.waits().stuck().to_vec()
+    }
+
+    /// Why every confirmation waits now (NetBox away), if it does.
+    pub fn waiting_for_netbox(&self) -> Option<String> {
+        let waits = self.waits();
+        waits
+            .everything(Instant::now())
+            .map(|(reason, _)| reason.to_string())
     }
 
     pub fn timeout(&self) -> Duration {
@@ -140,19 +172,39 @@ impl Confirmer {
         self.held.load(Ordering::Relaxed)
     }
 
+    /// No room to hold one more webhook (`webhook.max_held`).
+    pub fn is_full(&self) -> bool {
+        self.held() >= self.max_held
+    }
+
     /// Asks main about `event`, whose own delta is `delta`.
     pub async fn confirm(
         &self,
         event: &WebhookEvent,
         delta: &RegistryDelta,
-    ) -> Result<Confirmed, ApiError> {
-        let client = self.client.as_ref().ok_or(ApiError::NotConfigured)?;
-        let status = client.status().await?;
+    ) -> Result<Confirmed, Unconfirmed> {
+        let (Some(client), Some(main)) = (&self.client, &self.main) else {
+            return Err(Unconfirmed::Status(
+                crate::netbox::client::ApiError::NotConfigured,
+            ));
+        };
+        let status = match client.last_status() {
+            Some(status) => status,
+            None => client.status().await.map_err(Unconfirmed::Status)?,
+        };
         if self.mode == Confirm::Auto && status.branching.is_none() {
             return Ok(Confirmed::AsSent);
         }
-        let confirmed = self.ask(client, status.version, event, delta).await;
+        let fields = status.version >= (4, 0);
+        let confirmed = match main.get(event.object_type, event.object_id, fields).await {
+            Ok(object) => {
+                self.waits().answered(event.object_type.name);
+                self.judge(object, event, delta)
+            }
+            Err(e) => Err(e.into()),
+        };
         telemetry::confirmed(match &confirmed {
+            Ok(Confirmed::Main { delta: main, .. }) if overtaken(main, delta) => "newer_on_main",
             Ok(Confirmed::AsSent | Confirmed::Main { differs: None, .. }) => "on_main",
             Ok(
                 Confirmed::Main {
@@ -165,14 +217,13 @@ impl Confirmer {
         confirmed
     }
 
-    async fn ask(
+    /// What main's object (`None`: main lacks it) says of the webhook's change.
+    fn judge(
         &self,
-        client: &NetboxClient,
-        version: (u32, u32),
+        main: Option<serde_json::Map<String, Value>>,
         event: &WebhookEvent,
         delta: &RegistryDelta,
-    ) -> Result<Confirmed, ApiError> {
-        let main = self.on_main(client, event, version).await?;
+    ) -> Result<Confirmed, Unconfirmed> {
         let (what, id) = (event.object_type.name, event.object_id);
         Ok(match (main, event.event) {
             (Some(_), ChangeEvent::Deleted) => Confirmed::NotOnMain(format!(
@@ -180,17 +231,17 @@ impl Confirmer {
             )),
             (None, ChangeEvent::Deleted) => Confirmed::AsSent,
             (Some(object), _) => {
-                let Some(mut main) = self.as_main(event, delta, &object) else {
-                    return Ok(Confirmed::AsSent);
-                };
+                let mut main = self.as_main(event, delta, &object)?;
                 // Main shows the change when it shows its entry, saved then or later (a merge
                 // saves again); an older save means the change never reached main. A merge's
                 // creates are not stamped at all: dated by the webhook, as on every path.
                 if is_unstamped(&object) {
                     main = dated_unstamped(main, delta.revision);
                 }
+                // A later save on main may have overtaken this change (made on main or not):
+                // main's object is what the registry is to show either way.
                 let shown = main.entry == delta.entry && main.revision >= delta.revision;
-                let differs = (!shown).then(|| {
+                let differs = (!shown && main.revision <= delta.revision).then(|| {
                     format!(
                         "NetBox's main does not show this change of {what} {id}: made in a branch"
                     )
@@ -211,44 +262,21 @@ impl Confirmer {
         })
     }
 
-    /// The object as main has it, or `None` when main does not have it.
-    async fn on_main(
-        &self,
-        client: &NetboxClient,
-        event: &WebhookEvent,
-        version: (u32, u32),
-    ) -> Result<Option<serde_json::Map<String, Value>>, ApiError> {
-        let query = format!(
-            "id={}&limit=1{}",
-            event.object_id,
-            selection(event.object_type, version >= (4, 0))
-        );
-        let page = client
-            .page(event.object_type, &query, crate::translate::READS)
-            .await?;
-        Ok(page
-            .results
-            .into_iter()
-            .find(|o| o.get("id").and_then(Value::as_u64) == Some(event.object_id)))
-    }
-
     /// Main's object as the webhook's delta: main's entry and revision, the webhook's provenance.
     fn as_main(
         &self,
         event: &WebhookEvent,
         delta: &RegistryDelta,
         object: &serde_json::Map<String, Value>,
-    ) -> Option<RegistryDelta> {
-        let main = self
+    ) -> Result<RegistryDelta, Unconfirmed> {
+        let mut main = self
             .translator
-            .reconcile_upsert(event.object_type, object, Utc::now());
-        let mut main = match main {
-            Ok(main) => main,
-            Err(e) => {
-                tracing::warn!(error = %e, "main's object does not translate; the webhook's is published");
-                return None;
-            }
-        };
+            .reconcile_upsert(event.object_type, object, Utc::now())
+            .map_err(|e| Unconfirmed::Untranslatable {
+                what: event.object_type.name,
+                id: event.object_id,
+                message: e.to_string(),
+            })?;
         main.origin = Origin::Webhook;
         main.event.clone_from(&delta.event);
         main.request_id.clone_from(&delta.request_id);
@@ -256,166 +284,39 @@ impl Confirmer {
         if main.entry == delta.entry {
             main.changed_fields.clone_from(&delta.changed_fields);
         }
-        Some(main)
-    }
-
-    /// Keeps a verified body until main can confirm it; durable when it returns `Ok`.
-    pub async fn hold(&self, body: Bytes) -> Result<(), HoldError> {
-        if self.held() >= self.max_held {
-            return Err(HoldError::Full(self.max_held));
-        }
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        self.committer
-            .commit(Write::Hold { id, body })
-            .await
-            .map_err(HoldError::Store)?;
-        telemetry::held(self.held.fetch_add(1, Ordering::SeqCst) + 1);
-        self.wake.notify_one();
-        Ok(())
-    }
-
-    /// Confirms held webhooks whenever some are held, until `shutdown`; waits longer after each
-    /// round NetBox did not answer.
-    pub async fn run(self: Arc<Self>, delivery: Arc<Delivery>, shutdown: CancellationToken) {
-        telemetry::held(self.held());
-        let mut backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
-        loop {
-            if self.held() == 0 {
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-            let done = tokio::select! {
-                done = self.round(&delivery) => done,
-                _ = shutdown.cancelled() => return,
-            };
-            let wait = match done {
-                Ok(()) => {
-                    backoff.reset();
-                    continue;
-                }
-                Err(e) => {
-                    let wait = backoff.next_wait();
-                    tracing::warn!(held = self.held(), error = %e, retry_in = ?wait,
-                        "held webhooks wait: NetBox's main cannot confirm them yet");
-                    wait
-                }
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.cancelled() => return,
-            }
-        }
-    }
-
-    /// Confirms every held webhook once, oldest first, a few at a time. Stops after the first
-    /// batch NetBox did not answer for: what fails here (NetBox away or refusing, the state file)
-    /// fails for every webhook alike, and a delta that can never be published is dropped.
-    async fn round(&self, delivery: &Delivery) -> Result<(), ConfirmError> {
-        let mut after = None;
-        loop {
-            let store = self.store.clone();
-            let rows = store.read(move |s| s.held_after(after, BATCH)).await?;
-            let Some((last, _)) = rows.last() else {
-                return Ok(());
-            };
-            after = Some(*last);
-            let outcomes: Vec<(u64, Result<(), ConfirmError>)> = stream::iter(rows)
-                .map(|(id, body)| async move { (id, self.settle(delivery, &body).await) })
-                .buffer_unordered(self.concurrency)
-                .collect()
-                .await;
-            let mut settled = Vec::new();
-            let mut failure = None;
-            for (id, outcome) in outcomes {
-                match outcome {
-                    Ok(()) => settled.push(id),
-                    Err(e) => failure = Some(e),
-                }
-            }
-            if !settled.is_empty() {
-                let count = settled.len() as u64;
-                self.committer
-                    .commit(Write::Release { ids: settled })
-                    .await?;
-                telemetry::held(self.held.fetch_sub(count, Ordering::SeqCst) - count);
-            }
-            if let Some(e) = failure {
-                return Err(e);
-            }
-        }
-    }
-
-    /// Confirms one held body and delivers what main has; `Ok` once its outcome is durable.
-    async fn settle(&self, delivery: &Delivery, body: &[u8]) -> Result<(), ConfirmError> {
-        // The body was verified, parsed and translated before it was held; one that no longer
-        // is (a relay of another version wrote it) is dropped, the next reconcile repairs it.
-        let event = match webhook::parse(body, crate::translate::READS) {
-            Ok(Parsed::Change(event)) => event,
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                tracing::error!(error = %e, "a held webhook is unreadable; dropped");
-                return Ok(());
-            }
-        };
-        let delta = match self.translator.webhook(&event, Utc::now()) {
-            Ok(Outcome::Publish(delta)) => *delta,
-            Ok(Outcome::Ignore(_)) => return Ok(()),
-            Err(e) => {
-                tracing::error!(error = %e, "a held webhook does not translate; dropped");
-                return Ok(());
-            }
-        };
-        let key = delta.key.clone();
-        let (main, newer) = match self.confirm(&event, &delta).await? {
-            Confirmed::AsSent => (None, None),
-            Confirmed::Main {
-                delta: main, newer, ..
-            } => (Some(main), newer),
-            Confirmed::NotOnMain(reason) => {
-                tracing::info!(%key, %reason, "held webhook not published");
-                return Ok(());
-            }
-        };
-        // As the webhook path does: kept before the delta is delivered, whatever becomes of it.
-        if let Some(cascades) = &self.cascades {
-            let mut trigger = newer.or_else(|| event.cascade());
-            // The key's record is read only where a lost change may call for a cascade.
-            if trigger.is_none() && event.may_follow_a_lost_change() {
-                let key = key.clone();
-                let recorded = self.store.read(move |s| s.head(&key)).await?;
-                trigger = event.cascade_after(recorded.map(|h| h.revision));
-            }
-            if let Some(trigger) = trigger {
-                cascades.push(trigger).await?;
-            }
-        }
-        let outcome = match delivery.deliver(main.as_deref().unwrap_or(&delta)).await {
-            Ok(Delivered::Published) => "published",
-            Ok(Delivered::Spooled) => "spooled",
-            Ok(Delivered::Dropped(verdict)) => verdict.reason(),
-            // Never publishable (the webhook's own delta was checked before it was held).
-            Err(e @ DeliveryError::TooLarge { .. }) => {
-                tracing::error!(%key, error = %e, "a held webhook's delta cannot be published; dropped");
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        tracing::info!(%key, outcome, "held webhook confirmed by NetBox's main");
-        Ok(())
+        Ok(main)
     }
 }
 
-/// Why held webhooks could not be confirmed now.
+/// Main shows another entry, saved later than the change: whether the change itself reached
+/// main cannot be told (and need not be: main's object is what the registry is to show).
+fn overtaken(main: &RegistryDelta, delta: &RegistryDelta) -> bool {
+    main.entry != delta.entry && main.revision > delta.revision
+}
+
+/// Why a held webhook could not be confirmed now.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfirmError {
     #[error(transparent)]
-    Api(#[from] ApiError),
+    Main(#[from] Unconfirmed),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
+}
+
+impl ConfirmError {
+    /// The state file or the spool failing holds up every held webhook alike.
+    pub fn failure(&self) -> Failure {
+        match self {
+            ConfirmError::Main(e) => e.failure(),
+            e => Failure {
+                blame: Blame::Everything,
+                label: "unavailable",
+                reason: e.to_string(),
+            },
+        }
+    }
 }
 
 /// Why a webhook could not be held.

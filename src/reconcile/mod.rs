@@ -5,14 +5,17 @@
 mod cascade;
 mod confirm;
 mod diff;
+mod held;
 mod learn;
 mod lease;
+mod on_main;
 mod pull;
 mod repair;
 mod run;
 mod runs;
 mod schedule;
 mod served;
+mod unconfirmed;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +29,7 @@ use lease::{Coordination, Lease, Refused};
 pub use runs::{
     CascadeReport, InProgress, NotStarted, PassKind, RunReport, RunStatus, Runs, TypeReport,
 };
+pub use unconfirmed::{Stuck, Unconfirmed};
 
 use crate::config::Config;
 use crate::netbox::client::NetboxClient;

@@ -6,6 +6,7 @@ mod cascades;
 mod codec;
 mod committer;
 mod dead;
+mod held;
 mod letter;
 mod migrate;
 mod pending;
@@ -16,6 +17,7 @@ pub use cascades::PendingCascade;
 pub use codec::{encode, record, with_seq, Encoded};
 pub use committer::{Committer, Health};
 pub use dead::{Retried, Selection};
+pub use held::Unheld;
 pub use letter::{key_and_id, DeadLetter};
 pub use record::{judge, RecordHead, Verdict};
 pub use store::{

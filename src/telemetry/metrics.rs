@@ -39,6 +39,7 @@ pub const SD_TARGETS: &str = "netbox_relay_sd_targets";
 pub const CASCADE_PULLED: &str = "netbox_relay_cascade_objects_pulled_total";
 pub const CONFIRMATIONS: &str = "netbox_relay_confirmations_total";
 pub const HELD: &str = "netbox_relay_webhooks_held";
+pub const UNCONFIRMED: &str = "netbox_relay_webhooks_unconfirmed";
 pub const FOREIGN: &str = "netbox_relay_foreign_messages_total";
 pub const DELETES_WITHHELD: &str = "netbox_relay_reconcile_deletes_withheld_total";
 pub const KEY_READS: &str = "netbox_relay_stream_key_reads_total";
@@ -269,7 +270,7 @@ fn describe() {
     describe_counter!(
         CONFIRMATIONS,
         Unit::Count,
-        "Webhooks checked against NetBox's main (webhook.confirm), by result (on_main, not_on_main, failed)"
+        "Webhooks checked against NetBox's main (webhook.confirm), by result (on_main; newer_on_main: main has a later save, published in its place; not_on_main; failed)"
     );
     for result in CONFIRMATION_RESULTS {
         counter!(CONFIRMATIONS, "result" => result).absolute(0);
@@ -280,6 +281,15 @@ fn describe() {
         "Webhooks held until NetBox's main can confirm them (NetBox did not answer in time)"
     );
     gauge!(HELD).set(0.0);
+    describe_gauge!(
+        UNCONFIRMED,
+        Unit::Count,
+        "Held webhooks NetBox's main could not confirm at their last try, by object type and reason (forbidden, not_found, unreadable, rejected, untranslatable); they wait while the others go on"
+    );
+    // The likeliest reason is there from the start for every type; the others when they happen.
+    for object_type in crate::netbox::object_type::ALL {
+        gauge!(UNCONFIRMED, "object_type" => object_type.name, "reason" => "forbidden").set(0.0);
+    }
     describe_counter!(
         FOREIGN,
         Unit::Count,
@@ -334,7 +344,7 @@ pub fn foreign_message() {
 }
 
 /// The `result` label of [`CONFIRMATIONS`].
-pub const CONFIRMATION_RESULTS: [&str; 3] = ["on_main", "not_on_main", "failed"];
+pub const CONFIRMATION_RESULTS: [&str; 4] = ["on_main", "newer_on_main", "not_on_main", "failed"];
 
 pub fn confirmed(result: &'static str) {
     counter!(CONFIRMATIONS, "result" => result).increment(1);
@@ -342,6 +352,11 @@ pub fn confirmed(result: &'static str) {
 
 pub fn held(count: u64) {
     gauge!(HELD).set(count as f64);
+}
+
+/// Held webhooks of `object_type` that could not be confirmed for `reason`.
+pub fn unconfirmed(object_type: &'static str, reason: &'static str, count: usize) {
+    gauge!(UNCONFIRMED, "object_type" => object_type, "reason" => reason).set(count as f64);
 }
 
 /// The `reason` label of [`DEAD_LETTERED`].

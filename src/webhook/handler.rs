@@ -17,11 +17,12 @@ use super::error::WebhookError;
 use super::signature::VerifiedBody;
 use super::AppState;
 use crate::delta::RegistryDelta;
+use crate::netbox::client::ApiError;
 use crate::netbox::parents::Trigger;
 use crate::netbox::webhook::{self, Parsed, WebhookEvent};
 use crate::netbox::ObjectType;
 use crate::publish::{Delivered, DeliveryError};
-use crate::reconcile::{Cascades, Confirmed};
+use crate::reconcile::{Cascades, Confirmed, Unconfirmed};
 use crate::telemetry;
 use crate::translate::{self, Outcome};
 
@@ -174,20 +175,34 @@ async fn confirm(
     body: &VerifiedBody,
 ) -> Result<Result<ToDeliver, Handled>, WebhookError> {
     let confirmer = &app.confirmer;
-    let asked = tokio::time::timeout(confirmer.timeout(), confirmer.confirm(event, &delta)).await;
-    let why = match asked {
-        Ok(Ok(Confirmed::AsSent)) => return Ok(Ok((delta, None, None))),
-        Ok(Ok(Confirmed::Main {
-            delta,
-            differs,
-            newer,
-        })) => return Ok(Ok((delta, differs, newer))),
-        Ok(Ok(Confirmed::NotOnMain(reason))) => return Ok(Err(ignored("not_on_main", reason))),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => format!(
-            "no answer within {:?} (webhook.confirm_timeout)",
-            confirmer.timeout()
-        ),
+    let why = match confirmer.holds_at_once(event.object_type.name) {
+        Some(why) => why,
+        None => match tokio::time::timeout(confirmer.timeout(), confirmer.confirm(event, &delta))
+            .await
+        {
+            Ok(Ok(Confirmed::AsSent)) => return Ok(Ok((delta, None, None))),
+            Ok(Ok(Confirmed::Main {
+                delta,
+                differs,
+                newer,
+            })) => return Ok(Ok((delta, differs, newer))),
+            Ok(Ok(Confirmed::NotOnMain(reason))) => return Ok(Err(ignored("not_on_main", reason))),
+            Ok(Err(e)) => {
+                confirmer.failed(event.object_type.name, &e);
+                e.to_string()
+            }
+            Err(_) => {
+                let e = Unconfirmed::Api(ApiError::Transport {
+                    what: event.object_type.name.to_string(),
+                    message: format!(
+                        "no answer within {:?} (webhook.confirm_timeout)",
+                        confirmer.timeout()
+                    ),
+                });
+                confirmer.failed(event.object_type.name, &e);
+                e.to_string()
+            }
+        },
     };
     // A 202 promises publication: one that could never fit a NATS message is answered 413 now.
     app.delivery.fits(&delta)?;

@@ -89,6 +89,10 @@ async fn readyz(State(app): State<Arc<AppState>>) -> (StatusCode, Json<serde_jso
             "NATS does not take deltas and the spool is full ({} bytes, spool.max_bytes)",
             spool.max_bytes()
         )),
+        None if app.confirmer.is_full() => Some(format!(
+            "{} webhooks wait for NetBox's main to confirm them (webhook.max_held): those that need confirmation get 503",
+            app.confirmer.held()
+        )),
         None => None,
     };
     let body = json!({
@@ -98,6 +102,10 @@ async fn readyz(State(app): State<Arc<AppState>>) -> (StatusCode, Json<serde_jso
         "stream": if stream { "ready" } else { "not_ready" },
         "spool_depth": spool.depth(),
         "held_webhooks": app.confirmer.held(),
+        // Held webhooks that wait while the others are confirmed (a type the token may not
+        // read, an object main cannot serve), and why every confirmation waits, if it does.
+        "unconfirmed": app.confirmer.stuck(),
+        "confirmation_waits_for": app.confirmer.waiting_for_netbox(),
         "dead_letters": spool.dead(),
     });
     let status = match reason {

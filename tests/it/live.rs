@@ -52,9 +52,14 @@ struct Live {
 
 impl Live {
     async fn start(settings: &HashMap<String, String>) -> Live {
+        Live::start_reading_with(settings, "NETBOX_READER_TOKEN").await
+    }
+
+    /// With the token of `settings`' `token` for the relay's reads.
+    async fn start_reading_with(settings: &HashMap<String, String>, token: &str) -> Live {
         let nats = NatsServer::start();
         let port = free_port();
-        let reader = settings["NETBOX_READER_TOKEN"].clone();
+        let reader = settings[token].clone();
         let env: Vec<(String, String)> = [
             ("NETBOX_RELAY_LOG__LEVEL", "warn"),
             ("NETBOX_RELAY_NETBOX__URL", settings["NETBOX_URL"].as_str()),
@@ -916,4 +921,63 @@ async fn a_device_merged_reverted_and_merged_again_follows_its_sites_rename() {
     live.api("DELETE", &format!("dcim/devices/{id}/"), Value::Null, &[])
         .await;
     live.delete(&made.all()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_of_a_type_the_token_may_not_read_wait_while_the_others_flow() {
+    let Some(settings) = settings() else { return };
+    let _turn = TURN.lock().await;
+    // A token that may view everything but services (scripts/netbox.sh's "partial" user).
+    let live = Live::start_reading_with(&settings, "NETBOX_PARTIAL_TOKEN").await;
+    let made = make_all(&live).await;
+    live.wait_for("device", made.device, "created", |d| d["op"] == "upsert")
+        .await;
+    let ready = wait_for_unconfirmed(&live, "ipam.service").await;
+    let reason = ready["reason"].as_str().unwrap();
+    assert!(reason.contains("ipam.view_service"), "{ready}");
+    assert_eq!(ready["cause"], "forbidden", "{ready}");
+    // The service waits; a device saved after it goes straight through.
+    let renamed = live.name("device-after-service");
+    let path = format!("dcim/devices/{}/", made.device);
+    live.api("PATCH", &path, json!({"name": renamed}), &[])
+        .await;
+    live.upserted("device", made.device, &renamed).await;
+    let client = async_nats::connect(live.nats.url()).await.unwrap();
+    let stream = async_nats::jetstream::new(client)
+        .get_stream(crate::helpers::STREAM)
+        .await
+        .unwrap();
+    let subject = format!("netbox.registry.default.service.{}", made.service);
+    assert!(
+        stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .is_err(),
+        "a service main could not confirm reached the registry"
+    );
+    live.delete(&made.all()).await;
+}
+
+/// `/readyz`'s entry for held webhooks of `object_type` that cannot be confirmed, once there.
+async fn wait_for_unconfirmed(live: &Live, object_type: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready: Value = live
+            .http
+            .get(format!("{}/readyz", live.relay.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let found = ready["unconfirmed"]
+            .as_array()
+            .and_then(|all| all.iter().find(|u| u["object_type"] == object_type));
+        if let Some(found) = found {
+            return found.clone();
+        }
+        assert!(Instant::now() < deadline, "{ready}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -7,6 +7,7 @@ mod cluster;
 mod commands;
 mod compaction;
 mod config;
+mod confirm;
 mod connections;
 mod consistency;
 mod discovery;
