@@ -288,18 +288,7 @@ async fn main() {
     let args = Args::parse();
     let work = tempfile::tempdir().unwrap();
     let nats_port = free_port();
-    let mut nats = Command::new(common::nats_binary())
-        .args([
-            "-js",
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &nats_port.to_string(),
-            "-sd",
-        ])
-        .arg(work.path().join("nats"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let mut nats = common::nats_command(nats_port, &work.path().join("nats"))
         .spawn()
         .unwrap();
     wait_for_port(nats_port);

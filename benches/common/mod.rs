@@ -31,6 +31,17 @@ pub fn nats_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/nats-server"))
 }
 
+/// `nats-server -js` on loopback `port`, its JetStream store in `store`, quiet.
+pub fn nats_command(port: u16, store: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new(nats_binary());
+    command
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    command
+}
+
 /// The first device of the recorded API answer (tests/fixtures), as the REST API serializes it.
 pub fn recorded_device() -> serde_json::Map<String, serde_json::Value> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -57,6 +57,31 @@ impl Store {
         Ok(letters)
     }
 
+    /// Puts `delta` at the end of the spool (as `next_seq`) and makes it its key's record, unless
+    /// a newer delta of the key was accepted: publishing the old one would undo it. Whether it
+    /// was spooled.
+    pub(super) fn respool(
+        &self,
+        records: &mut Records<'_>,
+        spool: &mut redb::Table<'_, u64, &'static [u8]>,
+        next_seq: &mut u64,
+        delta: &RegistryDelta,
+    ) -> Result<bool, StoreError> {
+        let head = records.head(&delta.key).map_err(|e| self.fail(e))?;
+        if head.is_some_and(|h| h.revision > delta.revision) {
+            return Ok(false);
+        }
+        let encoded = encode(delta).map_err(|e| self.fail(e))?;
+        records
+            .insert(&delta.key, &encoded.record)
+            .map_err(|e| self.fail(e))?;
+        spool
+            .insert(*next_seq, encoded.json.as_ref())
+            .map_err(|e| self.fail(e))?;
+        *next_seq += 1;
+        Ok(true)
+    }
+
     /// Puts the picked dead letters back at the end of the spool, unless a newer delta of their
     /// key was accepted meanwhile (publishing the old one would undo it) or they do not parse.
     pub fn retry_dead(&self, selection: &Selection) -> Result<Retried, StoreError> {
@@ -76,23 +101,11 @@ impl Store {
                         continue;
                     }
                 };
-                let newer = records
-                    .head(&delta.key)
-                    .map_err(|e| self.fail(e))?
-                    .is_some_and(|h| h.revision > delta.revision);
-                if newer {
+                if !self.respool(&mut records, &mut spool, &mut next_seq, &delta)? {
                     let why = format!("{}: a newer delta of the key was accepted since", delta.key);
                     retried.kept.push((letter.seq, why));
                     continue;
                 }
-                let encoded = encode(&delta).map_err(|e| self.fail(e))?;
-                records
-                    .insert(&delta.key, &encoded.record)
-                    .map_err(|e| self.fail(e))?;
-                spool
-                    .insert(next_seq, encoded.json.as_ref())
-                    .map_err(|e| self.fail(e))?;
-                next_seq += 1;
                 dead.remove(letter.seq).map_err(|e| self.fail(e))?;
                 retried.requeued.push(delta.delta_id);
             }

@@ -1,6 +1,5 @@
 //! Held webhooks an operator releases or drops (`netbox-relay held`), with the relay stopped.
 
-use super::codec::encode;
 use super::store::{Records, Store, StoreError, HELD, SPOOL};
 use crate::delta::RegistryDelta;
 
@@ -44,20 +43,10 @@ impl Store {
             let mut held = tx.open_table(HELD).map_err(|e| self.fail(e))?;
             for (id, delta) in release {
                 held.remove(id).map_err(|e| self.fail(e))?;
-                let head = records.head(&delta.key).map_err(|e| self.fail(e))?;
-                if head.is_some_and(|h| h.revision > delta.revision) {
-                    unheld.older += 1;
-                    continue;
+                match self.respool(&mut records, &mut spool, &mut next_seq, &delta)? {
+                    true => unheld.spooled += 1,
+                    false => unheld.older += 1,
                 }
-                let encoded = encode(&delta).map_err(|e| self.fail(e))?;
-                records
-                    .insert(&delta.key, &encoded.record)
-                    .map_err(|e| self.fail(e))?;
-                spool
-                    .insert(next_seq, encoded.json.as_ref())
-                    .map_err(|e| self.fail(e))?;
-                next_seq += 1;
-                unheld.spooled += 1;
             }
             for id in drop {
                 if held.remove(id).map_err(|e| self.fail(e))?.is_some() {
