@@ -11,7 +11,9 @@
 //!       publish exactly them;
 //!   (e) the cheap pass after 1 % of the objects changed;
 //!   (f) a relay with a new state file on the same stream (it learns the registry, then a full
-//!       pass that finds nothing to publish).
+//!       pass that finds nothing to publish);
+//!   (h) `netbox-relay audit`: every key's last message read from the stream, NetBox read in
+//!       full, compared (it must find them equal).
 //! The devices are in sites of 10,000 (`dcim.site` enabled too); each IP address is assigned to
 //! the device of its id.
 //! Reports seconds, objects/s, the ratio to its baseline, CPU seconds (the relay's, or the
@@ -238,6 +240,20 @@ async fn run(args: Args) {
         });
         summaries.push((name, run.summary));
     }
+    // The registry after (f) is NetBox: the audit must find it equal (exit 0).
+    let before = fake_api.served_in_full().await;
+    let run = relay_command(&relay, "audit", &env("unused.redb"), &[]);
+    rows.push(Row {
+        name: "(h) audit: every key read from the stream, NetBox in full, compared",
+        seconds: run.elapsed,
+        objects,
+        ratio: run.elapsed.as_secs_f64() / a.1.as_secs_f64(),
+        cpu: run.cpu,
+        cpu_ratio: run.cpu / a.0,
+        in_full: fake_api.served_in_full().await - before,
+        rss_mb: Some(run.rss_mb),
+    });
+    summaries.push(("(h) audit", run.summary));
     drop(fake);
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
     let p = timed(publish_only(&nats_url, objects)).await;
@@ -259,7 +275,7 @@ async fn run(args: Args) {
     for row in &rows {
         row.print();
     }
-    println!("\nBaselines: (a) for (b), (c), (f); (a') for (d), (e). CPU: user + system time of the relay, or of the client downloading (the fake NetBox not counted in either).");
+    println!("\nBaselines: (a) for (b), (c), (f), (h); (a') for (d), (e). CPU: user + system time of the relay, or of the client downloading (the fake NetBox not counted in either).");
     println!(
         "(b) against downloading and publishing alone, (a) + (p): time {:.2}, CPU {:.2}.",
         floor.0, floor.1
@@ -456,18 +472,23 @@ struct Run {
 /// Runs `netbox-relay reconcile <args>` once; answers wall time, peak RSS and its summary (the
 /// report and the log lines that say which pass ran and what was learned).
 fn reconcile(binary: &Path, env: &[(&str, String)], args: &[&str]) -> Run {
+    relay_command(binary, "reconcile", env, args)
+}
+
+/// `binary command args`, timed by `/usr/bin/time -v`; it must succeed.
+fn relay_command(binary: &Path, command: &str, env: &[(&str, String)], args: &[&str]) -> Run {
     let started = Instant::now();
     let output = Command::new("/usr/bin/time")
         .arg("-v")
         .arg(binary)
-        .arg("reconcile")
+        .arg(command)
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .expect("/usr/bin/time (Debian package time) and the relay binary");
     let elapsed = started.elapsed();
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    assert!(output.status.success(), "reconcile failed:\n{stderr}");
+    assert!(output.status.success(), "{command} failed:\n{stderr}");
     let reported = |field: &str| -> f64 {
         let value = stderr.lines().find_map(|l| l.trim().strip_prefix(field));
         value

@@ -65,6 +65,20 @@ pub enum Command {
         #[arg(long)]
         full: bool,
     },
+    /// Compare the registry on the stream (what consumers read) with NetBox's main, read as a full
+    /// pass does, and list every key that differs: missing, not in NetBox, or another entry (its
+    /// fields, both values). Changes nothing.
+    ///
+    /// Exit codes: 0 equal, 1 a difference (or NATS or NetBox failed), 2 bad configuration (a
+    /// token that may not read a type included).
+    Audit {
+        /// Only this object type (e.g. dcim.device); repeatable. Default: all enabled ones.
+        #[arg(long = "object-type", value_name = "TYPE")]
+        object_types: Vec<String>,
+        /// The report as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve Prometheus HTTP service discovery (`GET /sd/prometheus`) from the registry on the
     /// stream, without NetBox or a state file: any number may run beside Prometheus.
     Sd {

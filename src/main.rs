@@ -45,6 +45,10 @@ async fn main() -> ExitCode {
             Ok(()) => reconcile(config, dry_run, &object_types, force, full).await,
         },
         Command::Check => check(&config).await,
+        Command::Audit { object_types, json } => match needs_netbox(&config, "audit") {
+            Err(code) => code,
+            Ok(()) => audit(&config, &object_types, json).await,
+        },
         Command::Spool { action } => match ops::spool::run(&config, action.as_ref()) {
             Ok(lines) => {
                 for line in lines {
@@ -179,6 +183,44 @@ fn needs_netbox(config: &Config, command: &str) -> Result<(), ExitCode> {
         env_var(key)
     );
     Err(ExitCode::from(2))
+}
+
+/// `netbox-relay audit`: 0 equal, 1 a difference or a failure, 2 bad configuration.
+async fn audit(config: &Config, names: &[String], json: bool) -> ExitCode {
+    let mut only = Vec::new();
+    for name in names {
+        match ObjectType::from_name(name) {
+            Some(t) => only.push(t),
+            None => {
+                eprintln!("netbox-relay: --object-type {name}: not a supported object type");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let report = match app::translator(config) {
+        Ok(translator) => ops::audit::audit(config, &translator, only).await,
+        Err(e) => Err(ops::audit::AuditError::Config(format!("{e:#}"))),
+    };
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("netbox-relay: audit: {e}");
+            return match e {
+                ops::audit::AuditError::Config(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            };
+        }
+    };
+    match json {
+        true => println!("{}", serde_json::to_string(&report).unwrap_or_default()),
+        false => ops::audit::render(&report)
+            .iter()
+            .for_each(|line| println!("{line}")),
+    }
+    match report.equal {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::FAILURE,
+    }
 }
 
 /// Exit codes: 0 all OK, 1 a dependency failed, 2 the configuration is one `serve` refuses.

@@ -821,10 +821,15 @@ async fn a_relay_down_through_a_site_rename_and_a_renumbering_is_right_after_one
         d["entry"]["addresses"] == json!([new])
     })
     .await;
-    // Repaired in one run: the next finds nothing.
+    // Repaired in one run: the next finds nothing, and the registry is NetBox's main.
     let next = live.reconcile().await;
     assert_eq!(upserted_count(&next), 0, "{next}");
     assert_eq!(next["cascades"]["published"], 0, "{next}");
+    let audit = live.cli(&["audit", "--json"], &live.reader_token);
+    let report: Value = serde_json::from_slice(&audit.stdout).unwrap_or(Value::Null);
+    assert_eq!(audit.status.code(), Some(0), "{report} {audit:?}");
+    assert_eq!(report["equal"], true, "{report}");
+    assert!(report["netbox_objects"].as_u64() >= Some(12), "{report}");
     live.delete(&made.all()).await;
 }
 
