@@ -11,7 +11,8 @@ can cut, and `netbox-relay tail` following every delta. A generator drives NetBo
 steady rate with a random mix of changes (CHANGES), while faults are injected on a schedule
 (FAULTS), each logged with its time. Then the faults stop, everything is started again, NetBox's
 queue drains, one default reconcile runs, and the judge asks:
-  - `netbox-relay audit` reports no difference after the run (before it is reported too);
+  - the final run succeeds, and `netbox-relay audit` reports no difference after it (before it
+    is reported too);
   - no key's revision goes backwards on the stream; no dead letters;
   - each relay's RSS is flat after warm-up (slope over the last half of its longest life);
   - deltas per second, and NetBox-save-to-stream latency (p50, p99) of the saves seen.
@@ -741,6 +742,7 @@ class Soak:
             "audit_after_run": self.audit_after,
         }
         report["passed"] = (self.audit_after.get("exit_code") == 0 and not backwards
+                            and self.run_report.get("status") == "succeeded"
                             and all(d == 0 for d in dead)
                             and all(r.get("flat", True) for r in rss.values()))
         with open(os.path.join(self.args.out, "report.json"), "w") as f:

@@ -103,7 +103,8 @@ impl From<PublishError> for AuditError {
 impl From<ApiError> for AuditError {
     fn from(e: ApiError) -> Self {
         match e {
-            e @ (ApiError::Forbidden { .. } | ApiError::Config { .. } | ApiError::NotConfigured) => {
+            e
+            @ (ApiError::Forbidden { .. } | ApiError::Config { .. } | ApiError::NotConfigured) => {
                 AuditError::Config(e.to_string())
             }
             e => AuditError::Netbox(e),
@@ -139,7 +140,9 @@ pub async fn audit(
         ))));
     }
     let types = match types.is_empty() {
-        true => config.object_types().map_err(|e| AuditError::Config(e.to_string()))?,
+        true => config
+            .object_types()
+            .map_err(|e| AuditError::Config(e.to_string()))?,
         false => types,
     };
     let audit = Audit {
@@ -262,7 +265,8 @@ impl Audit<'_> {
                 let objects = page?.parse(READS)?;
                 served += objects.len() as u64;
                 let name = object_type.name;
-                self.progress.say(|| format!("NetBox: {name}, {served} objects compared"));
+                self.progress
+                    .say(|| format!("NetBox: {name}, {served} objects compared"));
                 for object in objects {
                     self.compare(object_type, &object, registry, found);
                 }

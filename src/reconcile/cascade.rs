@@ -24,6 +24,7 @@ use super::pull::{Pager, PullOptions};
 use super::Reconciler;
 use crate::backoff::Backoff;
 use crate::delta::Origin;
+use crate::netbox::client::ApiError;
 use crate::netbox::parents::Trigger;
 use crate::netbox::ObjectType;
 use crate::state::{Committer, PendingCascade, Store, StoreError, Write};
@@ -348,13 +349,18 @@ pub async fn cascade(
         let Some(query) = trigger.query(*filter) else {
             continue;
         };
-        let mut pager = Pager::new(&client, object_type, options, None, None).filtered(query);
+        let mut pager =
+            Pager::new(&client, object_type, options, None, None).filtered(query.clone());
         let mut emitter = Emitter::new(&reconciler.output);
         let mut failure = None;
         loop {
             let page = match pager.next_objects().await {
                 Ok(Some(page)) => page,
                 Ok(None) => break,
+                Err(e) if parent_gone(&e, &query) => {
+                    tracing::debug!(dependent, %query, "cascade: the parent is gone, so none points at it");
+                    break;
+                }
                 Err(e) => {
                     failure = Some(PullError::Api(e));
                     break;
@@ -382,6 +388,24 @@ pub async fn cascade(
         }
     }
     Ok(tally)
+}
+
+/// NetBox refuses a filter naming an object it no longer has (`ip_address_id=31` after the
+/// address was deleted: 400 `{"ip_address_id": ["Select a valid choice. 31 is not one of the
+/// available choices."]}`): nothing can point at a parent that is gone, so there is nothing to
+/// pull, rather than a cascade that fails at every try.
+fn parent_gone(e: &ApiError, query: &str) -> bool {
+    let ApiError::Status {
+        status: 400,
+        message,
+        ..
+    } = e
+    else {
+        return false;
+    };
+    let field = query.split('=').next().unwrap_or_default();
+    message.contains(&format!("\"{field}\""))
+        && message.contains("is not one of the available choices")
 }
 
 #[cfg(test)]

@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use cascade::{Cascades, Journal};
 pub use confirm::{Confirmed, Confirmer, HoldError};
-pub use pull::{by_ids, pages, PullOptions};
 use lease::{Coordination, Lease, Refused};
+pub use pull::{by_ids, pages, PullOptions};
 pub use runs::{
     CascadeReport, InProgress, NotStarted, PassKind, RunReport, RunStatus, Runs, TypeReport,
 };

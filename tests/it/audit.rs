@@ -17,7 +17,10 @@ fn audit(nats: &NatsServer, fake: &FakeNetbox, args: &[&str]) -> (i32, String, S
         .env("NETBOX_RELAY_NETBOX__URL", &fake.url)
         .env("NETBOX_RELAY_NETBOX__TOKEN", TOKEN)
         .env("NETBOX_RELAY_NATS__URL", nats.url())
-        .env("NETBOX_RELAY_STATE__PATH", nats.scratch().join("audit-never.redb"))
+        .env(
+            "NETBOX_RELAY_STATE__PATH",
+            nats.scratch().join("audit-never.redb"),
+        )
         .env("NETBOX_RELAY_LOG__LEVEL", "warn")
         .output()
         .expect("run netbox-relay");
@@ -48,7 +51,10 @@ async fn an_audit_after_a_full_reconcile_is_equal_and_names_each_difference_afte
     assert_eq!(report["equal"], true, "{report}");
     let objects = fake.with(|s| s.objects.values().map(|o| o.len()).sum::<usize>());
     assert!(report["registry_keys"].as_u64().unwrap() > 10, "{report}");
-    assert_eq!(report["registry_keys"], report["netbox_objects"], "{report}");
+    assert_eq!(
+        report["registry_keys"], report["netbox_objects"],
+        "{report}"
+    );
     assert!(report["netbox_objects"].as_u64().unwrap() <= objects as u64);
 
     // Changes NetBox made while no webhook came: one renamed, one gone, one new.
@@ -93,7 +99,10 @@ async fn an_audit_after_a_full_reconcile_is_equal_and_names_each_difference_afte
     let (code, text, _) = audit(&nats, &fake, &[]);
     assert_eq!(code, 1);
     assert!(text.contains("3 difference(s)"), "{text}");
-    assert!(text.contains("differs         netbox/default/dcim.device/4"), "{text}");
+    assert!(
+        text.contains("differs         netbox/default/dcim.device/4"),
+        "{text}"
+    );
     assert!(text.contains("name: registry"), "{text}");
 
     // The audit changed nothing; a default run repairs all three and the audit agrees.

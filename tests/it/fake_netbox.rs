@@ -247,6 +247,10 @@ async fn list(
         }
         return response;
     }
+    // NetBox validates a filter on a related object: one it does not have is refused.
+    if let Some(refused) = unknown_address(&s, &q) {
+        return refused;
+    }
     if q.contains_key("start") && q.contains_key("offset") {
         return (
             StatusCode::BAD_REQUEST,
@@ -321,6 +325,24 @@ async fn list(
         )
     });
     Json(json!({"count": count, "next": next, "previous": null, "results": page})).into_response()
+}
+
+/// NetBox's 400 for `ip_address_id=<id>` naming an address it does not have (deleted), as NetBox
+/// 4.7.3 answered it; the stand-in checks the addresses it holds.
+fn unknown_address(s: &FakeState, q: &HashMap<String, String>) -> Option<Response> {
+    let id = q.get("ip_address_id")?;
+    let addresses = s.objects.get("ipam/ip-addresses")?;
+    let known = id
+        .parse::<u64>()
+        .is_ok_and(|id| addresses.contains_key(&id));
+    let message = format!("Select a valid choice. {id} is not one of the available choices.");
+    (!known).then(|| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"ip_address_id": [message]})),
+        )
+            .into_response()
+    })
 }
 
 /// The relation filters NetBox's filter sets offer, `site_id=3` -> ("site", 3).

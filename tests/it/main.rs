@@ -1,7 +1,7 @@
 //! The integration tests: one binary, shared helpers, recorded NetBox fixtures.
 
-mod bad_input;
 mod audit;
+mod bad_input;
 mod branching;
 mod cascade;
 mod cluster;

@@ -382,6 +382,11 @@ async fn a_deleted_primary_ip_leaves_its_device() {
     let device = last_of(&nats, "netbox/default/dcim.device/4").await;
     assert_eq!(device["origin"], "cascade", "{device}");
     assert_eq!(device["entry"]["addresses"], json!([]), "{device}");
+    // Nothing is left pending: NetBox refuses `ip_address_id=` of the deleted address (the
+    // soak found it), and no service can list an address NetBox no longer has.
+    let report = crate::reconcile::reconcile(&relay).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(report["cascades"]["failed"], 0, "{report}");
     relay.relay.stop().await.unwrap();
 }
 
