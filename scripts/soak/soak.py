@@ -14,6 +14,7 @@ queue drains, one default reconcile runs, and the judge asks:
   - the final run succeeds, and `netbox-relay audit` reports no difference after it (before it
     is reported too);
   - no key's revision goes backwards on the stream; no dead letters;
+  - every save the generator made is on the stream, or overtaken (a later revision, a delete);
   - each relay's RSS is flat after warm-up (slope over the last half of its longest life);
   - deltas per second, and NetBox-save-to-stream latency (p50, p99) of the saves seen.
 The report is DIR/report.json and DIR/report.md; the exit code is 0 when every judgement passed.
@@ -40,6 +41,7 @@ FAULTS = {
     "relay_term": (90, "SIGTERM one relay (a graceful stop); start it again once it exited"),
     "nats_restart": (75, "stop one NATS node at random, the stream leader included, for 5 s"),
     "nats_cut": (80, "cut one relay off from NATS: its proxy drops every connection and refuses new ones for 10 s"),
+    "nats_slow": (90, "slow one relay's way to NATS: its proxy holds every read 200 ms for 20 s"),
     "worker_stop": (120, "stop NetBox's rq worker for 15 s: webhooks wait in Redis and go out late"),
     "relay_unreachable": (100, "stop HAProxy for 10 s: NetBox's deliveries fail and are lost (NetBox does not retry)"),
 }
@@ -160,6 +162,7 @@ class Proxy:
         self.server.listen(64)
         self.port = self.server.getsockname()[1]
         self.cut_until = 0
+        self.slow_until = 0
         self.open = []
         self.lock = threading.Lock()
         threading.Thread(target=self.accept, daemon=True).start()
@@ -187,6 +190,8 @@ class Proxy:
                 data = a.recv(65536)
                 if not data:
                     break
+                if now() < self.slow_until:
+                    time.sleep(0.2)
                 b.sendall(data)
         except OSError:
             pass
@@ -195,6 +200,9 @@ class Proxy:
                 s.close()
             except OSError:
                 pass
+
+    def slow(self, seconds):
+        self.slow_until = now() + seconds
 
     def cut(self, seconds):
         self.cut_until = now() + seconds
@@ -595,6 +603,10 @@ class Soak:
             for proxy in relay.proxies:
                 proxy.cut(10)
             time.sleep(10)
+        elif name == "nats_slow":
+            for proxy in relay.proxies:
+                proxy.slow(20)
+            time.sleep(20)
         elif name == "worker_stop":
             self.worker("stop")
             time.sleep(15)
@@ -608,6 +620,8 @@ class Soak:
     def worker(self, action):
         pid_file = os.path.join(os.path.dirname(self.args.settings), "worker.pid")
         if action == "stop":
+            self.count_lost()
+            self.worker_log_at = 0
             try:
                 os.kill(int(open(pid_file).read().strip()), signal.SIGTERM)
             except (OSError, ValueError):
@@ -642,7 +656,29 @@ class Soak:
                 r.sample()
             time.sleep(5)
 
+    def worker_log(self):
+        return os.path.join(os.path.dirname(self.args.settings), "run", "worker.log")
+
+    def count_lost(self):
+        """Counts the deliveries NetBox's worker failed since the last count (it logs each and
+        never retries); scripts/netbox.sh starts the worker's log afresh, so this runs before
+        each stop of the worker too."""
+        try:
+            with open(self.worker_log(), errors="replace") as f:
+                f.seek(self.worker_log_at)
+                text = f.read()
+                self.worker_log_at = f.tell()
+        except OSError:
+            return
+        marks = ("requests.exceptions.ConnectionError:", "requests.exceptions.RequestException: Status")
+        self.lost += sum(1 for line in text.splitlines() if line.startswith(marks))
+
     def run(self):
+        self.lost = 0
+        try:
+            self.worker_log_at = os.path.getsize(self.worker_log())
+        except OSError:
+            self.worker_log_at = 0
         self.start()
         self.generator = Generator(self.netbox, self.rng, self.log, self.args.out)
         self.done = False
@@ -704,7 +740,17 @@ class Soak:
 
     # -- the judge
 
+    def gone(self, key):
+        """Whether NetBox no longer has the object of `key`: a save never published (its webhook
+        lost with a job of a stopped worker) whose object was deleted since was overtaken."""
+        _, _, object_type, id = key.split("/")
+        path = {"dcim.device": "dcim/devices", "dcim.interface": "dcim/interfaces",
+                "ipam.ipaddress": "ipam/ip-addresses", "dcim.site": "dcim/sites"}[object_type]
+        response = self.netbox.http.get(f"{self.netbox.url}{path}/{id}/", timeout=30)
+        return response.status_code == 404
+
     def judge(self, started, until):
+        self.count_lost()
         self.tail.close()
         deltas = [json.loads(l) for l in open(self.tail.path)]
         backwards = []
@@ -725,6 +771,19 @@ class Soak:
             if arrived is not None and save["at"] >= started:
                 latencies.append(max(0.0, arrived - save["at"]))
         latencies.sort()
+        # Every save NetBox made is on the stream, or was overtaken: the key's last delta is a
+        # later revision or a delete.
+        final = {}
+        for d in deltas:
+            final[d["delta"]["key"]] = d["delta"]
+        unseen = []
+        for line in open(os.path.join(self.args.out, "saves.jsonl")):
+            save = json.loads(line)
+            last = final.get(save["key"])
+            shown = last is not None and (last["op"] == "delete"
+                                          or parse_time(last["revision"]) >= parse_time(save["revision"]))
+            if not shown and not (last is None and self.gone(save["key"])):
+                unseen.append(save)
         pct = lambda p: round(latencies[min(len(latencies) - 1, int(p * len(latencies)))], 3) if latencies else None
         dead = [r.get("/readyz").json().get("dead_letters") for r in self.relays]
         rss = {r.name: rss_summary(r.rss) for r in self.relays}
@@ -736,15 +795,18 @@ class Soak:
             "deltas": len(deltas), "deltas_per_second": round(len(deltas) / seconds, 2),
             "latency_seconds": {"p50": pct(0.5), "p99": pct(0.99), "saves_seen": len(latencies)},
             "revisions_backwards": backwards[:20], "revisions_backwards_count": len(backwards),
+            "saves": sum(1 for _ in open(os.path.join(self.args.out, "saves.jsonl"))),
+            "saves_not_on_stream": unseen[:20], "saves_not_on_stream_count": len(unseen),
+            "deliveries_lost": self.lost,
             "dead_letters": dead, "rss_kb": rss,
             "audit_before_run": {k: self.audit_before.get(k) for k in ("equal", "counts", "exit_code")},
             "final_run": {k: self.run_report.get(k) for k in ("status", "pass")},
             "audit_after_run": self.audit_after,
         }
-        report["passed"] = (self.audit_after.get("exit_code") == 0 and not backwards
+        report["passed"] = (self.audit_after.get("exit_code") == 0 and not backwards and not unseen
                             and self.run_report.get("status") == "succeeded"
                             and all(d == 0 for d in dead)
-                            and all(r.get("flat", True) for r in rss.values()))
+                            and all(r.get("flat") is not False for r in rss.values()))
         with open(os.path.join(self.args.out, "report.json"), "w") as f:
             json.dump(report, f, indent=1)
         self.log("judged", passed=report["passed"])
@@ -764,7 +826,8 @@ class Soak:
 
 def rss_summary(samples):
     """RSS at the start and end of the relay's longest-lived process, and the slope over its
-    last half (kB per hour); flat when that half grows less than 10 %."""
+    last half (kB per hour); flat when that half grows less than 10 %, judged only for a life of
+    10 minutes or more (shorter ones are still warming up)."""
     by_pid = {}
     for at, pid, kb in samples:
         by_pid.setdefault(pid, []).append((at, kb))
@@ -781,8 +844,10 @@ def rss_summary(samples):
         slope = sum((t - mean_t) * (k - mean_k) for t, k in half) / var * 3600 if var else 0.0
     span_hours = (half[-1][0] - half[0][0]) / 3600 if len(half) >= 2 else 0
     grew = slope * span_hours / max(1, half[0][1])
-    return {"start": longest[0][1], "end": longest[-1][1], "lifetime_seconds": round(longest[-1][0] - longest[0][0]),
-            "last_half_slope_kb_per_hour": round(slope), "flat": grew < 0.10}
+    lifetime = longest[-1][0] - longest[0][0]
+    return {"start": longest[0][1], "end": longest[-1][1], "lifetime_seconds": round(lifetime),
+            "last_half_slope_kb_per_hour": round(slope),
+            "flat": grew < 0.10 if lifetime >= 600 else None}
 
 
 def main():
