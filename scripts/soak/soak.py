@@ -307,24 +307,44 @@ backend relays
 
 
 class Tail:
-    """`netbox-relay tail --json` on the whole stream: every delta, with when it arrived."""
+    """`netbox-relay tail --json` on the whole stream: every delta once, with when it arrived.
+    Started again (from the stream's start, repeats skipped by delta id) if it ever exits."""
 
-    def __init__(self, binary, nats, out):
+    def __init__(self, binary, nats, out, log):
+        self.binary, self.log = binary, log
         self.path = os.path.join(out, "deltas.jsonl")
         self.file = open(self.path, "a", buffering=1)
-        env = dict(os.environ, NETBOX_RELAY_NATS__URL=nats.urls(), NETBOX_RELAY_LOG__LEVEL="warn")
-        self.proc = subprocess.Popen([binary, "tail", "--json", "--since", "24h"], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.errors = open(os.path.join(out, "tail.log"), "a", buffering=1)
+        self.env = dict(os.environ, NETBOX_RELAY_NATS__URL=nats.urls(), NETBOX_RELAY_LOG__LEVEL="warn")
+        self.seen = set()
         self.count = 0
-        threading.Thread(target=self.read, daemon=True).start()
+        self.closing = False
+        self.proc = None
+        threading.Thread(target=self.follow, daemon=True).start()
 
-    def read(self):
-        for line in self.proc.stdout:
-            self.file.write(json.dumps({"arrived": now(), "delta": json.loads(line)}) + "\n")
-            self.count += 1
+    def follow(self):
+        while not self.closing:
+            self.proc = subprocess.Popen([self.binary, "tail", "--json", "--since", "24h"], env=self.env,
+                                         stdout=subprocess.PIPE, stderr=self.errors, text=True)
+            for line in self.proc.stdout:
+                try:
+                    delta = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if delta.get("delta_id") in self.seen:
+                    continue
+                self.seen.add(delta.get("delta_id"))
+                self.file.write(json.dumps({"arrived": now(), "delta": delta}) + "\n")
+                self.count += 1
+            self.proc.wait()
+            if not self.closing:
+                self.log("tail_restarted", exit_code=self.proc.returncode)
+                time.sleep(1)
 
     def close(self):
-        self.proc.terminate()
+        self.closing = True
+        if self.proc:
+            self.proc.terminate()
 
 
 # ---------------------------------------------------------------- NetBox and the generator
@@ -565,7 +585,7 @@ class Soak:
             capture_output=True, text=True)
         if setup.returncode != 0:
             raise RuntimeError(f"netbox-setup: {setup.stderr}")
-        self.tail = Tail(a.relay, self.nats, a.out)
+        self.tail = Tail(a.relay, self.nats, a.out, self.log)
         self.netbox = Netbox(self.settings, str(a.seed % 100000) + str(int(now()) % 100000))
         self.log("started", nats=self.nats.urls(), relays=[r.port for r in self.relays],
                  haproxy=self.haproxy.port, seed=a.seed)
