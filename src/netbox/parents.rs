@@ -21,6 +21,11 @@ pub enum Filter {
     Slug(&'static str),
     /// `id=<host id>`: the device or VM (`app_label.model`) an IP address is assigned to.
     Host(&'static str),
+    /// `<name>=<host id>`: what belongs to that device or VM, e.g. `device_id=4` for its
+    /// services. NetBox removes a deleted IP address from the services that list it without
+    /// saving them, and refuses `ip_address_id=` of an address it no longer has: the host's
+    /// services are where they are found.
+    OfHost(&'static str, &'static str),
 }
 
 /// One kind of parent.
@@ -193,12 +198,18 @@ impl Trigger {
                 let slug: String = form_urlencoded::byte_serialize(slug.as_bytes()).collect();
                 Some(format!("{name}={slug}"))
             }
-            Filter::Host(host_type) => {
-                let ids = self.hosts.iter().filter(|(t, _)| *t == host_type);
-                let query: Vec<String> = ids.map(|(_, id)| format!("id={id}")).collect();
-                (!query.is_empty()).then(|| query.join("&"))
-            }
+            Filter::Host(host_type) => self.of_hosts(host_type, "id"),
+            Filter::OfHost(host_type, name) => self.of_hosts(host_type, name),
         }
+    }
+}
+
+impl Trigger {
+    /// `<name>=<id>` for each of the trigger's hosts of `host_type`, joined; `None` for none.
+    fn of_hosts(&self, host_type: &str, name: &str) -> Option<String> {
+        let ids = self.hosts.iter().filter(|(t, _)| *t == host_type);
+        let query: Vec<String> = ids.map(|(_, id)| format!("{name}={id}")).collect();
+        (!query.is_empty()).then(|| query.join("&"))
     }
 }
 
@@ -352,6 +363,8 @@ pub const PARENTS: [Parent; 12] = [
             (DEVICE, Filter::Host(DEVICE)),
             (VM, Filter::Host(VM)),
             by_id("ipam.service", "ip_address_id"),
+            ("ipam.service", Filter::OfHost(DEVICE, "device_id")),
+            ("ipam.service", Filter::OfHost(VM, "virtual_machine_id")),
         ],
     },
     Parent {

@@ -390,6 +390,65 @@ async fn a_deleted_primary_ip_leaves_its_device() {
     relay.relay.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_primary_ip_leaves_the_services_that_listed_it() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    // A service of device 4 listing its primary IP (14), as NetBox serves one (the recorded
+    // service's data, moved).
+    let ip = object(&fake, "ipam/ip-addresses", 14);
+    let mut service = fixture_json("101_service_created.json")["data"].clone();
+    service["id"] = json!(40);
+    service["url"] = json!("/api/ipam/services/40/");
+    service["parent_object_id"] = json!(4);
+    service["parent"]["id"] = json!(4);
+    service["ipaddresses"] = json!([{"id": 14, "address": ip["address"], "family": ip["family"]}]);
+    fake.with(|s| {
+        let services = s.objects.entry("ipam/services".into()).or_default();
+        services.insert(40, service);
+    });
+    let relay = relay_over(&fake, &nats).await;
+    let key = "netbox/default/ipam.service/40";
+    let address = ip["address"].as_str().unwrap().split('/').next().unwrap();
+    let listed = last_of(&nats, key).await;
+    assert_eq!(listed["entry"]["addresses"], json!([address]), "{listed}");
+
+    // NetBox deletes the address: the device and the service lose it, neither saved.
+    primary_ip_deleted(&fake);
+    fake.with(|s| {
+        s.objects
+            .get_mut("ipam/services")
+            .unwrap()
+            .get_mut(&40)
+            .unwrap()["ipaddresses"] = json!([])
+    });
+    let mut body = fixture_json("066_ipaddress_deleted.json");
+    body.insert("timestamp".into(), json!(now()));
+    body.insert("data".into(), Value::Object(ip.clone()));
+    body.insert(
+        "snapshots".into(),
+        json!({"prechange": ip, "postchange": null}),
+    );
+    let (status, answer) = relay.post_signed(&serde_json::to_vec(&body).unwrap()).await;
+    assert_eq!(status, 202, "{answer}");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let service = loop {
+        let service = last_of(&nats, key).await;
+        if service["entry"]["addresses"] != json!([address]) {
+            break service;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service kept the address: {service}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(service["origin"], "cascade", "{service}");
+    assert_eq!(service["entry"]["addresses"], json!([]), "{service}");
+    relay.relay.stop().await.unwrap();
+}
+
 /// NetBox's time `ago` before now.
 fn ago(ago: Duration) -> String {
     let at = chrono::Utc::now() - chrono::Duration::from_std(ago).unwrap();
