@@ -288,3 +288,75 @@ impl Waits {
         &self.stuck
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forbidden() -> Failure {
+        Unconfirmed::Api(ApiError::Forbidden {
+            what: "ipam.service".into(),
+            detail: "You do not have permission to perform this action.".into(),
+            hint: "if the token is valid, it needs the permission ipam.view_service".into(),
+        })
+        .failure()
+    }
+
+    fn away() -> Failure {
+        Unconfirmed::Api(ApiError::Transport {
+            what: "dcim.device".into(),
+            message: "connection refused".into(),
+        })
+        .failure()
+    }
+
+    #[test]
+    fn a_type_that_cannot_be_read_waits_alone_and_a_batch_of_its_failures_counts_once() {
+        let (mut waits, now) = (Waits::default(), Instant::now());
+        for row in 1..=80 {
+            waits.failed(Some(row), "ipam.service", &forbidden(), now);
+        }
+        assert_eq!(waits.waiting(1, "ipam.service", now), Some("forbidden"));
+        assert_eq!(waits.waiting(81, "dcim.device", now), None);
+        assert!(waits.holds_at_once("ipam.service").is_some());
+        assert!(waits.holds_at_once("dcim.device").is_none());
+        // Eighty refusals of one request: the first wait, not the longest.
+        assert_eq!(waits.next_due(), Some(now + FIRST));
+        waits.answered("ipam.service");
+        assert_eq!(waits.waiting(1, "ipam.service", now), None);
+    }
+
+    #[test]
+    fn netbox_away_holds_everything_and_backs_off_up_to_its_longest() {
+        let (mut waits, mut now) = (Waits::default(), Instant::now());
+        for _ in 0..10 {
+            waits.failed(None, "dcim.device", &away(), now);
+            let (_, until) = waits.everything(now).unwrap();
+            now = until;
+        }
+        waits.failed(None, "dcim.device", &away(), now);
+        let (reason, until) = waits.everything(now).unwrap();
+        assert!(reason.contains("connection refused"), "{reason}");
+        assert_eq!(until - now, LONGEST_AWAY);
+        assert!(waits.holds_at_once("ipam.prefix").is_some());
+        waits.answered("dcim.device");
+        assert!(waits.everything(now).is_none());
+        assert!(waits.holds_at_once("ipam.prefix").is_none());
+    }
+
+    #[test]
+    fn an_untranslatable_object_makes_its_row_wait_not_its_type() {
+        let (mut waits, now) = (Waits::default(), Instant::now());
+        let untranslatable = Unconfirmed::Untranslatable {
+            what: "dcim.device",
+            id: 5,
+            message: "no revision".into(),
+        };
+        waits.failed(Some(7), "dcim.device", &untranslatable.failure(), now);
+        assert_eq!(waits.waiting(7, "dcim.device", now), Some("untranslatable"));
+        assert_eq!(waits.waiting(8, "dcim.device", now), None);
+        assert!(waits.holds_at_once("dcim.device").is_none());
+        waits.settled(7);
+        assert_eq!(waits.waiting(7, "dcim.device", now), None);
+    }
+}
