@@ -5,7 +5,7 @@
 #
 #   scripts/soak.sh [--minutes 5] [--seed S] [--rate 30] [--out DIR] [--debug]
 #
-# --debug runs the debug build (what `cargo test` built: CI's short soak) instead of the release one.
+# --debug runs the debug build (what `cargo test` built) instead of the release one.
 # Uses a real NetBox 4.7 with netbox-branching (scripts/netbox.sh), a 3-node NATS cluster, two
 # relays (the release build) behind HAProxy (Debian's, installed on first use). The report is
 # DIR/report.json (default: target/soak/<seed>); exit 0 when every judgement passed. A failing
