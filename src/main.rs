@@ -185,18 +185,25 @@ fn needs_netbox(config: &Config, command: &str) -> Result<(), ExitCode> {
     Err(ExitCode::from(2))
 }
 
+/// The types `--object-type` names; exit code 2, said, for one that is not supported.
+fn object_types(names: &[String]) -> Result<Vec<ObjectType>, ExitCode> {
+    names
+        .iter()
+        .map(|name| {
+            ObjectType::from_name(name).ok_or_else(|| {
+                eprintln!("netbox-relay: --object-type {name}: not a supported object type");
+                ExitCode::from(2)
+            })
+        })
+        .collect()
+}
+
 /// `netbox-relay audit`: 0 equal, 1 a difference or a failure, 2 bad configuration.
 async fn audit(config: &Config, names: &[String], json: bool) -> ExitCode {
-    let mut only = Vec::new();
-    for name in names {
-        match ObjectType::from_name(name) {
-            Some(t) => only.push(t),
-            None => {
-                eprintln!("netbox-relay: --object-type {name}: not a supported object type");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let only = match object_types(names) {
+        Ok(only) => only,
+        Err(code) => return code,
+    };
     let report = match app::translator(config) {
         Ok(translator) => ops::audit::audit(config, &translator, only).await,
         Err(e) => Err(ops::audit::AuditError::Config(format!("{e:#}"))),
@@ -266,16 +273,10 @@ async fn reconcile(
     force: bool,
     full: bool,
 ) -> ExitCode {
-    let mut only = Vec::new();
-    for name in names {
-        match ObjectType::from_name(name) {
-            Some(t) => only.push(t),
-            None => {
-                eprintln!("netbox-relay: --object-type {name}: not a supported object type");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let only = match object_types(names) {
+        Ok(only) => only,
+        Err(code) => return code,
+    };
     let trigger = if dry_run { "cli-dry-run" } else { "cli" }.to_string();
     let options = RunOptions {
         trigger,
