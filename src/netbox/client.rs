@@ -237,15 +237,31 @@ impl NetboxClient {
     }
 
     /// NetBox's last known status, however old, without waiting: a stale one is asked again in
-    /// the background. `None` until NetBox has answered once. Read on every webhook that may
-    /// need confirmation, so that no webhook waits for the plugin question.
+    /// the background. `None` until NetBox has answered once.
     pub fn last_status(self: &Arc<Self>) -> Option<NetboxStatus> {
         let (at, status) = self.known_status()?;
+        self.refresh_if_stale(at);
+        Some(status)
+    }
+
+    /// Whether NetBox last said it has netbox-branching, as [`Self::last_status`] but cloning
+    /// nothing: read on every webhook that may need confirmation, so that none waits for the
+    /// plugin question.
+    pub fn last_branching(self: &Arc<Self>) -> Option<bool> {
+        let (at, branching) = {
+            let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            let (at, status) = status.as_ref()?;
+            (*at, status.branching.is_some())
+        };
+        self.refresh_if_stale(at);
+        Some(branching)
+    }
+
+    fn refresh_if_stale(self: &Arc<Self>, at: std::time::Instant) {
         if at.elapsed() >= self.status_ttl && self.refreshing.try_lock().is_ok() {
             let client = self.clone();
             tokio::spawn(async move { client.status().await });
         }
-        Some(status)
     }
 
     fn known_status(&self) -> Option<(std::time::Instant, NetboxStatus)> {

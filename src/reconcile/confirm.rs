@@ -127,9 +127,7 @@ impl Confirmer {
         match self.mode {
             Confirm::Never => false,
             _ if event.on_main => false,
-            Confirm::Auto => client
-                .last_status()
-                .is_none_or(|status| status.branching.is_some()),
+            Confirm::Auto => client.last_branching() != Some(false),
             Confirm::Always => true,
         }
     }

@@ -146,13 +146,17 @@ impl Confirmer {
     /// wait are counted in `tally`.
     fn sort(&self, rows: Vec<(u64, Vec<u8>)>, tally: &mut Tally) -> (Vec<u64>, Vec<(u64, Held)>) {
         let (mut dropped, mut due) = (Vec::new(), Vec::new());
+        // Parsed before the waits are locked: live webhooks take that lock too.
+        let mut prepared = Vec::with_capacity(rows.len());
+        for (id, body) in rows {
+            match self.prepare(&body) {
+                Some(held) => prepared.push((id, held)),
+                None => dropped.push(id),
+            }
+        }
         let now = Instant::now();
         let waits = self.waits();
-        for (id, body) in rows {
-            let Some(held) = self.prepare(&body) else {
-                dropped.push(id);
-                continue;
-            };
+        for (id, held) in prepared {
             let object_type = held.event.object_type.name;
             match waits.waiting(id, object_type, now) {
                 Some(label) => tally.entry((object_type, label)).or_insert((0, id)).0 += 1,

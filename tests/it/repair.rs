@@ -368,14 +368,7 @@ async fn a_deleted_primary_ip_leaves_its_device() {
     // NetBox clears the device's primary IP without saving the device: no webhook, no stamp.
     let ip = object(&fake, "ipam/ip-addresses", 14);
     primary_ip_deleted(&fake);
-    let mut body = fixture_json("066_ipaddress_deleted.json");
-    body.insert("timestamp".into(), json!(now()));
-    body.insert("data".into(), Value::Object(ip.clone()));
-    body.insert(
-        "snapshots".into(),
-        json!({"prechange": ip, "postchange": null}),
-    );
-    let (status, answer) = relay.post_signed(&serde_json::to_vec(&body).unwrap()).await;
+    let (status, answer) = relay.post_signed(&ip_deleted(&ip)).await;
     assert_eq!(status, 202, "{answer}");
 
     published_exactly(&nats, before + 2, DEBOUNCE * 3).await;
@@ -422,14 +415,7 @@ async fn a_deleted_primary_ip_leaves_the_services_that_listed_it() {
             .get_mut(&40)
             .unwrap()["ipaddresses"] = json!([])
     });
-    let mut body = fixture_json("066_ipaddress_deleted.json");
-    body.insert("timestamp".into(), json!(now()));
-    body.insert("data".into(), Value::Object(ip.clone()));
-    body.insert(
-        "snapshots".into(),
-        json!({"prechange": ip, "postchange": null}),
-    );
-    let (status, answer) = relay.post_signed(&serde_json::to_vec(&body).unwrap()).await;
+    let (status, answer) = relay.post_signed(&ip_deleted(&ip)).await;
     assert_eq!(status, 202, "{answer}");
 
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -447,6 +433,18 @@ async fn a_deleted_primary_ip_leaves_the_services_that_listed_it() {
     assert_eq!(service["origin"], "cascade", "{service}");
     assert_eq!(service["entry"]["addresses"], json!([]), "{service}");
     relay.relay.stop().await.unwrap();
+}
+
+/// The delete webhook of IP address `ip` (its API form), sent now.
+fn ip_deleted(ip: &Map<String, Value>) -> Vec<u8> {
+    let mut body = fixture_json("066_ipaddress_deleted.json");
+    body.insert("timestamp".into(), json!(now()));
+    body.insert("data".into(), Value::Object(ip.clone()));
+    body.insert(
+        "snapshots".into(),
+        json!({"prechange": ip, "postchange": null}),
+    );
+    serde_json::to_vec(&body).unwrap()
 }
 
 /// NetBox's time `ago` before now.
