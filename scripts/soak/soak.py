@@ -36,9 +36,11 @@ import time
 import requests
 
 # What each fault does, and how often: the mean seconds between two of its kind (exponential).
+# Relay stops hit one relay per half of the run, so that each relay also lives half the run in
+# one process: long enough to judge its RSS. The other faults hit either relay.
 FAULTS = {
-    "relay_kill": (60, "SIGKILL one relay at random; start it again 2 s later"),
-    "relay_term": (90, "SIGTERM one relay (a graceful stop); start it again once it exited"),
+    "relay_kill": (60, "SIGKILL a relay (relay-a in the first half, relay-b in the second); start it again 2 s later"),
+    "relay_term": (90, "SIGTERM a relay (as relay_kill chooses); start it again once it exited"),
     "nats_restart": (75, "stop one NATS node at random, the stream leader included, for 5 s"),
     "nats_cut": (80, "cut one relay off from NATS: its proxy drops every connection and refuses new ones for 10 s"),
     "nats_slow": (90, "slow one relay's way to NATS: its proxy holds every read 200 ms for 20 s"),
@@ -603,9 +605,11 @@ class Soak:
 
     # -- faults: each says what it did, and undoes itself
 
-    def fault(self, name):
+    def fault(self, name, second_half):
         self.faults[name] += 1
         relay = self.rng.choice(self.relays)
+        if name in ("relay_kill", "relay_term"):
+            relay = self.relays[1 if second_half else 0]
         node = self.rng.randrange(3)
         self.log("fault", fault=name, relay=relay.name, node=node + 1)
         if name == "relay_kill":
@@ -651,6 +655,7 @@ class Soak:
             subprocess.run([self.args.netbox_sh, "up"], capture_output=True)
 
     def faults_loop(self, until):
+        middle = (now() + until) / 2
         schedule = []
         for name, (every, _) in FAULTS.items():
             at = now() + self.rng.expovariate(1 / every)
@@ -661,7 +666,7 @@ class Soak:
             if at > until:
                 break
             time.sleep(max(0, at - now()))
-            self.fault(name)
+            self.fault(name, at >= middle)
 
     def generate(self, until):
         per_change = 60 / self.args.rate

@@ -4,6 +4,7 @@
 //! filter NetBox's REST API offers for that relation.
 
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use super::object_type::api_endpoint;
 use super::webhook::Changes;
@@ -11,6 +12,9 @@ use super::ObjectType;
 use crate::delta::Entry;
 
 type Object = Map<String, Value>;
+
+/// 8 bytes of SHA-256 of what a parent's dependents show of it ([`Parent::shown_hash`]).
+pub type ShownHash = [u8; 8];
 
 /// How the dependents of one parent are selected in the REST API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +91,28 @@ impl Parent {
             CLUSTER | VRF | DEVICE | VM => vec![Some(entry.name.clone())],
             _ => return None,
         })
+    }
+
+    /// A hash of [`Parent::shown_in`]: what the state keeps of a parent's last entry, so that a
+    /// webhook can tell whether the registry shows what its dependents should, without reading
+    /// the stream.
+    pub fn shown_hash(&self, entry: &Entry) -> Option<ShownHash> {
+        let shown = self.shown_in(entry)?;
+        let mut digest = Sha256::new();
+        for value in shown {
+            // A length-prefixed value, or a marker for none: no two lists hash alike.
+            match value {
+                Some(v) => {
+                    digest.update([1]);
+                    digest.update((v.len() as u64).to_be_bytes());
+                    digest.update(v.as_bytes());
+                }
+                None => digest.update([0]),
+            }
+        }
+        let mut hash = ShownHash::default();
+        hash.copy_from_slice(&digest.finalize()[..8]);
+        Some(hash)
     }
 
     /// Whether the parent is only a trigger, not a registry kind of its own.
@@ -446,6 +472,12 @@ mod tests {
         offline.status = Some("offline".into());
         assert_ne!(device.shown_in(&entry), device.shown_in(&renamed));
         assert_eq!(device.shown_in(&entry), device.shown_in(&offline));
+        assert_ne!(device.shown_hash(&entry), device.shown_hash(&renamed));
+        assert_eq!(device.shown_hash(&entry), device.shown_hash(&offline));
+        let ip = Parent::from_name(IP).unwrap();
+        let mut unassigned = entry.clone();
+        unassigned.status = None;
+        assert_ne!(ip.shown_hash(&entry), ip.shown_hash(&unassigned));
     }
 
     #[test]

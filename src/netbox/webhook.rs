@@ -56,8 +56,6 @@ pub struct Changes {
     pub fields: Option<Vec<String>>,
     /// The object's slug after the change, when the after snapshot has one.
     pub slug_after: Option<String>,
-    /// When the object was saved before this change: the before snapshot's `last_updated`.
-    pub saved_before: Option<DateTime<Utc>>,
 }
 
 /// What a well-formed webhook body asks of us.
@@ -241,25 +239,22 @@ impl WebhookEvent {
 
 impl WebhookEvent {
     /// Whether this change may call for a cascade its snapshots do not show: an update of a
-    /// parent whose shown fields did not change here, but may have in a save whose webhook was
-    /// lost (see [`WebhookEvent::cascade_after`]).
+    /// parent, whose shown fields may have changed in a save whose webhook was lost (see
+    /// [`WebhookEvent::cascade_after`]).
     pub fn may_follow_a_lost_change(&self) -> bool {
-        self.event == ChangeEvent::Updated
-            && self.changes.saved_before.is_some()
-            && Parent::from_name(self.object_type.name).is_some()
+        self.event == ChangeEvent::Updated && Parent::from_name(self.object_type.name).is_some()
     }
 
-    /// The cascade this change calls for, given the revision the registry shows the object at
-    /// (`None`: not at all). The snapshots tell what changed since the save before this one;
-    /// when the registry is older than that save, its webhook never arrived and whatever it
-    /// changed is shown to no dependent yet.
-    pub fn cascade_after(&self, recorded: Option<DateTime<Utc>>) -> Option<Trigger> {
+    /// The cascade this change calls for, given whether the registry shows the object's
+    /// dependents what this webhook's object shows them. The snapshots tell what changed since
+    /// the save before this one. When they show no change of a shown field, the object showed
+    /// the same before this save; a registry that shows otherwise missed a save, whose webhook
+    /// never arrived and whose change no dependent shows yet. (NetBox's snapshots carry no
+    /// `last_updated` to tell that save by.)
+    pub fn cascade_after(&self, registry_shows_the_same: bool) -> Option<Trigger> {
         let parent = Parent::from_name(self.object_type.name)?;
         let own = self.cascade();
-        let missed = match (self.event, self.changes.saved_before) {
-            (ChangeEvent::Updated, Some(before)) => recorded.is_none_or(|r| r < before),
-            _ => false,
-        };
+        let missed = self.event == ChangeEvent::Updated && !registry_shows_the_same;
         match (own, missed) {
             (Some(trigger), _) => Some(trigger),
             (None, true) => Some(parent.any_change(self.object_id, &self.data)),
@@ -329,17 +324,8 @@ fn changes(snapshots: RawSnapshots) -> Result<Changes, PayloadError> {
         .as_ref()
         .and_then(|post| written(post, "slug"))
         .and_then(|slug| serde_json::from_str::<String>(slug).ok());
-    let saved_before = pre
-        .as_ref()
-        .and_then(|pre| written(pre, "last_updated"))
-        .and_then(|t| serde_json::from_str::<String>(t).ok())
-        .and_then(|t| parse_timestamp(&t));
     let fields = pre.zip(post).map(|(pre, post)| changed(&pre, &post));
-    Ok(Changes {
-        fields,
-        slug_after,
-        saved_before,
-    })
+    Ok(Changes { fields, slug_after })
 }
 
 /// The fields whose values differ, sorted. NetBox writes both snapshots' fields in one order, so

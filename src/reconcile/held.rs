@@ -238,7 +238,8 @@ impl Confirmer {
             if trigger.is_none() && event.may_follow_a_lost_change() {
                 let key = key.clone();
                 let recorded = self.store.read(move |s| s.head(&key)).await?;
-                trigger = event.cascade_after(recorded.map(|h| h.revision));
+                let shown = main.as_deref().unwrap_or(&delta);
+                trigger = event.cascade_after(recorded.is_some_and(|h| h.shows_as(shown)));
             }
             if let Some(trigger) = trigger {
                 cascades.push(trigger).await?;

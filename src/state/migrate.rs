@@ -131,6 +131,7 @@ fn head_of(value: &[u8]) -> Option<RecordHead> {
         op: record.op,
         seq: prefix.and_then(RecordHead::from_bytes).and_then(|h| h.seq),
         entry,
+        shown: None,
     })
 }
 

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::delta::{entry_hash, EntryHash, Op, Origin, RegistryDelta};
+use crate::netbox::parents::{Parent, ShownHash};
 
 /// What the relay last accepted for one registry key: the head of its last delta. The delta
 /// itself is on the stream; its entry is kept as a hash, all reconcile compares.
@@ -21,6 +22,9 @@ pub struct RecordHead {
     pub seq: Option<u64>,
     /// The hash of the delta's entry ([`entry_hash`]); None for a delete.
     pub entry: Option<EntryHash>,
+    /// For a parent's upsert, the hash of what its dependents show of it
+    /// ([`Parent::shown_hash`]). Heads written before it have none.
+    pub shown: Option<ShownHash>,
 }
 
 /// The op byte of the heads layout. 1 was written for every delete before inferred deletes
@@ -33,6 +37,8 @@ const INFERRED_DELETE: u8 = 3;
 const WITH_SEQ: u8 = 0x10;
 /// Added to the op byte when the entry's hash follows the sequence slot.
 const WITH_ENTRY: u8 = 0x20;
+/// Added to the op byte when the hash of what dependents show follows the entry's hash.
+const WITH_SHOWN: u8 = 0x40;
 /// Where the sequence slot starts in a head.
 const SEQ_AT: usize = 13;
 /// The slot's value until the delta's ack fills it in: sequence unknown.
@@ -52,37 +58,57 @@ impl RecordHead {
             inferred: delta.op == Op::Delete && delta.origin == Origin::Reconcile,
             seq: None,
             entry: None,
+            shown: None,
         }
     }
 
-    /// The head of `delta` as it is stored, its entry's hash included.
+    /// The head of `delta` as it is stored, its entry's hashes included.
     pub fn stored(delta: &RegistryDelta) -> Result<RecordHead, serde_json::Error> {
         let entry = delta.entry.as_ref().map(entry_hash).transpose()?;
         Ok(RecordHead {
             entry,
+            shown: shown_hash(delta),
             ..RecordHead::of(delta)
         })
     }
 
+    /// Whether the registry, at this head, shows the dependents of `delta`'s object what `delta`
+    /// shows them. Unknown (a head without the hash, from an older relay) counts as no, unless
+    /// the entries are the same.
+    pub fn shows_as(&self, delta: &RegistryDelta) -> bool {
+        if self.deleted() {
+            return false;
+        }
+        if let Some(shown) = self.shown {
+            return shown_hash(delta) == Some(shown);
+        }
+        let entry = delta.entry.as_ref().and_then(|e| entry_hash(e).ok());
+        entry.is_some() && entry == self.entry
+    }
+
     /// The heads table's layout: op (1 byte), revision as seconds (8) and nanoseconds (4), big
     /// endian, the stream sequence (8, [`UNKNOWN_SEQ`] until known), the entry's hash (16, where
-    /// there is an entry), then the delta id. Fixed and small (under 80 bytes), so heads stay
+    /// there is an entry), the hash of what dependents show (8, for a parent), then the delta id. Fixed and small (under 80 bytes), so heads stay
     /// in redb's cache and reading one parses nothing; the sequence has a fixed place so that the
     /// ack's can be written into an encoded head in place.
     pub(super) fn to_bytes(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(SEQ_AT + 8 + 16 + self.delta_id.len());
+        let mut bytes = Vec::with_capacity(SEQ_AT + 8 + 16 + 8 + self.delta_id.len());
         let op = match (self.op, self.inferred) {
             (Op::Upsert, _) => UPSERT,
             (Op::Delete, false) => STATED_DELETE,
             (Op::Delete, true) => INFERRED_DELETE,
         };
         let with_entry = if self.entry.is_some() { WITH_ENTRY } else { 0 };
-        bytes.push(op | WITH_SEQ | with_entry);
+        let with_shown = if self.shown.is_some() { WITH_SHOWN } else { 0 };
+        bytes.push(op | WITH_SEQ | with_entry | with_shown);
         bytes.extend(self.revision.timestamp().to_be_bytes());
         bytes.extend(self.revision.timestamp_subsec_nanos().to_be_bytes());
         bytes.extend(self.seq.unwrap_or(UNKNOWN_SEQ).to_be_bytes());
         if let Some(entry) = &self.entry {
             bytes.extend(entry);
+        }
+        if let Some(shown) = &self.shown {
+            bytes.extend(shown);
         }
         bytes.extend(self.delta_id.as_bytes());
         bytes
@@ -99,7 +125,7 @@ impl RecordHead {
 
     pub(super) fn from_bytes(bytes: &[u8]) -> Option<RecordHead> {
         let first = *bytes.first()?;
-        let (op, inferred) = match first & !(WITH_SEQ | WITH_ENTRY) {
+        let (op, inferred) = match first & !(WITH_SEQ | WITH_ENTRY | WITH_SHOWN) {
             UPSERT => (Op::Upsert, false),
             STATED_DELETE => (Op::Delete, false),
             INFERRED_DELETE => (Op::Delete, true),
@@ -119,6 +145,11 @@ impl RecordHead {
             entry = Some(bytes.get(at..at + 16)?.try_into().ok()?);
             at += 16;
         }
+        let mut shown = None;
+        if first & WITH_SHOWN != 0 {
+            shown = Some(bytes.get(at..at + 8)?.try_into().ok()?);
+            at += 8;
+        }
         Some(RecordHead {
             revision: DateTime::from_timestamp(secs, nanos)?,
             delta_id: String::from_utf8(bytes.get(at..)?.to_vec()).ok()?,
@@ -126,8 +157,15 @@ impl RecordHead {
             inferred,
             seq,
             entry,
+            shown,
         })
     }
+}
+
+/// What `delta`'s entry shows its object's dependents, hashed: for a parent's upsert only.
+fn shown_hash(delta: &RegistryDelta) -> Option<ShownHash> {
+    let entry = delta.entry.as_ref()?;
+    Parent::from_name(&delta.object_type)?.shown_hash(entry)
 }
 
 /// Whether a delta should be published, given what was accepted before for its key.

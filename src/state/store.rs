@@ -634,6 +634,7 @@ mod tests {
             inferred: false,
             seq: None,
             entry: None,
+            shown: None,
         };
         assert_eq!(RecordHead::from_bytes(&head.to_bytes()), Some(head.clone()));
         assert_eq!(RecordHead::from_bytes(&[7, 0]), None);
@@ -641,16 +642,26 @@ mod tests {
             op: Op::Upsert,
             seq: Some(1 << 40 | 7),
             entry: Some([9; 16]),
+            shown: Some([5; 8]),
             ..head.clone()
         };
         let bytes = full.to_bytes();
         assert_eq!(RecordHead::from_bytes(&bytes), Some(full.clone()));
-        assert_eq!(bytes.len(), 1 + 12 + 8 + 16 + 32, "under 80 bytes");
+        assert_eq!(bytes.len(), 1 + 12 + 8 + 16 + 8 + 32, "under 80 bytes");
         assert_eq!(
             RecordHead::from_bytes(&bytes[..bytes.len() - 33]),
             None,
-            "cut inside the entry's hash"
+            "cut inside the shown values' hash"
         );
+        // A head written before the shown values' hash: the id follows the entry's.
+        let mut no_shown = full.to_bytes();
+        no_shown[0] &= !0x40;
+        no_shown.drain(1 + 12 + 8 + 16..1 + 12 + 8 + 16 + 8);
+        let without = RecordHead {
+            shown: None,
+            ..full.clone()
+        };
+        assert_eq!(RecordHead::from_bytes(&no_shown), Some(without));
         // A head written before the sequence slot: the id follows the revision directly.
         let mut old = head.to_bytes();
         old[0] &= 0x0f;
@@ -679,6 +690,15 @@ mod tests {
         assert_eq!(unacked.seq, None);
         let hash = entry_hash(delta.entry.as_ref().unwrap()).unwrap();
         assert_eq!(unacked.entry, Some(hash));
+        let device = crate::netbox::parents::Parent::from_name("dcim.device").unwrap();
+        assert_eq!(
+            unacked.shown,
+            device.shown_hash(delta.entry.as_ref().unwrap())
+        );
+        assert!(unacked.shows_as(&delta));
+        let mut renamed = delta.clone();
+        renamed.entry.as_mut().unwrap().name = "dmi01-akron-rtr02".into();
+        assert!(!unacked.shows_as(&renamed));
         assert_eq!(unacked.delta_id, delta.delta_id);
         let buffer = record.as_ptr();
         let acked = with_seq(record, 43);

@@ -117,7 +117,7 @@ async fn handle(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Handl
     // One more look-up of the key's record (in redb's cache), only where a cascade can follow.
     if cascade.is_none() && app.cascades.is_some() && event.may_follow_a_lost_change() {
         let head = app.delivery.head(&delta.key)?;
-        cascade = event.cascade_after(head.map(|h| h.revision));
+        cascade = event.cascade_after(head.is_some_and(|h| h.shows_as(&delta)));
     }
     if app.confirmer.needed(&event) {
         let newer;

@@ -74,15 +74,17 @@ pub(crate) fn update_webhook(
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let mut data = object.clone();
     data.insert("last_updated".into(), json!(now));
-    // Before the change: as saved the time before (its `last_updated` then).
-    let mut prechange = object.clone();
+    // NetBox's snapshots carry no `last_updated`.
+    let mut postchange = object.clone();
+    postchange.remove("last_updated");
+    let mut prechange = postchange.clone();
     prechange.insert(field.into(), before.clone());
     body.insert("object_type".into(), json!(object_type));
     body.insert("timestamp".into(), json!(now));
-    body.insert("data".into(), Value::Object(data.clone()));
+    body.insert("data".into(), Value::Object(data));
     body.insert(
         "snapshots".into(),
-        json!({"prechange": prechange, "postchange": data}),
+        json!({"prechange": prechange, "postchange": postchange}),
     );
     serde_json::to_vec(&body).unwrap()
 }
@@ -102,6 +104,21 @@ pub(crate) fn rename_in_fake(fake: &FakeNetbox, field: &str, id: u64, slug: &str
                 };
                 if related["id"].as_u64() == Some(id) {
                     related["slug"] = json!(slug);
+                    related["name"] = json!(name);
+                    related["display"] = json!(name);
+                }
+            }
+        }
+    });
+}
+
+/// What NetBox shows after renaming device `id`: its interfaces, and the IP addresses assigned
+/// to them, carry the new name (unstamped). The device itself is left to the caller.
+pub(crate) fn device_renamed_in_fake(fake: &FakeNetbox, id: u64, name: &str) {
+    fake.with(|s| {
+        for object in s.objects.values_mut().flat_map(|o| o.values_mut()) {
+            for path in ["/device", "/assigned_object/device"] {
+                if let Some(related) = object.pointer_mut(path).filter(|r| r["id"] == id) {
                     related["name"] = json!(name);
                     related["display"] = json!(name);
                 }
@@ -520,21 +537,7 @@ async fn a_device_rename_relabels_its_interfaces_and_addresses() {
     let mut device = fake.with(|s| s.objects["dcim/devices"][&4].as_object().unwrap().clone());
     let old = device["name"].clone();
     device.insert("name".into(), json!("ams1-leaf1-renamed"));
-    fake.with(|s| {
-        let renamed = |related: &mut Value| {
-            if related["id"] == 4 {
-                related["name"] = json!("ams1-leaf1-renamed");
-                related["display"] = json!("ams1-leaf1-renamed");
-            }
-        };
-        for object in s.objects.values_mut().flat_map(|o| o.values_mut()) {
-            for path in ["/device", "/assigned_object/device"] {
-                if let Some(related) = object.pointer_mut(path) {
-                    renamed(related);
-                }
-            }
-        }
-    });
+    device_renamed_in_fake(&fake, 4, "ams1-leaf1-renamed");
     let body = update_webhook(
         "034_device_updated.json",
         "dcim.device",
