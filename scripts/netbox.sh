@@ -41,10 +41,7 @@ python312() {
 }
 
 apt_install() {
-  local sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  say "installing $* (Debian packages)"
-  $sudo_cmd apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "$@" >&2
+  "$root/deploy/local/apt-install.sh" "$@"
 }
 
 pg_bin() {

@@ -26,12 +26,7 @@ while [ $# -gt 0 ]; do
 done
 out=${out:-$root/target/soak/$seed}
 NATS_SERVER=$(deploy/local/ensure-nats.sh)
-if ! command -v haproxy >/dev/null; then
-  echo "soak.sh: installing haproxy (Debian package)" >&2
-  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends haproxy >/dev/null
-fi
+command -v haproxy >/dev/null || deploy/local/apt-install.sh haproxy
 settings=$(scripts/netbox.sh up)
 if [ "$profile" = release ]; then cargo build --release --locked --quiet; else cargo build --locked --quiet; fi
 rm -rf "$out"; mkdir -p "$out"

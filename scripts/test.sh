@@ -10,12 +10,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 NATS_SERVER=$(deploy/local/ensure-nats.sh)
 # The TLS tests make their certificates with openssl.
-if ! command -v openssl >/dev/null; then
-  echo "installing openssl (Debian package)" >&2
-  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends openssl >&2
-fi
+command -v openssl >/dev/null || deploy/local/apt-install.sh openssl
 PROMETHEUS=$(deploy/local/ensure-prometheus.sh)
 export NATS_SERVER PROMETHEUS
 echo "using $("$NATS_SERVER" --version), $("$PROMETHEUS" --version 2>&1 | head -1)"

@@ -62,6 +62,9 @@ impl Relay {
             Reconciler::new(&config, translator(&config)?, store, output)?
                 .stopping_with(shutdown.clone()),
         );
+        if !reconciler.is_configured() {
+            tracing::info!("NetBox's API is not configured: webhooks are relayed, but reconciliation, cascades (a renamed site, tenant or tag re-labels its dependents) and confirmation against main (netbox-branching) are off. To turn them on, set netbox.url and netbox.token (NETBOX_RELAY_NETBOX__URL, NETBOX_RELAY_NETBOX__TOKEN; a read-only token does)");
+        }
         let journal = Journal::new(pipeline.store.clone(), pipeline.committer.clone());
         let cascades = cascades(&config, &reconciler, journal);
         let confirmer = Arc::new(
@@ -74,6 +77,7 @@ impl Relay {
             )?
             .cascading(cascades.clone()),
         );
+        sd::say_if_open(config.sd.token.as_ref(), config.server.listen);
         let discovery = Arc::new(Discovery::new(
             sd_source(&config, pipeline.publisher.jetstream().clone()),
             config.sd.token.clone(),
@@ -103,13 +107,11 @@ impl Relay {
                 "webhook.require_signature = false: anyone who reaches the relay can publish"
             );
         }
-        let schedule = match &config.netbox.url {
-            Some(_) => Some((config.reconcile.interval, config.reconcile.on_start)),
-            None => {
-                tracing::info!("reconciliation off: netbox.url is not set");
-                None
-            }
-        };
+        let schedule = config
+            .netbox
+            .url
+            .as_ref()
+            .map(|_| (config.reconcile.interval, config.reconcile.on_start));
         let tls = match (&config.server.tls_cert, &config.server.tls_key) {
             (Some(cert), Some(key)) => Some(Arc::new(Tls::load(cert, key)?)),
             _ => None,
@@ -241,6 +243,7 @@ pub async fn discovery_only(config: Config, shutdown: CancellationToken) -> anyh
         .with_context(|| format!("cannot listen on {} (sd.listen)", config.sd.listen))?;
     let client = publish::connect_reader(&config.nats).await?;
     let js = async_nats::jetstream::new(client);
+    sd::say_if_open(config.sd.token.as_ref(), config.sd.listen);
     let discovery = Arc::new(Discovery::new(
         sd_source(&config, js),
         config.sd.token.clone(),
@@ -281,17 +284,14 @@ pub fn sd_source(config: &Config, js: async_nats::jetstream::Context) -> Source 
 }
 
 /// The cascade queue, when cascades are on (`cascade.enabled`, by default whenever NetBox's URL
-/// and token are set); says once why they are off.
+/// and token are set, as `start` says).
 fn cascades(config: &Config, reconciler: &Reconciler, journal: Journal) -> Option<Arc<Cascades>> {
     match (config.cascade.enabled, reconciler.is_configured()) {
         (Some(false), _) => {
             tracing::info!("cascades off: cascade.enabled = false");
             None
         }
-        (_, false) => {
-            tracing::info!("cascades off: netbox.url or netbox.token is not set, so a renamed site, tenant or tag re-labels its dependents only at the next reconcile");
-            None
-        }
+        (_, false) => None,
         (_, true) => Some(Cascades::kept_in(config.cascade.debounce, journal)),
     }
 }

@@ -89,7 +89,9 @@ pub enum Command {
     /// Print the JSON Schema of the registry delta.
     Schema,
     /// Check the configuration, NetBox (version, token, read permission per object type), NATS
-    /// (stream and subjects) and the state file; one OK/FAIL line each. Exit 1 on any FAIL.
+    /// (stream and subjects) and the state file; one OK/FAIL line each. The configuration is
+    /// judged as `serve` judges it (a webhook secret included). Exit 1 on any FAIL, 2 when the
+    /// configuration itself fails.
     Check,
     /// Create or update (by name) the NetBox webhook and event rule that send changes here.
     NetboxSetup {
@@ -117,7 +119,8 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<HeldAction>,
     },
-    /// Send the relay a test webhook signed with webhook.secrets' first secret, as NetBox would:
+    /// Send the relay a test webhook signed with the first secret of webhook.secrets (or of
+    /// webhook.secret_file; ./data/webhook-secret, the quickstart's, when neither is set), as NetBox would:
     /// a device "created" shaped like NetBox's, id 999999999, named netbox-relay-test (the next
     /// reconcile deletes it). Prints the relay's answer.
     SendTestWebhook {
@@ -128,7 +131,8 @@ pub enum Command {
         #[arg(long)]
         curl: bool,
     },
-    /// Follow the deltas on the stream and print them (JSON lines; readable lines on a terminal).
+    /// Follow the deltas on the stream and print them (JSON lines; readable lines on a terminal),
+    /// starting with the stream's last 10 messages.
     Tail {
         /// Only this kind (device, ip_address, ...); repeatable.
         #[arg(long = "kind", value_name = "KIND")]
@@ -136,9 +140,13 @@ pub enum Command {
         /// Only this partition.
         #[arg(long)]
         partition: Option<String>,
-        /// Start this far back (e.g. 10m, 1h) instead of with new deltas.
+        /// Start this far back (e.g. 10m, 1h) instead of with the last messages.
         #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "current")]
         since: Option<std::time::Duration>,
+        /// Start with the stream's last N messages (those that match --kind and --partition
+        /// are printed); 0: only new deltas.
+        #[arg(long, value_name = "N", default_value_t = 10, conflicts_with_all = ["since", "current"])]
+        last: u64,
         /// Start with the current registry: the last delta of every key (a delete's tombstone
         /// while it lasts), then follow.
         #[arg(long)]

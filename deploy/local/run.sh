@@ -13,7 +13,11 @@ relay_pid=""
 # The relay stops first (it finishes in-flight webhooks and drains into a live NATS), then NATS.
 cleanup() {
   if [ -n "$relay_pid" ]; then kill -TERM "$relay_pid" 2>/dev/null || true; wait "$relay_pid" 2>/dev/null || true; fi
-  if [ -n "$nats_pid" ]; then kill "$nats_pid" 2>/dev/null || true; fi
+  if [ -n "$nats_pid" ]; then
+    kill "$nats_pid" 2>/dev/null || true
+    wait "$nats_pid" 2>/dev/null || true
+    echo "stopped the local nats-server this script started (its data stays in data/nats)"
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

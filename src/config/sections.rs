@@ -137,6 +137,9 @@ pub struct ReconcileConfig {
     pub interval: Duration,
     pub on_start: bool,
     pub max_delete_fraction: f64,
+    /// Deletes of a type up to this many are never withheld, whatever their fraction: a small
+    /// NetBox's last device deleted while the relay was down goes.
+    pub delete_floor: u64,
     /// How long the reconcile lease outlives its last renewal: a relay that dies mid-run holds
     /// off the others this long.
     #[serde(deserialize_with = "duration")]
@@ -290,6 +293,7 @@ impl Default for ReconcileConfig {
             interval: Duration::from_secs(3600),
             on_start: true,
             max_delete_fraction: 0.5,
+            delete_floor: 10,
             lease_ttl: Duration::from_secs(30),
             full_interval: Duration::from_secs(24 * 3600),
         }

@@ -8,6 +8,10 @@ use secrecy::{ExposeSecret, SecretString};
 use super::{invalid, Config, ConfigError, Confirm};
 use crate::netbox::{object_type, ObjectType};
 
+/// The quickstart's webhook secret (`deploy/local/run.sh` makes it), read when no other secret
+/// is configured: the commands run from the checkout find it as the relay does.
+pub const QUICKSTART_SECRET: &str = "./data/webhook-secret";
+
 impl Config {
     /// Checks every value and reads the secret files.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
@@ -17,6 +21,13 @@ impl Config {
     /// [`Config::validate`]; a missing webhook secret is an error only when `webhooks`.
     pub fn validate_for(&mut self, webhooks: bool) -> Result<(), ConfigError> {
         self.unset_empty();
+        let quickstart = std::path::Path::new(QUICKSTART_SECRET);
+        if self.webhook.secrets.0.is_empty()
+            && self.webhook.secret_file.is_none()
+            && quickstart.is_file()
+        {
+            self.webhook.secret_file = Some(quickstart.to_path_buf());
+        }
         if let Some(path) = &self.webhook.secret_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| invalid("webhook.secret_file", format!("{}: {e}", path.display())))?;
@@ -41,8 +52,10 @@ impl Config {
             return Err(invalid("webhook.secrets", "a secret is empty"));
         }
         if webhooks && self.webhook.require_signature && self.webhook.secrets.0.is_empty() {
-            let message =
-                "at least one secret is required unless webhook.require_signature = false";
+            let message = "at least one secret is required: set it, or webhook.secret_file \
+                (NETBOX_RELAY_WEBHOOK__SECRET_FILE) to a file that holds it; ./data/webhook-secret \
+                (what deploy/local/run.sh makes) is read when it exists. Or set \
+                webhook.require_signature = false";
             return Err(invalid("webhook.secrets", message));
         }
         if webhooks && self.webhook.confirm == Confirm::Always && self.netbox.url.is_none() {

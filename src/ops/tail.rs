@@ -1,6 +1,7 @@
 //! `netbox-relay tail`: follows the stream with an ordered consumer (nothing is stored on the
 //! server, nothing acknowledged) and prints each delta: JSON lines, or one readable line per
-//! delta on a terminal. With `--current` it starts with the last delta of every key.
+//! delta on a terminal. It starts with the stream's last few deltas (`--last`), so that what was
+//! just published is seen; with `--current` with the last delta of every key.
 
 use std::io::Write;
 use std::time::Duration;
@@ -19,8 +20,11 @@ pub struct TailOptions {
     pub kinds: Vec<String>,
     /// Only this partition; all when absent.
     pub partition: Option<String>,
-    /// Start this far back; only new deltas when absent.
+    /// Start this far back; when absent, with the stream's last `last` messages.
     pub since: Option<Duration>,
+    /// Without `since` or `current`: how many of the stream's last messages to start with (those
+    /// that match the filters are printed); 0 for new deltas only.
+    pub last: u64,
     /// Start with the last delta of every key (the current registry).
     pub current: bool,
     /// JSON lines even on a terminal.
@@ -69,7 +73,7 @@ pub async fn run(config: &Config, options: &TailOptions) -> Result<(), TailError
         .map_err(anyhow::Error::from)?;
     let js = jetstream::new(client);
     let stream_name = &config.nats.stream;
-    js.get_stream(stream_name).await.map_err(|e| {
+    let mut stream = js.get_stream(stream_name).await.map_err(|e| {
         anyhow::anyhow!("stream {stream_name}: {e} (`netbox-relay serve` creates it)")
     })?;
     let filters = filters(&config.nats.subject_prefix, options);
@@ -78,7 +82,10 @@ pub async fn run(config: &Config, options: &TailOptions) -> Result<(), TailError
         (false, Some(since)) => DeliverPolicy::ByStartTime {
             start_time: chrono::Utc::now() - since,
         },
-        (false, None) => DeliverPolicy::New,
+        (false, None) => {
+            let state = &stream.info().await.map_err(anyhow::Error::from)?.state;
+            last_messages(state.first_sequence, state.last_sequence, options.last)
+        }
     };
     let readable = !options.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
     if readable {
@@ -87,7 +94,11 @@ pub async fn run(config: &Config, options: &TailOptions) -> Result<(), TailError
             (false, Some(since)) => {
                 format!("deltas of the last {}", humantime::format_duration(since))
             }
-            (false, None) => "new deltas".to_string(),
+            (false, None) if options.last == 0 => "new deltas".to_string(),
+            (false, None) => format!(
+                "the stream's last {} messages (--last), then new deltas",
+                options.last
+            ),
         };
         eprintln!(
             "following stream {stream_name} ({}) from {start}; Ctrl-C stops. Columns: arrival, op, kind, key, name, [origin], labels, revision",
@@ -171,6 +182,17 @@ impl Follower {
     }
 }
 
+/// Where to start for the last `last` messages of a stream holding `first..=last_seq` (an empty
+/// stream has a `last_seq` of 0, or below `first`).
+fn last_messages(first: u64, last_seq: u64, last: u64) -> DeliverPolicy {
+    if last == 0 || last_seq == 0 || last_seq < first {
+        return DeliverPolicy::New;
+    }
+    DeliverPolicy::ByStartSequence {
+        start_sequence: last_seq.saturating_sub(last - 1).max(first),
+    }
+}
+
 /// `<prefix>.<partition>.<kind>.<object_id>` with wildcards for what is not asked for.
 fn filters(prefix: &str, options: &TailOptions) -> Vec<String> {
     let partition = options.partition.as_deref().unwrap_or("*");
@@ -245,6 +267,21 @@ mod tests {
         assert!(printed.contains(r"site=a\u{1b}]0;x\u{7}"), "{printed:?}");
         let garbage = line(None, b"\x1b[31mnot json");
         assert!(!garbage.chars().any(char::is_control), "{garbage:?}");
+    }
+
+    #[test]
+    fn the_last_messages_start_within_the_stream() {
+        let at = |policy| match policy {
+            DeliverPolicy::ByStartSequence { start_sequence } => Some(start_sequence),
+            DeliverPolicy::New => None,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(at(last_messages(1, 100, 10)), Some(91));
+        assert_eq!(at(last_messages(95, 100, 10)), Some(95));
+        assert_eq!(at(last_messages(1, 3, 10)), Some(1));
+        assert_eq!(at(last_messages(1, 100, 0)), None);
+        assert_eq!(at(last_messages(0, 0, 10)), None);
+        assert_eq!(at(last_messages(101, 100, 10)), None, "emptied by limits");
     }
 
     #[test]

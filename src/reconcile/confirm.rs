@@ -80,8 +80,9 @@ impl Confirmer {
     ) -> Result<Confirmer, StoreError> {
         let (held, next_id) = store.held_stats()?;
         match (config.webhook.confirm, &client) {
-            (Confirm::Never, _) => tracing::info!("webhook.confirm = never: webhooks not marked as a branch change are trusted"),
-            (Confirm::Auto, None) => tracing::info!("webhook.confirm = auto, but netbox.url or netbox.token is not set: branch changes made through the REST API, and merges, cannot be told from main's (netbox-branching)"),
+            (Confirm::Never, _) => tracing::info!(
+                "webhook.confirm = never: webhooks not marked as a branch change are trusted"
+            ),
             _ => {}
         }
         if held > 0 {

@@ -705,14 +705,16 @@ impl Pass<'_> {
             .collect();
         drop(heads);
         let fraction = self.reconciler.max_delete_fraction;
-        if !self.force && gone.len() as f64 > fraction * known as f64 {
+        let many = gone.len() as u64 > self.reconciler.delete_floor;
+        if !self.force && many && gone.len() as f64 > fraction * known as f64 {
             report.withheld_deletes = gone.len() as u64;
             telemetry::deletes_withheld(report.withheld_deletes);
             report.status = Some(RunStatus::Partial);
             report.message = Some(format!(
-                "{} deletes withheld: more than {:.0}% of {known} known entries (reconcile.max_delete_fraction); force the run to apply them",
+                "{} deletes withheld: more than {:.0}% of {known} known entries (reconcile.max_delete_fraction) and more than {} (reconcile.delete_floor); force the run to apply them",
                 gone.len(),
-                fraction * 100.0
+                fraction * 100.0,
+                self.reconciler.delete_floor
             ));
             tracing::warn!(
                 object_type = object_type.name,

@@ -65,6 +65,8 @@ pub struct Reconciler {
     page_size: u32,
     concurrency: usize,
     max_delete_fraction: f64,
+    /// Deletes of a type never withheld, up to this many.
+    delete_floor: u64,
     /// Whether runs carry out cascades (`cascade.enabled` not false).
     cascades_enabled: bool,
     /// How often a run is a full pass.
@@ -122,6 +124,7 @@ impl Reconciler {
             page_size: config.netbox.page_size,
             concurrency: config.netbox.concurrency,
             max_delete_fraction: config.reconcile.max_delete_fraction,
+            delete_floor: config.reconcile.delete_floor,
             cascades_enabled: config.cascade.enabled != Some(false),
             full_interval: config.reconcile.full_interval,
             last_full: std::sync::Mutex::new(None),

@@ -99,6 +99,20 @@ pub struct Discovery {
     write_timeout: Duration,
 }
 
+/// Says at start that `/sd/prometheus` asks for no token (an empty NETBOX_RELAY_SD__TOKEN, a
+/// variable left unset in a template, counts as none): a warning where other hosts reach
+/// `listen`, a note where only this host does.
+pub fn say_if_open(token: Option<&SecretString>, listen: std::net::SocketAddr) {
+    if token.is_some() {
+        return;
+    }
+    if listen.ip().is_loopback() {
+        tracing::info!(%listen, "sd.token is not set: /sd/prometheus answers any client on this host; set sd.token (NETBOX_RELAY_SD__TOKEN) before listening beyond it");
+    } else {
+        tracing::warn!(%listen, "sd.token is not set: /sd/prometheus answers anyone who reaches the port with the registry's addresses; set sd.token (NETBOX_RELAY_SD__TOKEN) and give Prometheus the same as its bearer token");
+    }
+}
+
 impl Discovery {
     /// `write_timeout`: how long a client may take to accept each part of an answer before the
     /// answer is abandoned (`server.request_timeout`).
@@ -108,10 +122,6 @@ impl Discovery {
         write_timeout: Duration,
         shutdown: CancellationToken,
     ) -> Self {
-        // An empty NETBOX_RELAY_SD__TOKEN (a variable left unset in a template) counts as none.
-        if token.is_none() {
-            tracing::warn!("sd.token is not set (or empty): /sd/prometheus answers anyone who reaches the port with the registry's addresses");
-        }
         Discovery {
             targets: Arc::new(Targets::default()),
             loaded: Arc::new(watch::Sender::new(false)),

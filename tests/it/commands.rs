@@ -325,23 +325,8 @@ async fn tail_prints_the_deltas_of_webhooks() {
     for file in sent {
         assert_eq!(relay.post_fixture(file).await.0, 202, "{file}");
     }
-    let mut tail = command(&nats, &fake, &["tail", "--since", "1h", "--kind", "device"]);
-    let mut child = tail.stdout(Stdio::piped()).spawn().expect("start tail");
-    let out = child.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        BufReader::new(out)
-            .lines()
-            .take(2)
-            .collect::<Result<Vec<_>, _>>()
-    });
-    let lines = tokio::time::timeout(Duration::from_secs(20), lines).await;
-    child.kill().ok();
-    child.wait().ok();
-    let lines = lines.expect("tail printed a delta").unwrap().unwrap();
-    let deltas: Vec<Value> = lines
-        .iter()
-        .map(|l| serde_json::from_str(l).expect("JSON lines when not on a terminal"))
-        .collect();
+    let args = ["tail", "--since", "1h", "--kind", "device"];
+    let deltas = tail_lines(&nats, &fake, &args, 2).await;
     let keys: Vec<&str> = deltas.iter().map(|d| d["key"].as_str().unwrap()).collect();
     assert_eq!(
         keys,
@@ -354,6 +339,62 @@ async fn tail_prints_the_deltas_of_webhooks() {
     assert!(deltas
         .iter()
         .all(|d| d["op"] == "upsert" && d["origin"] == "webhook"));
+    relay.relay.stop().await.unwrap();
+}
+
+/// The first `count` deltas `tail` with `args` prints.
+async fn tail_lines(
+    nats: &NatsServer,
+    fake: &FakeNetbox,
+    args: &[&str],
+    count: usize,
+) -> Vec<Value> {
+    let mut tail = command(nats, fake, args);
+    let mut child = tail.stdout(Stdio::piped()).spawn().expect("start tail");
+    let out = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(out)
+            .lines()
+            .take(count)
+            .collect::<Result<Vec<_>, _>>()
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(20), lines).await;
+    child.kill().ok();
+    child.wait().ok();
+    let lines = lines.expect("tail printed the deltas").unwrap().unwrap();
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("JSON lines when not on a terminal"))
+        .collect()
+}
+
+/// The quickstart sends a test webhook, then runs `tail`: it starts with what was just published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_starts_with_the_last_deltas() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    let relay = TestRelay::start(test_config(&nats)).await;
+    let sent = [
+        "020_device_created.json",
+        "030_ipaddress_created.json",
+        "021_device_created.json",
+    ];
+    for file in sent {
+        assert_eq!(relay.post_fixture(file).await.0, 202, "{file}");
+    }
+    let key = |d: &Value| d["key"].as_str().unwrap().to_string();
+    let all = tail_lines(&nats, &fake, &["tail"], 3).await;
+    let keys: Vec<String> = all.iter().map(key).collect();
+    assert_eq!(
+        keys,
+        [
+            "netbox/default/dcim.device/1",
+            "netbox/default/ipam.ipaddress/2",
+            "netbox/default/dcim.device/2"
+        ]
+    );
+    let last = tail_lines(&nats, &fake, &["tail", "--last", "1"], 1).await;
+    assert_eq!(key(&last[0]), keys[2]);
     relay.relay.stop().await.unwrap();
 }
 
@@ -422,7 +463,7 @@ async fn the_example_consumer_ends_with_the_registry_of_creates_updates_and_dele
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_netbox_check_and_serve_say_once_that_cascades_are_off() {
+async fn without_netbox_check_and_serve_say_once_what_is_off_and_how_to_turn_it_on() {
     let nats = NatsServer::start();
     let fake = FakeNetbox::start("4.6.8").await;
     create_stream(&nats).await;
@@ -442,11 +483,23 @@ async fn without_netbox_check_and_serve_say_once_that_cascades_are_off() {
     relay.wait_ready().await;
     drop(relay);
     let text = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(
-        text.matches("cascades off").count(),
-        1,
-        "said once at start:\n{text}"
-    );
+    let said: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("not configured") || l.contains(" off"))
+        .collect();
+    assert_eq!(said.len(), 1, "said once at start:\n{text}");
+    for what in [
+        "reconciliation",
+        "cascades",
+        "confirmation",
+        "NETBOX_RELAY_NETBOX__URL",
+    ] {
+        assert!(
+            said[0].contains(what),
+            "says {what}, and how to turn it on: {}",
+            said[0]
+        );
+    }
 }
 
 /// A tail is left running: it follows across a restart of NATS, saying once that it lost the
@@ -621,9 +674,24 @@ async fn send_test_webhook_reaches_the_stream_with_a_valid_signature() {
     let answered = String::from_utf8_lossy(&curl.stdout);
     assert!(answered.contains(r#""status":"accepted""#), "{answered}");
 
+    let checkout = tempfile::tempdir().unwrap();
     let mut no_secret = command(&nats, &fake, &["send-test-webhook", "--url", &url]);
-    no_secret.env_remove("NETBOX_RELAY_WEBHOOK__SECRETS");
+    no_secret
+        .env_remove("NETBOX_RELAY_WEBHOOK__SECRETS")
+        .current_dir(checkout.path());
     let refused = tokio::task::block_in_place(|| no_secret.output().unwrap());
     assert_eq!(refused.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("NETBOX_RELAY_WEBHOOK__SECRET_FILE") && said.contains("data/webhook-secret"),
+        "names the quickstart's way: {said}"
+    );
+
+    // Run from the quickstart's checkout: its secret (deploy/local/run.sh's) is found.
+    std::fs::create_dir(checkout.path().join("data")).unwrap();
+    std::fs::write(checkout.path().join("data/webhook-secret"), secret() + "\n").unwrap();
+    let found = tokio::task::block_in_place(|| no_secret.output().unwrap());
+    let answer = stdout(&found);
+    assert!(answer.starts_with("202 "), "{answer}");
     relay.relay.stop().await.unwrap();
 }

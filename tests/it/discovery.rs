@@ -248,15 +248,15 @@ async fn the_query_filters_by_kind_status_labels_and_sets_the_port() {
     relay.relay.stop().await.unwrap();
 }
 
-#[test]
-fn an_empty_sd_token_is_said_to_leave_the_endpoint_open() {
+/// What `netbox-relay sd` logs at `level` when it listens on `ip` with an empty token.
+fn said_with_an_empty_token(ip: &str, level: &str) -> String {
     let nats = NatsServer::start();
     let port = free_port();
     let mut sd = Command::new(env!("CARGO_BIN_EXE_netbox-relay"))
-        .args(["sd", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["sd", "--listen", &format!("{ip}:{port}")])
         .env("NETBOX_RELAY_NATS__URL", nats.url())
         .env("NETBOX_RELAY_SD__TOKEN", "")
-        .env("NETBOX_RELAY_LOG__LEVEL", "warn")
+        .env("NETBOX_RELAY_LOG__LEVEL", level)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -264,8 +264,21 @@ fn an_empty_sd_token_is_said_to_leave_the_endpoint_open() {
     wait_for_port(SocketAddr::from(([127, 0, 0, 1], port)));
     sd.kill().unwrap();
     let output = sd.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(log.contains("sd.token is not set (or empty)"), "{log}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn an_empty_sd_token_is_said_to_leave_the_endpoint_open_with_the_fix() {
+    let open = said_with_an_empty_token("0.0.0.0", "warn");
+    assert!(
+        open.contains("sd.token is not set") && open.contains("NETBOX_RELAY_SD__TOKEN"),
+        "{open}"
+    );
+    // On loopback only this host reaches it: a note, not a warning.
+    let local = said_with_an_empty_token("127.0.0.1", "warn");
+    assert!(!local.contains("sd.token"), "{local}");
+    let noted = said_with_an_empty_token("127.0.0.1", "info");
+    assert!(noted.contains("any client on this host"), "{noted}");
 }
 
 /// `netbox-relay sd` on its own, reading the stream a relay writes.

@@ -207,8 +207,7 @@ impl Live {
         self.reconcile_at("reconcile").await
     }
 
-    /// A forced one: deletes past `reconcile.max_delete_fraction` applied (deleting the only
-    /// service there is would be withheld otherwise).
+    /// A forced one: deletes past `reconcile.max_delete_fraction` applied.
     async fn reconcile_forced(&self) -> Value {
         self.reconcile_at("reconcile?force=true").await
     }

@@ -280,6 +280,25 @@ async fn deleting_most_of_a_type_is_withheld_unless_forced() {
     assert_eq!(published_count(&nats.url()).await, 200);
 }
 
+/// A small NetBox: its only devices deleted while the relay was down go at the next run, though
+/// they are all of the type (`reconcile.delete_floor`).
+#[tokio::test]
+async fn a_few_deletes_are_never_withheld() {
+    let nats = NatsServer::start();
+    let fake = FakeNetbox::start("4.6.8").await;
+    fake.generate_devices(1, 10);
+    let relay = TestRelay::start(config(&nats, &fake, 1000)).await;
+    assert_eq!(total(&reconcile(&relay).await, "upserted"), 10);
+    fake.with(|s| s.objects.get_mut("dcim/devices").unwrap().clear());
+
+    let report = reconcile(&relay).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    let devices = &report["object_types"]["dcim.device"];
+    assert_eq!(devices["deleted"], 10, "{devices}");
+    assert_eq!(devices["withheld_deletes"], 0, "{devices}");
+    assert_eq!(published_count(&nats.url()).await, 20);
+}
+
 #[tokio::test]
 async fn the_reconcile_endpoint_wants_the_admin_token_and_one_run_at_a_time() {
     let nats = NatsServer::start();
@@ -528,8 +547,14 @@ async fn the_cli_exit_code_tells_each_outcome_apart() {
     let fake = FakeNetbox::start("4.6.8").await;
     fake.load_recorded("dcim_devices.json");
     let (n, f) = (&nats, &fake);
+    // The recorded NetBox is small: with no floor of deletes never withheld, clearing it is
+    // withheld.
     let code = |args: &[&str]| {
-        let output = tokio::task::block_in_place(|| cli(n, f, args));
+        let output = tokio::task::block_in_place(|| {
+            let mut command = cli_command(n, f, args);
+            command.env("NETBOX_RELAY_RECONCILE__DELETE_FLOOR", "0");
+            command.output().unwrap()
+        });
         (
             output.status.code(),
             String::from_utf8_lossy(&output.stderr).to_string(),
