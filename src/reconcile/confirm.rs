@@ -79,11 +79,10 @@ impl Confirmer {
         committer: Committer,
     ) -> Result<Confirmer, StoreError> {
         let (held, next_id) = store.held_stats()?;
-        match (config.webhook.confirm, &client) {
-            (Confirm::Never, _) => tracing::info!(
+        if config.webhook.confirm == Confirm::Never {
+            tracing::info!(
                 "webhook.confirm = never: webhooks not marked as a branch change are trusted"
-            ),
-            _ => {}
+            );
         }
         if held > 0 {
             tracing::info!(
