@@ -611,8 +611,13 @@ fn fake_netbox(port: u16, per_type: u64) {
                 if query.in_full() {
                     served.fetch_add(results.len() as u64, Ordering::Relaxed);
                 }
+                // As NetBox's cursor pagination: a next page when this one is full.
+                let next = match results.len() >= query.limit() {
+                    true => format!(r#""/api/{app}/{endpoint}/?more""#),
+                    false => "null".to_string(),
+                };
                 let body = format!(
-                    r#"{{"count":null,"next":null,"previous":null,"results":[{}]}}"#,
+                    r#"{{"count":null,"next":{next},"previous":null,"results":[{}]}}"#,
                     results.iter().map(id_first).collect::<Vec<_>>().join(",")
                 );
                 ([("content-type", "application/json")], body)
@@ -695,8 +700,13 @@ impl Query {
     /// The ids a request asks for among `first..=last` (what its filter selects): `id=`
     /// repeated, else a page after `start` / `id__gt` below `id__lt`, or the newest with
     /// `ordering=-id`.
+    /// The page size NetBox serves for `limit=` (50 when absent, at most 1,000).
+    fn limit(&self) -> usize {
+        self.number("limit").unwrap_or(50).min(1000) as usize
+    }
+
     fn ids(&self, (first, last): (u64, u64)) -> Vec<u64> {
-        let limit = self.number("limit").unwrap_or(50).min(1000) as usize;
+        let limit = self.limit();
         let listed: Vec<u64> = self
             .0
             .iter()

@@ -54,11 +54,18 @@ pub struct ServedPage {
     what: &'static str,
     body: Bytes,
     objects: Vec<(Option<u64>, std::ops::Range<usize>)>,
+    /// NetBox said no page follows (`next: null`): it served fewer objects than the page holds.
+    last: bool,
 }
 
 impl ServedPage {
     pub fn is_empty(&self) -> bool {
         self.objects.is_empty()
+    }
+
+    /// Whether NetBox said no page follows this one.
+    pub fn is_last(&self) -> bool {
+        self.last
     }
 
     /// The objects' ids, those that have one.
@@ -320,9 +327,12 @@ impl NetboxClient {
         query: &str,
     ) -> Result<ServedPage, ApiError> {
         let body = self.list(object_type, query).await?;
-        let objects = match wire::raw_results(&body) {
-            Ok(Some(objects)) => objects,
-            Ok(None) => return Err(decode_error(object_type.name, "no results list".into())),
+        let (objects, last) = match wire::raw_page(&body) {
+            Ok(wire::Page {
+                results: Some(objects),
+                last,
+            }) => (objects, last),
+            Ok(_) => return Err(decode_error(object_type.name, "no results list".into())),
             Err(e) => return Err(unreadable(object_type.name, e)),
         };
         // Each object is a slice of the body (serde_json borrows it): kept as its place.
@@ -340,6 +350,7 @@ impl NetboxClient {
         Ok(ServedPage {
             what: object_type.name,
             objects,
+            last,
             body,
         })
     }

@@ -109,16 +109,25 @@ fn whole<'de, V: Visitor<'de>>(body: &'de [u8], visitor: V) -> Result<V::Value, 
 /// The objects of a list answer's `results` (others than objects are passed over), keeping what
 /// `reads` names; `None` when it has no `results` list.
 pub fn results(body: &[u8], reads: Reads) -> Result<Option<Vec<Map<String, Value>>>, WireError> {
-    whole(body, PageVisitor(Parsed(reads.keep())))
+    let page = whole(body, PageVisitor(Parsed(reads.keep())))?;
+    Ok(page.results)
+}
+
+/// A list answer: its `results`, and whether NetBox said there is no next page.
+pub struct Page<T> {
+    /// `None` when the answer has no `results` list.
+    pub results: Option<Vec<T>>,
+    /// `next` was sent, and null: NetBox served fewer objects than the page could hold.
+    pub last: bool,
 }
 
 /// The objects of a list answer's `results` as the body wrote them, checked to be JSON but not
-/// built (others than objects are passed over); `None` when it has no `results` list.
-pub fn raw_results(body: &[u8]) -> Result<Option<Vec<&RawValue>>, WireError> {
+/// built (others than objects are passed over), and whether it is the last page.
+pub fn raw_page(body: &[u8]) -> Result<Page<&RawValue>, WireError> {
     whole(body, PageVisitor(AsWritten))
 }
 
-/// One object as [`raw_results`] gave it, keeping what `reads` names.
+/// One object as [`raw_page`] gave it, keeping what `reads` names.
 pub fn object(raw: &[u8], reads: Reads) -> Result<Map<String, Value>, WireError> {
     match whole(raw, SlotOf(DataFields(reads.keep())))? {
         Slot::Is(object) => Ok(object),
@@ -159,7 +168,7 @@ pub fn id_of(raw: &[u8]) -> Option<u64> {
 struct PageVisitor<I>(I);
 
 impl<'de, I: Item<'de>> Visitor<'de> for PageVisitor<I> {
-    type Value = Option<Vec<I::Out>>;
+    type Value = Page<I::Out>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
@@ -167,6 +176,7 @@ impl<'de, I: Item<'de>> Visitor<'de> for PageVisitor<I> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut results = None;
+        let mut last = false;
         while let Some(Key(key)) = map.next_key()? {
             match key.as_ref() {
                 "results" => {
@@ -175,12 +185,13 @@ impl<'de, I: Item<'de>> Visitor<'de> for PageVisitor<I> {
                         _ => None,
                     }
                 }
+                "next" => last = map.next_value::<Option<IgnoredAny>>()?.is_none(),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        Ok(results)
+        Ok(Page { results, last })
     }
 }
 
@@ -544,7 +555,9 @@ mod tests {
     fn a_pages_objects_as_served_are_slices_of_it_each_readable_alone() {
         let page = br#"{"count": 3, "results": [ {"id": 1, "comments": "x",
             "site": {"id": 3, "slug": "fra1"}} , 7, {"name": "b", "id": 22}, {"id": "3"}]}"#;
-        let objects = raw_results(page).unwrap().unwrap();
+        let read = raw_page(page).unwrap();
+        assert!(!read.last, "no `next` sent: not known to be the last");
+        let objects = read.results.unwrap();
         let served: Vec<&str> = objects.iter().map(|o| o.get()).collect();
         assert_eq!(served.len(), 3, "objects only: {served:?}");
         assert!(served[0].starts_with(r#"{"id": 1, "comments""#) && served[0].ends_with("}}"));
@@ -559,11 +572,15 @@ mod tests {
             serde_json::to_string(&one).unwrap(),
             r#"{"site":{"slug":"fra1"}}"#
         );
-        assert!(raw_results(br#"{"results": 1}"#).unwrap().is_none());
+        assert!(raw_page(br#"{"results": 1}"#).unwrap().results.is_none());
         assert!(matches!(
-            raw_results(br#"{"results": [{"id": 1}"#),
+            raw_page(br#"{"results": [{"id": 1}"#),
             Err(WireError::NotJson(_))
         ));
+        let next = br#"{"count": null, "next": "http://nb/api/dcim/devices/?limit=2&start=4", "results": []}"#;
+        assert!(!raw_page(next).unwrap().last);
+        let last = br#"{"count": null, "next": null, "previous": null, "results": [{"id": 9}]}"#;
+        assert!(raw_page(last).unwrap().last);
     }
 
     #[test]

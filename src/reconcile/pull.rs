@@ -31,12 +31,21 @@ const LISTING: &str = "&fields=id,last_updated,created";
 /// The pages of one object type as they arrive, as NetBox served them.
 pub type Pages = mpsc::Receiver<Result<ServedPage, ApiError>>;
 
-/// The pages of one object type, as they arrive, from `concurrency` segments at once. The channel
+/// The pages of one object type, as they arrive. The first page is asked alone: a small type
+/// ends with it, in one request. The rest comes from `concurrency` segments at once. The channel
 /// holds at most `concurrency` pages, so memory stays bounded however large NetBox is.
 pub fn pages(client: Arc<NetboxClient>, object_type: ObjectType, options: PullOptions) -> Pages {
     let (tx, rx) = mpsc::channel(options.concurrency.max(1));
     tokio::spawn(async move {
-        let segments = match segments(&client, object_type, &options).await {
+        let mut first = Pager::new(&client, object_type, options, None, None);
+        if !forward(&mut first, &tx, Some(1)).await {
+            return;
+        }
+        if options.concurrency <= 1 {
+            forward(&mut first, &tx, None).await;
+            return;
+        }
+        let segments = match segments(&client, object_type, &options, first.after).await {
             Ok(segments) => segments,
             Err(e) => {
                 tx.send(Err(e)).await.ok();
@@ -47,30 +56,43 @@ pub fn pages(client: Arc<NetboxClient>, object_type: ObjectType, options: PullOp
             let (client, tx) = (client.clone(), tx.clone());
             tokio::spawn(async move {
                 let mut pager = Pager::new(&client, object_type, options, after, below);
-                while let Some(page) = pager.next_page().await.transpose() {
-                    let failed = page.is_err();
-                    if tx.send(page).await.is_err() || failed {
-                        return;
-                    }
-                }
+                forward(&mut pager, &tx, None).await;
             });
         }
     });
     rx
 }
 
-/// `(after, below)` id bounds of each segment: one unbounded segment, or the range up to the
-/// highest id (`ordering=-id&limit=1`, only its id serialized) split evenly. Objects created
-/// later are left to webhooks.
+/// Sends `pager`'s pages on, `count` of them or all; whether more may follow (none failed, the
+/// receiver is there, and the pager is not done).
+async fn forward(
+    pager: &mut Pager<'_>,
+    tx: &mpsc::Sender<Result<ServedPage, ApiError>>,
+    count: Option<usize>,
+) -> bool {
+    let mut sent = 0;
+    while count.is_none_or(|count| sent < count) {
+        let Some(page) = pager.next_page().await.transpose() else {
+            return false;
+        };
+        let failed = page.is_err();
+        if tx.send(page).await.is_err() || failed {
+            return false;
+        }
+        sent += 1;
+    }
+    !pager.done
+}
+
+/// `(after, below)` id bounds of each segment of the ids above `after`: up to the highest id
+/// (`ordering=-id&limit=1`, only its id serialized), split evenly. Objects created later are left
+/// to webhooks.
 async fn segments(
     client: &NetboxClient,
     object_type: ObjectType,
     options: &PullOptions,
+    after: Option<u64>,
 ) -> Result<Vec<(Option<u64>, Option<u64>)>, ApiError> {
-    let concurrency = options.concurrency;
-    if concurrency <= 1 {
-        return Ok(vec![(None, None)]);
-    }
     let query = match options.version >= (4, 0) {
         true => "ordering=-id&limit=1&fields=id",
         false => "ordering=-id&limit=1",
@@ -81,11 +103,14 @@ async fn segments(
         .first()
         .and_then(|o| o.get("id"))
         .and_then(Value::as_u64);
-    let Some(max) = max else {
-        return Ok(vec![(None, None)]);
+    let from = after.map_or(0, |a| a + 1);
+    let Some(max) = max.filter(|max| *max >= from) else {
+        return Ok(Vec::new());
     };
-    let width = (max + 1).div_ceil(concurrency as u64).max(1);
-    let bounds = (0..concurrency as u64).map(|k| (k * width, ((k + 1) * width).min(max + 1)));
+    let concurrency = options.concurrency as u64;
+    let width = (max + 1 - from).div_ceil(concurrency).max(1);
+    let bounds =
+        (0..concurrency).map(|k| (from + k * width, (from + (k + 1) * width).min(max + 1)));
     let segments = bounds
         .filter(|(lo, hi)| lo < hi)
         .map(|(lo, hi)| (lo.checked_sub(1), Some(hi)));
@@ -137,9 +162,10 @@ impl<'a> Pager<'a> {
         self
     }
 
-    /// The next page, or `None` once NetBox answered an empty one. Only an empty page ends the
-    /// pull: a short one may just be NetBox capping `limit` below ours, and ending early there
-    /// would turn into false deletes.
+    /// The next page, or `None` once NetBox answered an empty one or said the last was the last
+    /// (`next: null`, which NetBox sends when it served fewer objects than its page holds). A
+    /// short page alone ends nothing: it may just be NetBox capping `limit` below ours, and
+    /// ending early there would turn into false deletes.
     pub async fn next_page(&mut self) -> Result<Option<ServedPage>, ApiError> {
         if self.done {
             return Ok(None);
@@ -150,6 +176,7 @@ impl<'a> Pager<'a> {
             self.done = true;
             return Ok(None);
         }
+        self.done = page.is_last();
         match (page.ids().max(), self.after) {
             (Some(last), Some(after)) if last <= after => {
                 Err(self.stuck(format!("the cursor did not advance past id {after}")))

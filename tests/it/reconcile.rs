@@ -632,16 +632,49 @@ async fn several_segments_in_flight_fetch_every_object_exactly_once() {
         .iter()
         .filter(|l| l.starts_with("dcim/devices?"))
         .collect();
-    assert_eq!(
-        device_requests[0], "dcim/devices?fields=id&limit=1&ordering=-id",
-        "the highest id (alone serialized) bounds the segments"
+    assert!(
+        device_requests[0].contains("start=0") && !device_requests[0].contains("id__lt"),
+        "the first page alone: {device_requests:?}"
     );
-    for bound in ["id__lt=2001", "id__lt=4002", "id__lt=6001"] {
+    assert_eq!(
+        device_requests[1], "dcim/devices?fields=id&limit=1&ordering=-id",
+        "the highest id (alone serialized) bounds the segments of the rest"
+    );
+    // Ids 101 to 6000 in three: 1,967 wide.
+    for bound in ["id__lt=2068", "id__lt=4035", "id__lt=6001"] {
         assert!(
             device_requests.iter().any(|l| l.contains(bound)),
             "segment up to {bound}: {device_requests:?}"
         );
     }
+}
+
+/// NetBox says which page is the last (`next: null` when it served fewer objects than the page
+/// holds): a type that fits one page costs one request, a longer one no empty page at its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_ends_on_the_page_netbox_says_is_the_last() {
+    let nats = NatsServer::start();
+    let fake = FakeNetbox::start("4.6.8").await;
+    fake.generate_devices(1, 250);
+    let requests = |fake: &FakeNetbox, endpoint: &str| {
+        let log = fake.with(|s| s.log.clone());
+        log.into_iter()
+            .filter(|l| l.starts_with(&format!("{endpoint}?")))
+            .collect::<Vec<_>>()
+    };
+    let mut config = config(&nats, &fake, 100);
+    config.netbox.concurrency = 4;
+    config.registry.object_types = vec!["dcim.device".into(), "dcim.site".into()];
+    let relay = TestRelay::start(config).await;
+    let report = reconcile(&relay).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(requests(&fake, "dcim/sites").len(), 1, "one page of sites");
+    let devices = requests(&fake, "dcim/devices");
+    // The first page, the highest id, then ids 101 to 250 in up to four segments of 38: one
+    // page each, the last of its segment.
+    assert_eq!(devices.len(), 2 + 4, "{devices:?}");
+    assert_eq!(report["object_types"]["dcim.device"]["upserted"], 250);
+    relay.relay.stop().await.unwrap();
 }
 
 /// A fake NetBox with the recorded devices, device 2 as the API showed it before webhook 048
