@@ -4,7 +4,8 @@
 # for the live tier, a real NetBox 4.7
 # with netbox-branching (scripts/netbox.sh: built on first use, stopped again at the end).
 # NETBOX_LIVE=skip runs the rest where NetBox cannot run (no Python >= 3.12); it is said, never
-# silent.
+# silent. With the live tier and no arguments, a short soak follows (scripts/soak.sh, the debug
+# build the tests built: SOAK_MINUTES, default 3; SOAK_SEED, default 1, replays a failing one).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -28,3 +29,6 @@ else
   echo "using NetBox at $(grep NETBOX_URL= "$NETBOX_LIVE_SETTINGS" | cut -d= -f2)"
 fi
 cargo test --locked "$@"
+if [ "${NETBOX_LIVE:-}" != skip ] && [ $# -eq 0 ]; then
+  scripts/soak.sh --minutes "${SOAK_MINUTES:-3}" --seed "${SOAK_SEED:-1}" --debug --out target/soak/ci
+fi

@@ -162,9 +162,9 @@ impl<'a> Pager<'a> {
         self
     }
 
-    /// The next page, or `None` once NetBox answered an empty one or said the last was the last
-    /// (`next: null`, which NetBox sends when it served fewer objects than its page holds). A
-    /// short page alone ends nothing: it may just be NetBox capping `limit` below ours, and
+    /// The next page, or `None` once NetBox answered an empty one, said the last was the last
+    /// (`next: null`, which NetBox sends when it served fewer objects than its page holds), or
+    /// served the segment's highest possible id. A short page alone ends nothing: it may just be NetBox capping `limit` below ours, and
     /// ending early there would turn into false deletes.
     pub async fn next_page(&mut self) -> Result<Option<ServedPage>, ApiError> {
         if self.done {
@@ -183,6 +183,10 @@ impl<'a> Pager<'a> {
             }
             (Some(last), _) => {
                 self.after = Some(last);
+                // The segment's last possible id served: nothing can follow within it.
+                if self.below.is_some_and(|below| last + 1 >= below) {
+                    self.done = true;
+                }
                 tracing::info!(
                     object_type = self.object_type.name,
                     last_id = last,

@@ -650,12 +650,13 @@ async fn several_segments_in_flight_fetch_every_object_exactly_once() {
 }
 
 /// NetBox says which page is the last (`next: null` when it served fewer objects than the page
-/// holds): a type that fits one page costs one request, a longer one no empty page at its end.
+/// holds), and a segment ends with its highest possible id: a type that fits one page costs one
+/// request, a longer one no empty page at the end of a segment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pull_ends_on_the_page_netbox_says_is_the_last() {
+async fn a_pull_asks_no_page_it_can_tell_is_empty() {
     let nats = NatsServer::start();
     let fake = FakeNetbox::start("4.6.8").await;
-    fake.generate_devices(1, 250);
+    fake.generate_devices(1, 500);
     let requests = |fake: &FakeNetbox, endpoint: &str| {
         let log = fake.with(|s| s.log.clone());
         log.into_iter()
@@ -670,10 +671,10 @@ async fn a_pull_ends_on_the_page_netbox_says_is_the_last() {
     assert_eq!(report["status"], "succeeded", "{report}");
     assert_eq!(requests(&fake, "dcim/sites").len(), 1, "one page of sites");
     let devices = requests(&fake, "dcim/devices");
-    // The first page, the highest id, then ids 101 to 250 in up to four segments of 38: one
-    // page each, the last of its segment.
+    // The first page (ids 1-100, full), the highest id, then ids 101 to 500 in four segments
+    // of 100: one full page each, which ends with the segment's last id.
     assert_eq!(devices.len(), 2 + 4, "{devices:?}");
-    assert_eq!(report["object_types"]["dcim.device"]["upserted"], 250);
+    assert_eq!(report["object_types"]["dcim.device"]["upserted"], 500);
     relay.relay.stop().await.unwrap();
 }
 
