@@ -15,7 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 // Reconciliation parses every NetBox page into many small maps; glibc's allocator was the largest
-// cost in a profile of a 100,000-object run (BENCHMARKS.md).
+// cost in a profile of a 100,000-object run (BENCHMARKS-HISTORY.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

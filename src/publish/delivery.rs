@@ -145,7 +145,7 @@ impl Delivery {
         let _key = self.locks.lock(&delta.key).await;
         // Read on the runtime thread, unlike the drainer's and reconcile's reads: one B-tree
         // lookup in redb's cache (3% of the relay's CPU per webhook), while a hop to the blocking
-        // pool cost 11% of the throughput (BENCHMARKS.md, "Store reads").
+        // pool cost 11% of the throughput (BENCHMARKS-HISTORY.md, "Store reads").
         let head = self.store.head(&delta.key)?;
         let verdict = judge(head.as_ref(), delta);
         if verdict != Verdict::Accept {
