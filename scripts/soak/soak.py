@@ -887,6 +887,8 @@ def main():
     p.add_argument("--settings", required=True)
     p.add_argument("--netbox-sh", required=True)
     soak = Soak(p.parse_args())
+    # A SIGTERM (or Ctrl-C) stops the run through `finally`: every process it started goes too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         report = soak.run()
     finally:

@@ -174,8 +174,9 @@ impl Drainer<'_> {
         let known = self.expected(&delta.key, row);
         let mut sent = publish_checked(publisher, &delta, &payload, known).await;
         // No stream answered: make sure the stream is there (created again if it was deleted)
-        // and try once more; a stream that is there and still does not take the subject
-        // refuses it for good.
+        // and try once more. A stream that is there and does not capture the subject refuses
+        // it for good; one that captures it was answered for by a cluster node that has not
+        // caught up (just restarted): the drain pauses and tries again.
         let mut stream_there = false;
         if matches!(sent, Err(PublishError::NoStream(_))) {
             stream_there = self.publisher.ensure_stream().await.is_ok();
@@ -203,9 +204,8 @@ impl Drainer<'_> {
             }
             Err(e) => e,
         };
-        let no_stream = matches!(error, PublishError::NoStream(_));
-        let refused = error.is_refusal() || (no_stream && stream_there);
-        if !refused {
+        let captured = self.publisher.stream_captures_subjects();
+        if !refused_for_good(&error, stream_there, captured) {
             tracing::warn!(error = %error, depth = self.spool.depth(), "spool drain paused");
             return Sent::Paused;
         }
@@ -213,6 +213,15 @@ impl Drainer<'_> {
             "JetStream refused a spooled delta; moved to the dead letters (netbox-relay spool)");
         Sent::Dead(letter(row, error.to_string()), "refused")
     }
+}
+
+/// Whether JetStream's answer refuses a delta for good (it becomes a dead letter) rather than
+/// for now (the drain pauses): a refusal of the message itself, or no stream for its subject
+/// while the stream is there and does not capture it. Captured, "no stream" came from a cluster
+/// node that has not caught up with the stream yet.
+fn refused_for_good(error: &PublishError, stream_there: bool, captured: bool) -> bool {
+    let no_stream = matches!(error, PublishError::NoStream(_));
+    error.is_refusal() || (no_stream && stream_there && !captured)
 }
 
 enum Sent {
@@ -255,5 +264,32 @@ async fn report(spool: &Spool, store: &Arc<Store>, last_log: &mut Instant) {
             "deltas are waiting in the spool for NATS"
         );
         *last_log = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_stream_for_a_captured_subject_is_tried_again() {
+        let no_stream = PublishError::NoStream("no stream found for given subject".into());
+        // Found by the soak: a NATS node just restarted answers so while the stream is there.
+        assert!(!refused_for_good(&no_stream, true, true));
+        assert!(
+            refused_for_good(&no_stream, true, false),
+            "a stream that takes other subjects"
+        );
+        assert!(
+            !refused_for_good(&no_stream, false, false),
+            "no stream reached: NATS away"
+        );
+        let too_large = PublishError::Refused("message size exceeds maximum allowed".into());
+        assert!(refused_for_good(&too_large, true, true));
+        assert!(!refused_for_good(
+            &PublishError::NoAck("timed out".into()),
+            true,
+            true
+        ));
     }
 }

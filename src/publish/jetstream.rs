@@ -82,6 +82,8 @@ pub struct Publisher {
     /// messages, and its tombstone carries a TTL.
     pub(super) rollups: AtomicBool,
     pub(super) message_ttl: AtomicBool,
+    /// The stream captures the relay's subjects, as last read from it.
+    pub(super) captures: AtomicBool,
     /// The connection's state as its events tell it, for the stream keeper.
     pub(super) connected: Arc<watch::Sender<bool>>,
     /// Told when a publish or a read found no stream, for the stream keeper.
@@ -119,6 +121,7 @@ impl Publisher {
             stream_ready: AtomicBool::new(false),
             rollups: AtomicBool::new(false),
             message_ttl: AtomicBool::new(false),
+            captures: AtomicBool::new(false),
             connected,
             lost: Notify::new(),
         })
@@ -140,6 +143,13 @@ impl Publisher {
         let mut connected = self.connected.subscribe();
         // The sender lives as long as `self`.
         let _ = connected.wait_for(|up| !*up).await;
+    }
+
+    /// Whether the stream, as last read, captures the relay's subjects: a publish it then answers
+    /// with "no stream for the subject" comes from a cluster node that has not caught up yet (a
+    /// node just restarted), and is worth trying again.
+    pub fn stream_captures_subjects(&self) -> bool {
+        self.captures.load(Ordering::Relaxed)
     }
 
     pub fn stream_ready(&self) -> bool {

@@ -59,10 +59,12 @@ impl Publisher {
             Err(e) => return Err(stream_error(e.to_string())),
         };
         let subjects = subject::all(&s.subject_prefix);
-        if !config.subjects.iter().any(|subject| subject == &subjects) {
+        let captures = config.subjects.iter().any(|subject| subject == &subjects);
+        if !captures {
             tracing::warn!(stream = %s.name, expected = %subjects, found = ?config.subjects,
                 "the existing stream does not capture the relay's subjects as configured");
         }
+        self.captures.store(captures, Ordering::Relaxed);
         self.rollups.store(config.allow_rollup, Ordering::Relaxed);
         self.message_ttl
             .store(config.allow_message_ttl, Ordering::Relaxed);
