@@ -416,6 +416,19 @@ class Generator:
         if obj.get("last_updated"):
             self.saves.write(json.dumps({"at": now(), "key": key, "revision": obj["last_updated"]}) + "\n")
 
+    def new_address(self, interface):
+        """An IP address on `interface`; the next one when NetBox already has it (an earlier
+        soak on this NetBox left it there)."""
+        for _ in range(50):
+            try:
+                return self.nb.call("POST", "ipam/ip-addresses/", {
+                    "address": self.address(), "assigned_object_type": "dcim.interface",
+                    "assigned_object_id": interface})
+            except RuntimeError as e:
+                if "Duplicate IP address" not in str(e):
+                    raise
+        raise RuntimeError("no free address after 50 tries")
+
     def address(self):
         self.n += 1
         run = int(self.nb.run) % 200
@@ -435,9 +448,7 @@ class Generator:
             "platform": self.rng.choice(self.platforms), "status": "active"})
         interface = nb.call("POST", "dcim/interfaces/", {
             "device": device["id"], "name": "eth0", "type": "1000base-t"})
-        ip = nb.call("POST", "ipam/ip-addresses/", {
-            "address": self.address(), "assigned_object_type": "dcim.interface",
-            "assigned_object_id": interface["id"]})
+        ip = self.new_address(interface["id"])
         device = nb.call("PATCH", f"dcim/devices/{device['id']}/", {"primary_ip4": ip["id"]})
         self.devices[device["id"]] = {"interface": interface["id"], "ip": ip["id"]}
         self.saved("dcim.device", device)
