@@ -17,7 +17,7 @@ queue drains, one default reconcile runs, and the judge asks:
   - every save the generator made is on the stream, or overtaken (a later revision, a delete);
   - each relay's RSS is flat after warm-up (slope over the last half of its longest life);
   - deltas per second, and NetBox-save-to-stream latency (p50, p99) of the saves seen.
-The report is DIR/report.json and DIR/report.md; the exit code is 0 when every judgement passed.
+The report is DIR/report.json; the exit code is 0 when every judgement passed.
 The same seed makes the same schedule and the same changes (NetBox's timing still varies).
 """
 
