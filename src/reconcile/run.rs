@@ -7,8 +7,9 @@ use chrono::Utc;
 use super::diff;
 use super::lease::Lease;
 use super::repair::RunCascades;
-use super::runs::{PassKind, RunReport, RunStatus, Runs, TypeReport};
+use super::runs::{CascadeReport, PassKind, RunReport, RunStatus, Runs, TypeReport};
 use super::{Output, Reconciler, RunOptions};
+use crate::netbox::ObjectType;
 use crate::telemetry;
 
 impl Reconciler {
@@ -94,35 +95,20 @@ impl Reconciler {
         telemetry::reconcile_pass(report.pass.as_str());
         self.runs.update(&report);
         let cascades = RunCascades::of(self);
-        if let (Ok(version), Some(client)) = (&version, &self.client) {
-            self.list_parents(client, *version, &cascades, &mut report.cascades)
-                .await;
-        }
-        for object_type in types {
-            let type_report = match &version {
-                Ok(version) => {
-                    let pass = diff::Pass {
-                        reconciler: self,
-                        output: &self.output,
-                        version: *version,
-                        run_start: report.started_at,
-                        force: options.force,
-                        kind: report.pass,
-                        cascades: &cascades,
-                    };
-                    pass.object_type(object_type).await
-                }
-                Err(message) => TypeReport {
-                    status: Some(RunStatus::Failed),
-                    message: Some(message.clone()),
-                    ..TypeReport::default()
-                },
-            };
-            report
-                .object_types
-                .insert(object_type.name.to_string(), type_report);
-            self.runs.update(&report);
-            self.share(&report).await;
+        // The parents that are no registry kind are listed while the types are passed over:
+        // their cascades are carried out at the end, with the others.
+        let mut listed = CascadeReport::default();
+        let parents = async {
+            if let (Ok(version), Some(client)) = (&version, &self.client) {
+                self.list_parents(client, *version, &cascades, &mut listed)
+                    .await;
+            }
+        };
+        let passes = self.pass_types(types, &version, &options, &cascades, &mut report);
+        tokio::join!(parents, passes);
+        if listed.status.is_some() {
+            report.cascades.status = listed.status;
+            report.cascades.message = listed.message.or(report.cascades.message.take());
         }
         if version.is_ok() {
             self.cascade_all(&cascades, &mut report.cascades).await;
@@ -144,6 +130,44 @@ impl Reconciler {
 }
 
 impl Reconciler {
+    /// The pass over each of `types`, one after the other, each type's report kept and shared
+    /// as it ends.
+    async fn pass_types(
+        &self,
+        types: Vec<ObjectType>,
+        version: &Result<(u32, u32), String>,
+        options: &RunOptions,
+        cascades: &RunCascades,
+        report: &mut RunReport,
+    ) {
+        for object_type in types {
+            let type_report = match version {
+                Ok(version) => {
+                    let pass = diff::Pass {
+                        reconciler: self,
+                        output: &self.output,
+                        version: *version,
+                        run_start: report.started_at,
+                        force: options.force,
+                        kind: report.pass,
+                        cascades,
+                    };
+                    pass.object_type(object_type).await
+                }
+                Err(message) => TypeReport {
+                    status: Some(RunStatus::Failed),
+                    message: Some(message.clone()),
+                    ..TypeReport::default()
+                },
+            };
+            report
+                .object_types
+                .insert(object_type.name.to_string(), type_report);
+            self.runs.update(report);
+            self.share(report).await;
+        }
+    }
+
     /// Full when asked, when NetBox has no `fields=` (before 4.0), when the state is new, and when
     /// the last full pass of any relay started `reconcile.full_interval` ago or more; else cheap.
     async fn pass_for(
