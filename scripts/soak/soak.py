@@ -261,7 +261,11 @@ class Relay:
             with open(f"/proc/{self.proc.pid}/status") as f:
                 for line in f:
                     if line.startswith("VmRSS:"):
-                        self.rss.append((now(), self.proc.pid, int(line.split()[1])))
+                        sample = (now(), self.proc.pid, int(line.split()[1]))
+                        self.rss.append(sample)
+                        # Kept for whoever reads the judgement: rss-<relay>.jsonl, one sample a line.
+                        with open(os.path.join(self.out, f"rss-{self.name}.jsonl"), "a") as f:
+                            f.write(json.dumps(sample) + "\n")
         except OSError:
             pass
 

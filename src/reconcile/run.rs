@@ -1,8 +1,9 @@
-//! One run: the enabled object types one after another, under the KV lease (renewed meanwhile,
+//! One run: the enabled object types (a few at once in a cheap pass), under the KV lease (renewed meanwhile,
 //! given back at the end), its report shared after each type; a run that stops early (shutdown,
 //! a lost lease, a panic) is recorded `failed` saying why.
 
 use chrono::Utc;
+use futures::StreamExt;
 
 use super::diff;
 use super::lease::Lease;
@@ -11,6 +12,9 @@ use super::runs::{CascadeReport, PassKind, RunReport, RunStatus, Runs, TypeRepor
 use super::{Output, Reconciler, RunOptions};
 use crate::netbox::ObjectType;
 use crate::telemetry;
+
+/// Object types a cheap pass lists at once.
+const CHEAP_TYPES_AT_ONCE: usize = 3;
 
 impl Reconciler {
     /// Runs, renewing the lease meanwhile; gives it back at the end.
@@ -130,8 +134,10 @@ impl Reconciler {
 }
 
 impl Reconciler {
-    /// The pass over each of `types`, one after the other, each type's report kept and shared
-    /// as it ends.
+    /// The pass over each of `types`, each type's report kept and shared as it ends, in order. A
+    /// cheap pass lists [`CHEAP_TYPES_AT_ONCE`] types at once: most types fit in one small page,
+    /// and one after the other their round trips to NetBox add up. A full pass, which has NetBox
+    /// serialize every object, takes one type at a time.
     async fn pass_types(
         &self,
         types: Vec<ObjectType>,
@@ -140,16 +146,21 @@ impl Reconciler {
         cascades: &RunCascades,
         report: &mut RunReport,
     ) {
-        for object_type in types {
+        let (run_start, kind) = (report.started_at, report.pass);
+        let at_once = match kind {
+            PassKind::Cheap => CHEAP_TYPES_AT_ONCE,
+            PassKind::Full => 1,
+        };
+        let passes = types.into_iter().map(|object_type| async move {
             let type_report = match version {
                 Ok(version) => {
                     let pass = diff::Pass {
                         reconciler: self,
                         output: &self.output,
                         version: *version,
-                        run_start: report.started_at,
+                        run_start,
                         force: options.force,
-                        kind: report.pass,
+                        kind,
                         cascades,
                     };
                     pass.object_type(object_type).await
@@ -160,6 +171,10 @@ impl Reconciler {
                     ..TypeReport::default()
                 },
             };
+            (object_type, type_report)
+        });
+        let mut passes = futures::stream::iter(passes).buffered(at_once);
+        while let Some((object_type, type_report)) = passes.next().await {
             report
                 .object_types
                 .insert(object_type.name.to_string(), type_report);
