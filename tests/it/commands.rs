@@ -312,8 +312,8 @@ async fn netbox_setup_creates_the_webhook_and_rule_once_for_each_api_generation(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tail_prints_the_deltas_of_webhooks() {
+/// A relay that published three recorded webhooks: device 1, IP address 2, device 2.
+async fn relay_after_three_webhooks() -> (NatsServer, FakeNetbox, TestRelay) {
     let nats = NatsServer::start();
     let fake = fake_with_recorded("4.6.8").await;
     let relay = TestRelay::start(test_config(&nats)).await;
@@ -325,6 +325,12 @@ async fn tail_prints_the_deltas_of_webhooks() {
     for file in sent {
         assert_eq!(relay.post_fixture(file).await.0, 202, "{file}");
     }
+    (nats, fake, relay)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_the_deltas_of_webhooks() {
+    let (nats, fake, relay) = relay_after_three_webhooks().await;
     let args = ["tail", "--since", "1h", "--kind", "device"];
     let deltas = tail_lines(&nats, &fake, &args, 2).await;
     let keys: Vec<&str> = deltas.iter().map(|d| d["key"].as_str().unwrap()).collect();
@@ -371,17 +377,7 @@ async fn tail_lines(
 /// The quickstart sends a test webhook, then runs `tail`: it starts with what was just published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_starts_with_the_last_deltas() {
-    let nats = NatsServer::start();
-    let fake = fake_with_recorded("4.6.8").await;
-    let relay = TestRelay::start(test_config(&nats)).await;
-    let sent = [
-        "020_device_created.json",
-        "030_ipaddress_created.json",
-        "021_device_created.json",
-    ];
-    for file in sent {
-        assert_eq!(relay.post_fixture(file).await.0, 202, "{file}");
-    }
+    let (nats, fake, relay) = relay_after_three_webhooks().await;
     let key = |d: &Value| d["key"].as_str().unwrap().to_string();
     let all = tail_lines(&nats, &fake, &["tail"], 3).await;
     let keys: Vec<String> = all.iter().map(key).collect();
