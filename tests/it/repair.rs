@@ -301,6 +301,15 @@ fn site_webhook(fake: &FakeNetbox, field: &str, before: Value) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap()
 }
 
+/// Posts `body` while NetBox is slow to answer: the webhook is held for confirmation.
+async fn post_held(relay: &TestRelay, fake: &FakeNetbox, body: &[u8]) {
+    fake.with(|s| s.delay = Duration::from_secs(1));
+    let (status, answer) = relay.post_signed(body).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["confirm"], "held", "{answer}");
+    fake.with(|s| s.delay = Duration::ZERO);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_webhook_of_a_renamed_site_relabels_its_dependents_once_confirmed() {
     let nats = NatsServer::start();
@@ -310,11 +319,7 @@ async fn a_held_webhook_of_a_renamed_site_relabels_its_dependents_once_confirmed
 
     site_renamed_quietly(&fake);
     let body = site_webhook(&fake, "slug", json!("fra1"));
-    fake.with(|s| s.delay = Duration::from_secs(1));
-    let (status, answer) = relay.post_signed(&body).await;
-    assert_eq!(status, 202, "{answer}");
-    assert_eq!(answer["confirm"], "held", "{answer}");
-    fake.with(|s| s.delay = Duration::ZERO);
+    post_held(&relay, &fake, &body).await;
 
     published_exactly(&nats, before + 7, DEBOUNCE * 3).await;
     let deltas = cascaded(&nats, before).await;
@@ -674,6 +679,14 @@ fn device_4_dependents(fake: &FakeNetbox) -> BTreeSet<String> {
     })
 }
 
+/// ams1-leaf1 renamed to ams1-leaf9 with no webhook (its dependents show the new name,
+/// unstamped), then saved again with a change they do not show (the serial).
+fn device_4_renamed_quietly_then_saved(fake: &FakeNetbox) {
+    device_renamed_in_fake(fake, 4, "ams1-leaf9");
+    save(fake, "dcim/devices", 4, json!({"name": "ams1-leaf9"}));
+    save(fake, "dcim/devices", 4, json!({"serial": "SN-AMS1-LEAF9"}));
+}
+
 /// NetBox's recorded update of ams1-leaf1 (device 4; its status and primary IP), as sent for `device`
 /// (its API form now): the recorded snapshots, which carry no `last_updated`, showing the
 /// device's name now before and after.
@@ -703,9 +716,7 @@ async fn an_update_after_a_rename_whose_webhook_was_lost_relabels_the_devices_de
     assert!(dependents.len() >= 2, "{dependents:?}");
 
     // Renamed with no webhook, then saved again: the update's webhook arrives.
-    device_renamed_in_fake(&fake, 4, "ams1-leaf9");
-    save(&fake, "dcim/devices", 4, json!({"name": "ams1-leaf9"}));
-    save(&fake, "dcim/devices", 4, json!({"serial": "SN-AMS1-LEAF9"}));
+    device_4_renamed_quietly_then_saved(&fake);
     let (status, answer) = relay
         .post_signed(&device_4_updated(&object(&fake, "dcim/devices", 4)))
         .await;
@@ -749,15 +760,9 @@ async fn a_held_update_after_a_rename_whose_webhook_was_lost_relabels_once_confi
     let before = published_count(&nats.url()).await;
     let dependents = device_4_dependents(&fake);
 
-    device_renamed_in_fake(&fake, 4, "ams1-leaf9");
-    save(&fake, "dcim/devices", 4, json!({"name": "ams1-leaf9"}));
-    save(&fake, "dcim/devices", 4, json!({"serial": "SN-AMS1-LEAF9"}));
+    device_4_renamed_quietly_then_saved(&fake);
     let body = device_4_updated(&object(&fake, "dcim/devices", 4));
-    fake.with(|s| s.delay = Duration::from_secs(1));
-    let (status, answer) = relay.post_signed(&body).await;
-    assert_eq!(status, 202, "{answer}");
-    assert_eq!(answer["confirm"], "held", "{answer}");
-    fake.with(|s| s.delay = Duration::ZERO);
+    post_held(&relay, &fake, &body).await;
 
     published_exactly(&nats, before + 1 + dependents.len() as u64, DEBOUNCE * 3).await;
     let deltas = cascaded(&nats, before + 1).await;
