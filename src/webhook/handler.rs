@@ -175,8 +175,10 @@ async fn confirm(
     body: &VerifiedBody,
 ) -> Result<Result<ToDeliver, Handled>, WebhookError> {
     let confirmer = &app.confirmer;
-    let why = match confirmer.holds_at_once(event.object_type.name) {
-        Some(why) => why,
+    // While NetBox is away (or the type waits), the webhook is held without asking: each would
+    // otherwise cost NetBox a request and the sender `webhook.confirm_timeout`.
+    let (why, asked) = match confirmer.holds_at_once(event.object_type.name) {
+        Some(why) => (why, false),
         None => match tokio::time::timeout(confirmer.timeout(), confirmer.confirm(event, &delta))
             .await
         {
@@ -189,7 +191,7 @@ async fn confirm(
             Ok(Ok(Confirmed::NotOnMain(reason))) => return Ok(Err(ignored("not_on_main", reason))),
             Ok(Err(e)) => {
                 confirmer.failed(event.object_type.name, &e);
-                e.to_string()
+                (e.to_string(), true)
             }
             Err(_) => {
                 let e = Unconfirmed::Api(ApiError::Transport {
@@ -200,7 +202,7 @@ async fn confirm(
                     ),
                 });
                 confirmer.failed(event.object_type.name, &e);
-                e.to_string()
+                (e.to_string(), true)
             }
         },
     };
@@ -214,7 +216,13 @@ async fn confirm(
     Ok(Err(Handled {
         result: "held",
         status: StatusCode::ACCEPTED,
-        body: json!({"status": "accepted", "deltas": 0, "confirm": "held"}),
+        body: json!({
+            "status": "accepted",
+            "deltas": 0,
+            "confirm": "held",
+            "asked_main": asked,
+            "reason": why,
+        }),
     }))
 }
 

@@ -361,9 +361,11 @@ async fn a_webhook_netbox_cannot_confirm_now_is_held_and_confirmed_when_it_answe
         apply(&fake, r);
         let (status, answer) = r.post(&relay).await;
         assert_eq!(status, 202, "{answer}");
+        let fields = ["status", "deltas", "confirm"].map(|f| answer[f].clone());
         assert_eq!(
-            answer,
-            json!({"status": "accepted", "deltas": 0, "confirm": "held"})
+            fields,
+            [json!("accepted"), json!(0), json!("held")],
+            "{answer}"
         );
     }
     let (status, ready) = relay.get("/readyz").await;

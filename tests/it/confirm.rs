@@ -258,31 +258,22 @@ async fn with_branching_and_netbox_down_webhooks_are_held_at_once_and_released_i
     // Ten saves of one device, then one of another: main ends with the last of each.
     let mut bodies: Vec<Vec<u8>> = (1..=10).map(|n| device_change(7, at(n), false)).collect();
     bodies.push(device_change(8, at(11), false));
-    let mut asked_after_first = 0;
-    let mut first_failed = std::time::Instant::now();
     for (i, body) in bodies.iter().enumerate() {
-        let endpoint = "dcim/devices";
-        on_main(&fake, endpoint, body);
+        on_main(&fake, "dcim/devices", body);
         let (status, answer) = relay.post_signed(body).await;
         assert_eq!(
             (status, &answer["confirm"]),
             (202, &json!("held")),
             "{answer}"
         );
-        if i == 0 {
-            asked_after_first = asked(&fake, endpoint);
-            first_failed = std::time::Instant::now();
-        }
+        // The first finds NetBox away; the later ones are held without asking it. (A count of
+        // requests cannot tell: the held webhooks' own retries run meanwhile.)
+        assert_eq!(answer["asked_main"], json!(i == 0), "webhook {i}: {answer}");
+        assert!(
+            answer["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{answer}"
+        );
     }
-    // The later webhooks ask nothing; only the held webhooks' retries do, the first a second
-    // after the failure and each later one at least a second after it (on a loaded machine the
-    // ten posts can take that long).
-    let retries = first_failed.elapsed().as_secs() as usize;
-    let asked_since = asked(&fake, "dcim/devices") - asked_after_first;
-    assert!(
-        asked_since <= retries,
-        "{asked_since} requests in {retries} s of back-off: the webhooks asked too"
-    );
     assert!(readyz(&relay).await["confirmation_waits_for"].is_string());
 
     fake.with(|s| s.down = false);
