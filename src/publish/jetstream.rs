@@ -70,7 +70,7 @@ impl PublishError {
 pub const OP_HEADER: &str = "Netbox-Relay-Op";
 
 /// What NATS adds to a delta's JSON on the wire: the header block (`NATS/1.0`, `Nats-Msg-Id`
-/// with a 32-character id, `Content-Type`), rounded up. `max_payload` counts it.
+/// with a 32-character id, or up to 59 for a restore, `Content-Type`), rounded up. `max_payload` counts it.
 const HEADER_ALLOWANCE: usize = 256;
 
 pub struct Publisher {
@@ -188,9 +188,9 @@ impl Publisher {
 
     /// The headers of a delta's message. A delete replaces its key's earlier messages (a
     /// rollup), so that the tombstone's expiry cannot bring back an older upsert.
-    fn headers(&self, delta: &RegistryDelta) -> HeaderMap {
+    fn headers(&self, delta: &RegistryDelta, msg_id: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(header::NATS_MESSAGE_ID, delta.delta_id.as_str());
+        headers.insert(header::NATS_MESSAGE_ID, msg_id);
         headers.insert("Content-Type", "application/json");
         headers.insert(OP_HEADER, delta.op.as_str());
         let compacted = self.settings.history_per_key > 0;
@@ -206,16 +206,18 @@ impl Publisher {
 
     /// Publishes one delta, `payload` being its JSON, and waits for JetStream's ack. With
     /// `expected`, only if the key's last message on the stream has that sequence (0: none).
+    /// `Nats-Msg-Id` is the delta's id, or `msg_id` when given (see `order.rs`).
     pub async fn publish(
         &self,
         delta: &RegistryDelta,
         payload: Bytes,
         expected: Option<u64>,
+        msg_id: Option<&str>,
     ) -> Result<PublishAck, PublishError> {
         if !self.is_connected() {
             return Err(PublishError::NotConnected);
         }
-        let mut headers = self.headers(delta);
+        let mut headers = self.headers(delta, msg_id.unwrap_or(&delta.delta_id));
         if let Some(seq) = expected {
             let seq = seq.to_string();
             headers.insert(header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, seq.as_str());

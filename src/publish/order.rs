@@ -35,6 +35,7 @@ pub(super) async fn publish_checked(
     json: &Bytes,
     mut known: Option<u64>,
 ) -> Result<Checked, PublishError> {
+    let mut restore_id = None;
     for _ in 0..MAX_CONFLICTS {
         let expected = match known {
             Some(seq) => seq,
@@ -68,10 +69,21 @@ pub(super) async fn publish_checked(
                 }
             },
         };
-        match publisher.publish(delta, json.clone(), Some(expected)).await {
+        match publisher
+            .publish(delta, json.clone(), Some(expected), restore_id.as_deref())
+            .await
+        {
+            // JetStream kept this very delta earlier (within `nats.duplicate_window`), and
+            // another came after it on the key: an entry changed and changed back, as when a
+            // rename is undone. The key's last message is to be this delta again, so it goes
+            // under an id of its own, the same for every retry of this restore.
+            Ok(ack) if ack.duplicate && ack.sequence != expected && restore_id.is_none() => {
+                restore_id = Some(format!("{}-after-{expected}", delta.delta_id));
+                known = Some(expected);
+            }
             Ok(ack) if ack.duplicate => return Ok(Checked::AlreadyStored(ack.sequence)),
             Ok(ack) => return Ok(Checked::Published(ack.sequence)),
-            Err(PublishError::Conflict(_)) => known = None,
+            Err(PublishError::Conflict(_)) => (known, restore_id) = (None, None),
             Err(e) => return Err(e),
         }
     }

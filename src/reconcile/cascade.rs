@@ -367,8 +367,14 @@ pub async fn cascade(
                 }
             };
             let candidates = cascades_of(object_type, &page);
-            let sorted = reconciler.sort_off_runtime(object_type, page).await?;
+            let mut sorted = reconciler.sort_off_runtime(object_type, page).await?;
             tally.pulled += sorted.ids.len() as u64;
+            // Unchanged by this relay's records, not always by the stream's (another relay's).
+            let moved = reconciler
+                .moved_on_stream(std::mem::take(&mut sorted.matched))
+                .await;
+            sorted.replaced.extend(moved.iter().map(|d| d.object_id));
+            sorted.changed.extend(moved);
             // Kept before the dependents that call for them are published.
             let further = reconciler
                 .keep(candidates, &sorted.replaced, &sorted.changed)

@@ -46,6 +46,9 @@ pub(super) struct Sorted {
     /// one re-labelled by a cascade was not saved).
     pub replaced: Vec<u64>,
     unchanged: u64,
+    /// The unchanged that were translated, each with the stream sequence of the record it
+    /// matched: what a cascade checks against the stream (`Reconciler::moved_on_stream`).
+    pub matched: Vec<(RegistryDelta, Option<u64>)>,
     /// Of the unchanged, those served as when a full pass last translated them: not parsed.
     as_served: u64,
     errors: u64,
@@ -125,7 +128,8 @@ impl Sorted {
             Ok(compared) => {
                 self.changed = compared.changed;
                 self.replaced = compared.replaced;
-                self.unchanged += compared.same;
+                self.unchanged += compared.same.len() as u64;
+                self.matched = compared.same;
                 self.served = compared.served;
             }
             Err((e, count)) => {
@@ -166,7 +170,7 @@ async fn take(
 struct Compared {
     changed: Vec<RegistryDelta>,
     replaced: Vec<u64>,
-    same: u64,
+    same: Vec<(RegistryDelta, Option<u64>)>,
     served: Vec<Served>,
 }
 
@@ -203,7 +207,7 @@ fn changed(
         match head {
             Some(h) if !h.deleted() && same_entry(&h, &delta) => {
                 compared.remember(&delta.key, hash, &h.delta_id);
-                compared.same += 1;
+                compared.same.push((delta, h.seq));
             }
             _ => {
                 compared.remember(&delta.key, hash, &delta.delta_id);

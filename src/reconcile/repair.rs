@@ -169,6 +169,43 @@ impl Reconciler {
             .await
     }
 
+    /// Of the deltas a cascade found unchanged against this relay's records (`matched`, each
+    /// with the sequence of the record it matched), those whose key's last message on the stream
+    /// is another: a relay sharing the stream published to the key since. Each such message is
+    /// remembered, so that the delta is judged against it and published over it. A single relay
+    /// finds every key as it left it; a key that cannot be read is taken as unchanged (said).
+    pub(super) async fn moved_on_stream(
+        &self,
+        matched: Vec<(RegistryDelta, Option<u64>)>,
+    ) -> Vec<RegistryDelta> {
+        let Output::Publish(delivery) = &self.output else {
+            return Vec::new();
+        };
+        let judged = stream::iter(matched).map(|(delta, seq)| async move {
+            let (latest, at) = match delivery.publisher().last_of(&delta).await {
+                Ok(Some(Last::Delta(latest, at))) => (latest, at),
+                Ok(Some(Last::Foreign(_)) | None) => return Some(delta),
+                Err(e) => {
+                    tracing::warn!(key = %delta.key, error = %e,
+                        "cascade: cannot read the key from the stream; taken as unchanged, as this relay's record says");
+                    return None;
+                }
+            };
+            if seq == Some(at) || latest.entry == delta.entry {
+                return None;
+            }
+            if let Err(e) = delivery.remember(&latest, at).await {
+                tracing::warn!(key = %delta.key, error = %e, "cascade: cannot remember a key read from the stream");
+            }
+            Some(delta)
+        });
+        judged
+            .buffer_unordered(READS_AT_ONCE)
+            .filter_map(|d| async { d })
+            .collect()
+            .await
+    }
+
     /// Compares the slugs of the parents that are no registry kind with those the last run
     /// listed, and keeps a cascade for each one that changed. A parent type the token may not
     /// read is passed over (its dependents' labels wait for a full pass), and said.

@@ -775,3 +775,87 @@ async fn a_held_update_after_a_rename_whose_webhook_was_lost_relabels_once_confi
     }
     relay.relay.stop().await.unwrap();
 }
+
+/// Device 4 renamed to `name` in NetBox (what shows it too), and its update webhook.
+fn device_4_renamed(fake: &FakeNetbox, from: &str, name: &str) -> Vec<u8> {
+    device_renamed_in_fake(fake, 4, name);
+    save(fake, "dcim/devices", 4, json!({"name": name}));
+    crate::cascade::update_webhook(
+        "097_device_updated.json",
+        "dcim.device",
+        &object(fake, "dcim/devices", 4),
+        "name",
+        &json!(from),
+    )
+}
+
+/// Waits until every key in `keys` shows device `name` on the stream.
+async fn dependents_show(nats: &NatsServer, keys: &BTreeSet<String>, name: &str) {
+    for key in keys {
+        wait_for_last(nats, key, name, |d| {
+            d["entry"]["attributes"]["device"] == name
+        })
+        .await;
+    }
+}
+
+/// A rename undone within `nats.duplicate_window`: the dependents' entries go back to ones the
+/// stream holds already, with the same delta ids, which JetStream would drop as repeats. Each
+/// is published again under an id of its own, and the registry shows the name NetBox has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_undone_at_once_relabels_the_dependents_back() {
+    let Lab {
+        nats, fake, relay, ..
+    } = lab().await;
+    let dependents = device_4_dependents(&fake);
+    assert!(dependents.len() >= 2, "{dependents:?}");
+    let first: Vec<_> = crate::helpers::stream_messages(&nats.url()).await;
+
+    let body = device_4_renamed(&fake, "ams1-leaf1", "ams1-leaf9");
+    assert_eq!(relay.post_signed(&body).await.0, 202);
+    dependents_show(&nats, &dependents, "ams1-leaf9").await;
+    let body = device_4_renamed(&fake, "ams1-leaf9", "ams1-leaf1");
+    assert_eq!(relay.post_signed(&body).await.0, 202);
+    dependents_show(&nats, &dependents, "ams1-leaf1").await;
+
+    // The same change has the same delta id, whichever message carries it.
+    let messages = crate::helpers::stream_messages(&nats.url()).await;
+    for key in &dependents {
+        let of_key = |m: &&crate::helpers::Stored| m.delta["key"] == key.as_str();
+        let before = first.iter().rfind(of_key).unwrap();
+        let after = messages.iter().rfind(of_key).unwrap();
+        assert_eq!(after.delta["delta_id"], before.delta["delta_id"], "{key}");
+        assert_ne!(after.msg_id, before.msg_id, "{key}");
+    }
+    relay.relay.stop().await.unwrap();
+}
+
+/// Found by the soak's hour with two relays: a relay whose record of a key is older than the
+/// stream's last message (another relay published since) judged a cascade's dependent unchanged
+/// against its own record, and published nothing, leaving the other relay's entry in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cascade_checks_the_stream_where_another_relay_published_since() {
+    let Lab {
+        nats, fake, relay, ..
+    } = lab().await;
+    let mut config = config(&nats, &fake, 1000);
+    config.cascade.debounce = DEBOUNCE;
+    config.state.path = nats.scratch().join("second.redb");
+    let other = TestRelay::start(config).await;
+    let dependents = device_4_dependents(&fake);
+    assert!(dependents.len() >= 2, "{dependents:?}");
+
+    // The other relay takes the rename and relabels the dependents.
+    let body = device_4_renamed(&fake, "ams1-leaf1", "ams1-leaf9");
+    let (status, answer) = other.post_signed(&body).await;
+    assert_eq!(status, 202, "{answer}");
+    dependents_show(&nats, &dependents, "ams1-leaf9").await;
+
+    // The first relay, whose records still show ams1-leaf1, takes the rename back.
+    let body = device_4_renamed(&fake, "ams1-leaf9", "ams1-leaf1");
+    let (status, answer) = relay.post_signed(&body).await;
+    assert_eq!(status, 202, "{answer}");
+    dependents_show(&nats, &dependents, "ams1-leaf1").await;
+    other.relay.stop().await.unwrap();
+    relay.relay.stop().await.unwrap();
+}
