@@ -77,6 +77,9 @@ struct Step {
     fate: Fate,
     /// The relay restarts after this step.
     restart: bool,
+    /// A pause after this step, past the cascade debounce: its cascades run before the next
+    /// change instead of being folded into one.
+    settle: bool,
 }
 
 fn change() -> impl Strategy<Value = Change> {
@@ -103,10 +106,12 @@ fn fate() -> impl Strategy<Value = Fate> {
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    (change(), fate(), prop::bool::weighted(0.15)).prop_map(|(change, fate, restart)| Step {
+    let flags = (prop::bool::weighted(0.15), prop::bool::weighted(0.3));
+    (change(), fate(), flags).prop_map(|(change, fate, (restart, settle))| Step {
         change,
         fate,
         restart,
+        settle,
     })
 }
 
@@ -472,6 +477,9 @@ async fn play(steps: &[Step]) -> Result<(), String> {
         for body in held_back {
             send(&relay, &body).await?;
         }
+        if step.settle {
+            tokio::time::sleep(DEBOUNCE * 4).await;
+        }
         if step.restart {
             relay.relay.stop().await.map_err(|e| e.to_string())?;
             relay = TestRelay::start(config.clone()).await;
@@ -581,7 +589,20 @@ fn step_of(change: Change, fate: Fate) -> Step {
         change,
         fate,
         restart: false,
+        settle: false,
     }
+}
+
+/// Found by the soak's hour: a device renamed and renamed back, each cascade run before the
+/// next change. The dependents' entries go back to ones the stream holds, with the same delta
+/// ids, which JetStream drops within its duplicate window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_undone_after_its_cascade_relabels_the_dependents_back() {
+    let rename = |to| Step {
+        settle: true,
+        ..step_of(Change::RenameDevice { device: 0, to }, Fate::Delivered)
+    };
+    play(&[rename(0), rename(1), rename(0)]).await.unwrap();
 }
 
 /// Found by the model: a device renamed twice to the same name, the first webhook lost. The
