@@ -11,6 +11,7 @@ use super::object_type::{api_endpoint, ObjectType};
 use super::parents::{Parent, Trigger};
 pub use super::wire::Reads;
 use super::wire::{self, Fields, Slot, WireError};
+use crate::delta::Entry;
 
 /// A change NetBox reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +261,19 @@ impl WebhookEvent {
             (None, true) => Some(parent.any_change(self.object_id, &self.data)),
             (None, false) => None,
         }
+    }
+
+    /// [`WebhookEvent::cascade_after`] once the registry's last entry for the object turned out
+    /// to be another relay's (`registry`) rather than the one this relay had on record: whether
+    /// that entry shows the dependents what this webhook's (`entry`) shows them.
+    pub fn cascade_after_entry(
+        &self,
+        registry: Option<&Entry>,
+        entry: Option<&Entry>,
+    ) -> Option<Trigger> {
+        let parent = Parent::from_name(self.object_type.name)?;
+        let shown = |e: Option<&Entry>| e.and_then(|e| parent.shown_in(e));
+        self.cascade_after(registry.is_some() && shown(registry) == shown(entry))
     }
 }
 

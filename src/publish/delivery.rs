@@ -17,10 +17,12 @@ use crate::state::{
 };
 
 /// Where a delta went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Delivered {
-    /// Acknowledged by JetStream.
-    Published,
+    /// Acknowledged by JetStream. `over`: the key's last message was another relay's, not the
+    /// one this relay remembered (read on the conflict, and published after): what the registry
+    /// showed before this delta, where this relay's record was behind.
+    Published { over: Option<Box<RegistryDelta>> },
     /// Fsynced into the spool; drained once NATS takes it.
     Spooled,
     /// Not published: stale or duplicate.
@@ -178,10 +180,10 @@ impl Delivery {
             match publish_checked(&self.publisher, &delta, &json, known).await {
                 // The record is not waited for: the delta is safe in JetStream, and the key's
                 // next delta reads the record from the pending ones until it is committed.
-                Ok(Checked::Published(seq)) => {
+                Ok(Checked::Published { seq, over }) => {
                     let record = with_seq(record, seq);
                     self.committer.record_later(key, record).await?;
-                    return Ok(Some(Delivered::Published));
+                    return Ok(Some(Delivered::Published { over }));
                 }
                 Ok(Checked::AlreadyStored(seq)) => {
                     let record = with_seq(record, seq);

@@ -185,7 +185,7 @@ impl Drainer<'_> {
             }
         }
         let error = match sent {
-            Ok(Checked::Published(seq) | Checked::AlreadyStored(seq)) => {
+            Ok(Checked::Published { seq, .. } | Checked::AlreadyStored(seq)) => {
                 self.last_seq.insert(delta.key.clone(), Some(seq));
                 return Sent::Acked(Some(Acked {
                     key: delta.key,

@@ -12,8 +12,12 @@ use crate::telemetry;
 
 /// What a checked publish came to.
 pub(super) enum Checked {
-    /// Stored at this stream sequence.
-    Published(u64),
+    /// Stored at this stream sequence; `over` is another relay's message the key had instead
+    /// of the one this relay remembered, read on a conflict (see [`Delivered::Published`]).
+    Published {
+        seq: u64,
+        over: Option<Box<RegistryDelta>>,
+    },
     /// JetStream had stored this very delta already (its `Nats-Msg-Id`, within the
     /// de-duplication window), at this sequence: nothing new was stored.
     AlreadyStored(u64),
@@ -36,6 +40,7 @@ pub(super) async fn publish_checked(
     mut known: Option<u64>,
 ) -> Result<Checked, PublishError> {
     let mut restore_id = None;
+    let mut over = None;
     for _ in 0..MAX_CONFLICTS {
         let expected = match known {
             Some(seq) => seq,
@@ -65,6 +70,7 @@ pub(super) async fn publish_checked(
                         };
                         return Ok(Checked::Superseded { verdict, latest });
                     }
+                    over = Some(latest);
                     seq
                 }
             },
@@ -82,7 +88,10 @@ pub(super) async fn publish_checked(
                 known = Some(expected);
             }
             Ok(ack) if ack.duplicate => return Ok(Checked::AlreadyStored(ack.sequence)),
-            Ok(ack) => return Ok(Checked::Published(ack.sequence)),
+            Ok(ack) => {
+                let seq = ack.sequence;
+                return Ok(Checked::Published { seq, over });
+            }
             Err(PublishError::Conflict(_)) => (known, restore_id) = (None, None),
             Err(e) => return Err(e),
         }

@@ -277,7 +277,7 @@ impl<'a> Emitter<'a> {
         }
         self.in_flight.push(tokio::spawn(async move {
             match delivery.deliver(&delta).await {
-                Ok(Delivered::Published | Delivered::Spooled) => Emitted::Out,
+                Ok(Delivered::Published { .. } | Delivered::Spooled) => Emitted::Out,
                 Ok(Delivered::Dropped(_)) => Emitted::Dropped,
                 Err(e) => {
                     tracing::error!(error = %e, key = %delta.key, "reconcile: delta not delivered");

@@ -232,6 +232,7 @@ impl Confirmer {
             Err(e) => return Err(e.into()),
         };
         // As the webhook path does: kept before the delta is delivered, whatever becomes of it.
+        let mut judged_by_the_record = false;
         if let Some(cascades) = &self.cascades {
             let mut trigger = newer.or_else(|| event.cascade());
             // The key's record is read only where a lost change may call for a cascade.
@@ -240,13 +241,28 @@ impl Confirmer {
                 let recorded = self.store.read(move |s| s.head(&key)).await?;
                 let shown = main.as_deref().unwrap_or(&delta);
                 trigger = event.cascade_after(recorded.is_some_and(|h| h.shows_as(shown)));
+                judged_by_the_record = trigger.is_none();
             }
             if let Some(trigger) = trigger {
                 cascades.push(trigger).await?;
             }
         }
-        let outcome = match delivery.deliver(main.as_deref().unwrap_or(&delta)).await {
-            Ok(Delivered::Published) => "published",
+        let shown = main.as_deref().unwrap_or(&delta);
+        let outcome = match delivery.deliver(shown).await {
+            // Another relay's message was the key's last, not the recorded one: judged again.
+            Ok(Delivered::Published {
+                over: Some(registry),
+            }) if judged_by_the_record => {
+                let entries = (registry.entry.as_ref(), shown.entry.as_ref());
+                if let (Some(cascades), Some(trigger)) = (
+                    &self.cascades,
+                    event.cascade_after_entry(entries.0, entries.1),
+                ) {
+                    cascades.push(trigger).await?;
+                }
+                "published"
+            }
+            Ok(Delivered::Published { .. }) => "published",
             Ok(Delivered::Spooled) => "spooled",
             Ok(Delivered::Dropped(verdict)) => verdict.reason(),
             // Never publishable (the webhook's own delta was checked before it was held).

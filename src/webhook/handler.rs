@@ -134,6 +134,8 @@ async fn handle(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Handl
     // Kept before the delta is published, and whatever becomes of it: a duplicate or stale
     // delta (an earlier webhook's confirmation published main's newer object) still leaves this
     // change's dependents to re-label.
+    // Judged against this relay's record, which another relay's publish may have left behind.
+    let judged_by_the_record = cascade.is_none() && event.may_follow_a_lost_change();
     if let (Some(cascades), Some(trigger)) = (&app.cascades, cascade) {
         cascades.push(trigger).await.map_err(DeliveryError::from)?;
     }
@@ -145,8 +147,23 @@ async fn handle(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Handl
         },
         _ => app.delivery.deliver(&delta).await?,
     };
+    // The key's last message was another relay's: judged again against it. Kept after the
+    // publish, before the 202.
+    if let (
+        Some(cascades),
+        Delivered::Published {
+            over: Some(registry),
+        },
+        true,
+    ) = (&app.cascades, &delivered, judged_by_the_record)
+    {
+        let entries = (registry.entry.as_ref(), delta.entry.as_ref());
+        if let Some(trigger) = event.cascade_after_entry(entries.0, entries.1) {
+            cascades.push(trigger).await.map_err(DeliveryError::from)?;
+        }
+    }
     let result = match (delivered, not_on_main) {
-        (Delivered::Published, _) => "published",
+        (Delivered::Published { .. }, _) => "published",
         (Delivered::Spooled, _) => "spooled",
         (Delivered::Dropped(_), Some(reason)) => return Ok(ignored("not_on_main", reason)),
         (Delivered::Dropped(verdict), None) => {

@@ -859,3 +859,35 @@ async fn a_cascade_checks_the_stream_where_another_relay_published_since() {
     other.relay.stop().await.unwrap();
     relay.relay.stop().await.unwrap();
 }
+
+/// As above, the rename undone with no webhook, then the device saved with a change its
+/// dependents do not show, through the first relay. Its record shows the device's name as the
+/// webhook does, but the key's last message is the other relay's, found on publishing: what
+/// that message shows the dependents is what the relay judges by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_published_over_another_relays_rename_relabels_the_dependents() {
+    let Lab {
+        nats, fake, relay, ..
+    } = lab().await;
+    let mut config = config(&nats, &fake, 1000);
+    config.cascade.debounce = DEBOUNCE;
+    config.state.path = nats.scratch().join("second.redb");
+    let other = TestRelay::start(config).await;
+    let dependents = device_4_dependents(&fake);
+
+    let body = device_4_renamed(&fake, "ams1-leaf1", "ams1-leaf9");
+    assert_eq!(other.post_signed(&body).await.0, 202);
+    dependents_show(&nats, &dependents, "ams1-leaf9").await;
+
+    // Renamed back with no webhook, then saved again: the update's webhook reaches the first.
+    device_renamed_in_fake(&fake, 4, "ams1-leaf1");
+    save(&fake, "dcim/devices", 4, json!({"name": "ams1-leaf1"}));
+    save(&fake, "dcim/devices", 4, json!({"serial": "SN-AMS1-LEAF1"}));
+    let (status, answer) = relay
+        .post_signed(&device_4_updated(&object(&fake, "dcim/devices", 4)))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    dependents_show(&nats, &dependents, "ams1-leaf1").await;
+    other.relay.stop().await.unwrap();
+    relay.relay.stop().await.unwrap();
+}
