@@ -830,6 +830,14 @@ async fn a_rename_undone_at_once_relabels_the_dependents_back() {
     relay.relay.stop().await.unwrap();
 }
 
+/// A second relay on the same NATS and NetBox, with a state file of its own; cascades on.
+async fn second_relay(nats: &NatsServer, fake: &FakeNetbox) -> TestRelay {
+    let mut config = config(nats, fake, 1000);
+    config.cascade.debounce = DEBOUNCE;
+    config.state.path = nats.scratch().join("second.redb");
+    TestRelay::start(config).await
+}
+
 /// Found by the soak's hour with two relays: a relay whose record of a key is older than the
 /// stream's last message (another relay published since) judged a cascade's dependent unchanged
 /// against its own record, and published nothing, leaving the other relay's entry in place.
@@ -838,10 +846,7 @@ async fn a_cascade_checks_the_stream_where_another_relay_published_since() {
     let Lab {
         nats, fake, relay, ..
     } = lab().await;
-    let mut config = config(&nats, &fake, 1000);
-    config.cascade.debounce = DEBOUNCE;
-    config.state.path = nats.scratch().join("second.redb");
-    let other = TestRelay::start(config).await;
+    let other = second_relay(&nats, &fake).await;
     let dependents = device_4_dependents(&fake);
     assert!(dependents.len() >= 2, "{dependents:?}");
 
@@ -869,10 +874,7 @@ async fn an_update_published_over_another_relays_rename_relabels_the_dependents(
     let Lab {
         nats, fake, relay, ..
     } = lab().await;
-    let mut config = config(&nats, &fake, 1000);
-    config.cascade.debounce = DEBOUNCE;
-    config.state.path = nats.scratch().join("second.redb");
-    let other = TestRelay::start(config).await;
+    let other = second_relay(&nats, &fake).await;
     let dependents = device_4_dependents(&fake);
 
     let body = device_4_renamed(&fake, "ams1-leaf1", "ams1-leaf9");
