@@ -664,9 +664,15 @@ impl Pass<'_> {
     ) -> Result<(), PullError> {
         let page = super::pull::by_ids(client, object_type, ids).await?;
         let mut candidates = cascades_of(object_type, &page);
-        let sorted = self.reconciler.sort_off_runtime(object_type, page).await?;
+        let mut sorted = self.reconciler.sort_off_runtime(object_type, page).await?;
+        // Saved since the record, with the recorded entry: the record may be behind the stream
+        // (another relay's publish), which is read for these few.
+        let matched = std::mem::take(&mut sorted.matched);
+        let moved = self.reconciler.moved_on_stream(matched).await;
         report.fetched_in_full += sorted.ids.len() as u64;
-        report.unchanged += sorted.unchanged;
+        report.unchanged += sorted.unchanged - moved.len() as u64;
+        sorted.replaced.extend(moved.iter().map(|d| d.object_id));
+        sorted.changed.extend(moved);
         report.errors += sorted.errors;
         // A changed parent's dependents were not stamped: kept before the parent is published.
         if self.cascades.enabled() {

@@ -169,8 +169,9 @@ impl Reconciler {
             .await
     }
 
-    /// Of the deltas a cascade found unchanged against this relay's records (`matched`, each
-    /// with the sequence of the record it matched), those whose key's last message on the stream
+    /// Of the deltas a cascade, or the cheap pass among what it fetched, found unchanged against
+    /// this relay's records (`matched`, each with the sequence of the record it matched), those
+    /// whose key's last message on the stream
     /// is another: a relay sharing the stream published to the key since. Each such message is
     /// remembered, so that the delta is judged against it and published over it. A single relay
     /// finds every key as it left it; a key that cannot be read is taken as unchanged (said).

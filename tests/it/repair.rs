@@ -682,9 +682,14 @@ fn device_4_dependents(fake: &FakeNetbox) -> BTreeSet<String> {
 /// ams1-leaf1 renamed to ams1-leaf9 with no webhook (its dependents show the new name,
 /// unstamped), then saved again with a change they do not show (the serial).
 fn device_4_renamed_quietly_then_saved(fake: &FakeNetbox) {
-    device_renamed_in_fake(fake, 4, "ams1-leaf9");
-    save(fake, "dcim/devices", 4, json!({"name": "ams1-leaf9"}));
+    device_4_renamed_quietly(fake, "ams1-leaf9");
     save(fake, "dcim/devices", 4, json!({"serial": "SN-AMS1-LEAF9"}));
+}
+
+/// ams1-leaf1 (device 4) renamed to `name` with no webhook; its dependents show the new name.
+fn device_4_renamed_quietly(fake: &FakeNetbox, name: &str) {
+    device_renamed_in_fake(fake, 4, name);
+    save(fake, "dcim/devices", 4, json!({"name": name}));
 }
 
 /// NetBox's recorded update of ams1-leaf1 (device 4; its status and primary IP), as sent for `device`
@@ -778,8 +783,7 @@ async fn a_held_update_after_a_rename_whose_webhook_was_lost_relabels_once_confi
 
 /// Device 4 renamed to `name` in NetBox (what shows it too), and its update webhook.
 fn device_4_renamed(fake: &FakeNetbox, from: &str, name: &str) -> Vec<u8> {
-    device_renamed_in_fake(fake, 4, name);
-    save(fake, "dcim/devices", 4, json!({"name": name}));
+    device_4_renamed_quietly(fake, name);
     crate::cascade::update_webhook(
         "097_device_updated.json",
         "dcim.device",
@@ -830,12 +834,47 @@ async fn a_rename_undone_at_once_relabels_the_dependents_back() {
     relay.relay.stop().await.unwrap();
 }
 
-/// A second relay on the same NATS and NetBox, with a state file of its own; cascades on.
-async fn second_relay(nats: &NatsServer, fake: &FakeNetbox) -> TestRelay {
-    let mut config = config(nats, fake, 1000);
+/// A lab with a second relay (a state file of its own, cascades on) that took device 4's
+/// rename to ams1-leaf9 and relabelled its dependents; the first relay's records still show
+/// ams1-leaf1.
+struct Renamed {
+    nats: NatsServer,
+    fake: FakeNetbox,
+    relay: TestRelay,
+    other: TestRelay,
+    dependents: BTreeSet<String>,
+}
+
+async fn renamed_through_another_relay() -> Renamed {
+    let Lab {
+        nats, fake, relay, ..
+    } = lab().await;
+    let mut config = config(&nats, &fake, 1000);
     config.cascade.debounce = DEBOUNCE;
     config.state.path = nats.scratch().join("second.redb");
-    TestRelay::start(config).await
+    let other = TestRelay::start(config).await;
+    let dependents = device_4_dependents(&fake);
+    assert!(dependents.len() >= 2, "{dependents:?}");
+    let body = device_4_renamed(&fake, "ams1-leaf1", "ams1-leaf9");
+    let (status, answer) = other.post_signed(&body).await;
+    assert_eq!(status, 202, "{answer}");
+    dependents_show(&nats, &dependents, "ams1-leaf9").await;
+    Renamed {
+        nats,
+        fake,
+        relay,
+        other,
+        dependents,
+    }
+}
+
+impl Renamed {
+    /// Waits until the dependents show device 4 as `name`; stops both relays.
+    async fn end_showing(self, name: &str) {
+        dependents_show(&self.nats, &self.dependents, name).await;
+        self.other.relay.stop().await.unwrap();
+        self.relay.relay.stop().await.unwrap();
+    }
 }
 
 /// Found by the soak's hour with two relays: a relay whose record of a key is older than the
@@ -843,26 +882,14 @@ async fn second_relay(nats: &NatsServer, fake: &FakeNetbox) -> TestRelay {
 /// against its own record, and published nothing, leaving the other relay's entry in place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cascade_checks_the_stream_where_another_relay_published_since() {
-    let Lab {
-        nats, fake, relay, ..
-    } = lab().await;
-    let other = second_relay(&nats, &fake).await;
-    let dependents = device_4_dependents(&fake);
-    assert!(dependents.len() >= 2, "{dependents:?}");
-
-    // The other relay takes the rename and relabels the dependents.
-    let body = device_4_renamed(&fake, "ams1-leaf1", "ams1-leaf9");
-    let (status, answer) = other.post_signed(&body).await;
-    assert_eq!(status, 202, "{answer}");
-    dependents_show(&nats, &dependents, "ams1-leaf9").await;
+    let renamed = renamed_through_another_relay().await;
+    let (fake, relay) = (&renamed.fake, &renamed.relay);
 
     // The first relay, whose records still show ams1-leaf1, takes the rename back.
-    let body = device_4_renamed(&fake, "ams1-leaf9", "ams1-leaf1");
+    let body = device_4_renamed(fake, "ams1-leaf9", "ams1-leaf1");
     let (status, answer) = relay.post_signed(&body).await;
     assert_eq!(status, 202, "{answer}");
-    dependents_show(&nats, &dependents, "ams1-leaf1").await;
-    other.relay.stop().await.unwrap();
-    relay.relay.stop().await.unwrap();
+    renamed.end_showing("ams1-leaf1").await;
 }
 
 /// As above, the rename undone with no webhook, then the device saved with a change its
@@ -871,25 +898,33 @@ async fn a_cascade_checks_the_stream_where_another_relay_published_since() {
 /// that message shows the dependents is what the relay judges by.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_published_over_another_relays_rename_relabels_the_dependents() {
-    let Lab {
-        nats, fake, relay, ..
-    } = lab().await;
-    let other = second_relay(&nats, &fake).await;
-    let dependents = device_4_dependents(&fake);
-
-    let body = device_4_renamed(&fake, "ams1-leaf1", "ams1-leaf9");
-    assert_eq!(other.post_signed(&body).await.0, 202);
-    dependents_show(&nats, &dependents, "ams1-leaf9").await;
+    let renamed = renamed_through_another_relay().await;
+    let (fake, relay) = (&renamed.fake, &renamed.relay);
 
     // Renamed back with no webhook, then saved again: the update's webhook reaches the first.
-    device_renamed_in_fake(&fake, 4, "ams1-leaf1");
-    save(&fake, "dcim/devices", 4, json!({"name": "ams1-leaf1"}));
-    save(&fake, "dcim/devices", 4, json!({"serial": "SN-AMS1-LEAF1"}));
+    device_4_renamed_quietly(fake, "ams1-leaf1");
+    save(fake, "dcim/devices", 4, json!({"serial": "SN-AMS1-LEAF1"}));
     let (status, answer) = relay
-        .post_signed(&device_4_updated(&object(&fake, "dcim/devices", 4)))
+        .post_signed(&device_4_updated(&object(fake, "dcim/devices", 4)))
         .await;
     assert_eq!(status, 202, "{answer}");
-    dependents_show(&nats, &dependents, "ams1-leaf1").await;
-    other.relay.stop().await.unwrap();
-    relay.relay.stop().await.unwrap();
+    renamed.end_showing("ams1-leaf1").await;
+}
+
+/// The rename another relay took undone with no webhook at all: the first relay's default run
+/// fetches the device (saved since its record) and finds it as recorded, while the stream shows
+/// the other relay's name. The stream's message is what the run judges by, and the device and
+/// its dependents are relabelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_run_repairs_what_another_relay_published_and_no_webhook_undid() {
+    let renamed = renamed_through_another_relay().await;
+    let (fake, relay) = (&renamed.fake, &renamed.relay);
+
+    device_4_renamed_quietly(fake, "ams1-leaf1");
+    let report = reconcile(relay).await;
+    assert_eq!(report["pass"], "cheap", "{report}");
+    assert_eq!(report["status"], "succeeded", "{report}");
+    let device = last_of(&renamed.nats, "netbox/default/dcim.device/4").await;
+    assert_eq!(device["entry"]["name"], "ams1-leaf1", "{device}");
+    renamed.end_showing("ams1-leaf1").await;
 }
