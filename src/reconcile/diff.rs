@@ -566,7 +566,7 @@ impl Pass<'_> {
             .collect();
         let mut found = Vec::new();
         if unknown.len() > READ_ONE_BY_ONE {
-            let wanted = |d: &RegistryDelta| unknown.contains(&d.object_id);
+            let wanted = |d: &RegistryDelta, _| unknown.contains(&d.object_id);
             let each = |d: &RegistryDelta| found.push(Known::of(d));
             let learned = super::learn::learn(delivery, partition, Some(kind), wanted, each).await;
             if let Err(e) = learned {

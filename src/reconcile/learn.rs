@@ -20,14 +20,14 @@ pub enum LearnError {
 }
 
 /// Reads the last message of every key of `kind` (every kind when None) in `partition` and
-/// remembers those `wanted` picks, each with its stream sequence, so that their next delta is
+/// remembers those `wanted` picks (by the delta and its stream sequence), so that their next delta is
 /// judged and published without reading the stream. `found` sees each remembered delta.
 /// Answers how many were remembered.
 pub(super) async fn learn(
     delivery: &Delivery,
     partition: &str,
     kind: Option<Kind>,
-    wanted: impl Fn(&RegistryDelta) -> bool,
+    wanted: impl Fn(&RegistryDelta, u64) -> bool,
     mut found: impl FnMut(&RegistryDelta),
 ) -> Result<u64, LearnError> {
     let mut keys = delivery.publisher().last_per_key(partition, kind).await?;
@@ -38,7 +38,7 @@ pub(super) async fn learn(
         let Last::Delta(delta, seq) = last? else {
             continue;
         };
-        if !wanted(&delta) {
+        if !wanted(&delta, seq) {
             continue;
         }
         found(&delta);

@@ -92,8 +92,10 @@ impl Reconciler {
             let new_state = self.store.read(|s| s.has_no_records()).await;
             let new_state = new_state.unwrap_or(true);
             report.pass = self.pass_for(&options, *version, new_state).await;
-            if new_state {
-                self.learn_registry().await;
+            // A full pass of every type compares NetBox with the registry as published: what
+            // other relays published since this one's records is read first.
+            if new_state || (report.pass == PassKind::Full && whole) {
+                self.learn_registry(new_state).await;
             }
         }
         telemetry::reconcile_pass(report.pass.as_str());
@@ -212,16 +214,28 @@ impl Reconciler {
         PassKind::Full
     }
 
-    /// A new state file knows none of the keys on the stream: every key's last message is read
-    /// once, in one pass, so that the run compares NetBox with the registry as published instead
-    /// of publishing every object again (each refused by the per-key check, then read alone).
-    async fn learn_registry(&self) {
+    /// Every key's last message is read once, in one pass, so that the run compares NetBox with
+    /// the registry as published. A new state file knows none of the keys: without this, every
+    /// object would be published again (each refused by the per-key check, then read alone).
+    /// Otherwise only the keys whose last message is newer than the record are remembered:
+    /// another relay published them (a record waiting for its ack is left alone).
+    async fn learn_registry(&self, new_state: bool) {
         let Output::Publish(delivery) = &self.output else {
             return;
         };
         let started = std::time::Instant::now();
         let partition = self.translator.partition();
-        let learned = super::learn::learn(delivery, partition, None, |_| true, |_| {}).await;
+        let behind =
+            |delta: &crate::delta::RegistryDelta, seq: u64| match self.store.head(&delta.key) {
+                Ok(Some(head)) => head.seq.is_some_and(|s| s < seq),
+                Ok(None) => true,
+                Err(_) => false,
+            };
+        let learned = super::learn::learn(delivery, partition, None, behind, |_| {}).await;
+        let what = match new_state {
+            true => "a new state file",
+            false => "a full pass",
+        };
         match learned {
             // A stream not created yet (the first start of all) holds nothing to learn.
             Ok(0)
@@ -229,10 +243,10 @@ impl Reconciler {
             Ok(keys) => tracing::info!(
                 keys,
                 seconds = started.elapsed().as_secs_f64(),
-                "reconcile: a new state file; the registry was read from the stream"
+                "reconcile: {what}; keys this relay had no record of, or an older one, were read from the stream"
             ),
             Err(e) => tracing::warn!(error = %e,
-                "reconcile: a new state file, and the registry could not be read from the stream; keys are read one at a time instead"),
+                "reconcile: {what}, and the registry could not be read from the stream; keys are read one at a time where they conflict"),
         }
     }
 

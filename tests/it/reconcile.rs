@@ -970,7 +970,7 @@ async fn a_full_pass_is_due_by_the_servers_clock_not_the_writers() {
 }
 
 /// A full pass on demand, to its report.
-async fn full_pass(relay: &TestRelay, force: bool) -> Value {
+pub(crate) async fn full_pass(relay: &TestRelay, force: bool) -> Value {
     let body = json!({"full": true, "force": force});
     let (status, body) = crate::helpers::trigger_run_with_body(&relay.base, body, ADMIN).await;
     assert_eq!(status, 202, "{body}");

@@ -928,3 +928,37 @@ async fn a_default_run_repairs_what_another_relay_published_and_no_webhook_undid
     assert_eq!(device["entry"]["name"], "ams1-leaf1", "{device}");
     renamed.end_showing("ams1-leaf1").await;
 }
+
+/// A cascade another relay ran late (it pulled before NetBox undid a rename) leaves a dependent
+/// with an entry NetBox no longer has, while this relay's records show NetBox's. The full pass
+/// reads first the keys whose last message is newer than this relay's record, and publishes
+/// NetBox's entry over them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pass_repairs_what_another_relay_published_after_this_ones_records() {
+    let Lab { nats, relay, .. } = lab().await;
+    let key = "netbox/default/dcim.interface/5";
+    let mut late = last_of(&nats, key).await;
+    assert_eq!(
+        late["entry"]["attributes"]["device"], "ams1-leaf1",
+        "{late}"
+    );
+    late["entry"]["attributes"]["device"] = json!("ams1-leaf9");
+    late["delta_id"] = json!("0123456789abcdef0123456789abcdef");
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "0123456789abcdef0123456789abcdef");
+    let subject = "netbox.registry.default.interface.5";
+    let payload = serde_json::to_vec(&late).unwrap().into();
+    let ack = js.publish_with_headers(subject, headers, payload).await;
+    ack.unwrap().await.unwrap();
+
+    let report = crate::reconcile::full_pass(&relay, false).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    let last = last_of(&nats, key).await;
+    assert_eq!(
+        last["entry"]["attributes"]["device"], "ams1-leaf1",
+        "{last}"
+    );
+    relay.relay.stop().await.unwrap();
+}
