@@ -387,6 +387,9 @@ pub async fn cascade(
         }
         let sent = emitter.finish().await;
         tally.published += sent.out;
+        tally
+            .further
+            .extend(sent.reread.into_iter().map(|t| (t, None)));
         if let Some(e) =
             failure.or((sent.failed > 0).then_some(PullError::NotDelivered(sent.failed)))
         {

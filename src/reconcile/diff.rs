@@ -233,6 +233,10 @@ fn same_entry(head: &RecordHead, delta: &RegistryDelta) -> bool {
 /// What became of one delta.
 enum Emitted {
     Out,
+    /// Published over another relay's message of the same revision with another entry: which
+    /// of the two NetBox shows now cannot be told (that relay may have pulled later), so the
+    /// object is to be read again.
+    OutOver(Trigger),
     /// Delivery judged it stale or duplicate: a newer webhook won.
     Dropped,
     Failed,
@@ -244,6 +248,8 @@ pub(super) struct Tally {
     pub out: u64,
     pub dropped: u64,
     pub failed: u64,
+    /// Objects to read again (see [`Emitted::OutOver`]).
+    pub reread: Vec<Trigger>,
 }
 
 /// Deltas on their way, at most `IN_FLIGHT` at once, each delivered on its own task: delivery
@@ -277,6 +283,12 @@ impl<'a> Emitter<'a> {
         }
         self.in_flight.push(tokio::spawn(async move {
             match delivery.deliver(&delta).await {
+                Ok(Delivered::Published { over: Some(other) })
+                    if other.revision == delta.revision && other.entry != delta.entry =>
+                {
+                    let object_type = ObjectType::from_kind(delta.kind).name;
+                    Emitted::OutOver(Trigger::reread(object_type, delta.object_id))
+                }
                 Ok(Delivered::Published { .. } | Delivered::Spooled) => Emitted::Out,
                 Ok(Delivered::Dropped(_)) => Emitted::Dropped,
                 Err(e) => {
@@ -298,6 +310,10 @@ impl<'a> Emitter<'a> {
     fn count(&mut self, done: Result<Emitted, tokio::task::JoinError>) {
         match done {
             Ok(Emitted::Out) => self.tally.out += 1,
+            Ok(Emitted::OutOver(trigger)) => {
+                self.tally.out += 1;
+                self.tally.reread.push(trigger);
+            }
             Ok(Emitted::Dropped) => self.tally.dropped += 1,
             Ok(Emitted::Failed) | Err(_) => self.tally.failed += 1,
         }
@@ -354,11 +370,16 @@ pub(super) fn cascades_of(object_type: ObjectType, page: &[Object]) -> HashMap<u
 }
 
 /// Waits for the deltas `emitter` sent and counts them in `report` as upserts.
-async fn count_upserts(emitter: Emitter<'_>, report: &mut TypeReport) {
-    let tally = emitter.finish().await;
-    report.upserted += tally.out;
-    report.unchanged += tally.dropped;
-    report.errors += tally.failed;
+impl Pass<'_> {
+    async fn count_upserts(&self, emitter: Emitter<'_>, report: &mut TypeReport) {
+        let tally = emitter.finish().await;
+        report.upserted += tally.out;
+        report.unchanged += tally.dropped;
+        report.errors += tally.failed;
+        if let Err(e) = self.cascades.found(tally.reread).await {
+            tracing::warn!(error = %e, "reconcile: cannot keep the objects to read again; the next full pass compares them");
+        }
+    }
 }
 
 /// Why a pull (of a pass's object type, or of a cascade's dependents) ended early.
@@ -520,7 +541,7 @@ impl Pass<'_> {
             }
         }
         // What was sent stays sent, and counted, even when the pull failed part way.
-        count_upserts(emitter, report).await;
+        self.count_upserts(emitter, report).await;
         failure.map_or(Ok(()), Err)
     }
 
@@ -649,7 +670,7 @@ impl Pass<'_> {
                 .await;
             failure = fetched.err();
         }
-        count_upserts(emitter, report).await;
+        self.count_upserts(emitter, report).await;
         failure.map_or(Ok(()), Err)
     }
 

@@ -39,6 +39,9 @@ pub struct FakeState {
     /// Endpoints the token may not read.
     pub denied: Vec<String>,
     pub delay: Duration,
+    /// The next list request whose `endpoint?query` contains the text is answered with what it
+    /// asked for as NetBox has it now, that long later: a page on its way while NetBox changes.
+    pub hold_next: Option<(String, Duration)>,
     /// Every request as `endpoint?query`.
     pub log: Vec<String>,
     /// Every POST and PATCH: (method, path, body).
@@ -207,124 +210,139 @@ async fn list(
         .filter_map(|(_, v)| v.parse().ok())
         .collect();
     let endpoint = format!("{app}/{endpoint}");
-    let delay = {
+    let (delay, line) = {
         let mut s = state.lock().unwrap();
         let mut query: Vec<_> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
         query.sort();
-        s.log.push(format!("{endpoint}?{}", query.join("&")));
+        let line = format!("{endpoint}?{}", query.join("&"));
+        s.log.push(line.clone());
         s.in_flight += 1;
         s.max_in_flight = s.max_in_flight.max(s.in_flight);
-        s.delay
+        (s.delay, line)
     };
     tokio::time::sleep(delay).await;
-    let mut s = state.lock().unwrap();
-    s.in_flight -= 1;
-    if s.down {
-        return unavailable();
-    }
-    if s.denied.contains(&endpoint) {
-        return forbidden("You do not have permission to perform this action.");
-    }
-    let n = {
-        let n = s.requests.entry(endpoint.clone()).or_default();
-        *n += 1;
-        *n
-    };
-    if let Some(fault) = s
-        .faults
-        .iter()
-        .find(|f| f.endpoint == endpoint && (f.request..f.request + f.times).contains(&n))
-    {
-        let mut response = (
-            StatusCode::from_u16(fault.status).unwrap(),
-            Json(json!({"detail": "injected fault"})),
-        )
-            .into_response();
-        if let Some(secs) = fault.retry_after {
-            response
-                .headers_mut()
-                .insert("retry-after", secs.to_string().parse().unwrap());
+    // The state's lock is not held across the wait for `hold_next`.
+    let (response, held) = {
+        let mut s = state.lock().unwrap();
+        s.in_flight -= 1;
+        if s.down {
+            return unavailable();
         }
-        return response;
-    }
-    // NetBox validates a filter on a related object: one it does not have is refused.
-    if let Some(refused) = unknown_address(&s, &q) {
-        return refused;
-    }
-    if q.contains_key("start") && q.contains_key("offset") {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!(["'start' and 'offset' are mutually exclusive."])),
-        )
-            .into_response();
-    }
-    if q.contains_key("start") && q.contains_key("ordering") {
-        let message = "Ordering cannot be specified in conjunction with cursor-based pagination.";
-        return (StatusCode::BAD_REQUEST, Json(json!([message]))).into_response();
-    }
-    let limit = q
-        .get("limit")
-        .and_then(|l| l.parse::<usize>().ok())
-        .unwrap_or(50)
-        .clamp(1, 1000);
-    let empty = BTreeMap::new();
-    let objects = s.objects.get(&endpoint).unwrap_or(&empty);
-    let cursor = q.get("start").and_then(|v| v.parse::<u64>().ok());
-    let after = q.get("id__gt").and_then(|v| v.parse::<u64>().ok());
-    let below = q
-        .get("id__lt")
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(u64::MAX);
-    let from = cursor.or(after.map(|a| a + 1)).unwrap_or(0).min(below);
-    let name = q.get("name");
-    let range = objects
-        .range(from..below)
-        .map(|(_, o)| o.clone())
-        .filter(|o| name.is_none_or(|n| o["name"].as_str() == Some(n)))
-        .filter(|o| ids.is_empty() || o["id"].as_u64().is_some_and(|id| ids.contains(&id)))
-        .filter(|o| related_filters(&q).all(|(field, id)| relates(o, field, id)))
-        .filter(|o| q.get("tag").is_none_or(|slug| tagged(o, slug)));
-    let page: Vec<Value> = match q.get("ordering").map(String::as_str) {
-        Some("-id") => range.rev().take(limit).collect(),
-        _ => range.take(limit).collect(),
-    };
-    let count = if cursor.is_some() {
-        Value::Null
-    } else {
-        json!(objects.len())
-    };
-    let listing = q.get("fields").is_some_and(|f| {
-        f.split(',')
-            .all(|name| ["id", "last_updated", "created", "slug"].contains(&name))
-    });
-    if !listing {
-        *s.served_in_full.entry(endpoint.clone()).or_default() += page.len();
-    }
-    // `fields=` keeps only the named top-level keys (unknown names are ignored, as NetBox does).
-    let page: Vec<Value> = match q.get("fields") {
-        Some(fields) => {
-            let keep: Vec<&str> = fields.split(',').collect();
-            let only = |mut o: Value| {
-                if let Some(map) = o.as_object_mut() {
-                    map.retain(|k, _| keep.contains(&k.as_str()));
-                }
-                o
-            };
-            page.into_iter().map(only).collect()
+        if s.denied.contains(&endpoint) {
+            return forbidden("You do not have permission to perform this action.");
         }
-        None => page,
+        let n = {
+            let n = s.requests.entry(endpoint.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        if let Some(fault) = s
+            .faults
+            .iter()
+            .find(|f| f.endpoint == endpoint && (f.request..f.request + f.times).contains(&n))
+        {
+            let mut response = (
+                StatusCode::from_u16(fault.status).unwrap(),
+                Json(json!({"detail": "injected fault"})),
+            )
+                .into_response();
+            if let Some(secs) = fault.retry_after {
+                response
+                    .headers_mut()
+                    .insert("retry-after", secs.to_string().parse().unwrap());
+            }
+            return response;
+        }
+        // NetBox validates a filter on a related object: one it does not have is refused.
+        if let Some(refused) = unknown_address(&s, &q) {
+            return refused;
+        }
+        if q.contains_key("start") && q.contains_key("offset") {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!(["'start' and 'offset' are mutually exclusive."])),
+            )
+                .into_response();
+        }
+        if q.contains_key("start") && q.contains_key("ordering") {
+            let message =
+                "Ordering cannot be specified in conjunction with cursor-based pagination.";
+            return (StatusCode::BAD_REQUEST, Json(json!([message]))).into_response();
+        }
+        let limit = q
+            .get("limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .unwrap_or(50)
+            .clamp(1, 1000);
+        let empty = BTreeMap::new();
+        let objects = s.objects.get(&endpoint).unwrap_or(&empty);
+        let cursor = q.get("start").and_then(|v| v.parse::<u64>().ok());
+        let after = q.get("id__gt").and_then(|v| v.parse::<u64>().ok());
+        let below = q
+            .get("id__lt")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
+        let from = cursor.or(after.map(|a| a + 1)).unwrap_or(0).min(below);
+        let name = q.get("name");
+        let range = objects
+            .range(from..below)
+            .map(|(_, o)| o.clone())
+            .filter(|o| name.is_none_or(|n| o["name"].as_str() == Some(n)))
+            .filter(|o| ids.is_empty() || o["id"].as_u64().is_some_and(|id| ids.contains(&id)))
+            .filter(|o| related_filters(&q).all(|(field, id)| relates(o, field, id)))
+            .filter(|o| q.get("tag").is_none_or(|slug| tagged(o, slug)));
+        let page: Vec<Value> = match q.get("ordering").map(String::as_str) {
+            Some("-id") => range.rev().take(limit).collect(),
+            _ => range.take(limit).collect(),
+        };
+        let count = if cursor.is_some() {
+            Value::Null
+        } else {
+            json!(objects.len())
+        };
+        let listing = q.get("fields").is_some_and(|f| {
+            f.split(',')
+                .all(|name| ["id", "last_updated", "created", "slug"].contains(&name))
+        });
+        if !listing {
+            *s.served_in_full.entry(endpoint.clone()).or_default() += page.len();
+        }
+        // `fields=` keeps only the named top-level keys (unknown names are ignored, as NetBox does).
+        let page: Vec<Value> = match q.get("fields") {
+            Some(fields) => {
+                let keep: Vec<&str> = fields.split(',').collect();
+                let only = |mut o: Value| {
+                    if let Some(map) = o.as_object_mut() {
+                        map.retain(|k, _| keep.contains(&k.as_str()));
+                    }
+                    o
+                };
+                page.into_iter().map(only).collect()
+            }
+            None => page,
+        };
+        let next = page
+            .last()
+            .and_then(|o| o["id"].as_u64())
+            .filter(|_| page.len() == limit);
+        let next = next.map(|last| {
+            format!(
+                "http://127.0.0.1:8000/api/{endpoint}/?limit={limit}&start={}",
+                last + 1
+            )
+        });
+        let response =
+            Json(json!({"count": count, "next": next, "previous": null, "results": page}))
+                .into_response();
+        let held = s
+            .hold_next
+            .take_if(|(text, _)| line.contains(text.as_str()));
+        (response, held)
     };
-    let next = page
-        .last()
-        .and_then(|o| o["id"].as_u64())
-        .filter(|_| page.len() == limit);
-    let next = next.map(|last| {
-        format!(
-            "http://127.0.0.1:8000/api/{endpoint}/?limit={limit}&start={}",
-            last + 1
-        )
-    });
-    Json(json!({"count": count, "next": next, "previous": null, "results": page})).into_response()
+    if let Some((_, hold)) = held {
+        tokio::time::sleep(hold).await;
+    }
+    response
 }
 
 /// NetBox's 400 for `ip_address_id=<id>` naming an address it does not have (deleted), as NetBox

@@ -834,6 +834,14 @@ async fn a_rename_undone_at_once_relabels_the_dependents_back() {
     relay.relay.stop().await.unwrap();
 }
 
+/// A second relay on the lab's NATS and NetBox, with a state file of its own; cascades on.
+async fn second_relay(nats: &NatsServer, fake: &FakeNetbox) -> TestRelay {
+    let mut config = config(nats, fake, 1000);
+    config.cascade.debounce = DEBOUNCE;
+    config.state.path = nats.scratch().join("second.redb");
+    TestRelay::start(config).await
+}
+
 /// A lab with a second relay (a state file of its own, cascades on) that took device 4's
 /// rename to ams1-leaf9 and relabelled its dependents; the first relay's records still show
 /// ams1-leaf1.
@@ -849,10 +857,7 @@ async fn renamed_through_another_relay() -> Renamed {
     let Lab {
         nats, fake, relay, ..
     } = lab().await;
-    let mut config = config(&nats, &fake, 1000);
-    config.cascade.debounce = DEBOUNCE;
-    config.state.path = nats.scratch().join("second.redb");
-    let other = TestRelay::start(config).await;
+    let other = second_relay(&nats, &fake).await;
     let dependents = device_4_dependents(&fake);
     assert!(dependents.len() >= 2, "{dependents:?}");
     let body = device_4_renamed(&fake, "ams1-leaf1", "ams1-leaf9");
@@ -960,5 +965,52 @@ async fn a_full_pass_repairs_what_another_relay_published_after_this_ones_record
         last["entry"]["attributes"]["device"], "ams1-leaf1",
         "{last}"
     );
+    relay.relay.stop().await.unwrap();
+}
+
+/// Two relays' cascades of one device out of order: the other relay pulls the interfaces while
+/// the device is renamed, NetBox undoes the rename, this relay's cascade runs and ends, and only
+/// then does the other's page arrive and get published over this relay's entry (the same
+/// revision, another entry: which is newer cannot be told). The other relay reads the object
+/// again, and the registry shows NetBox's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cascade_whose_page_came_late_reads_again_what_it_published_over() {
+    let Lab {
+        nats, fake, relay, ..
+    } = lab().await;
+    let other = second_relay(&nats, &fake).await;
+    let interface = "dcim/interfaces?device_id=4";
+    fake.with(|s| s.hold_next = Some((interface.into(), Duration::from_secs(3))));
+
+    let body = device_4_renamed(&fake, "ams1-leaf1", "ams1-leaf9");
+    assert_eq!(other.post_signed(&body).await.0, 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while fake.with(|s| s.hold_next.is_some()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pull of the interfaces"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = device_4_renamed(&fake, "ams1-leaf9", "ams1-leaf1");
+    assert_eq!(relay.post_signed(&body).await.0, 202);
+
+    // The late page is published over this relay's entry, and the object read again after it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown: Vec<Value> = crate::helpers::stream_messages(&nats.url())
+            .await
+            .into_iter()
+            .filter(|m| m.delta["key"] == "netbox/default/dcim.interface/5")
+            .map(|m| m.delta["entry"]["attributes"]["device"].clone())
+            .collect();
+        let late = shown.iter().rposition(|d| d == "ams1-leaf9");
+        if late.is_some() && shown.last() == Some(&json!("ams1-leaf1")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{shown:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    other.relay.stop().await.unwrap();
     relay.relay.stop().await.unwrap();
 }
