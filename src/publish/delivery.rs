@@ -29,6 +29,17 @@ pub enum Delivered {
     Dropped(Verdict),
 }
 
+/// What a delta is judged against before it is published.
+#[derive(Clone, Copy, PartialEq)]
+enum Against {
+    /// The key's record (what this relay last published or read of it).
+    Record,
+    /// The record, and nothing is published at its revision with another entry.
+    RecordUnlessAmbiguous,
+    /// The key's last message on the stream, read when the delta is published.
+    Stream,
+}
+
 /// Why a delta could not be made durable. Nothing was written.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -118,7 +129,7 @@ impl Delivery {
     /// Returns once the delta is in JetStream or fsynced in the spool, or judged stale or
     /// duplicate. Deltas of one key are handled one at a time, in arrival order.
     pub async fn deliver(&self, delta: &RegistryDelta) -> Result<Delivered, DeliveryError> {
-        let delivered = self.deliver_unless(delta, false).await?;
+        let delivered = self.deliver_unless(delta, Against::Record).await?;
         Ok(delivered.unwrap_or(Delivered::Dropped(Verdict::Stale)))
     }
 
@@ -131,13 +142,25 @@ impl Delivery {
         &self,
         delta: &RegistryDelta,
     ) -> Result<Option<Delivered>, DeliveryError> {
-        self.deliver_unless(delta, true).await
+        self.deliver_unless(delta, Against::RecordUnlessAmbiguous)
+            .await
+    }
+
+    /// [`Delivery::deliver`] judged against the key's last message on the stream instead of the
+    /// record, which may be behind it (another relay published since) and could not be checked:
+    /// the stream is read when the delta is published, or when it is drained from the spool.
+    pub async fn deliver_judged_by_stream(
+        &self,
+        delta: &RegistryDelta,
+    ) -> Result<Delivered, DeliveryError> {
+        let delivered = self.deliver_unless(delta, Against::Stream).await?;
+        Ok(delivered.unwrap_or(Delivered::Dropped(Verdict::Stale)))
     }
 
     async fn deliver_unless(
         &self,
         delta: &RegistryDelta,
-        ambiguous_held: bool,
+        against: Against,
     ) -> Result<Option<Delivered>, DeliveryError> {
         // While the state file takes no writes nothing is published: a published delta whose
         // record could not be kept would make the store and the stream disagree.
@@ -148,7 +171,10 @@ impl Delivery {
         // Read on the runtime thread, unlike the drainer's and reconcile's reads: one B-tree
         // lookup in redb's cache (3% of the relay's CPU per webhook), while a hop to the blocking
         // pool cost 11% of the throughput (BENCHMARKS-HISTORY.md, "Store reads").
-        let head = self.store.head(&delta.key)?;
+        let head = match against {
+            Against::Stream => None,
+            _ => self.store.head(&delta.key)?,
+        };
         let verdict = judge(head.as_ref(), delta);
         if verdict != Verdict::Accept {
             return Ok(Some(Delivered::Dropped(verdict)));
@@ -156,7 +182,7 @@ impl Delivery {
         let at_same_revision = head.as_ref().is_some_and(|h| {
             !h.deleted() && h.revision == delta.revision && delta.op == Op::Upsert
         });
-        if ambiguous_held && at_same_revision {
+        if against == Against::RecordUnlessAmbiguous && at_same_revision {
             return Ok(None);
         }
         let restamped = after_inferred_delete(head.as_ref(), delta);
@@ -174,7 +200,10 @@ impl Delivery {
         let key = delta.key.clone();
         // Judged against the key's last message as this relay knows it (0: none): published
         // only while that is still the last one on the stream (another relay may have gone first).
-        let known = head.as_ref().map_or(Some(0), |h| h.seq);
+        let known = match against {
+            Against::Stream => None,
+            _ => head.as_ref().map_or(Some(0), |h| h.seq),
+        };
         // While the spool holds anything, new deltas queue behind it so that per-key order holds.
         if self.spool.depth() == 0 {
             match publish_checked(&self.publisher, &delta, &json, known).await {

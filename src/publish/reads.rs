@@ -103,6 +103,10 @@ impl Publisher {
 
     async fn last_on(&self, subject: &str) -> Result<Option<Last>, PublishError> {
         use jetstream::stream::LastRawMessageErrorKind;
+        // Away: answered now rather than after the request's timeout.
+        if !self.is_connected() {
+            return Err(PublishError::NotConnected);
+        }
         crate::telemetry::key_read();
         let stream = self
             .js

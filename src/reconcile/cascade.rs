@@ -373,8 +373,10 @@ pub async fn cascade(
             let moved = reconciler
                 .moved_on_stream(std::mem::take(&mut sorted.matched))
                 .await;
-            sorted.replaced.extend(moved.iter().map(|d| d.object_id));
-            sorted.changed.extend(moved);
+            sorted
+                .replaced
+                .extend(moved.changed.iter().map(|d| d.object_id));
+            sorted.changed.extend(moved.changed);
             // Kept before the dependents that call for them are published.
             let further = reconciler
                 .keep(candidates, &sorted.replaced, &sorted.changed)
@@ -383,6 +385,10 @@ pub async fn cascade(
             for mut delta in sorted.changed {
                 delta.origin = Origin::Cascade;
                 emitter.push(delta).await;
+            }
+            for mut delta in moved.unread {
+                delta.origin = Origin::Cascade;
+                emitter.push_judged_by_stream(delta).await;
             }
         }
         let sent = emitter.finish().await;

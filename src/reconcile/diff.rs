@@ -272,6 +272,16 @@ impl<'a> Emitter<'a> {
     }
 
     pub async fn push(&mut self, delta: RegistryDelta) {
+        self.send(delta, false).await
+    }
+
+    /// [`Emitter::push`] of a delta judged against the key's last message on the stream (see
+    /// [`Delivery::deliver_judged_by_stream`]).
+    pub async fn push_judged_by_stream(&mut self, delta: RegistryDelta) {
+        self.send(delta, true).await
+    }
+
+    async fn send(&mut self, delta: RegistryDelta, by_stream: bool) {
         let delivery = match self.output {
             Output::Print => return self.count(Ok(print(&delta))),
             Output::Publish(delivery) => delivery.clone(),
@@ -282,7 +292,11 @@ impl<'a> Emitter<'a> {
             }
         }
         self.in_flight.push(tokio::spawn(async move {
-            match delivery.deliver(&delta).await {
+            let delivered = match by_stream {
+                true => delivery.deliver_judged_by_stream(&delta).await,
+                false => delivery.deliver(&delta).await,
+            };
+            match delivered {
                 Ok(Delivered::Published { over: Some(other) })
                     if other.revision == delta.revision && other.entry != delta.entry =>
                 {
@@ -691,9 +705,14 @@ impl Pass<'_> {
         let matched = std::mem::take(&mut sorted.matched);
         let moved = self.reconciler.moved_on_stream(matched).await;
         report.fetched_in_full += sorted.ids.len() as u64;
-        report.unchanged += sorted.unchanged - moved.len() as u64;
-        sorted.replaced.extend(moved.iter().map(|d| d.object_id));
-        sorted.changed.extend(moved);
+        report.unchanged += sorted.unchanged - moved.changed.len() as u64;
+        sorted
+            .replaced
+            .extend(moved.changed.iter().map(|d| d.object_id));
+        sorted.changed.extend(moved.changed);
+        for delta in moved.unread {
+            emitter.push_judged_by_stream(delta).await;
+        }
         report.errors += sorted.errors;
         // A changed parent's dependents were not stamped: kept before the parent is published.
         if self.cascades.enabled() {

@@ -88,6 +88,15 @@ impl RunCascades {
     }
 }
 
+/// What [`Reconciler::moved_on_stream`] found.
+#[derive(Default)]
+pub(super) struct Moved {
+    /// Another relay's entry is the key's last message: to be published over it.
+    pub changed: Vec<RegistryDelta>,
+    /// The key's last message could not be read: to be judged against it when published.
+    pub unread: Vec<RegistryDelta>,
+}
+
 impl Reconciler {
     /// Where cascades are kept: the state file, unless this is a dry run or cascades are off.
     pub(super) fn journal(&self) -> Option<Journal> {
@@ -174,37 +183,39 @@ impl Reconciler {
     /// whose key's last message on the stream
     /// is another: a relay sharing the stream published to the key since. Each such message is
     /// remembered, so that the delta is judged against it and published over it. A single relay
-    /// finds every key as it left it; a key that cannot be read is taken as unchanged (said).
+    /// finds every key as it left it. A key that cannot be read now (NATS away) is delivered to
+    /// be judged against the stream when it is published (or drained from the spool).
     pub(super) async fn moved_on_stream(
         &self,
         matched: Vec<(RegistryDelta, Option<u64>)>,
-    ) -> Vec<RegistryDelta> {
+    ) -> Moved {
+        let mut moved = Moved::default();
         let Output::Publish(delivery) = &self.output else {
-            return Vec::new();
+            return moved;
         };
         let judged = stream::iter(matched).map(|(delta, seq)| async move {
             let (latest, at) = match delivery.publisher().last_of(&delta).await {
                 Ok(Some(Last::Delta(latest, at))) => (latest, at),
-                Ok(Some(Last::Foreign(_)) | None) => return Some(delta),
-                Err(e) => {
-                    tracing::warn!(key = %delta.key, error = %e,
-                        "cascade: cannot read the key from the stream; taken as unchanged, as this relay's record says");
-                    return None;
-                }
+                Ok(Some(Last::Foreign(_)) | None) => return (delta, Some(true)),
+                Err(_) => return (delta, None),
             };
             if seq == Some(at) || latest.entry == delta.entry {
-                return None;
+                return (delta, Some(false));
             }
             if let Err(e) = delivery.remember(&latest, at).await {
-                tracing::warn!(key = %delta.key, error = %e, "cascade: cannot remember a key read from the stream");
+                tracing::warn!(key = %delta.key, error = %e, "cannot remember a key read from the stream");
             }
-            Some(delta)
+            (delta, Some(true))
         });
-        judged
-            .buffer_unordered(READS_AT_ONCE)
-            .filter_map(|d| async { d })
-            .collect()
-            .await
+        let mut judged = judged.buffer_unordered(READS_AT_ONCE);
+        while let Some((delta, changed)) = judged.next().await {
+            match changed {
+                Some(true) => moved.changed.push(delta),
+                Some(false) => {}
+                None => moved.unread.push(delta),
+            }
+        }
+        moved
     }
 
     /// Compares the slugs of the parents that are no registry kind with those the last run

@@ -1014,3 +1014,28 @@ async fn a_cascade_whose_page_came_late_reads_again_what_it_published_over() {
     other.relay.stop().await.unwrap();
     relay.relay.stop().await.unwrap();
 }
+
+/// As the cascade above, with NATS away while it runs: the dependents' last messages cannot be
+/// read to tell whether another relay published since. Each is spooled to be judged against the
+/// stream when drained, and the registry shows NetBox's name once NATS is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cascade_that_cannot_read_the_stream_leaves_the_judgement_to_the_drain() {
+    let mut renamed = renamed_through_another_relay().await;
+    renamed.nats.stop();
+    let body = device_4_renamed(&renamed.fake, "ams1-leaf9", "ams1-leaf1");
+    let (status, answer) = renamed.relay.post_signed(&body).await;
+    assert_eq!(status, 202, "{answer}");
+    // The device and its dependents wait in the spool.
+    let count = 1 + renamed.dependents.len() as u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, ready) = renamed.relay.get("/readyz").await;
+        if ready["spool_depth"].as_u64() >= Some(count) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    renamed.nats.restart();
+    renamed.end_showing("ams1-leaf1").await;
+}
