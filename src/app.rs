@@ -176,7 +176,8 @@ async fn run(
             },
         ))
     };
-    let drainer = parts.pipeline.spawn_drainer(shutdown.clone());
+    let rereads = parts.state.cascades.clone().map(read_again);
+    let drainer = parts.pipeline.spawn_drainer(rereads, shutdown.clone());
     let confirmer = {
         let (confirmer, delivery) = (parts.state.confirmer.clone(), parts.state.delivery.clone());
         tokio::spawn(supervise(part::CONFIRMER, shutdown.clone(), {
@@ -283,6 +284,22 @@ pub fn sd_source(config: &Config, js: async_nats::jetstream::Context) -> Source 
     }
 }
 
+/// Objects the drainer asks to read again, queued as cascades of the objects themselves (kept
+/// in the state file). Up to 1,024 wait; past that the drainer says so.
+fn read_again(cascades: Arc<Cascades>) -> publish::Rereads {
+    let (rereads, mut asked) = tokio::sync::mpsc::channel::<(crate::delta::Kind, u64)>(1024);
+    tokio::spawn(async move {
+        while let Some((kind, id)) = asked.recv().await {
+            let object_type = crate::netbox::ObjectType::from_kind(kind).name;
+            let trigger = crate::netbox::parents::Trigger::reread(object_type, id);
+            if let Err(e) = cascades.push(trigger).await {
+                tracing::warn!(object_type, id, error = %e, "cannot keep an object to read again; the next full pass compares it");
+            }
+        }
+    });
+    rereads
+}
+
 /// The cascade queue, when cascades are on (`cascade.enabled`, by default whenever NetBox's URL
 /// and token are set, as `start` says).
 fn cascades(config: &Config, reconciler: &Reconciler, journal: Journal) -> Option<Arc<Cascades>> {
@@ -349,7 +366,7 @@ pub async fn reconcile_once(
     let report = reconciler.run(options).await.map_err(anyhow::Error::from);
     // Drain what this run spooled while NATS is there; otherwise the next `serve` drains it.
     let shutdown = CancellationToken::new();
-    let drainer = pipeline.spawn_drainer(shutdown.clone());
+    let drainer = pipeline.spawn_drainer(None, shutdown.clone());
     let (spool, publisher) = (&pipeline.spool, &pipeline.publisher);
     tokio::select! {
         _ = spool.empty() => {}
@@ -408,7 +425,12 @@ impl Pipeline {
     }
 
     /// The spool drainer, restarted if it panics, until `shutdown`.
-    fn spawn_drainer(&self, shutdown: CancellationToken) -> JoinHandle<()> {
+    /// `rereads`: where objects to read again from NetBox go (see [`publish::Rereads`]).
+    fn spawn_drainer(
+        &self,
+        rereads: Option<publish::Rereads>,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<()> {
         let (spool, store) = (self.spool.clone(), self.store.clone());
         let (committer, publisher) = (self.committer.clone(), self.publisher.clone());
         tokio::spawn(supervise(part::DRAINER, shutdown.clone(), move || {
@@ -417,6 +439,7 @@ impl Pipeline {
                 store.clone(),
                 committer.clone(),
                 publisher.clone(),
+                rereads.clone(),
                 shutdown.clone(),
             )
         }))

@@ -89,6 +89,12 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl RegistryDelta {
+    /// The same revision as `other` with another entry: which of the two is newer cannot be told
+    /// from the deltas (NetBox did not stamp the change, or a page was pulled before the other).
+    pub fn differs_at_same_revision(&self, other: &RegistryDelta) -> bool {
+        self.revision == other.revision && self.entry != other.entry
+    }
+
     /// The same delta with its sweep host list dropped (the CIDR kept, the count said in
     /// `hosts_omitted`) and its id computed again; None when it has no host list to drop.
     pub fn without_sweep_hosts(&self) -> Option<RegistryDelta> {

@@ -12,7 +12,7 @@ use super::order::{publish_checked, Checked};
 use super::spool::Spool;
 use super::{PublishError, Publisher};
 use crate::backoff::Backoff;
-use crate::delta::RegistryDelta;
+use crate::delta::{Kind, RegistryDelta};
 use crate::state::{Acked, Committer, DeadLetter, SpooledDelta, Store, Write};
 use crate::telemetry;
 
@@ -34,6 +34,7 @@ pub async fn drain(
     store: Arc<Store>,
     committer: Committer,
     publisher: Arc<Publisher>,
+    rereads: Option<Rereads>,
     shutdown: CancellationToken,
 ) {
     let mut drainer = Drainer {
@@ -41,6 +42,7 @@ pub async fn drain(
         store: &store,
         committer: &committer,
         publisher: &publisher,
+        rereads,
         acked: BTreeSet::new(),
         last_seq: HashMap::new(),
     };
@@ -67,8 +69,13 @@ pub async fn drain(
     }
 }
 
+/// Objects (kind, id) to read again from NetBox: a spooled delta was published over another
+/// relay's entry of the same revision, which may be the newer one.
+pub type Rereads = tokio::sync::mpsc::Sender<(Kind, u64)>;
+
 struct Drainer<'a> {
     spool: &'a Spool,
+    rereads: Option<Rereads>,
     store: &'a Arc<Store>,
     committer: &'a Committer,
     publisher: &'a Publisher,
@@ -82,6 +89,18 @@ struct Drainer<'a> {
 }
 
 impl Drainer<'_> {
+    /// Asks for `delta`'s object to be read again (see [`Rereads`]); with no one to ask, or the
+    /// queue full, the next full pass compares it.
+    fn read_again(&self, delta: &RegistryDelta) {
+        let asked = self
+            .rereads
+            .as_ref()
+            .map(|r| r.try_send((delta.kind, delta.object_id)));
+        if !matches!(asked, Some(Ok(()))) {
+            tracing::warn!(key = %delta.key, "a spooled delta was published over another relay's entry of the same revision, and its object cannot be read again now; the next full pass compares it");
+        }
+    }
+
     /// Publishes the head of the spool; true when the whole round went out.
     async fn round(&mut self) -> bool {
         let head = match self.store.read(|store| store.spool_head(ROUND)).await {
@@ -185,7 +204,18 @@ impl Drainer<'_> {
             }
         }
         let error = match sent {
-            Ok(Checked::Published { seq, .. } | Checked::AlreadyStored(seq)) => {
+            Ok(Checked::Published { seq, over }) => {
+                if over.is_some_and(|other| delta.differs_at_same_revision(&other)) {
+                    self.read_again(&delta);
+                }
+                self.last_seq.insert(delta.key.clone(), Some(seq));
+                return Sent::Acked(Some(Acked {
+                    key: delta.key,
+                    delta_id: delta.delta_id,
+                    seq,
+                }));
+            }
+            Ok(Checked::AlreadyStored(seq)) => {
                 self.last_seq.insert(delta.key.clone(), Some(seq));
                 return Sent::Acked(Some(Acked {
                     key: delta.key,

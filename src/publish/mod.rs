@@ -17,7 +17,7 @@ pub use connect::{
     connect_following, connect_once, connect_reader, probe, shown as shown_servers, Probe,
 };
 pub use delivery::{Delivered, Delivery, DeliveryError};
-pub use drain::drain;
+pub use drain::{drain, Rereads};
 pub use jetstream::{Last, PublishError, Publisher};
 pub use reads::LastPerKey;
 pub use spool::Spool;

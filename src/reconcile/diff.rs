@@ -298,7 +298,7 @@ impl<'a> Emitter<'a> {
             };
             match delivered {
                 Ok(Delivered::Published { over: Some(other) })
-                    if other.revision == delta.revision && other.entry != delta.entry =>
+                    if delta.differs_at_same_revision(&other) =>
                 {
                     let object_type = ObjectType::from_kind(delta.kind).name;
                     Emitted::OutOver(Trigger::reread(object_type, delta.object_id))
