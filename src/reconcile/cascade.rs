@@ -141,6 +141,9 @@ pub struct CascadeTally {
     /// changed (a device renamed by a lost webhook, re-labelled by its site's cascade), each with
     /// its row in the journal (none for a dry run).
     pub further: Vec<(Trigger, Option<PendingCascade>)>,
+    /// Deltas spooled (NATS away). Each is NetBox as pulled; published later, it may be older
+    /// than NetBox by then, with nothing after it to show so: the cascade runs again.
+    pub spooled: u64,
 }
 
 impl Cascades {
@@ -272,6 +275,25 @@ impl Cascades {
         }
     }
 
+    /// The try after `attempt`, and how long it waits: four debounces, then four times as long
+    /// each time.
+    fn again(
+        &self,
+        trigger: Trigger,
+        attempt: u32,
+        kept: Option<PendingCascade>,
+    ) -> (Duration, Queued) {
+        let (first, most) = (self.debounce * 4, self.debounce * 4u32.pow(ATTEMPTS));
+        let wait = Backoff::nth_wait(first, most, 4.0, attempt as usize);
+        let attempt = attempt + 1;
+        let again = Queued {
+            trigger,
+            attempt,
+            kept,
+        };
+        (wait, again)
+    }
+
     /// Runs one cascade; when it is to be tried again, how long to wait and what to queue.
     async fn attempt(
         &self,
@@ -285,8 +307,19 @@ impl Cascades {
         } = queued;
         let (parent, id) = (trigger.parent.name, trigger.id);
         match reconciler.cascade(&trigger).await {
+            // Pulled again later, behind what it spooled: NetBox as it is then follows it.
+            Ok(tally) if tally.spooled > 0 && attempt + 1 < ATTEMPTS => {
+                for (further, kept) in tally.further {
+                    self.queue(further, 0, kept);
+                }
+                let again = self.again(trigger, attempt, kept);
+                tracing::info!(parent, id, spooled = tally.spooled, again_in = ?again.0,
+                    "cascade: deltas spooled (NATS away); the dependents are read again");
+                return Some(again);
+            }
             Ok(tally) => {
-                if let (Some(journal), Some(kept)) = (&self.journal, kept) {
+                // Still spooling at its last try: kept for the next reconcile run to carry out.
+                if let (Some(journal), Some(kept), 0) = (&self.journal, kept, tally.spooled) {
                     journal.done(vec![kept]).await;
                 }
                 for (further, kept) in tally.further {
@@ -303,16 +336,9 @@ impl Cascades {
             }
             Err(e) if attempt + 1 < ATTEMPTS => {
                 telemetry::cascade_ran("retried", 0);
-                let (first, most) = (self.debounce * 4, self.debounce * 4u32.pow(ATTEMPTS));
-                let wait = Backoff::nth_wait(first, most, 4.0, attempt as usize);
-                tracing::warn!(parent, id, error = %e, retry_in = ?wait, "cascade: failed; retrying");
-                let attempt = attempt + 1;
-                let again = Queued {
-                    trigger,
-                    attempt,
-                    kept,
-                };
-                return Some((wait, again));
+                let again = self.again(trigger, attempt, kept);
+                tracing::warn!(parent, id, error = %e, retry_in = ?again.0, "cascade: failed; retrying");
+                return Some(again);
             }
             Err(e) => {
                 telemetry::cascade_ran("failed", 0);
@@ -393,6 +419,7 @@ pub async fn cascade(
         }
         let sent = emitter.finish().await;
         tally.published += sent.out;
+        tally.spooled += sent.spooled;
         tally
             .further
             .extend(sent.reread.into_iter().map(|t| (t, None)));

@@ -237,6 +237,8 @@ enum Emitted {
     /// of the two NetBox shows now cannot be told (that relay may have pulled later), so the
     /// object is to be read again.
     OutOver(Trigger),
+    /// Spooled (NATS away), to be published once NATS is back.
+    Spooled,
     /// Delivery judged it stale or duplicate: a newer webhook won.
     Dropped,
     Failed,
@@ -250,6 +252,8 @@ pub(super) struct Tally {
     pub failed: u64,
     /// Objects to read again (see [`Emitted::OutOver`]).
     pub reread: Vec<Trigger>,
+    /// Of the out, those spooled (NATS away): published later, perhaps after NetBox changed.
+    pub spooled: u64,
 }
 
 /// Deltas on their way, at most `IN_FLIGHT` at once, each delivered on its own task: delivery
@@ -303,7 +307,8 @@ impl<'a> Emitter<'a> {
                     let object_type = ObjectType::from_kind(delta.kind).name;
                     Emitted::OutOver(Trigger::reread(object_type, delta.object_id))
                 }
-                Ok(Delivered::Published { .. } | Delivered::Spooled) => Emitted::Out,
+                Ok(Delivered::Spooled) => Emitted::Spooled,
+                Ok(Delivered::Published { .. }) => Emitted::Out,
                 Ok(Delivered::Dropped(_)) => Emitted::Dropped,
                 Err(e) => {
                     tracing::error!(error = %e, key = %delta.key, "reconcile: delta not delivered");
@@ -324,6 +329,10 @@ impl<'a> Emitter<'a> {
     fn count(&mut self, done: Result<Emitted, tokio::task::JoinError>) {
         match done {
             Ok(Emitted::Out) => self.tally.out += 1,
+            Ok(Emitted::Spooled) => {
+                self.tally.out += 1;
+                self.tally.spooled += 1;
+            }
             Ok(Emitted::OutOver(trigger)) => {
                 self.tally.out += 1;
                 self.tally.reread.push(trigger);

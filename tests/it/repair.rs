@@ -1040,6 +1040,56 @@ async fn a_cascade_that_cannot_read_the_stream_leaves_the_judgement_to_the_drain
     renamed.end_showing("ams1-leaf1").await;
 }
 
+/// A relay whose way to NATS is cut, its registry holding the recorded NetBox, after it took
+/// device 4's rename to ams1-leaf9 (the device and its dependents wait in its spool); a second
+/// relay on the same NATS and NetBox.
+struct Cut {
+    nats: NatsServer,
+    fake: FakeNetbox,
+    way: crate::helpers::Cuttable,
+    relay: TestRelay,
+    other: TestRelay,
+    dependents: BTreeSet<String>,
+}
+
+async fn cut_off_while_renamed() -> Cut {
+    let nats = NatsServer::start();
+    let fake = crate::reconcile::fake_with_recorded("4.6.8").await;
+    let way = crate::helpers::Cuttable::start(nats.addr()).await;
+    let mut config = config(&nats, &fake, 1000);
+    config.cascade.debounce = DEBOUNCE;
+    config.nats.url = way.url();
+    let relay = TestRelay::start(config).await;
+    assert_eq!(reconcile(&relay).await["status"], "succeeded");
+    let other = second_relay(&nats, &fake).await;
+    let dependents = device_4_dependents(&fake);
+    way.cut();
+    let body = device_4_renamed(&fake, "ams1-leaf1", "ams1-leaf9");
+    assert_eq!(relay.post_signed(&body).await.0, 202);
+    spooled(&relay, 1 + dependents.len() as u64).await;
+    Cut {
+        nats,
+        fake,
+        way,
+        relay,
+        other,
+        dependents,
+    }
+}
+
+impl Cut {
+    /// The way to NATS back: once the spool is drained, the dependents show device 4 as `name`.
+    /// Stops both relays; the device's last delta.
+    async fn back_showing(self, name: &str) -> Value {
+        self.way.restore();
+        spooled_out(&self.relay).await;
+        dependents_show(&self.nats, &self.dependents, name).await;
+        self.other.relay.stop().await.unwrap();
+        self.relay.relay.stop().await.unwrap();
+        last_of(&self.nats, "netbox/default/dcim.device/4").await
+    }
+}
+
 /// Waits until `relay`'s spool holds at least `depth` deltas.
 async fn spooled(relay: &TestRelay, depth: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -1060,32 +1110,13 @@ async fn spooled(relay: &TestRelay, depth: u64) {
 /// the object is read again and the registry shows NetBox's name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spooled_page_published_over_a_newer_entry_reads_its_object_again() {
-    let nats = NatsServer::start();
-    let fake = crate::reconcile::fake_with_recorded("4.6.8").await;
-    let way = crate::helpers::Cuttable::start(nats.addr()).await;
-    let mut config = config(&nats, &fake, 1000);
-    config.cascade.debounce = DEBOUNCE;
-    config.nats.url = way.url();
-    let relay = TestRelay::start(config).await;
-    assert_eq!(reconcile(&relay).await["status"], "succeeded");
-    let other = second_relay(&nats, &fake).await;
-    let dependents = device_4_dependents(&fake);
-
-    way.cut();
-    let body = device_4_renamed(&fake, "ams1-leaf1", "ams1-leaf9");
-    assert_eq!(relay.post_signed(&body).await.0, 202);
-    spooled(&relay, 1 + dependents.len() as u64).await;
-    let body = device_4_renamed(&fake, "ams1-leaf9", "ams1-leaf5");
+    let cut = cut_off_while_renamed().await;
+    let (nats, fake, other) = (&cut.nats, &cut.fake, &cut.other);
+    let body = device_4_renamed(fake, "ams1-leaf9", "ams1-leaf5");
     assert_eq!(other.post_signed(&body).await.0, 202);
-    dependents_show(&nats, &dependents, "ams1-leaf5").await;
-
-    way.restore();
-    spooled_out(&relay).await;
-    dependents_show(&nats, &dependents, "ams1-leaf5").await;
-    let device = last_of(&nats, "netbox/default/dcim.device/4").await;
+    dependents_show(nats, &cut.dependents, "ams1-leaf5").await;
+    let device = cut.back_showing("ams1-leaf5").await;
     assert_eq!(device["entry"]["name"], "ams1-leaf5", "{device}");
-    other.relay.stop().await.unwrap();
-    relay.relay.stop().await.unwrap();
 }
 
 /// Waits until `relay`'s spool is empty.
@@ -1099,4 +1130,22 @@ async fn spooled_out(relay: &TestRelay) {
         assert!(std::time::Instant::now() < deadline, "{ready}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// As above, with NetBox renamed back to the registry's name: the other relay finds the stream as
+/// NetBox has it and publishes nothing, so the spooled page meets no conflict when it is drained.
+/// The cascade that spooled it runs again, behind it, and publishes NetBox's name after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cascade_that_spooled_runs_again_behind_its_page() {
+    let cut = cut_off_while_renamed().await;
+    let (nats, fake, other) = (&cut.nats, &cut.fake, &cut.other);
+    let body = device_4_renamed(fake, "ams1-leaf9", "ams1-leaf1");
+    assert_eq!(other.post_signed(&body).await.0, 202);
+    let device = "netbox/default/dcim.device/4";
+    wait_for_last(nats, device, "the rename back", |d| {
+        d["entry"]["name"] == "ams1-leaf1"
+    })
+    .await;
+    let device = cut.back_showing("ams1-leaf1").await;
+    assert_eq!(device["entry"]["name"], "ams1-leaf1", "{device}");
 }
