@@ -32,5 +32,5 @@ if [ "$profile" = release ]; then cargo build --release --locked --quiet; else c
 rm -rf "$out"; mkdir -p "$out"
 echo "soak.sh: $minutes min, seed $seed, $rate changes/min; report in $out/report.json" >&2
 exec .netbox/venv/bin/python scripts/soak/soak.py --minutes "$minutes" --seed "$seed" --rate "$rate" \
-  --out "$out" --relay "$root/target/$profile/netbox-relay" --nats "$NATS_SERVER" \
+  --out "$out" --relay "${CARGO_TARGET_DIR:-$root/target}/$profile/netbox-relay" --nats "$NATS_SERVER" \
   --haproxy "$(command -v haproxy)" --settings "$settings" --netbox-sh "$root/scripts/netbox.sh"
