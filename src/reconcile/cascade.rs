@@ -9,7 +9,7 @@
 //! and forgotten once its dependents were pulled: one queued when the relay stops runs at its next
 //! start, and one that failed `ATTEMPTS` times runs at the next reconcile run.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +19,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::cascade_queue::{Next, Queue};
 use super::diff::{cascades_of, Emitter, PullError};
 use super::pull::{Pager, PullOptions};
 use super::Reconciler;
@@ -117,20 +118,15 @@ impl Dependents for Reconciler {
 
 /// The queue of cascades and the task that runs them.
 pub struct Cascades {
-    /// By [`Trigger::key`].
-    pending: Mutex<BTreeMap<String, Queued>>,
+    /// By [`Trigger::key`]; only the cascades running are tasks.
+    pending: Mutex<Queue<Trigger, PendingCascade>>,
     wake: Notify,
     debounce: Duration,
     /// Where triggers are kept until carried out (none in the queue's own unit tests).
     journal: Option<Journal>,
 }
 
-struct Queued {
-    trigger: Trigger,
-    attempt: u32,
-    /// Its row in the journal.
-    kept: Option<PendingCascade>,
-}
+type Queued = super::cascade_queue::Queued<Trigger, PendingCascade>;
 
 /// What one cascade did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -149,7 +145,7 @@ pub struct CascadeTally {
 impl Cascades {
     pub fn new(debounce: Duration) -> Arc<Cascades> {
         Arc::new(Cascades {
-            pending: Mutex::new(BTreeMap::new()),
+            pending: Mutex::default(),
             wake: Notify::new(),
             debounce,
             journal: None,
@@ -159,7 +155,7 @@ impl Cascades {
     /// A queue whose triggers outlive a restart.
     pub fn kept_in(debounce: Duration, journal: Journal) -> Arc<Cascades> {
         Arc::new(Cascades {
-            pending: Mutex::new(BTreeMap::new()),
+            pending: Mutex::default(),
             wake: Notify::new(),
             debounce,
             journal: Some(journal),
@@ -177,20 +173,23 @@ impl Cascades {
         Ok(())
     }
 
+    /// Queues a new trigger: it runs with the burst it arrived in.
     fn queue(&self, trigger: Trigger, attempt: u32, kept: Option<PendingCascade>) {
         let key = trigger.key();
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let attempt = pending
-            .get(&key)
-            .map_or(attempt, |q| q.attempt.min(attempt));
         let queued = Queued {
             trigger,
             attempt,
             kept,
         };
-        pending.insert(key, queued);
-        drop(pending);
+        let mut waiting = self.waiting();
+        waiting.arrive(key, queued, self.debounce);
+        telemetry::cascades_waiting(waiting.len());
+        drop(waiting);
         self.wake.notify_one();
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Queue<Trigger, PendingCascade>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues the cascades a relay before this one kept and did not carry out.
@@ -217,7 +216,8 @@ impl Cascades {
 
     /// Runs queued cascades until shutdown. Each parent's pull is a task of its own, at most
     /// `netbox.concurrency` at once: one slow parent (NetBox answering 429 with a long
-    /// `Retry-After`) holds one of them, never the parents queued after it.
+    /// `Retry-After`) holds one of them, never the parents queued after it. The others wait in
+    /// the queue, not as tasks, and are taken as pulls end.
     pub async fn run(
         self: Arc<Self>,
         reconciler: Arc<impl Dependents>,
@@ -226,52 +226,58 @@ impl Cascades {
         let permits = Arc::new(Semaphore::new(reconciler.concurrency().max(1)));
         let pulls = TaskTracker::new();
         self.resume().await;
+        let mut next = None;
         loop {
             tokio::select! {
                 _ = self.wake.notified() => {}
+                _ = sleep_until(next), if next.is_some() => {}
                 _ = shutdown.cancelled() => break,
             }
-            // Let the burst that woke us finish arriving.
-            tokio::select! {
-                _ = tokio::time::sleep(self.debounce) => {}
-                _ = shutdown.cancelled() => break,
-            }
-            let batch =
-                std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-            for queued in batch.into_values() {
-                let (this, reconciler) = (self.clone(), reconciler.clone());
-                let (permits, shutdown) = (permits.clone(), shutdown.clone());
+            next = loop {
+                let permit = tokio::select! {
+                    permit = permits.clone().acquire_owned() => permit.expect("never closed"),
+                    _ = shutdown.cancelled() => break None,
+                };
+                let mut waiting = self.waiting();
+                let next = waiting.take();
+                telemetry::cascades_waiting(waiting.len());
+                drop(waiting);
+                let queued = match next {
+                    Next::Ready(queued) => queued,
+                    Next::At(at) => break Some(at),
+                    Next::Empty => break None,
+                };
+                let (this, reconciler, shutdown) =
+                    (self.clone(), reconciler.clone(), shutdown.clone());
                 pulls.spawn(async move {
                     // At shutdown the pipeline closes: pulls in progress are left to the next
                     // reconcile.
                     tokio::select! {
-                        _ = this.pull(&*reconciler, &permits, queued) => {}
+                        _ = this.pull(&*reconciler, queued) => {}
                         _ = shutdown.cancelled() => {}
                     }
+                    drop(permit);
                 });
+            };
+            if shutdown.is_cancelled() {
+                break;
             }
         }
         pulls.close();
         pulls.wait().await;
     }
 
-    /// One try of a parent's cascade; a failed one waits its back-off here, inside the task
-    /// shutdown cancels, then is queued again (taking a newer trigger of the same parent along).
-    async fn pull(
-        self: &Arc<Self>,
-        reconciler: &impl Dependents,
-        permits: &Semaphore,
-        queued: Queued,
-    ) {
-        let retry = {
-            let Ok(_permit) = permits.acquire().await else {
-                return;
-            };
-            self.attempt(reconciler, queued).await
-        };
-        if let Some((wait, again)) = retry {
-            tokio::time::sleep(wait).await;
-            self.queue(again.trigger, again.attempt, again.kept);
+    /// One try of a parent's cascade; a failed one is queued again to run after its back-off
+    /// (a newer trigger of the same parent runs sooner, in its place).
+    async fn pull(self: &Arc<Self>, reconciler: &impl Dependents, queued: Queued) {
+        if let Some((wait, again)) = self.attempt(reconciler, queued).await {
+            let key = again.trigger.key();
+            let due = tokio::time::Instant::now() + wait + self.debounce;
+            let mut waiting = self.waiting();
+            waiting.put(key, again, due);
+            telemetry::cascades_waiting(waiting.len());
+            drop(waiting);
+            self.wake.notify_one();
         }
     }
 
@@ -450,6 +456,13 @@ fn parent_gone(e: &ApiError, query: &str) -> bool {
         && message.contains("is not one of the available choices")
 }
 
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,6 +474,8 @@ mod tests {
         epoch: Instant,
         pulls: Mutex<Vec<(u64, Option<String>, Duration)>>,
         failing: Vec<u64>,
+        /// How long each pull takes.
+        takes: Duration,
     }
 
     impl Dependents for Recorder {
@@ -472,6 +487,7 @@ mod tests {
             let at = self.epoch.elapsed();
             let pull = (trigger.id, trigger.slug.clone(), at);
             self.pulls.lock().unwrap().push(pull);
+            tokio::time::sleep(self.takes).await;
             if self.failing.contains(&trigger.id) {
                 return Err(PullError::NotDelivered(1));
             }
@@ -489,11 +505,19 @@ mod tests {
     }
 
     fn started(failing: Vec<u64>) -> (Arc<Cascades>, Arc<Recorder>, CancellationToken) {
+        started_taking(failing, Duration::ZERO)
+    }
+
+    fn started_taking(
+        failing: Vec<u64>,
+        takes: Duration,
+    ) -> (Arc<Cascades>, Arc<Recorder>, CancellationToken) {
         let cascades = Cascades::new(Duration::from_secs(2));
         let recorder = Arc::new(Recorder {
             epoch: Instant::now(),
             pulls: Mutex::new(Vec::new()),
             failing,
+            takes,
         });
         let shutdown = CancellationToken::new();
         tokio::spawn(cascades.clone().run(recorder.clone(), shutdown.clone()));
@@ -562,5 +586,36 @@ mod tests {
                 "retry {n}: {gap:?}, floor {floor:?}"
             );
         }
+    }
+
+    /// A backlog (NetBox slow, a burst of renames) waits in the queue, not as a task per
+    /// parent: 2,000 parents queued with pulls of a second each, four at a time, cost four
+    /// tasks, and a parent queued again before its turn is pulled once.
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_waits_in_the_queue_and_a_parent_queued_again_is_pulled_once() {
+        let (cascades, recorder, shutdown) = started_taking(Vec::new(), Duration::from_secs(1));
+        tokio::task::yield_now().await;
+        let before = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        for id in 1..=2000 {
+            cascades.push(site(id, "first")).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let alive = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+            - before;
+        assert!(alive <= 4, "{alive} tasks for four pulls at a time");
+        for id in 1500..=2000 {
+            cascades.push(site(id, "second")).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        shutdown.cancel();
+
+        let pulls = recorder.pulls.lock().unwrap().clone();
+        assert_eq!(pulls.len(), 2000, "each parent once");
+        let last = pulls.iter().find(|p| p.0 == 2000).unwrap();
+        assert_eq!(last.1.as_deref(), Some("second"), "with its newer slug");
     }
 }

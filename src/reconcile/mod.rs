@@ -3,6 +3,7 @@
 //! schedule, at start, by `POST /reconcile` and by `netbox-relay reconcile`.
 
 mod cascade;
+mod cascade_queue;
 mod confirm;
 mod diff;
 mod held;

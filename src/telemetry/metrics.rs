@@ -34,6 +34,7 @@ pub const CONNECTIONS_CLOSED: &str = "netbox_relay_http_connections_closed_total
 pub const RESTARTS: &str = "netbox_relay_restarts_total";
 pub const CONFLICTS: &str = "netbox_relay_publish_conflicts_total";
 pub const CASCADES: &str = "netbox_relay_cascades_total";
+pub const CASCADES_WAITING: &str = "netbox_relay_cascades_waiting";
 pub const SD_REQUESTS: &str = "netbox_relay_sd_requests_total";
 pub const SD_TARGETS: &str = "netbox_relay_sd_targets";
 pub const CASCADE_PULLED: &str = "netbox_relay_cascade_objects_pulled_total";
@@ -230,6 +231,11 @@ fn describe() {
         "1 while the state file takes writes, 0 after a failed write until it recovers"
     );
     describe_gauge!(NATS_CONNECTED, Unit::Count, "1 while connected to NATS");
+    describe_gauge!(
+        CASCADES_WAITING,
+        Unit::Count,
+        "Parents whose cascade waits for its turn or its retry (one each, however often queued)"
+    );
     describe_gauge!(CONNECTIONS, Unit::Count, "Open HTTP connections");
     describe_gauge!(
         REQUESTS_IN_FLIGHT,
@@ -447,6 +453,10 @@ pub fn sd_answered(result: &'static str) {
 
 pub fn sd_targets(count: usize) {
     gauge!(SD_TARGETS).set(count as f64);
+}
+
+pub fn cascades_waiting(count: usize) {
+    gauge!(CASCADES_WAITING).set(count as f64);
 }
 
 pub fn cascade_ran(result: &'static str, pulled: u64) {

@@ -1,0 +1,152 @@
+//! The cascades waiting for their turn: one per parent, each with the time it may run. Only
+//! the ones running are tasks; the rest wait here, small, so that a backlog (NetBox slow, a
+//! burst of renames) costs a few hundred bytes a parent, and a parent queued again while it
+//! waits is pulled once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// One parent's cascade and the tries it had.
+pub(super) struct Queued<T, K> {
+    pub trigger: T,
+    pub attempt: u32,
+    /// Its row in the journal.
+    pub kept: Option<K>,
+}
+
+/// What [`Queue::take`] found.
+pub(super) enum Next<T, K> {
+    Ready(Queued<T, K>),
+    /// Nothing may run before then.
+    At(Instant),
+    Empty,
+}
+
+pub(super) struct Queue<T, K> {
+    by_key: HashMap<String, (Queued<T, K>, (Instant, u64))>,
+    /// By when each may run, first come first.
+    by_due: BTreeMap<(Instant, u64), String>,
+    arrivals: u64,
+    /// Where a new trigger joins the burst it arrived in: all run one debounce after the first.
+    burst_ends: Option<Instant>,
+}
+
+impl<T, K> Default for Queue<T, K> {
+    fn default() -> Self {
+        Queue {
+            by_key: HashMap::new(),
+            by_due: BTreeMap::new(),
+            arrivals: 0,
+            burst_ends: None,
+        }
+    }
+}
+
+impl<T, K> Queue<T, K> {
+    /// A new trigger: it runs with the burst it arrived in, one `debounce` after that began.
+    pub fn arrive(&mut self, key: String, queued: Queued<T, K>, debounce: Duration) {
+        let now = Instant::now();
+        let due = match self.burst_ends {
+            Some(ends) if ends > now => ends,
+            _ => *self.burst_ends.insert(now + debounce),
+        };
+        self.put(key, queued, due);
+    }
+
+    /// A trigger to run at `due`, or sooner when its parent is already queued to run sooner.
+    /// One already queued for the same parent gives way to the newer trigger but keeps its
+    /// place, and the fewer tries of the two count.
+    pub fn put(&mut self, key: String, mut queued: Queued<T, K>, due: Instant) {
+        let mut at = (due, self.arrivals);
+        self.arrivals += 1;
+        if let Some((old, old_at)) = self.by_key.remove(&key) {
+            self.by_due.remove(&old_at);
+            queued.attempt = queued.attempt.min(old.attempt);
+            at = at.min(old_at);
+        }
+        self.by_due.insert(at, key.clone());
+        self.by_key.insert(key, (queued, at));
+    }
+
+    /// The first cascade whose time has come.
+    pub fn take(&mut self) -> Next<T, K> {
+        let Some(entry) = self.by_due.first_entry() else {
+            return Next::Empty;
+        };
+        let due = entry.key().0;
+        if due > Instant::now() {
+            return Next::At(due);
+        }
+        let key = entry.remove();
+        match self.by_key.remove(&key) {
+            Some((queued, _)) => Next::Ready(queued),
+            None => Next::Empty,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(trigger: &'static str, attempt: u32) -> Queued<&'static str, ()> {
+        Queued {
+            trigger,
+            attempt,
+            kept: None,
+        }
+    }
+
+    fn ready(queue: &mut Queue<&'static str, ()>) -> Vec<(&'static str, u32)> {
+        let mut out = Vec::new();
+        while let Next::Ready(q) = queue.take() {
+            out.push((q.trigger, q.attempt));
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_runs_one_debounce_after_it_began_first_come_first() {
+        let debounce = Duration::from_secs(2);
+        let mut queue = Queue::default();
+        let began = Instant::now();
+        queue.arrive("b".into(), queued("b1", 0), debounce);
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        queue.arrive("a".into(), queued("a1", 0), debounce);
+        // Queued again: the newer trigger, in the first one's place.
+        queue.arrive("b".into(), queued("b2", 0), debounce);
+        assert!(matches!(queue.take(), Next::At(at) if at == began + debounce));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(ready(&mut queue), [("b2", 0), ("a1", 0)]);
+        assert!(matches!(queue.take(), Next::Empty));
+
+        // The next burst begins with the next arrival.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let second = Instant::now();
+        queue.arrive("c".into(), queued("c1", 0), debounce);
+        assert!(matches!(queue.take(), Next::At(at) if at == second + debounce));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_waits_unless_a_new_trigger_of_its_parent_arrives() {
+        let debounce = Duration::from_secs(2);
+        let mut queue = Queue::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        queue.put("a".into(), queued("a-retry", 2), later);
+        queue.put("b".into(), queued("b-retry", 1), later);
+        assert!(matches!(queue.take(), Next::At(at) if at == later));
+
+        queue.arrive("a".into(), queued("a-new", 0), debounce);
+        tokio::time::advance(debounce).await;
+        assert_eq!(ready(&mut queue), [("a-new", 0)]);
+        assert_eq!(queue.len(), 1, "b still waits its back-off");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(ready(&mut queue), [("b-retry", 1)]);
+    }
+}
