@@ -24,10 +24,12 @@ pub(super) enum Next<T, K> {
     Empty,
 }
 
+/// When a cascade may run, and its arrival: first come first among those due.
+type Turn = (Instant, u64);
+
 pub(super) struct Queue<T, K> {
-    by_key: HashMap<String, (Queued<T, K>, (Instant, u64))>,
-    /// By when each may run, first come first.
-    by_due: BTreeMap<(Instant, u64), String>,
+    by_key: HashMap<String, (Queued<T, K>, Turn)>,
+    by_due: BTreeMap<Turn, String>,
     arrivals: u64,
     /// Where a new trigger joins the burst it arrived in: all run one debounce after the first.
     burst_ends: Option<Instant>,
