@@ -15,6 +15,7 @@ queue drains, one default reconcile runs, and the judge asks:
     is reported too);
   - no key's revision goes backwards on the stream; no dead letters;
   - every save the generator made is on the stream, or overtaken (a later revision, a delete);
+    a save NetBox logged no change for (a PATCH that set what was there) is listed apart;
   - each relay's RSS is flat after warm-up (Theil-Sen slope over the last half of its longest life);
   - deltas per second, and NetBox-save-to-stream latency (p50, p99) of the saves seen.
 The report is DIR/report.json; the exit code is 0 when every judgement passed.
@@ -790,6 +791,18 @@ class Soak:
         response = self.netbox.http.get(f"{self.netbox.url}{path}/{id}/", timeout=30)
         return response.status_code == 404
 
+    def changed(self, save):
+        """Whether NetBox logged a change for `save`. A PATCH that changes nothing (a status set
+        to the one the device has, a bulk edit of devices already so) still moves
+        `last_updated`, but NetBox records no change for it: there is nothing for a webhook or a
+        pass to carry, and the stream keeps the revision of the last real change."""
+        _, _, object_type, id = save["key"].split("/")
+        changes = self.netbox.http.get(f"{self.netbox.url}core/object-changes/", timeout=30, params={
+            "changed_object_type": object_type, "changed_object_id": id,
+            "ordering": "-time", "limit": 100}).json()["results"]
+        at = parse_time(save["revision"])
+        return any(abs(parse_time(c["time"]) - at) < 1.0 for c in changes)
+
     def judge(self, started, until):
         self.count_lost()
         self.tail.close()
@@ -817,14 +830,15 @@ class Soak:
         final = {}
         for d in deltas:
             final[d["delta"]["key"]] = d["delta"]
-        unseen = []
+        unseen, unchanged = [], []
         for line in open(os.path.join(self.args.out, "saves.jsonl")):
             save = json.loads(line)
             last = final.get(save["key"])
             shown = last is not None and (last["op"] == "delete"
                                           or parse_time(last["revision"]) >= parse_time(save["revision"]))
-            if not shown and not (last is None and self.gone(save["key"])):
-                unseen.append(save)
+            if shown or (last is None and self.gone(save["key"])):
+                continue
+            (unseen if self.changed(save) else unchanged).append(save)
         pct = lambda p: round(latencies[min(len(latencies) - 1, int(p * len(latencies)))], 3) if latencies else None
         dead = [r.get("/readyz").json().get("dead_letters") for r in self.relays]
         rss = {r.name: rss_summary(r.rss) for r in self.relays}
@@ -838,6 +852,7 @@ class Soak:
             "revisions_backwards": backwards[:20], "revisions_backwards_count": len(backwards),
             "saves": sum(1 for _ in open(os.path.join(self.args.out, "saves.jsonl"))),
             "saves_not_on_stream": unseen[:20], "saves_not_on_stream_count": len(unseen),
+            "saves_that_changed_nothing": unchanged[:20],
             "deliveries_lost": self.lost,
             "dead_letters": dead, "rss_kb": rss,
             "audit_before_run": {k: self.audit_before.get(k) for k in ("equal", "counts", "exit_code")},
