@@ -267,14 +267,14 @@ impl Cascades {
         pulls.wait().await;
     }
 
-    /// One try of a parent's cascade; a failed one is queued again to run after its back-off
-    /// (a newer trigger of the same parent runs sooner, in its place).
+    /// One try of a parent's cascade; a failed one is queued again to run after its back-off,
+    /// unless a newer trigger of the same parent was queued meanwhile (that one runs instead).
     async fn pull(self: &Arc<Self>, reconciler: &impl Dependents, queued: Queued) {
         if let Some((wait, again)) = self.attempt(reconciler, queued).await {
             let key = again.trigger.key();
             let due = tokio::time::Instant::now() + wait + self.debounce;
             let mut waiting = self.waiting();
-            waiting.put(key, again, due);
+            waiting.retry(key, again, due);
             telemetry::cascades_waiting(waiting.len());
             drop(waiting);
             self.wake.notify_one();

@@ -47,29 +47,41 @@ impl<T, K> Default for Queue<T, K> {
 }
 
 impl<T, K> Queue<T, K> {
-    /// A new trigger: it runs with the burst it arrived in, one `debounce` after that began.
-    pub fn arrive(&mut self, key: String, queued: Queued<T, K>, debounce: Duration) {
+    /// A new trigger: it runs with the burst it arrived in, one `debounce` after that began. One
+    /// already queued for the same parent gives way to it but keeps its place, and the fewer
+    /// tries of the two count.
+    pub fn arrive(&mut self, key: String, mut queued: Queued<T, K>, debounce: Duration) {
         let now = Instant::now();
         let due = match self.burst_ends {
             Some(ends) if ends > now => ends,
             _ => *self.burst_ends.insert(now + debounce),
         };
-        self.put(key, queued, due);
+        let mut turn = self.turn(due);
+        if let Some((old, old_turn)) = self.by_key.remove(&key) {
+            self.by_due.remove(&old_turn);
+            queued.attempt = queued.attempt.min(old.attempt);
+            turn = turn.min(old_turn);
+        }
+        self.insert(key, queued, turn);
     }
 
-    /// A trigger to run at `due`, or sooner when its parent is already queued to run sooner.
-    /// One already queued for the same parent gives way to the newer trigger but keeps its
-    /// place, and the fewer tries of the two count.
-    pub fn put(&mut self, key: String, mut queued: Queued<T, K>, due: Instant) {
-        let mut at = (due, self.arrivals);
-        self.arrivals += 1;
-        if let Some((old, old_at)) = self.by_key.remove(&key) {
-            self.by_due.remove(&old_at);
-            queued.attempt = queued.attempt.min(old.attempt);
-            at = at.min(old_at);
+    /// A failed cascade to try again at `due`, unless its parent was queued again meanwhile:
+    /// that newer trigger runs instead, in its own turn.
+    pub fn retry(&mut self, key: String, queued: Queued<T, K>, due: Instant) {
+        if !self.by_key.contains_key(&key) {
+            let turn = self.turn(due);
+            self.insert(key, queued, turn);
         }
-        self.by_due.insert(at, key.clone());
-        self.by_key.insert(key, (queued, at));
+    }
+
+    fn turn(&mut self, due: Instant) -> Turn {
+        self.arrivals += 1;
+        (due, self.arrivals)
+    }
+
+    fn insert(&mut self, key: String, queued: Queued<T, K>, turn: Turn) {
+        self.by_due.insert(turn, key.clone());
+        self.by_key.insert(key, (queued, turn));
     }
 
     /// The first cascade whose time has come.
@@ -136,18 +148,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_retry_waits_unless_a_new_trigger_of_its_parent_arrives() {
+    async fn a_retry_waits_and_gives_way_to_a_new_trigger_of_its_parent() {
         let debounce = Duration::from_secs(2);
         let mut queue = Queue::default();
         let later = Instant::now() + Duration::from_secs(60);
-        queue.put("a".into(), queued("a-retry", 2), later);
-        queue.put("b".into(), queued("b-retry", 1), later);
+        queue.retry("a".into(), queued("a-retry", 2), later);
+        queue.retry("b".into(), queued("b-retry", 1), later);
         assert!(matches!(queue.take(), Next::At(at) if at == later));
 
         queue.arrive("a".into(), queued("a-new", 0), debounce);
         tokio::time::advance(debounce).await;
         assert_eq!(ready(&mut queue), [("a-new", 0)]);
         assert_eq!(queue.len(), 1, "b still waits its back-off");
+        // A retry of an older trigger, failed while a newer one was queued, gives way to it.
+        queue.arrive("c".into(), queued("c-new", 0), debounce);
+        queue.retry("c".into(), queued("c-retry", 1), Instant::now());
+        tokio::time::advance(debounce).await;
+        assert_eq!(ready(&mut queue), [("c-new", 0)]);
         tokio::time::advance(Duration::from_secs(60)).await;
         assert_eq!(ready(&mut queue), [("b-retry", 1)]);
     }
