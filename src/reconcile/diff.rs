@@ -492,11 +492,17 @@ impl Pass<'_> {
         let Some(client) = self.reconciler.client.clone() else {
             return Ok((Vec::new(), Err(PullError::NotConfigured)));
         };
+        // A cheap pass lists `netbox.concurrency` types at once, each by one cursor (run.rs).
+        let listing = self.kind == PassKind::Cheap;
         let options = super::pull::PullOptions {
             version: self.version,
             page_size: self.reconciler.page_size,
-            concurrency: self.reconciler.concurrency,
-            listing: self.kind == PassKind::Cheap,
+            concurrency: if listing {
+                1
+            } else {
+                self.reconciler.concurrency
+            },
+            listing,
         };
         let pages = super::pull::pages(client.clone(), object_type, options);
         let scan = self.reconciler.translator.key_prefix(object_type);

@@ -13,9 +13,6 @@ use super::{Output, Reconciler, RunOptions};
 use crate::netbox::ObjectType;
 use crate::telemetry;
 
-/// Object types a cheap pass lists at once.
-const CHEAP_TYPES_AT_ONCE: usize = 3;
-
 impl Reconciler {
     /// Runs, renewing the lease meanwhile; gives it back at the end.
     pub(super) async fn execute(
@@ -136,10 +133,12 @@ impl Reconciler {
 }
 
 impl Reconciler {
-    /// The pass over each of `types`, each type's report kept and shared as it ends, in order. A
-    /// cheap pass lists [`CHEAP_TYPES_AT_ONCE`] types at once: most types fit in one small page,
-    /// and one after the other their round trips to NetBox add up. A full pass, which has NetBox
-    /// serialize every object, takes one type at a time.
+    /// The pass over each of `types`, each type's report kept and shared as it ends, in order.
+    /// Either way `netbox.concurrency` requests are in flight. A cheap pass spends them on types,
+    /// `netbox.concurrency` at once, each listed by one cursor: most types fit in one small page,
+    /// one after the other their round trips add up, and splitting a type's ids into segments
+    /// made NetBox list them slower (BENCHMARKS.md). A full pass, which has NetBox serialize every
+    /// object, takes one type at a time, its ids split into segments.
     async fn pass_types(
         &self,
         types: Vec<ObjectType>,
@@ -150,7 +149,7 @@ impl Reconciler {
     ) {
         let (run_start, kind) = (report.started_at, report.pass);
         let at_once = match kind {
-            PassKind::Cheap => CHEAP_TYPES_AT_ONCE,
+            PassKind::Cheap => self.concurrency.max(1),
             PassKind::Full => 1,
         };
         let passes = types.into_iter().map(|object_type| async move {

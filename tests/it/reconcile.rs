@@ -649,6 +649,44 @@ async fn several_segments_in_flight_fetch_every_object_exactly_once() {
     }
 }
 
+/// A cheap pass spends `netbox.concurrency` on types, not on segments: several types are listed
+/// at once, each by one cursor (no highest-id request, no `id__lt` bound), so that NetBox has at
+/// most that many listings in flight, plus the parents' listing beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cheap_pass_lists_several_types_at_once_each_by_one_cursor() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    fake.generate_devices(1000, 450);
+    let mut config = config(&nats, &fake, 100);
+    config.netbox.concurrency = 3;
+    let relay = TestRelay::start(config).await;
+    assert_eq!(reconcile(&relay).await["pass"], "full");
+
+    fake.with(|s| {
+        s.log.clear();
+        s.max_in_flight = 0;
+        s.delay = Duration::from_millis(40);
+    });
+    let cheap = reconcile(&relay).await;
+    assert_eq!(cheap["pass"], "cheap", "{cheap}");
+    assert_eq!(cheap["status"], "succeeded", "{cheap}");
+    let (log, max_in_flight) = fake.with(|s| (s.log.clone(), s.max_in_flight));
+    let devices: Vec<&String> = log
+        .iter()
+        .filter(|l| l.starts_with("dcim/devices?"))
+        .collect();
+    assert!(devices.len() >= 5, "pages of 100: {devices:?}");
+    assert!(
+        devices
+            .iter()
+            .all(|l| !l.contains("id__lt") && !l.contains("ordering=-id")),
+        "one cursor, no segments: {devices:?}"
+    );
+    assert!(
+        (3..=4).contains(&max_in_flight),
+        "3 types at once (and a parent listed beside them): {max_in_flight} in flight"
+    );
+}
 /// NetBox says which page is the last (`next: null` when it served fewer objects than the page
 /// holds), and a segment ends with its highest possible id: a type that fits one page costs one
 /// request, a longer one no empty page at the end of a segment.
