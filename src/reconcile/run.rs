@@ -133,8 +133,8 @@ impl Reconciler {
 }
 
 impl Reconciler {
-    /// The pass over each of `types`, each type's report kept and shared as it ends, in order.
-    /// Either way `netbox.concurrency` requests are in flight. A cheap pass spends them on types,
+    /// The pass over each of `types`, each type's report kept and shared as it ends; a type ends
+    /// in any order, so that a long one does not keep the next from starting. Either way `netbox.concurrency` requests are in flight. A cheap pass spends them on types,
     /// `netbox.concurrency` at once, each listed by one cursor: most types fit in one small page,
     /// one after the other their round trips add up, and splitting a type's ids into segments
     /// made NetBox list them slower (BENCHMARKS.md). A full pass, which has NetBox serialize every
@@ -174,7 +174,7 @@ impl Reconciler {
             };
             (object_type, type_report)
         });
-        let mut passes = futures::stream::iter(passes).buffered(at_once);
+        let mut passes = futures::stream::iter(passes).buffer_unordered(at_once);
         while let Some((object_type, type_report)) = passes.next().await {
             report
                 .object_types
