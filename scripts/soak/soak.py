@@ -261,15 +261,19 @@ class Relay:
             return
         try:
             with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        sample = (now(), self.proc.pid, int(line.split()[1]))
-                        self.rss.append(sample)
-                        # Kept for whoever reads the judgement: rss-<relay>.jsonl, one sample a line.
-                        with open(os.path.join(self.out, f"rss-{self.name}.jsonl"), "a") as f:
-                            f.write(json.dumps(sample) + "\n")
-        except OSError:
-            pass
+                status = {k: v.split()[0] for k, _, v in (line.partition(":") for line in f)
+                          if k in ("VmRSS", "RssAnon", "RssFile", "Threads")}
+        except (OSError, IndexError):
+            return
+        if "VmRSS" not in status:
+            return
+        sample = (now(), self.proc.pid, int(status["VmRSS"]))
+        self.rss.append(sample)
+        # Kept for whoever reads the judgement: rss-<relay>.jsonl, one sample a line. The split
+        # (anonymous memory, mapped files such as the binary, threads) says where a step came from.
+        extra = [int(status.get(k, 0)) for k in ("RssAnon", "RssFile", "Threads")]
+        with open(os.path.join(self.out, f"rss-{self.name}.jsonl"), "a") as f:
+            f.write(json.dumps(list(sample) + extra) + "\n")
 
     def get(self, path):
         return requests.get(f"http://127.0.0.1:{self.port}{path}", timeout=10)
