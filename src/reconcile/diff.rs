@@ -231,6 +231,14 @@ fn same_entry(head: &RecordHead, delta: &RegistryDelta) -> bool {
 }
 
 /// What became of one delta.
+/// What [`Delivery`] judges an emitted delta against.
+#[derive(Clone, Copy)]
+enum Judged {
+    ByRecord,
+    ByStream,
+    Gone(DateTime<Utc>),
+}
+
 enum Emitted {
     Out,
     /// Published over another relay's message of the same revision with another entry: which
@@ -276,16 +284,22 @@ impl<'a> Emitter<'a> {
     }
 
     pub async fn push(&mut self, delta: RegistryDelta) {
-        self.send(delta, false).await
+        self.send(delta, Judged::ByRecord).await
     }
 
     /// [`Emitter::push`] of a delta judged against the key's last message on the stream (see
     /// [`Delivery::deliver_judged_by_stream`]).
     pub async fn push_judged_by_stream(&mut self, delta: RegistryDelta) {
-        self.send(delta, true).await
+        self.send(delta, Judged::ByStream).await
     }
 
-    async fn send(&mut self, delta: RegistryDelta, by_stream: bool) {
+    /// [`Emitter::push`] of the delete of a key a listing begun at `listed_from` did not return
+    /// (see [`Delivery::deliver_gone`]).
+    pub async fn push_gone(&mut self, delta: RegistryDelta, listed_from: DateTime<Utc>) {
+        self.send(delta, Judged::Gone(listed_from)).await
+    }
+
+    async fn send(&mut self, delta: RegistryDelta, judged: Judged) {
         let delivery = match self.output {
             Output::Print => return self.count(Ok(print(&delta))),
             Output::Publish(delivery) => delivery.clone(),
@@ -296,9 +310,10 @@ impl<'a> Emitter<'a> {
             }
         }
         self.in_flight.push(tokio::spawn(async move {
-            let delivered = match by_stream {
-                true => delivery.deliver_judged_by_stream(&delta).await,
-                false => delivery.deliver(&delta).await,
+            let delivered = match judged {
+                Judged::ByRecord => delivery.deliver(&delta).await,
+                Judged::ByStream => delivery.deliver_judged_by_stream(&delta).await,
+                Judged::Gone(listed_from) => delivery.deliver_gone(&delta, listed_from).await,
             };
             match delivered {
                 Ok(Delivered::Published { over: Some(other) })
@@ -810,7 +825,7 @@ impl Pass<'_> {
         }
         let mut emitter = Emitter::new(self.output);
         for delta in deltas {
-            emitter.push(delta).await;
+            emitter.push_gone(delta, self.run_start).await;
         }
         let tally = emitter.finish().await;
         report.deleted += tally.out;

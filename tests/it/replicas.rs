@@ -429,6 +429,52 @@ async fn a_reconcile_deletes_keys_only_another_relay_published() {
     );
 }
 
+/// Found by the soak's hour of seed 2032: a relay whose record of a device is older than the
+/// stream's last message (the other relay published the device's next save) runs a cheap pass
+/// after the device was deleted in NetBox, its delete webhook lost. The delete, stamped at the
+/// record's revision, was judged stale against the other relay's newer upsert and dropped: the
+/// device stayed in the registry for good. It is stamped again at that upsert's revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_is_not_lost_to_another_relays_newer_message() {
+    let nats = NatsServer::start();
+    let fake = crate::fake_netbox::FakeNetbox::start("4.6.8").await;
+    fake.load_recorded("dcim_devices.json");
+    let a = TestRelay::start(reconciling(&nats, &fake, "a.redb")).await;
+    let b = TestRelay::start(reconciling(&nats, &fake, "b.redb")).await;
+    let (_, first) = trigger(&b.base).await;
+    let first = crate::helpers::reconcile_report(&b.base, &first["run_id"]).await;
+    assert_eq!(first["status"], "succeeded", "{first}");
+
+    // Saved twice, neither save listed by NetBox now (deleted since): b publishes the first,
+    // a the second, and b's record stays at the first.
+    let saved = Utc::now() - chrono::Duration::minutes(10);
+    let resaved = saved + chrono::Duration::minutes(5);
+    assert_eq!(b.post_signed(&update(900_001, saved)).await.0, 202);
+    assert_eq!(a.post_signed(&update(900_001, resaved)).await.0, 202);
+    let stamp = resaved.to_rfc3339_opts(SecondsFormat::Micros, true);
+    assert_eq!(
+        revisions_of(&nats, 900_001).await.last(),
+        Some(&stamp),
+        "a published over b's message"
+    );
+
+    let (status, run) = trigger(&b.base).await;
+    assert_eq!(status, 202, "{run}");
+    let report = crate::helpers::reconcile_report(&b.base, &run["run_id"]).await;
+    assert_eq!(report["pass"], "cheap", "{report}");
+    assert_eq!(
+        report["object_types"]["dcim.device"]["deleted"], 1,
+        "{report}"
+    );
+    let last = crate::helpers::stream_messages(&nats.url())
+        .await
+        .into_iter()
+        .rfind(|m| m.delta["object_id"] == 900_001)
+        .unwrap();
+    assert_eq!(last.delta["op"], "delete", "{:?}", last.delta);
+    assert_eq!(last.delta["revision"], stamp, "stamped at the newer save");
+}
+
 /// Two relays on a 4 s schedule sharing a real KV bucket: NetBox is pulled once per interval,
 /// not once per relay. (The exact timing is pinned on a paused clock in `reconcile::schedule`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
