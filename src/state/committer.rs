@@ -18,7 +18,8 @@ use crate::telemetry;
 
 struct Request {
     write: Write,
-    done: oneshot::Sender<Result<(), StoreError>>,
+    /// None when nobody waits (a record written later, the thread's own flush).
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
     /// A record nobody waits for holds a place among the pending ones until it is committed.
     room: Option<OwnedSemaphorePermit>,
 }
@@ -128,7 +129,7 @@ impl Committer {
         let (done, result) = oneshot::channel();
         let request = Request {
             write,
-            done,
+            done: Some(done),
             room: None,
         };
         self.tx.send(request).map_err(|_| StoreError::Closed)?;
@@ -144,7 +145,7 @@ impl Committer {
         self.store.pending.put(&key, record.clone());
         let request = Request {
             write: Write::Record { key, record },
-            done: oneshot::channel().0,
+            done: None,
             room: Some(room),
         };
         self.tx.send(request).map_err(|_| StoreError::Closed)
@@ -207,7 +208,7 @@ impl<'a> Thread<'a> {
                 Ok(request) => request,
                 Err(RecvTimeoutError::Timeout) => Request {
                     write: Write::Flush,
-                    done: oneshot::channel().0,
+                    done: None,
                     room: None,
                 },
                 Err(RecvTimeoutError::Disconnected) => {
@@ -260,8 +261,10 @@ impl<'a> Thread<'a> {
         // A record's delta is in JetStream already and its record is kept for recovery: its
         // webhook was delivered, whatever became of the batch.
         for (reply, published) in replies.into_iter().zip(published) {
-            let answer = if published { Ok(()) } else { result.clone() };
-            reply.send(answer).ok();
+            if let Some(reply) = reply {
+                let answer = if published { Ok(()) } else { result.clone() };
+                reply.send(answer).ok();
+            }
         }
         closing
     }
