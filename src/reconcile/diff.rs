@@ -230,7 +230,6 @@ fn same_entry(head: &RecordHead, delta: &RegistryDelta) -> bool {
     matches!((head.entry, translated), (Some(stored), Some(Ok(translated))) if stored == translated)
 }
 
-/// What became of one delta.
 /// What [`Delivery`] judges an emitted delta against.
 #[derive(Clone, Copy)]
 enum Judged {
@@ -239,6 +238,7 @@ enum Judged {
     Gone(DateTime<Utc>),
 }
 
+/// What became of one delta.
 enum Emitted {
     Out,
     /// Published over another relay's message of the same revision with another entry: which
