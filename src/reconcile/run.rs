@@ -133,12 +133,13 @@ impl Reconciler {
 }
 
 impl Reconciler {
-    /// The pass over each of `types`, each type's report kept and shared as it ends; a type ends
-    /// in any order, so that a long one does not keep the next from starting. Either way `netbox.concurrency` requests are in flight. A cheap pass spends them on types,
-    /// `netbox.concurrency` at once, each listed by one cursor: most types fit in one small page,
-    /// one after the other their round trips add up, and splitting a type's ids into segments
-    /// made NetBox list them slower (BENCHMARKS.md). A full pass, which has NetBox serialize every
-    /// object, takes one type at a time, its ids split into segments.
+    /// The pass over each of `types`, each type's report kept and shared as it ends; types end in
+    /// any order, so that a long one does not keep the next from starting. Either way
+    /// `netbox.concurrency` requests are in flight. A cheap pass spends them on types, that many
+    /// at once, each listed by one cursor: most types fit in one small page, one after the other
+    /// their round trips add up, and splitting a type's ids into segments made NetBox list them
+    /// slower (BENCHMARKS.md). A full pass, which has NetBox serialize every object, takes one
+    /// type at a time, its ids split into segments.
     async fn pass_types(
         &self,
         types: Vec<ObjectType>,
