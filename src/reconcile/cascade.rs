@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,11 +26,12 @@ use super::pull::{Pager, PullOptions};
 use super::Reconciler;
 use crate::backoff::Backoff;
 use crate::delta::Origin;
-use crate::netbox::client::ApiError;
-use crate::netbox::parents::Trigger;
+use crate::netbox::client::{ApiError, NetboxClient};
+use crate::netbox::parents::{Filter, Trigger};
 use crate::netbox::ObjectType;
 use crate::state::{Committer, PendingCascade, Store, StoreError, Write};
 use crate::telemetry;
+use crate::translate;
 
 /// Tries of one cascade before it is left to the next reconcile; the n-th retry waits
 /// `debounce * 4^n`.
@@ -358,6 +360,13 @@ impl Cascades {
 
 /// Pulls the dependents of one parent, type by type (the enabled ones), and publishes the
 /// entries that changed.
+///
+/// A parent that is a registry kind of its own (a device, a site) is listed before and after
+/// its dependents are pulled, and published after them if the registry does not show it at that
+/// revision: the registry then shows the parent as its dependents were pulled, even when the
+/// save they show came with a webhook that was lost, and a later save that undoes it differs
+/// from that entry, and cascades. A parent saved while its dependents were pulled has them
+/// pulled again (up to `PARENT_READS` times).
 pub async fn cascade(
     reconciler: &Reconciler,
     trigger: &Trigger,
@@ -371,18 +380,105 @@ pub async fn cascade(
         listing: false,
     };
     let enabled: HashSet<&str> = reconciler.types.iter().map(|t| t.name).collect();
+    let itself = ObjectType::from_name(trigger.parent.name).filter(|t| enabled.contains(t.name));
+    let pull = Pull {
+        reconciler,
+        client: &client,
+        options,
+        trigger,
+    };
     let mut tally = CascadeTally::default();
-    for (dependent, filter) in trigger.parent.dependents {
-        let Some(object_type) =
-            ObjectType::from_name(dependent).filter(|t| enabled.contains(t.name))
-        else {
-            continue;
+    let mut before = match itself {
+        Some(object_type) => Some(pull.revision(object_type).await?),
+        None => None,
+    };
+    for round in 1..=PARENT_READS {
+        for (dependent, filter) in trigger.parent.dependents {
+            let Some(object_type) =
+                ObjectType::from_name(dependent).filter(|t| enabled.contains(t.name))
+            else {
+                continue;
+            };
+            let Some(query) = trigger.query(*filter) else {
+                continue;
+            };
+            pull.dependents(object_type, query, &mut tally).await?;
+        }
+        let (Some(object_type), Some(seen)) = (itself, before) else {
+            break;
         };
-        let Some(query) = trigger.query(*filter) else {
+        let now = pull.revision(object_type).await?;
+        if now != seen && round < PARENT_READS {
+            before = Some(now);
             continue;
+        }
+        if !pull.shown_at(object_type, now).await? {
+            pull.itself(object_type, &mut tally).await?;
+        }
+        break;
+    }
+    Ok(tally)
+}
+
+/// Times a cascade pulls the dependents of a parent (a registry kind) that was saved while
+/// they were pulled.
+const PARENT_READS: usize = 3;
+
+/// One cascade's pulls.
+struct Pull<'a> {
+    reconciler: &'a Reconciler,
+    client: &'a NetboxClient,
+    options: PullOptions,
+    trigger: &'a Trigger,
+}
+
+impl Pull<'_> {
+    /// The parent's revision as NetBox lists it now (None when NetBox no longer has it).
+    async fn revision(&self, object_type: ObjectType) -> Result<Option<DateTime<Utc>>, PullError> {
+        let listed = super::pull::listed(self.client, object_type, self.trigger.id).await?;
+        Ok(listed.as_ref().and_then(translate::listed_revision))
+    }
+
+    /// Whether this relay's record of the parent is at `revision` (a parent NetBox no longer
+    /// has: nothing to publish here, its delete is the webhook's or a run's).
+    async fn shown_at(
+        &self,
+        object_type: ObjectType,
+        revision: Option<DateTime<Utc>>,
+    ) -> Result<bool, PullError> {
+        let Some(revision) = revision else {
+            return Ok(true);
         };
+        let key = self.reconciler.translator.key(object_type, self.trigger.id);
+        let store = self.reconciler.store.clone();
+        let head = store.read(move |s| s.head(&key)).await?;
+        Ok(head.is_some_and(|h| h.revision == revision))
+    }
+
+    /// Reads the parent itself in full and publishes its entry if it changed.
+    async fn itself(
+        &self,
+        object_type: ObjectType,
+        tally: &mut CascadeTally,
+    ) -> Result<(), PullError> {
+        let reread = Trigger::reread(object_type.name, self.trigger.id);
+        if let Some(query) = reread.query(Filter::Host(object_type.name)) {
+            self.dependents(object_type, query, tally).await?;
+        }
+        Ok(())
+    }
+
+    /// Pulls the objects of `object_type` that `query` selects and publishes those that
+    /// changed.
+    async fn dependents(
+        &self,
+        object_type: ObjectType,
+        query: String,
+        tally: &mut CascadeTally,
+    ) -> Result<(), PullError> {
+        let reconciler = self.reconciler;
         let mut pager =
-            Pager::new(&client, object_type, options, None, None).filtered(query.clone());
+            Pager::new(self.client, object_type, self.options, None, None).filtered(query.clone());
         let mut emitter = Emitter::new(&reconciler.output);
         let mut failure = None;
         loop {
@@ -390,7 +486,7 @@ pub async fn cascade(
                 Ok(Some(page)) => page,
                 Ok(None) => break,
                 Err(e) if parent_gone(&e, &query) => {
-                    tracing::debug!(dependent, %query, "cascade: the parent is gone, so none points at it");
+                    tracing::debug!(dependent = object_type.name, %query, "cascade: the parent is gone, so none points at it");
                     break;
                 }
                 Err(e) => {
@@ -429,13 +525,11 @@ pub async fn cascade(
         tally
             .further
             .extend(sent.reread.into_iter().map(|t| (t, None)));
-        if let Some(e) =
-            failure.or((sent.failed > 0).then_some(PullError::NotDelivered(sent.failed)))
-        {
-            return Err(e);
+        match failure.or((sent.failed > 0).then_some(PullError::NotDelivered(sent.failed))) {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
-    Ok(tally)
 }
 
 /// NetBox refuses a filter naming an object it no longer has (`ip_address_id=31` after the

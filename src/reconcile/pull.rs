@@ -249,6 +249,18 @@ pub async fn by_ids(
     Ok(client.page(object_type, &query, READS).await?.results)
 }
 
+/// Object `id` of `object_type` as a listing shows it (`id`, `last_updated`, `created`), or
+/// None when NetBox no longer has it. NetBox before 4.0 knows no `fields=` and serves it whole.
+pub async fn listed(
+    client: &NetboxClient,
+    object_type: ObjectType,
+    id: u64,
+) -> Result<Option<Object>, ApiError> {
+    let query = format!("id={id}&limit=1{LISTING}");
+    let page = client.page(object_type, &query, READS).await?;
+    Ok(page.results.into_iter().next())
+}
+
 /// What of each object to ask for (`&fields=...`, or `&exclude=config_context` before NetBox 4.0,
 /// which has no `fields=`): only what translation reads.
 pub(super) fn selection(object_type: ObjectType, fields: bool) -> String {
