@@ -72,6 +72,13 @@ impl Parent {
         self.name == IP
     }
 
+    /// Whether NetBox removes a deleted object of this kind from the objects that showed it
+    /// without saving them, with a webhook each but their `last_updated` unchanged (a tag): once
+    /// those webhooks are lost, only NetBox's change log tells which objects they were.
+    pub fn deleted_unstamped(&self) -> bool {
+        self.name == "extras.tag"
+    }
+
     /// What its dependents show of a registry-kind parent, as its own entry has it: two entries
     /// of the parent whose values here differ call for a cascade. `None` for a parent that is
     /// only a trigger.

@@ -4,6 +4,7 @@
 
 mod cascade;
 mod cascade_queue;
+mod changelog;
 mod confirm;
 mod diff;
 mod held;

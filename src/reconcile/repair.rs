@@ -7,6 +7,8 @@
 //! - a parent that is no registry kind (device role, platform, tag, IPAM role) whose slug differs
 //!   from the one the last run listed (`fields=id,slug`: a few hundred small rows);
 //! - an IP address found deleted (its host, which NetBox does not save);
+//! - a tag gone from the listing: each object NetBox's change log shows it was removed from in
+//!   the delete's request (NetBox saves none of them), read again;
 //! - every cascade still pending in the state file (a webhook's whose relay stopped first, or one
 //!   that failed), and those the cascades call for in turn.
 //!
@@ -20,6 +22,7 @@ use futures::stream::{self, StreamExt};
 use serde_json::Value;
 
 use super::cascade::{cascade, Journal};
+use super::changelog;
 use super::runs::{CascadeReport, RunStatus};
 use super::{Output, Reconciler};
 use crate::delta::{Entry, Kind, RegistryDelta};
@@ -256,13 +259,22 @@ impl Reconciler {
                     continue;
                 }
             };
-            let triggers = changed_slugs(&before, &listed).map(|(id, slug)| Trigger {
-                parent,
-                id,
-                slug: Some(slug.to_string()),
-                hosts: Vec::new(),
-            });
-            let triggers: Vec<Trigger> = triggers.collect();
+            let mut triggers: Vec<Trigger> = changed_slugs(&before, &listed)
+                .map(|(id, slug)| Trigger {
+                    parent,
+                    id,
+                    slug: Some(slug.to_string()),
+                    hosts: Vec::new(),
+                })
+                .collect();
+            if parent.deleted_unstamped() {
+                let gone = gone(&before, &listed);
+                match self.untagged(client, version, parent, &gone, report).await {
+                    Some(rereads) => triggers.extend(rereads),
+                    // Listed again by the next run, which asks again.
+                    None => continue,
+                }
+            }
             if let Err(e) = cascades.found(triggers).await {
                 tracing::warn!(error = %e, "reconcile: cannot keep the cascades found");
                 report.status = Some(RunStatus::Partial);
@@ -350,6 +362,57 @@ impl Reconciler {
         if let Some(journal) = &cascades.journal {
             journal.done(done).await;
         }
+    }
+}
+
+impl Reconciler {
+    /// The objects the parents `gone` (tags deleted since the last run) were removed from, as
+    /// NetBox's change log has them: each to be read again. None when the log could not be read
+    /// for now (the run is partial, and the next one asks again). A log NetBox no longer holds,
+    /// or one the token may not read, is said and passed over: those objects keep the label
+    /// until the next full pass.
+    async fn untagged(
+        &self,
+        client: &NetboxClient,
+        version: (u32, u32),
+        parent: &Parent,
+        gone: &[u64],
+        report: &mut CascadeReport,
+    ) -> Option<Vec<Trigger>> {
+        let enabled: HashSet<&str> = self.types.iter().map(|t| t.name).collect();
+        let mut rereads = Vec::new();
+        for &id in gone {
+            match changelog::changed_with_delete(client, version, parent.name, id).await {
+                Ok(Some(changed)) => {
+                    let followed = changed.into_iter().filter_map(|(object_type, id)| {
+                        let object_type = ObjectType::from_name(&object_type)?;
+                        enabled
+                            .contains(object_type.name)
+                            .then_some((object_type, id))
+                    });
+                    rereads.extend(followed.map(|(t, id)| Trigger::reread(t.name, id)));
+                }
+                Ok(None) => {
+                    tracing::warn!(parent = parent.name, id, "reconcile: a deleted parent is not in NetBox's change log; what showed it keeps it until the next full pass");
+                }
+                Err(e @ ApiError::Forbidden { .. }) => {
+                    tracing::warn!(parent = parent.name, id, error = %e, "reconcile: cannot read NetBox's change log; what a deleted parent was removed from keeps it until the next full pass");
+                    report.status = Some(RunStatus::Partial);
+                    report
+                        .message
+                        .get_or_insert(format!("change log not read: {e}"));
+                }
+                Err(e) => {
+                    tracing::warn!(parent = parent.name, id, error = %e, "reconcile: cannot read NetBox's change log; the next run asks again");
+                    report.status = Some(RunStatus::Partial);
+                    report
+                        .message
+                        .get_or_insert(format!("change log not read: {e}"));
+                    return None;
+                }
+            }
+        }
+        Some(rereads)
     }
 }
 
@@ -457,6 +520,18 @@ fn changed_slugs<'a>(
         let old = before.get(id)?;
         (old != slug).then_some((*id, slug.as_str()))
     })
+}
+
+/// The parents listed before and not now: deleted since.
+fn gone(before: &HashMap<u64, String>, listed: &[(u64, String)]) -> Vec<u64> {
+    let now: HashSet<u64> = listed.iter().map(|(id, _)| *id).collect();
+    let mut gone: Vec<u64> = before
+        .keys()
+        .filter(|id| !now.contains(id))
+        .copied()
+        .collect();
+    gone.sort_unstable();
+    gone
 }
 
 /// Ids and slugs of every object at `api_path` (`dcim/platforms`), paged by id.

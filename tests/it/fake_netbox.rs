@@ -290,7 +290,8 @@ async fn list(
             .filter(|o| name.is_none_or(|n| o["name"].as_str() == Some(n)))
             .filter(|o| ids.is_empty() || o["id"].as_u64().is_some_and(|id| ids.contains(&id)))
             .filter(|o| related_filters(&q).all(|(field, id)| relates(o, field, id)))
-            .filter(|o| q.get("tag").is_none_or(|slug| tagged(o, slug)));
+            .filter(|o| q.get("tag").is_none_or(|slug| tagged(o, slug)))
+            .filter(|o| logged(o, &q));
         let page: Vec<Value> = match q.get("ordering").map(String::as_str) {
             Some("-id") => range.rev().take(limit).collect(),
             _ => range.take(limit).collect(),
@@ -415,6 +416,24 @@ fn relates(object: &Value, field: &str, id: u64) -> bool {
         }
         _ => points(&object[field]),
     }
+}
+
+/// The change log's filters NetBox offers (`core/object-changes`): `changed_object_type`,
+/// `changed_object_id`, `request_id` and `action`; other objects have none of these fields.
+fn logged(change: &Value, q: &HashMap<String, String>) -> bool {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let fields = ["changed_object_type", "changed_object_id", "request_id"];
+    let matches = fields
+        .iter()
+        .filter_map(|f| Some((f, q.get(*f)?)))
+        .all(|(f, wanted)| text(&change[*f]) == *wanted);
+    let action = q
+        .get("action")
+        .is_none_or(|a| change["action"]["value"] == a.as_str());
+    matches && action
 }
 
 fn tagged(object: &Value, slug: &str) -> bool {

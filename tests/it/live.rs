@@ -832,6 +832,62 @@ async fn a_relay_down_through_a_site_rename_and_a_renumbering_is_right_after_one
     live.delete(&made.all()).await;
 }
 
+/// A tag deleted while the relay is down: NetBox takes it off the device without saving the
+/// device (no `last_updated` moves), and the webhook it sends for that is lost. The run finds
+/// the device in NetBox's change log, under the tag's delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_deleted_while_the_relay_was_down_leaves_what_it_tagged_after_one_default_run() {
+    let Some(settings) = settings() else { return };
+    let _turn = TURN.lock().await;
+    let mut live = Live::start(&settings).await;
+    let made = make_all(&live).await;
+    let slug = live.name("tag");
+    let tag = live
+        .api(
+            "POST",
+            "extras/tags/",
+            json!({"name": slug, "slug": slug}),
+            &[],
+        )
+        .await;
+    let tag_id = tag["id"].as_u64().unwrap();
+    let device = format!("dcim/devices/{}/", made.device);
+    live.api("PATCH", &device, json!({"tags": [{"slug": slug}]}), &[])
+        .await;
+    let label = format!("tag.{slug}");
+    live.wait_for("device", made.device, "tagged", |d| {
+        d["entry"]["labels"][&label] == "true"
+    })
+    .await;
+    let first = live.reconcile().await;
+    assert_eq!(first["status"], "succeeded", "{first}");
+
+    live.stop_relay();
+    live.api(
+        "DELETE",
+        &format!("extras/tags/{tag_id}/"),
+        Value::Null,
+        &[],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    live.start_relay().await;
+
+    let report = live.reconcile().await;
+    assert_eq!(report["pass"], "cheap", "{report}");
+    assert_eq!(report["status"], "succeeded", "{report}");
+    let untagged = live
+        .wait_for("device", made.device, "untagged", |d| {
+            d["entry"]["labels"].get(&label).is_none()
+        })
+        .await;
+    assert_eq!(untagged["origin"], "cascade", "{untagged}");
+    let audit = live.cli(&["audit", "--json"], &live.reader_token);
+    let report: Value = serde_json::from_slice(&audit.stdout).unwrap_or(Value::Null);
+    assert_eq!(audit.status.code(), Some(0), "{report} {audit:?}");
+    live.delete(&made.all()).await;
+}
+
 /// A new branch, once provisioned: its id and schema.
 async fn branch(live: &Live, name: &str) -> (u64, String) {
     let branch = live

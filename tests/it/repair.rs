@@ -1149,3 +1149,115 @@ async fn a_cascade_that_spooled_runs_again_behind_its_page() {
     let device = cut.back_showing("ams1-leaf1").await;
     assert_eq!(device["entry"]["name"], "ams1-leaf1", "{device}");
 }
+
+/// Every tag the fake's objects carry, listed at `extras/tags` as NetBox lists them.
+fn tags_from_objects(fake: &FakeNetbox) {
+    fake.with(|s| {
+        let objects = s.objects.values().flat_map(|o| o.values());
+        let tags: Vec<Value> = objects
+            .flat_map(|o| o["tags"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let listed = s.objects.entry("extras/tags".into()).or_default();
+        for tag in tags {
+            listed.insert(tag["id"].as_u64().unwrap(), tag);
+        }
+    });
+}
+
+/// Tag `id` deleted as NetBox deletes it: gone from every object it tagged, none of them
+/// stamped, and each removal logged in the delete's request (recorded from NetBox 4.7.3).
+fn tag_deleted_quietly(fake: &FakeNetbox, id: u64) -> BTreeSet<String> {
+    let recorded = |file: &str| -> Vec<Value> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/netbox-4.7-api")
+            .join(file);
+        let recorded: Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let body: Value = serde_json::from_str(recorded["body"].as_str().unwrap()).unwrap();
+        body["results"].as_array().unwrap().clone()
+    };
+    let logged = recorded("core_object-changes__request_id-of-tag-deleted.json");
+    let delete = logged.iter().find(|c| c["action"]["value"] == "delete");
+    let update = logged.iter().find(|c| c["action"]["value"] == "update");
+    let (mut delete, update) = (delete.unwrap().clone(), update.unwrap().clone());
+    fake.with(|s| {
+        s.objects.get_mut("extras/tags").unwrap().remove(&id);
+        let mut changes = vec![];
+        let mut untagged = BTreeSet::new();
+        for (endpoint, objects) in s.objects.iter_mut() {
+            let object_type =
+                netbox_relay::netbox::ObjectType::from_url(&format!("/api/{endpoint}/1/"));
+            for object in objects.values_mut() {
+                let Some(tags) = object["tags"].as_array_mut() else {
+                    continue;
+                };
+                let before = tags.len();
+                tags.retain(|t| t["id"].as_u64() != Some(id));
+                if tags.len() == before {
+                    continue;
+                }
+                let object_type = object_type.unwrap().name;
+                let mut change = update.clone();
+                change["changed_object_type"] = json!(object_type);
+                change["changed_object_id"] = object["id"].clone();
+                changes.push(change);
+                untagged.insert(format!("netbox/default/{object_type}/{}", object["id"]));
+            }
+        }
+        delete["changed_object_id"] = json!(id);
+        changes.push(delete);
+        let log = s.objects.entry("core/object-changes".into()).or_default();
+        for (n, mut change) in changes.into_iter().enumerate() {
+            change["id"] = json!(n + 1);
+            log.insert(n as u64 + 1, change);
+        }
+        untagged
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_run_takes_a_tag_deleted_while_no_webhook_came_off_what_it_tagged() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    // The recorded prefix 1's tag `prod` (id 1), put on device 4 too.
+    fake.with(|s| {
+        let tag = s.objects["ipam/prefixes"][&1]["tags"][0].clone();
+        s.objects
+            .get_mut("dcim/devices")
+            .unwrap()
+            .get_mut(&4)
+            .unwrap()["tags"] = json!([tag]);
+    });
+    tags_from_objects(&fake);
+    let relay = relay_over(&fake, &nats).await;
+    let device = last_of(&nats, "netbox/default/dcim.device/4").await;
+    assert_eq!(device["entry"]["labels"]["tag.prod"], "true", "{device}");
+    let before = published_count(&nats.url()).await;
+
+    let untagged = tag_deleted_quietly(&fake, 1);
+    assert_eq!(
+        untagged,
+        BTreeSet::from([
+            "netbox/default/dcim.device/4".to_string(),
+            "netbox/default/ipam.prefix/1".to_string()
+        ])
+    );
+    let report = reconcile(&relay).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(report["pass"], "cheap", "{report}");
+    let deltas = cascaded(&nats, before).await;
+    assert_eq!(keys(&deltas), untagged, "{report}");
+    for key in &untagged {
+        let last = last_of(&nats, key).await;
+        assert!(
+            last["entry"]["labels"].get("tag.prod").is_none(),
+            "{key}: {last}"
+        );
+    }
+    // Asked once: the next run finds nothing gone.
+    let again = reconcile(&relay).await;
+    assert_eq!(again["cascades"]["parents"], 0, "{again}");
+    let asked = requests_with(&fake, "changed_object_type=extras.tag");
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    relay.relay.stop().await.unwrap();
+}
