@@ -4,34 +4,69 @@
 //! `tests/fixtures/netbox-4.7-api`). Once those webhooks are lost, the log is where the objects
 //! are found.
 
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
 use crate::netbox::client::{ApiError, NetboxClient};
 
-/// The objects (`app_label.model`, id) NetBox changed in the request that deleted object `id` of
-/// `object_type` (`extras.tag`), the delete itself left out; None when the log holds no such
-/// delete (NetBox's `changelog_retention` has purged it, or it was never deleted).
-pub async fn changed_with_delete(
+/// How far before the last mark deletes are read again: a delete whose request was still
+/// running when the log was last read is logged with the time it began.
+const OVERLAP_MINUTES: i64 = 10;
+
+/// The mark of a log that holds nothing yet: every delete logged later is after it.
+pub const EMPTY_LOG: &str = "1970-01-01T00:00:00Z";
+
+/// The time of the newest change in NetBox's change log (None when it holds none).
+pub async fn newest(
+    client: &NetboxClient,
+    version: (u32, u32),
+) -> Result<Option<String>, ApiError> {
+    let log = Log::of(version);
+    let newest = log
+        .page(client, "ordering=-id&limit=1&fields=id,time")
+        .await?;
+    let time = newest.first().and_then(|c| c.get("time")?.as_str());
+    Ok(time.map(String::from))
+}
+
+/// The objects (`app_label.model`, id) NetBox changed in the requests that deleted an object
+/// of `object_type` (`extras.tag`) from a little before `mark` (a time [`newest`] gave) on; the
+/// deletes themselves left out.
+pub async fn changed_with_deletes_since(
     client: &NetboxClient,
     version: (u32, u32),
     object_type: &str,
-    id: u64,
-) -> Result<Option<Vec<(String, u64)>>, ApiError> {
+    mark: &str,
+) -> Result<Vec<(String, u64)>, ApiError> {
     let log = Log::of(version);
-    let query =
-        format!("changed_object_type={object_type}&changed_object_id={id}&action=delete&limit=10&fields=id,request_id");
-    let deletes = log.page(client, &query).await?;
-    let requests = deletes.iter().filter_map(|c| c.get("request_id")?.as_str());
-    let requests: Vec<String> = requests.map(String::from).collect();
-    if requests.is_empty() {
-        return Ok(None);
+    let since = DateTime::parse_from_rfc3339(mark)
+        .map(|m| m.with_timezone(&Utc) - Duration::minutes(OVERLAP_MINUTES))
+        .unwrap_or(DateTime::UNIX_EPOCH);
+    let since = since.to_rfc3339_opts(SecondsFormat::Micros, true);
+    let since: String = form_urlencoded::byte_serialize(since.as_bytes()).collect();
+    let deletes = format!("changed_object_type={object_type}&action=delete&time_after={since}");
+    let mut requests: Vec<String> = Vec::new();
+    for change in log.all(client, &deletes, "request_id").await? {
+        let request = change.get("request_id").and_then(Value::as_str);
+        if let Some(request) = request.filter(|r| !requests.iter().any(|known| known == r)) {
+            requests.push(request.to_string());
+        }
     }
     let mut changed = Vec::new();
     for request in requests {
-        changed.extend(log.of_request(client, &request).await?);
+        let request: String = form_urlencoded::byte_serialize(request.as_bytes()).collect();
+        let query = format!("request_id={request}");
+        let fields = "changed_object_type,changed_object_id";
+        for change in log.all(client, &query, fields).await? {
+            let changed_type = change.get("changed_object_type").and_then(Value::as_str);
+            let id = change.get("changed_object_id").and_then(Value::as_u64);
+            match (changed_type, id) {
+                (Some(t), Some(id)) if t != object_type => changed.push((t.to_string(), id)),
+                _ => {}
+            }
+        }
     }
-    changed.retain(|(t, changed_id)| !(t == object_type && *changed_id == id));
-    Ok(Some(changed))
+    Ok(changed)
 }
 
 /// Where NetBox serves its change log: `core/` from 4.1, `extras/` before.
@@ -62,44 +97,32 @@ impl Log {
         client: &NetboxClient,
         query: &str,
     ) -> Result<Vec<Map<String, Value>>, ApiError> {
-        let page = client
-            .get(
-                &format!("{}?{query}", self.path),
-                self.what,
-                self.permission,
-            )
-            .await?;
+        let path = format!("{}?{query}", self.path);
+        let page = client.get(&path, self.what, self.permission).await?;
         let results = page.get("results").and_then(Value::as_array);
         let objects = results.into_iter().flatten().filter_map(Value::as_object);
         Ok(objects.cloned().collect())
     }
 
-    /// Every change logged under `request`, paged by id.
-    async fn of_request(
+    /// Every change `filter` selects, with `fields` (and `id`), paged by id.
+    async fn all(
         &self,
         client: &NetboxClient,
-        request: &str,
-    ) -> Result<Vec<(String, u64)>, ApiError> {
-        let request: String = form_urlencoded::byte_serialize(request.as_bytes()).collect();
-        let fields = "fields=id,changed_object_type,changed_object_id";
-        let mut changed = Vec::new();
+        filter: &str,
+        fields: &str,
+    ) -> Result<Vec<Map<String, Value>>, ApiError> {
+        let mut all = Vec::new();
         let mut after = 0;
         loop {
             let query =
-                format!("request_id={request}&ordering=id&id__gt={after}&limit=1000&{fields}");
+                format!("{filter}&ordering=id&id__gt={after}&limit=1000&fields=id,{fields}");
             let page = self.page(client, &query).await?;
-            let Some(last) = page.iter().filter_map(|c| c.get("id")?.as_u64()).max() else {
-                return Ok(changed);
-            };
-            if last <= after {
-                return Ok(changed);
+            let last = page.iter().filter_map(|c| c.get("id")?.as_u64()).max();
+            match last {
+                Some(last) if last > after => after = last,
+                _ => return Ok(all),
             }
-            after = last;
-            changed.extend(page.iter().filter_map(|c| {
-                let object_type = c.get("changed_object_type")?.as_str()?;
-                let id = c.get("changed_object_id")?.as_u64()?;
-                Some((object_type.to_string(), id))
-            }));
+            all.extend(page);
         }
     }
 }

@@ -7,7 +7,7 @@
 //! - a parent that is no registry kind (device role, platform, tag, IPAM role) whose slug differs
 //!   from the one the last run listed (`fields=id,slug`: a few hundred small rows);
 //! - an IP address found deleted (its host, which NetBox does not save);
-//! - a tag gone from the listing: each object NetBox's change log shows it was removed from in
+//! - a tag deleted since the last run: each object NetBox's change log shows it was taken off in
 //!   the delete's request (NetBox saves none of them), read again;
 //! - every cascade still pending in the state file (a webhook's whose relay stopped first, or one
 //!   that failed), and those the cascades call for in turn.
@@ -267,11 +267,14 @@ impl Reconciler {
                     hosts: Vec::new(),
                 })
                 .collect();
+            let mut mark = None;
             if parent.deleted_unstamped() {
-                let gone = gone(&before, &listed);
-                match self.untagged(client, version, parent, &gone, report).await {
-                    Some(rereads) => triggers.extend(rereads),
-                    // Listed again by the next run, which asks again.
+                match self.untagged(client, version, parent, report).await {
+                    Some((rereads, read_to)) => {
+                        triggers.extend(rereads);
+                        mark = read_to;
+                    }
+                    // The next run asks again.
                     None => continue,
                 }
             }
@@ -282,12 +285,18 @@ impl Reconciler {
             }
             if let Output::Publish(delivery) = &self.output {
                 let slugs = listed.into_iter().collect();
-                let write = Write::Slugs {
+                let mut writes = vec![Write::Slugs {
                     parent: parent.name,
                     slugs,
-                };
-                if let Err(e) = delivery.committer().commit(write).await {
-                    tracing::warn!(error = %e, "reconcile: cannot remember the parents' slugs");
+                }];
+                writes.extend(mark.map(|at| Write::LogMark {
+                    parent: parent.name,
+                    at,
+                }));
+                for write in writes {
+                    if let Err(e) = delivery.committer().commit(write).await {
+                        tracing::warn!(error = %e, "reconcile: cannot remember the parents' slugs");
+                    }
                 }
             }
         }
@@ -366,53 +375,62 @@ impl Reconciler {
 }
 
 impl Reconciler {
-    /// The objects the parents `gone` (tags deleted since the last run) were removed from, as
-    /// NetBox's change log has them: each to be read again. None when the log could not be read
-    /// for now (the run is partial, and the next one asks again). A log NetBox no longer holds,
-    /// or one the token may not read, is said and passed over: those objects keep the label
-    /// until the next full pass.
+    /// The objects NetBox took `parent`s (tags) off when it deleted them since the last run
+    /// read its change log, each to be read again, and how far the log was read now (to keep
+    /// once they are kept). The first read finds nothing to read again: what was deleted before
+    /// it was a full pass's (the first run of a state is one). None when the log could not be
+    /// read for now (the run is partial, and the next one asks again); a log the token may not
+    /// read is said, and what the deleted tags were on keeps them until the next full pass.
     async fn untagged(
         &self,
         client: &NetboxClient,
         version: (u32, u32),
-        parent: &Parent,
-        gone: &[u64],
+        parent: &'static Parent,
         report: &mut CascadeReport,
-    ) -> Option<Vec<Trigger>> {
-        let enabled: HashSet<&str> = self.types.iter().map(|t| t.name).collect();
-        let mut rereads = Vec::new();
-        for &id in gone {
-            match changelog::changed_with_delete(client, version, parent.name, id).await {
-                Ok(Some(changed)) => {
-                    let followed = changed.into_iter().filter_map(|(object_type, id)| {
-                        let object_type = ObjectType::from_name(&object_type)?;
-                        enabled
-                            .contains(object_type.name)
-                            .then_some((object_type, id))
-                    });
-                    rereads.extend(followed.map(|(t, id)| Trigger::reread(t.name, id)));
-                }
-                Ok(None) => {
-                    tracing::warn!(parent = parent.name, id, "reconcile: a deleted parent is not in NetBox's change log; what showed it keeps it until the next full pass");
-                }
-                Err(e @ ApiError::Forbidden { .. }) => {
-                    tracing::warn!(parent = parent.name, id, error = %e, "reconcile: cannot read NetBox's change log; what a deleted parent was removed from keeps it until the next full pass");
-                    report.status = Some(RunStatus::Partial);
-                    report
-                        .message
-                        .get_or_insert(format!("change log not read: {e}"));
-                }
-                Err(e) => {
-                    tracing::warn!(parent = parent.name, id, error = %e, "reconcile: cannot read NetBox's change log; the next run asks again");
-                    report.status = Some(RunStatus::Partial);
-                    report
-                        .message
-                        .get_or_insert(format!("change log not read: {e}"));
-                    return None;
-                }
+    ) -> Option<(Vec<Trigger>, Option<String>)> {
+        let store = self.store.clone();
+        let mark = match store.read(move |s| s.log_mark(parent.name)).await {
+            Ok(mark) => mark,
+            Err(e) => {
+                tracing::warn!(error = %e, "reconcile: cannot read how far the change log was read");
+                return Some((Vec::new(), None));
             }
-        }
-        Some(rereads)
+        };
+        let read = async {
+            let newest = changelog::newest(client, version).await?;
+            let changed = match &mark {
+                Some(mark) => {
+                    changelog::changed_with_deletes_since(client, version, parent.name, mark)
+                        .await?
+                }
+                None => Vec::new(),
+            };
+            Ok::<_, ApiError>((changed, newest))
+        };
+        let (changed, newest) = match read.await {
+            Ok(read) => read,
+            Err(e) => {
+                let forbidden = matches!(e, ApiError::Forbidden { .. });
+                tracing::warn!(parent = parent.name, error = %e, "reconcile: cannot read NetBox's change log; what a tag deleted without its webhooks was on keeps it until a run reads the log, or the next full pass");
+                report.status = Some(RunStatus::Partial);
+                report
+                    .message
+                    .get_or_insert(format!("change log not read: {e}"));
+                return forbidden.then(|| (Vec::new(), None));
+            }
+        };
+        let enabled: HashSet<&str> = self.types.iter().map(|t| t.name).collect();
+        let followed = changed.into_iter().filter_map(|(object_type, id)| {
+            let object_type = ObjectType::from_name(&object_type)?;
+            enabled
+                .contains(object_type.name)
+                .then_some((object_type, id))
+        });
+        let rereads = followed
+            .map(|(t, id)| Trigger::reread(t.name, id))
+            .collect();
+        let read_to = newest.unwrap_or_else(|| changelog::EMPTY_LOG.to_string());
+        Some((rereads, Some(read_to)))
     }
 }
 
@@ -520,18 +538,6 @@ fn changed_slugs<'a>(
         let old = before.get(id)?;
         (old != slug).then_some((*id, slug.as_str()))
     })
-}
-
-/// The parents listed before and not now: deleted since.
-fn gone(before: &HashMap<u64, String>, listed: &[(u64, String)]) -> Vec<u64> {
-    let now: HashSet<u64> = listed.iter().map(|(id, _)| *id).collect();
-    let mut gone: Vec<u64> = before
-        .keys()
-        .filter(|id| !now.contains(id))
-        .copied()
-        .collect();
-    gone.sort_unstable();
-    gone
 }
 
 /// Ids and slugs of every object at `api_path` (`dcim/platforms`), paged by id.

@@ -1,6 +1,7 @@
-//! What the cascades need to outlive a restart: the triggers not yet carried out, and the slugs
+//! What the cascades need to outlive a restart: the triggers not yet carried out, the slugs
 //! runs last listed of the parents that are no registry kind (device role, platform, tag, IPAM
-//! role), so that a run tells a re-slugged one from an unchanged one.
+//! role), so that a run tells a re-slugged one from an unchanged one, and how far runs have read
+//! NetBox's change log for deleted tags.
 
 use std::collections::HashMap;
 
@@ -15,6 +16,9 @@ use super::{Store, StoreError, Write};
 pub(super) const CASCADES: TableDefinition<&str, &[u8]> = TableDefinition::new("cascades");
 /// Parent (`dcim.platform/2`) -> its slug as the last run listed it.
 pub(super) const SLUGS: TableDefinition<&str, &str> = TableDefinition::new("parent_slugs");
+/// Parent type (`extras.tag`) -> the time (NetBox's) of the newest change in NetBox's change log
+/// when a run last read the deletes of that type from it.
+pub(super) const LOG_MARKS: TableDefinition<&str, &str> = TableDefinition::new("change_log_marks");
 
 /// One pending cascade as stored: the parent's key and the queue's encoding of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +62,16 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The time [`LOG_MARKS`] holds for `parent`: None before a run read the change log.
+    pub fn log_mark(&self, parent: &str) -> Result<Option<String>, StoreError> {
+        let tx = self.begin_read()?;
+        let table = tx.open_table(LOG_MARKS).map_err(|e| self.fail(e))?;
+        let mark = table.get(parent).map_err(|e| self.fail(e))?;
+        Ok(mark.map(|m| m.value().to_string()))
+    }
+}
+
 /// Applies the cascade writes of one transaction; other writes are left alone.
 pub(super) fn apply(tx: &WriteTransaction, write: &Write) -> Result<(), redb::Error> {
     match write {
@@ -96,6 +110,9 @@ pub(super) fn apply(tx: &WriteTransaction, write: &Write) -> Result<(), redb::Er
                 table.insert(format!("{prefix}{id}").as_str(), slug.as_str())?;
             }
         }
+        Write::LogMark { parent, at } => {
+            tx.open_table(LOG_MARKS)?.insert(*parent, at.as_str())?;
+        }
         _ => {}
     }
     Ok(())
@@ -105,6 +122,7 @@ pub(super) fn apply(tx: &WriteTransaction, write: &Write) -> Result<(), redb::Er
 pub(super) fn create(tx: &WriteTransaction) -> Result<(), redb::TableError> {
     tx.open_table(CASCADES)?;
     tx.open_table(SLUGS)?;
+    tx.open_table(LOG_MARKS)?;
     Ok(())
 }
 

@@ -77,6 +77,9 @@ pub enum Write {
         parent: &'static str,
         slugs: Vec<(u64, String)>,
     },
+    /// How far a run read NetBox's change log for deletes of `parent` (`extras.tag`): the
+    /// time of the newest change logged then ([`super::cascades::LOG_MARKS`]).
+    LogMark { parent: &'static str, at: String },
     /// Persist everything written so far.
     Flush,
     /// Persist everything and stop the commit thread.
@@ -509,7 +512,10 @@ impl Store {
                                 .map_err(|e| self.fail(e))?;
                         }
                     }
-                    Write::Cascade { .. } | Write::Cascaded { .. } | Write::Slugs { .. } => {
+                    Write::Cascade { .. }
+                    | Write::Cascaded { .. }
+                    | Write::Slugs { .. }
+                    | Write::LogMark { .. } => {
                         cascades::apply(&tx, write).map_err(|e| self.fail(e))?;
                     }
                     Write::Flush | Write::Close => {}

@@ -1,6 +1,6 @@
 //! A property-based model of NetBox. Random histories of changes (sites and platforms re-slugged,
 //! devices renamed or saved otherwise, primary IPs renumbered and deleted, devices created and
-//! deleted) are made on the NetBox stand-in exactly as NetBox makes them: the saved object
+//! deleted, tags deleted) are made on the NetBox stand-in exactly as NetBox makes them: the saved object
 //! stamped, the objects that show it changed unstamped, one webhook for the saved object, its
 //! snapshots in NetBox's shape (no `last_updated`). Each webhook is delivered, lost,
 //! sent twice or delayed past later ones, and the relay restarts between changes. After the
@@ -25,6 +25,8 @@ use crate::reconcile::{config, fake_with_recorded, reconcile};
 const SITES: [u64; 2] = [1, 2];
 const DEVICES: [u64; 6] = [2, 3, 4, 5, 6, 7];
 const IPS: [u64; 6] = [3, 4, 14, 15, 16, 17];
+/// The recorded tag `prod`, and `lab` made in its shape.
+const TAGS: [u64; 2] = [1, 2];
 
 /// One change made in NetBox.
 #[derive(Debug, Clone)]
@@ -56,6 +58,11 @@ enum Change {
         site: usize,
     },
     DeleteCreatedDevice,
+    /// NetBox takes the tag off every object it tagged without saving them, with a webhook
+    /// each (and one for the tag).
+    DeleteTag {
+        tag: usize,
+    },
 }
 
 /// What became of a change's webhook.
@@ -92,6 +99,7 @@ fn change() -> impl Strategy<Value = Change> {
         (0..IPS.len()).prop_map(|ip| Change::DeleteIp { ip }),
         (0..SITES.len()).prop_map(|site| Change::CreateDevice { site }),
         Just(Change::DeleteCreatedDevice),
+        (0..TAGS.len()).prop_map(|tag| Change::DeleteTag { tag }),
     ]
 }
 
@@ -127,6 +135,7 @@ impl Model {
     async fn start() -> Model {
         let fake = fake_with_recorded("4.6.8").await;
         complete(&fake);
+        fake.list_tags();
         Model {
             fake,
             clock: chrono::Utc::now() - chrono::Duration::hours(1),
@@ -205,12 +214,34 @@ impl Model {
             Change::DeleteIp { ip } => self.delete_ip(IPS[*ip]),
             Change::CreateDevice { site } => self.create_device(SITES[*site]),
             Change::DeleteCreatedDevice => self.delete_created_device(),
+            Change::DeleteTag { tag } => return self.delete_tag(TAGS[*tag]),
         };
         if body.is_empty() {
             Vec::new()
         } else {
             vec![body]
         }
+    }
+
+    /// The webhooks NetBox sends for a tag's delete: one for each object it is taken off (its
+    /// `last_updated` as it was), then the tag's.
+    fn delete_tag(&mut self, id: u64) -> Vec<Vec<u8>> {
+        let Some(tag) = self.get("extras/tags", id) else {
+            return Vec::new();
+        };
+        let at = self.tick();
+        let untagged = self.fake.delete_tag(id);
+        let mut bodies: Vec<Vec<u8>> = untagged
+            .iter()
+            .map(|(object_type, before)| {
+                let before = before.as_object().unwrap();
+                let endpoint = ObjectType::from_name(object_type).unwrap().api_path;
+                let after = self.get(endpoint, before["id"].as_u64().unwrap()).unwrap();
+                webhook("updated", object_type, &after, Some(before), &at)
+            })
+            .collect();
+        bodies.push(webhook("deleted", "extras.tag", &tag, Some(&tag), &at));
+        bodies
     }
 
     /// NetBox clears a deleted address from its host's primary IP without saving the host.
@@ -366,6 +397,25 @@ fn complete(fake: &FakeNetbox) {
                 )
             })
             .collect();
+        // `prod` on devices 2-4, `lab` on devices 5-6 and address 3.
+        let prod = s.objects["ipam/prefixes"][&1]["tags"][0].clone();
+        let mut lab = prod.clone();
+        lab["id"] = json!(TAGS[1]);
+        for field in ["name", "slug", "display"] {
+            lab[field] = json!("lab");
+        }
+        lab["url"] = json!(prod["url"].as_str().unwrap().replace("/1/", "/2/"));
+        for (endpoint, id, tag) in [
+            ("dcim/devices", 2, &prod),
+            ("dcim/devices", 3, &prod),
+            ("dcim/devices", 4, &prod),
+            ("dcim/devices", 5, &lab),
+            ("dcim/devices", 6, &lab),
+            ("ipam/ip-addresses", 3, &lab),
+        ] {
+            let object = s.objects.get_mut(endpoint).unwrap().get_mut(&id).unwrap();
+            object["tags"] = json!([tag]);
+        }
         let interfaces = s.objects.get_mut("dcim/interfaces").unwrap();
         for (id, assigned) in missing {
             interfaces.entry(id).or_insert_with(|| {

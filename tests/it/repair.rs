@@ -1150,71 +1150,6 @@ async fn a_cascade_that_spooled_runs_again_behind_its_page() {
     assert_eq!(device["entry"]["name"], "ams1-leaf1", "{device}");
 }
 
-/// Every tag the fake's objects carry, listed at `extras/tags` as NetBox lists them.
-fn tags_from_objects(fake: &FakeNetbox) {
-    fake.with(|s| {
-        let objects = s.objects.values().flat_map(|o| o.values());
-        let tags: Vec<Value> = objects
-            .flat_map(|o| o["tags"].as_array().cloned().unwrap_or_default())
-            .collect();
-        let listed = s.objects.entry("extras/tags".into()).or_default();
-        for tag in tags {
-            listed.insert(tag["id"].as_u64().unwrap(), tag);
-        }
-    });
-}
-
-/// Tag `id` deleted as NetBox deletes it: gone from every object it tagged, none of them
-/// stamped, and each removal logged in the delete's request (recorded from NetBox 4.7.3).
-fn tag_deleted_quietly(fake: &FakeNetbox, id: u64) -> BTreeSet<String> {
-    let recorded = |file: &str| -> Vec<Value> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/netbox-4.7-api")
-            .join(file);
-        let recorded: Value =
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let body: Value = serde_json::from_str(recorded["body"].as_str().unwrap()).unwrap();
-        body["results"].as_array().unwrap().clone()
-    };
-    let logged = recorded("core_object-changes__request_id-of-tag-deleted.json");
-    let delete = logged.iter().find(|c| c["action"]["value"] == "delete");
-    let update = logged.iter().find(|c| c["action"]["value"] == "update");
-    let (mut delete, update) = (delete.unwrap().clone(), update.unwrap().clone());
-    fake.with(|s| {
-        s.objects.get_mut("extras/tags").unwrap().remove(&id);
-        let mut changes = vec![];
-        let mut untagged = BTreeSet::new();
-        for (endpoint, objects) in s.objects.iter_mut() {
-            let object_type =
-                netbox_relay::netbox::ObjectType::from_url(&format!("/api/{endpoint}/1/"));
-            for object in objects.values_mut() {
-                let Some(tags) = object["tags"].as_array_mut() else {
-                    continue;
-                };
-                let before = tags.len();
-                tags.retain(|t| t["id"].as_u64() != Some(id));
-                if tags.len() == before {
-                    continue;
-                }
-                let object_type = object_type.unwrap().name;
-                let mut change = update.clone();
-                change["changed_object_type"] = json!(object_type);
-                change["changed_object_id"] = object["id"].clone();
-                changes.push(change);
-                untagged.insert(format!("netbox/default/{object_type}/{}", object["id"]));
-            }
-        }
-        delete["changed_object_id"] = json!(id);
-        changes.push(delete);
-        let log = s.objects.entry("core/object-changes".into()).or_default();
-        for (n, mut change) in changes.into_iter().enumerate() {
-            change["id"] = json!(n + 1);
-            log.insert(n as u64 + 1, change);
-        }
-        untagged
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_default_run_takes_a_tag_deleted_while_no_webhook_came_off_what_it_tagged() {
     let nats = NatsServer::start();
@@ -1228,13 +1163,17 @@ async fn a_default_run_takes_a_tag_deleted_while_no_webhook_came_off_what_it_tag
             .get_mut(&4)
             .unwrap()["tags"] = json!([tag]);
     });
-    tags_from_objects(&fake);
+    fake.list_tags();
     let relay = relay_over(&fake, &nats).await;
     let device = last_of(&nats, "netbox/default/dcim.device/4").await;
     assert_eq!(device["entry"]["labels"]["tag.prod"], "true", "{device}");
     let before = published_count(&nats.url()).await;
 
-    let untagged = tag_deleted_quietly(&fake, 1);
+    let untagged: BTreeSet<String> = fake
+        .delete_tag(1)
+        .iter()
+        .map(|(object_type, before)| format!("netbox/default/{object_type}/{}", before["id"]))
+        .collect();
     assert_eq!(
         untagged,
         BTreeSet::from([
@@ -1254,10 +1193,41 @@ async fn a_default_run_takes_a_tag_deleted_while_no_webhook_came_off_what_it_tag
             "{key}: {last}"
         );
     }
-    // Asked once: the next run finds nothing gone.
+    // The next run reads the log from where this one did: nothing more to publish.
+    let published = published_count(&nats.url()).await;
     let again = reconcile(&relay).await;
-    assert_eq!(again["cascades"]["parents"], 0, "{again}");
+    assert_eq!(again["status"], "succeeded", "{again}");
+    assert_eq!(again["cascades"]["published"], 0, "{again}");
+    assert_eq!(published_count(&nats.url()).await, published);
+    // Read once a run (a first page each), the first run's read only marked.
     let asked = requests_with(&fake, "changed_object_type=extras.tag");
-    assert_eq!(asked.len(), 1, "{asked:?}");
+    let reads = asked.iter().filter(|r| r.contains("&id__gt=0&")).count();
+    assert_eq!(reads, 2, "{asked:?}");
+    relay.relay.stop().await.unwrap();
+}
+
+/// A tag this relay's runs never listed (made after its last run, or listed by another relay's
+/// only), deleted while no webhook came: the change log still names what it was on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_run_takes_off_a_tag_no_run_of_this_relay_listed() {
+    let nats = NatsServer::start();
+    let fake = fake_with_recorded("4.6.8").await;
+    // No tags listed: the runs see `prod` only on the recorded prefix 1.
+    let relay = relay_over(&fake, &nats).await;
+    let key = "netbox/default/ipam.prefix/1";
+    assert_eq!(
+        last_of(&nats, key).await["entry"]["labels"]["tag.prod"],
+        "true"
+    );
+    let untagged = fake.delete_tag(1);
+    assert_eq!(untagged.len(), 1);
+    let report = reconcile(&relay).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    let prefix = last_of(&nats, key).await;
+    assert!(
+        prefix["entry"]["labels"].get("tag.prod").is_none(),
+        "{prefix}"
+    );
+    assert_eq!(prefix["origin"], "cascade", "{prefix}");
     relay.relay.stop().await.unwrap();
 }
