@@ -1,7 +1,8 @@
 //! A property-based model of NetBox. Random histories of changes (sites and platforms re-slugged,
 //! devices renamed or saved otherwise, primary IPs renumbered and deleted, devices created and
 //! deleted, tags deleted) are made on the NetBox stand-in exactly as NetBox makes them: the saved object
-//! stamped, the objects that show it changed unstamped, one webhook for the saved object, its
+//! stamped, the objects that show it changed unstamped, one webhook for the saved object (for a
+//! deleted tag, one for each object it is taken off, unstamped, and one for the tag), its
 //! snapshots in NetBox's shape (no `last_updated`). Each webhook is delivered, lost,
 //! sent twice or delayed past later ones, and the relay restarts between changes. After the
 //! webhooks that arrived and one default run, the registry on the stream must equal what a full
