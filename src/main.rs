@@ -16,11 +16,13 @@ use tokio_util::sync::CancellationToken;
 
 // Reconciliation parses every NetBox page into many small maps; glibc's allocator was the largest
 // cost in a profile of a 100,000-object run (BENCHMARKS-HISTORY.md).
+// Built with `no_thp`: see `no_huge_pages`.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    no_huge_pages();
     let cli = Cli::parse();
     if let Command::Schema = cli.command {
         print!("{}", delta::json_schema());
@@ -341,4 +343,17 @@ fn cancel_on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!("shutting down: finishing in-flight requests");
     });
     Ok(())
+}
+
+/// Transparent huge pages make a long-running relay's memory climb in 2 MiB steps: a burst
+/// touches a huge page, the allocator gives the memory back 4 KiB at a time, and the kernel
+/// keeps (or collapses again) the whole 2 MiB. The relay's heap is tens of MiB, too small to
+/// gain from them. mimalloc built with `no_thp` no longer asks for them; this opts the process
+/// out on kernels that hand them to every process (`enabled = always`) too.
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and only sets a flag of this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
 }

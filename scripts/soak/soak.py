@@ -270,8 +270,10 @@ class Relay:
         sample = (now(), self.proc.pid, int(status["VmRSS"]))
         self.rss.append(sample)
         # Kept for whoever reads the judgement: rss-<relay>.jsonl, one sample a line. The split
-        # (anonymous memory, mapped files such as the binary, threads) says where a step came from.
+        # (anonymous memory, mapped files such as the binary, threads, then anonymous memory in
+        # transparent huge pages) says where a step came from.
         extra = [int(status.get(k, 0)) for k in ("RssAnon", "RssFile", "Threads")]
+        extra.append(huge_pages_kb(self.proc.pid))
         with open(os.path.join(self.out, f"rss-{self.name}.jsonl"), "a") as f:
             f.write(json.dumps(list(sample) + extra) + "\n")
 
@@ -886,6 +888,18 @@ class Soak:
             r.signal(signal.SIGTERM)
         if hasattr(self, "nats"):
             self.nats.close()
+
+
+def huge_pages_kb(pid):
+    """The process's anonymous memory in transparent huge pages (0 when unreadable)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
 
 
 def rss_summary(samples):

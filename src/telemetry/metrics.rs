@@ -123,7 +123,27 @@ fn install() -> Option<PrometheusHandle> {
         .map_err(|e| tracing::warn!(error = %e, "no /metrics: the recorder could not be installed"))
         .ok()?;
     describe();
+    keep_up(handle.clone());
     Some(handle)
+}
+
+/// How often histogram samples are folded into their buckets.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The recorder keeps every histogram sample until something folds it into the buckets: a
+/// scrape of `/metrics` does, and so does this thread, so that a relay nobody scrapes does not
+/// hold one sample per webhook for ever. A thread rather than a task: the recorder may be
+/// installed before (or without) a runtime.
+fn keep_up(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "histograms are folded only when /metrics is scraped: no upkeep thread");
+    }
 }
 
 fn describe() {

@@ -700,14 +700,26 @@ impl RelayProcess {
 
     /// The process's peak resident memory so far (`VmHWM`), in MiB.
     pub fn peak_memory_mib(&self) -> f64 {
+        let kib = self
+            .status("VmHWM")
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<f64>()
+            .expect("VmHWM in kB");
+        kib / 1024.0
+    }
+
+    /// One field of the process's `/proc/PID/status`, trimmed.
+    pub fn status(&self, field: &str) -> String {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("the relay's /proc status");
-        let kib = status
+        let prefix = format!("{field}:");
+        status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .expect("VmHWM in /proc status");
-        kib / 1024.0
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("{field} in /proc status"))
+            .trim()
+            .to_string()
     }
 
     pub fn kill(&mut self) {

@@ -427,3 +427,14 @@ async fn the_alert_rules_load_fire_as_tested_and_name_real_metrics() {
         );
     }
 }
+
+/// The relay runs without transparent huge pages, whatever the kernel's default: with them its
+/// resident memory climbed in 2 MiB steps over an hour (a huge page stays whole while the
+/// allocator gives back 4 KiB pages), which the soak's flat-memory judgement caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_opts_out_of_transparent_huge_pages() {
+    let nats = NatsServer::start();
+    let relay = RelayProcess::start(&nats, free_port());
+    relay.wait_ready().await;
+    assert_eq!(relay.status("THP_enabled"), "0");
+}
