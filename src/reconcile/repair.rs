@@ -285,17 +285,24 @@ impl Reconciler {
             }
             if let Output::Publish(delivery) = &self.output {
                 let slugs = listed.into_iter().collect();
-                let mut writes = vec![Write::Slugs {
-                    parent: parent.name,
-                    slugs,
-                }];
-                writes.extend(mark.map(|at| Write::LogMark {
-                    parent: parent.name,
-                    at,
+                let mut writes = vec![(
+                    Write::Slugs {
+                        parent: parent.name,
+                        slugs,
+                    },
+                    "the parents' slugs",
+                )];
+                // Not remembered, the next run reads the change log again from the last mark.
+                writes.extend(mark.map(|at| {
+                    let write = Write::LogMark {
+                        parent: parent.name,
+                        at,
+                    };
+                    (write, "how far NetBox's change log was read")
                 }));
-                for write in writes {
+                for (write, what) in writes {
                     if let Err(e) = delivery.committer().commit(write).await {
-                        tracing::warn!(error = %e, "reconcile: cannot remember the parents' slugs");
+                        tracing::warn!(error = %e, "reconcile: cannot remember {what}");
                     }
                 }
             }
