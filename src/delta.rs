@@ -218,10 +218,15 @@ pub fn delta_id(
 pub type EntryHash = [u8; 16];
 
 pub fn entry_hash(entry: &Entry) -> Result<EntryHash, serde_json::Error> {
-    let digest = Sha256::digest(serde_json::to_vec(entry)?);
+    Ok(hash_of(&serde_json::to_vec(entry)?))
+}
+
+/// [`entry_hash`] of an entry's JSON.
+pub fn hash_of(entry_json: &[u8]) -> EntryHash {
+    let digest = Sha256::digest(entry_json);
     let mut hash = EntryHash::default();
     hash.copy_from_slice(&digest[..16]);
-    Ok(hash)
+    hash
 }
 
 /// The JSON Schema of [`RegistryDelta`], pretty-printed, as checked in under `schemas/`.

@@ -261,7 +261,13 @@ impl<'de> Visitor<'de> for TopVisitor<'_> {
         while let Some(Key(key)) = map.next_key()? {
             match key.as_ref() {
                 "data" => top.data = map.next_value_seed(SlotOf(DataFields(self.keep)))?,
-                "snapshots" => top.snapshots = map.next_value_seed(SlotOf(Snapshots))?,
+                "snapshots" => {
+                    // Only an update's snapshots are compared: a create's or a delete's (when
+                    // `event` came first, as NetBox writes it) are checked, not collected.
+                    let event = top.small.get("event").and_then(Value::as_str);
+                    let compared = !matches!(event, Some("created" | "deleted"));
+                    top.snapshots = map.next_value_seed(SlotOf(Snapshots { compared }))?
+                }
                 small if SMALL.contains(&small) => {
                     top.small.insert(key.into_owned(), map.next_value()?);
                 }
@@ -310,18 +316,24 @@ impl<'de> Shape<'de> for DataFields<'_> {
     }
 }
 
-/// `snapshots`: its `prechange` and `postchange`.
-struct Snapshots;
+/// `snapshots`: its `prechange` and `postchange`, their fields collected when `compared`
+/// (otherwise an object reads as one without fields).
+struct Snapshots {
+    compared: bool,
+}
 
 impl<'de> Shape<'de> for Snapshots {
     type Out = (Slot<Fields<'de>>, Slot<Fields<'de>>);
 
     fn read_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Slot<Self::Out>, A::Error> {
         let (mut pre, mut post) = (Slot::Absent, Slot::Absent);
+        let compared = RawFields {
+            collect: self.compared,
+        };
         while let Some(Key(key)) = map.next_key()? {
             match key.as_ref() {
-                "prechange" => pre = map.next_value_seed(SlotOf(RawFields))?,
-                "postchange" => post = map.next_value_seed(SlotOf(RawFields))?,
+                "prechange" => pre = map.next_value_seed(SlotOf(compared))?,
+                "postchange" => post = map.next_value_seed(SlotOf(compared))?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -331,8 +343,11 @@ impl<'de> Shape<'de> for Snapshots {
     }
 }
 
-/// A snapshot: each field's value left as written.
-struct RawFields;
+/// A snapshot: each field's value left as written, if `collect`.
+#[derive(Clone, Copy)]
+struct RawFields {
+    collect: bool,
+}
 
 impl<'de> Shape<'de> for RawFields {
     type Out = Fields<'de>;
@@ -340,7 +355,10 @@ impl<'de> Shape<'de> for RawFields {
     fn read_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Slot<Self::Out>, A::Error> {
         let mut fields = Fields::new();
         while let Some(Key(key)) = map.next_key()? {
-            fields.push((key, map.next_value()?));
+            match self.collect {
+                true => fields.push((key, map.next_value()?)),
+                false => drop(map.next_value::<IgnoredAny>()?),
+            }
         }
         Ok(Slot::Is(fields))
     }

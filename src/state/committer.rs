@@ -1,8 +1,8 @@
 //! Group commit: every write waiting when the store is free goes into one transaction with one
 //! fsync, so durability costs one fsync per batch, not one per webhook. After a batch of records
-//! nobody waits for, the thread sleeps a millisecond instead of being woken by each next one. A
-//! failed commit (disk full, I/O error) marks the store faulted; the thread reopens the file
-//! until it takes writes again, and writes back the records of deltas JetStream already has.
+//! nobody waits for, the thread sleeps a few milliseconds instead of being woken by each next
+//! one. A failed commit (disk full, I/O error) marks the store faulted; the thread reopens the
+//! file until it takes writes again, and writes back the records of deltas JetStream already has.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -76,8 +76,10 @@ pub struct Committer {
 /// Most writes one transaction takes.
 const MAX_BATCH: usize = 2048;
 /// How long the thread sleeps after a batch of records nobody waits for (a write that is waited
-/// for, a spooled delta's say, waits at most this much longer).
-const GATHER_FOR: Duration = Duration::from_millis(1);
+/// for, a spooled delta's say, waits at most this much longer). Each transaction costs the same
+/// whatever it holds: 4 ms rather than 1 took 4 % off the relay's CPU per webhook under load
+/// (BENCHMARKS-HISTORY.md, "Fewer transactions").
+const GATHER_FOR: Duration = Duration::from_millis(4);
 /// How long the store may hold non-durable records before they are flushed: after this much
 /// idle time, and at the latest after `MAX_UNFLUSHED` under sustained load.
 const IDLE_FLUSH: Duration = Duration::from_millis(200);

@@ -110,7 +110,7 @@ impl Store {
                 retried.requeued.push(delta.delta_id);
             }
         }
-        tx.commit().map_err(|e| self.fail(e))?;
+        self.commit(tx)?;
         Ok(retried)
     }
 
@@ -129,7 +129,7 @@ impl Store {
                 dead.remove(*seq).map_err(|e| self.fail(e))?;
             }
         }
-        tx.commit().map_err(|e| self.fail(e))?;
+        self.commit(tx)?;
         Ok(picked.len())
     }
 }

@@ -54,7 +54,7 @@ impl Store {
                 }
             }
         }
-        tx.commit().map_err(|e| self.fail(e))?;
+        self.commit(tx)?;
         Ok(unheld)
     }
 }

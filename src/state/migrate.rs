@@ -89,7 +89,7 @@ fn next_chunk(store: &Store, size: usize) -> Result<Option<u64>, StoreError> {
     };
     if chunk.is_empty() {
         tx.delete_table(RECORDS).map_err(|e| fail(&e))?;
-        tx.commit().map_err(|e| fail(&e))?;
+        store.commit(tx)?;
         return Ok(None);
     }
     let mut unreadable = 0;
@@ -108,7 +108,7 @@ fn next_chunk(store: &Store, size: usize) -> Result<Option<u64>, StoreError> {
             records.remove(key.as_str()).map_err(|e| fail(&e))?;
         }
     }
-    tx.commit().map_err(|e| fail(&e))?;
+    store.commit(tx)?;
     Ok(Some(unreadable))
 }
 

@@ -4,20 +4,21 @@
 //! delta is judged against it. Bounded: past [`MAX_PENDING`] records in flight, writers wait for
 //! the commit thread.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Records handed to the commit thread and not yet committed, at most.
 pub const MAX_PENDING: usize = 8192;
 const SHARDS: usize = 32;
 
+/// Keys come from signed webhooks and NetBox's answers, at most [`MAX_PENDING`] of them: a quick
+/// hash will do.
 pub struct Pending {
-    shards: Vec<Mutex<HashMap<String, Bytes>>>,
-    hasher: RandomState,
+    shards: Vec<Mutex<FxHashMap<String, Bytes>>>,
     room: Arc<Semaphore>,
 }
 
@@ -25,15 +26,15 @@ impl Default for Pending {
     fn default() -> Self {
         Pending {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
             room: Arc::new(Semaphore::new(MAX_PENDING)),
         }
     }
 }
 
 impl Pending {
-    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<String, Bytes>> {
-        let shard = self.hasher.hash_one(key) as usize % SHARDS;
+    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, FxHashMap<String, Bytes>> {
+        // The high bits: the map within the shard uses the low ones.
+        let shard = (FxBuildHasher.hash_one(key) >> 32) as usize % SHARDS;
         self.shards[shard].lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -65,11 +65,16 @@ impl RecordHead {
     /// The head of `delta` as it is stored, its entry's hashes included.
     pub fn stored(delta: &RegistryDelta) -> Result<RecordHead, serde_json::Error> {
         let entry = delta.entry.as_ref().map(entry_hash).transpose()?;
-        Ok(RecordHead {
+        Ok(RecordHead::stored_with(delta, entry))
+    }
+
+    /// [`RecordHead::stored`] with the entry's hash computed already.
+    pub fn stored_with(delta: &RegistryDelta, entry: Option<EntryHash>) -> RecordHead {
+        RecordHead {
             entry,
             shown: shown_hash(delta),
             ..RecordHead::of(delta)
-        })
+        }
     }
 
     /// Whether the registry, at this head, shows the dependents of `delta`'s object what `delta`

@@ -2,11 +2,12 @@
 //! makes and the one write transaction the commit thread applies.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition, WriteTransaction,
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
 
 use bytes::Bytes;
@@ -181,9 +182,16 @@ pub struct Store {
     db: RwLock<Option<Database>>,
     /// Records handed to the commit thread and not yet in the file; reads look here first.
     pub(super) pending: Pending,
+    /// The heads table as of the last commit, for the reads of each webhook: a read transaction
+    /// and its table opened once per commit, not once per webhook. `commits` counts commits; a
+    /// view taken at an older count is opened again.
+    view: Mutex<Option<(u64, Arc<HeadsView>)>>,
+    commits: AtomicU64,
     path: PathBuf,
     cache_bytes: usize,
 }
+
+type HeadsView = ReadOnlyTable<&'static str, &'static [u8]>;
 
 impl Store {
     /// Opens the store, creating the file (and its directory) on first start.
@@ -210,6 +218,8 @@ impl Store {
         let store = Store {
             db: RwLock::new(Some(create(path, cache_bytes)?)),
             pending: Pending::default(),
+            view: Mutex::new(None),
+            commits: AtomicU64::new(0),
             path: path.to_path_buf(),
             cache_bytes,
         };
@@ -220,6 +230,8 @@ impl Store {
     /// Gives the file's free pages back (redb keeps them for later writes otherwise).
     pub(super) fn compact(&self) -> Result<(), StoreError> {
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // redb compacts no file that a read transaction holds.
+        self.forget_view();
         let db = db.as_mut().ok_or_else(|| self.fail(REOPENING))?;
         db.compact().map(drop).map_err(|e| self.fail(e))
     }
@@ -228,10 +240,46 @@ impl Store {
     /// is opened again: closes it and opens it again, which succeeds once the disk takes writes.
     pub(super) fn reopen(&self) -> Result<(), StoreError> {
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // A view of the old file would keep it open, and redb opens no file twice.
+        self.forget_view();
         drop(db.take());
         *db = Some(create(&self.path, self.cache_bytes)?);
         drop(db);
         self.write(&[], &mut 0, true)
+    }
+
+    /// Commits `tx`; the reads of heads see it from now on. The view of the file before it is
+    /// dropped at once: a read transaction left open would keep redb from reusing the pages
+    /// this and later commits free (a full pass commits many while no webhook reads).
+    pub(super) fn commit(&self, tx: WriteTransaction) -> Result<(), StoreError> {
+        tx.commit().map_err(|e| self.fail(e))?;
+        self.forget_view();
+        Ok(())
+    }
+
+    /// The heads table as of the last commit: the view kept since, or a new one.
+    fn heads_view(&self) -> Result<Arc<HeadsView>, StoreError> {
+        let at = self.commits.load(Ordering::SeqCst);
+        let kept = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, view)) = kept.as_ref().filter(|(n, _)| *n == at) {
+            return Ok(view.clone());
+        }
+        drop(kept);
+        let tx = self.begin_read()?;
+        let view = Arc::new(tx.open_table(HEADS).map_err(|e| self.fail(e))?);
+        let mut kept = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        // Kept only if nothing was committed (or the file reopened) since `at` was read.
+        if self.commits.load(Ordering::SeqCst) == at {
+            *kept = Some((at, view.clone()));
+        }
+        Ok(view)
+    }
+
+    /// Drops the kept view; a view being opened now is not kept.
+    fn forget_view(&self) {
+        let mut kept = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        *kept = None;
     }
 
     pub(super) fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
@@ -277,16 +325,23 @@ impl Store {
 
     /// The heads of `keys`, in order, read in one transaction (or on their way to it).
     pub fn heads(&self, keys: &[&str]) -> Result<Vec<Option<RecordHead>>, StoreError> {
-        let tx = self.begin_read()?;
-        let heads = tx.open_table(HEADS).map_err(|e| self.fail(e))?;
+        // The pending records first: one committed since is removed from them only after its
+        // commit, so a view taken after looking there shows it.
+        let pending: Vec<Option<Bytes>> = keys.iter().map(|key| self.pending.get(key)).collect();
+        let heads = match pending.iter().all(Option::is_some) {
+            true => None,
+            false => Some(self.heads_view()?),
+        };
         keys.iter()
-            .map(|key| {
-                let head = match self.pending.get(key) {
-                    Some(record) => RecordHead::from_bytes(&record),
-                    None => match heads.get(*key).map_err(|e| self.fail(e))? {
+            .zip(pending)
+            .map(|(key, pending)| {
+                let head = match (pending, &heads) {
+                    (Some(record), _) => RecordHead::from_bytes(&record),
+                    (None, Some(heads)) => match heads.get(*key).map_err(|e| self.fail(e))? {
                         Some(bytes) => RecordHead::from_bytes(bytes.value()),
                         None => return Ok(None),
                     },
+                    (None, None) => None,
                 };
                 head.map(Some).ok_or_else(|| corrupt(key, "malformed head"))
             })
@@ -531,7 +586,7 @@ impl Store {
                 }
             }
         }
-        tx.commit().map_err(|e| self.fail(e))?;
+        self.commit(tx)?;
         *next_seq = seq;
         Ok(())
     }
@@ -713,6 +768,34 @@ mod tests {
         assert_eq!((acked.seq, acked.entry), (Some(43), Some(hash)));
     }
 
+    /// Reads of heads share one view of the file per commit: a commit is seen by the next read,
+    /// and a kept view neither holds the file open when it is reopened nor keeps it from being
+    /// compacted.
+    #[test]
+    fn a_kept_view_of_the_heads_gives_way_to_each_commit_reopen_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb")).unwrap();
+        let revision = "2026-11-22T10:45:01.583546Z".parse().unwrap();
+        let delta = device_delete(1, revision);
+        let later = device_delete(1, revision + chrono::Duration::seconds(1));
+        assert_eq!(store.head(&delta.key).unwrap(), None);
+        for (d, durable) in [(&delta, false), (&later, true)] {
+            let record = encode(d).unwrap().record;
+            let write = Write::Record {
+                key: d.key.clone(),
+                record,
+            };
+            store.write(&[write], &mut 0, durable).unwrap();
+            let head = store.head(&d.key).unwrap().unwrap();
+            assert_eq!(head.delta_id, d.delta_id);
+        }
+        let revision = |store: &Store| store.head(&delta.key).unwrap().unwrap().revision;
+        store.reopen().unwrap();
+        assert_eq!(revision(&store), later.revision);
+        store.compact().unwrap();
+        assert_eq!(revision(&store), later.revision);
+    }
+
     #[test]
     fn an_ack_fills_in_a_records_sequence_and_a_dead_letter_removes_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -780,7 +863,7 @@ mod tests {
                 .insert(deltas[1].key.as_str(), b"junk".as_slice())
                 .unwrap();
             drop(heads);
-            tx.commit().unwrap();
+            store.commit(tx).unwrap();
         }
         assert!(store.head(&deltas[1].key).is_err());
     }

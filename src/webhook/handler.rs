@@ -30,8 +30,13 @@ use crate::translate::{self, Outcome};
 struct Handled {
     result: &'static str,
     status: StatusCode,
-    body: serde_json::Value,
+    /// `None` for the common answer, a delta delivered ([`DELIVERED`]).
+    body: Option<serde_json::Value>,
 }
+
+/// The answer to a webhook whose delta was delivered, as `json!` would write it: most webhooks
+/// get it, so it is not built and serialized for each.
+const DELIVERED: &str = r#"{"deltas":1,"status":"accepted"}"#;
 
 /// Every webhook gets one log line (request id, object type, id, event, result, latency) and is
 /// counted by result; lines logged while handling it carry its request id through the span.
@@ -57,13 +62,20 @@ pub async fn receive(State(app): State<Arc<AppState>>, request: Request) -> Resp
         Ok(handled) => {
             telemetry::webhook_answered(handled.result, elapsed);
             // Why a webhook changed nothing (ignored, stale, another branch) is in its body.
-            match handled.body.get("reason").and_then(|r| r.as_str()) {
+            let reason = handled.body.as_ref().and_then(|b| b.get("reason"));
+            match reason.and_then(|r| r.as_str()) {
                 Some(reason) => {
                     tracing::info!(result = handled.result, reason, latency_ms, "webhook")
                 }
                 None => tracing::info!(result = handled.result, latency_ms, "webhook"),
             }
-            (handled.status, Json(handled.body)).into_response()
+            match handled.body {
+                Some(body) => (handled.status, Json(body)).into_response(),
+                None => {
+                    let json = [(header::CONTENT_TYPE, "application/json")];
+                    (handled.status, json, DELIVERED).into_response()
+                }
+            }
         }
         Err(error) => {
             let result = error.code();
@@ -174,7 +186,7 @@ async fn handle(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Handl
     Ok(Handled {
         result,
         status: StatusCode::ACCEPTED,
-        body: json!({"status": "accepted", "deltas": 1}),
+        body: None,
     })
 }
 
@@ -233,13 +245,13 @@ async fn confirm(
     Ok(Err(Handled {
         result: "held",
         status: StatusCode::ACCEPTED,
-        body: json!({
+        body: Some(json!({
             "status": "accepted",
             "deltas": 0,
             "confirm": "held",
             "asked_main": asked,
             "reason": why,
-        }),
+        })),
     }))
 }
 
@@ -253,7 +265,7 @@ async fn reread(cascades: &Cascades, delta: &RegistryDelta) -> Result<Handled, W
     Ok(Handled {
         result: "reread",
         status: StatusCode::ACCEPTED,
-        body: json!({"status": "accepted", "deltas": 0, "reread": "queued"}),
+        body: Some(json!({"status": "accepted", "deltas": 0, "reread": "queued"})),
     })
 }
 
@@ -271,7 +283,7 @@ async fn cascade_only(app: &AppState, trigger: Option<Trigger>) -> Result<Handle
     Ok(Handled {
         result: "cascade",
         status: StatusCode::ACCEPTED,
-        body: json!({"status": "accepted", "deltas": 0, "cascade": "queued"}),
+        body: Some(json!({"status": "accepted", "deltas": 0, "cascade": "queued"})),
     })
 }
 
@@ -334,7 +346,7 @@ fn ignored(result: &'static str, reason: String) -> Handled {
     Handled {
         result,
         status: StatusCode::OK,
-        body: json!({"status": "ignored", "reason": reason}),
+        body: Some(json!({"status": "ignored", "reason": reason})),
     }
 }
 

@@ -5,6 +5,7 @@ use chrono::Utc;
 use netbox_relay::delta::{Op, RegistryDelta};
 use netbox_relay::netbox::webhook::{parse, Parsed};
 use netbox_relay::netbox::{object_type, ObjectType};
+use netbox_relay::state::{encode, record};
 use netbox_relay::translate::{Outcome, SweepOptions, Translator, READS};
 use serde_json::{json, Value};
 
@@ -99,6 +100,31 @@ fn parsing_only_what_is_read_changes_no_delta() {
         compared += 1;
     }
     assert!(compared > 100, "only {compared} deltas compared");
+}
+
+/// The record's hash of the entry is read off the delta's JSON (the entry serialized once): for
+/// every recorded body it is the hash of the entry serialized alone, also when the fields before
+/// the entry hold the bytes `"entry":` in their strings.
+#[test]
+fn the_record_hashes_the_entry_as_published() {
+    let translator = translator(HOST_SWEEP);
+    let mut compared = 0;
+    for body in every_recorded_body() {
+        let Ok(Parsed::Change(event)) = parse(&body, READS) else {
+            continue;
+        };
+        let Ok(Outcome::Publish(mut delta)) = translator.webhook(&event, Utc::now()) else {
+            continue;
+        };
+        for user in [None, Some(r#"x","entry":{"name":"y"}}"#.to_string())] {
+            delta.user = user;
+            let encoded = encode(&delta).unwrap();
+            // `record` hashes the entry serialized alone.
+            assert_eq!(encoded.record, record(&delta).unwrap(), "{}", delta.key);
+            compared += 1;
+        }
+    }
+    assert!(compared > 200, "only {compared} deltas compared");
 }
 
 #[test]
