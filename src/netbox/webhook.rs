@@ -488,4 +488,34 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    /// A create's or a delete's snapshots are checked to be JSON of the right shape but not
+    /// collected: what changed is unknown (an odd create with both snapshots says no fewer
+    /// fields than one without), while an update's are compared.
+    #[test]
+    fn only_an_updates_snapshots_are_compared() {
+        let (pre, post) = (json!({"name": "d6", "x": 1}), json!({"name": "d7", "x": 1}));
+        let changed = |event: &str, snapshots: Value| {
+            let mut body = device(json!({}), None);
+            body["event"] = json!(event);
+            body["snapshots"] = snapshots;
+            match parse(&serde_json::to_vec(&body).unwrap(), Reads::ALL) {
+                Ok(Parsed::Change(change)) => Ok(change.changes.fields),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let both = json!({"prechange": pre, "postchange": post});
+        assert_eq!(
+            changed("updated", both.clone()),
+            Ok(Some(vec!["name".into()]))
+        );
+        assert_eq!(changed("created", both.clone()), Ok(None));
+        assert_eq!(changed("deleted", both), Ok(None));
+        for event in ["created", "updated", "deleted"] {
+            let wrong = json!({"prechange": null, "postchange": "d7"});
+            let error = changed(event, wrong).unwrap_err();
+            assert!(error.contains("postchange"), "{event}: {error}");
+        }
+    }
 }

@@ -317,7 +317,7 @@ impl<'de> Shape<'de> for DataFields<'_> {
 }
 
 /// `snapshots`: its `prechange` and `postchange`, their fields collected when `compared`
-/// (otherwise an object reads as one without fields).
+/// (otherwise each is checked to be JSON and reads as null).
 struct Snapshots {
     compared: bool,
 }
@@ -343,7 +343,7 @@ impl<'de> Shape<'de> for Snapshots {
     }
 }
 
-/// A snapshot: each field's value left as written, if `collect`.
+/// A snapshot: each field's value left as written, if `collect`; null otherwise.
 #[derive(Clone, Copy)]
 struct RawFields {
     collect: bool,
@@ -360,7 +360,12 @@ impl<'de> Shape<'de> for RawFields {
                 false => drop(map.next_value::<IgnoredAny>()?),
             }
         }
-        Ok(Slot::Is(fields))
+        // Not collected, a snapshot reads as none was sent: what changed is then unknown, and
+        // an odd create that sent both snapshots cascades rather than not.
+        Ok(match self.collect {
+            true => Slot::Is(fields),
+            false => Slot::Null,
+        })
     }
 }
 
