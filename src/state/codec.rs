@@ -32,7 +32,7 @@ pub fn encode(delta: &RegistryDelta) -> Result<Encoded, serde_json::Error> {
 /// `"entry":` up to the closing brace. A string before it cannot hold those bytes unescaped.
 fn entry_json(delta_json: &[u8]) -> Option<&[u8]> {
     const KEY: &[u8] = b"\"entry\":";
-    let at = delta_json.windows(KEY.len()).position(|w| w == KEY)?;
+    let at = memchr::memmem::find(delta_json, KEY)?;
     delta_json
         .get(at + KEY.len()..delta_json.len().checked_sub(1)?)
         .filter(|_| delta_json.ends_with(b"}"))

@@ -178,15 +178,16 @@ pub struct SpoolStats {
 pub const CACHE_BYTES: usize = 32 << 20;
 
 pub struct Store {
+    /// The heads table as of the last commit, for the reads of each webhook: a read transaction
+    /// and its table opened once per commit, not once per webhook. `commits` counts commits; a
+    /// view taken at an older count is opened again. Declared before `db`, so that it is
+    /// dropped before the file is closed.
+    view: Mutex<Option<(u64, Arc<HeadsView>)>>,
+    commits: AtomicU64,
     /// None only while [`Store::reopen`] swaps it: redb refuses a second handle on one file.
     db: RwLock<Option<Database>>,
     /// Records handed to the commit thread and not yet in the file; reads look here first.
     pub(super) pending: Pending,
-    /// The heads table as of the last commit, for the reads of each webhook: a read transaction
-    /// and its table opened once per commit, not once per webhook. `commits` counts commits; a
-    /// view taken at an older count is opened again.
-    view: Mutex<Option<(u64, Arc<HeadsView>)>>,
-    commits: AtomicU64,
     path: PathBuf,
     cache_bytes: usize,
 }
@@ -216,10 +217,10 @@ impl Store {
             std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
         }
         let store = Store {
-            db: RwLock::new(Some(create(path, cache_bytes)?)),
-            pending: Pending::default(),
             view: Mutex::new(None),
             commits: AtomicU64::new(0),
+            db: RwLock::new(Some(create(path, cache_bytes)?)),
+            pending: Pending::default(),
             path: path.to_path_buf(),
             cache_bytes,
         };
